@@ -1,0 +1,39 @@
+/* util: allocation wrappers, clock, and a growable byte buffer.
+ * Allocation failure aborts here, in one place, so no caller has an untested
+ * NULL branch (DESIGN.md, style rule 4). Everything else returns errors. */
+#ifndef PARLEY_UTIL_H
+#define PARLEY_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+void *xmalloc(size_t n);
+void *xcalloc(size_t count, size_t n);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+
+/* Wall clock in milliseconds since the Unix epoch (message ts, token times). */
+int64_t util_now_ms(void);
+/* Monotonic clock in milliseconds (timeouts, rate buckets). */
+int64_t util_mono_ms(void);
+
+/* A growable buffer. The owner of the struct owns `data`; buf_dispose frees it. */
+struct buf {
+    char *data;
+    size_t len;
+    size_t cap;
+};
+
+void buf_init(struct buf *b);
+void buf_dispose(struct buf *b);
+void buf_reserve(struct buf *b, size_t extra);
+void buf_append(struct buf *b, const void *p, size_t n);
+void buf_appendf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Drops the first n bytes, keeping the rest. */
+void buf_consume(struct buf *b, size_t n);
+
+/* Parses a decimal int64 that must fill the whole string; 0 or -1. */
+int util_parse_i64(const char *s, int64_t *out);
+
+#endif
