@@ -23,10 +23,14 @@ struct jwt_claims {
 };
 
 /* Signs {"alg":"HS256","typ":"JWT"} + claims {"sub","name","iat","exp"}.
- * Returns a malloc'd NUL-terminated token (caller frees), never NULL. */
+ * Returns a malloc'd NUL-terminated token (caller frees). NULL only on caller
+ * bugs: an empty key, or c->name not NUL-terminated within its 64 bytes or
+ * not UTF-8 (usernames are ASCII, so a validated one never gets NULL). */
 char *jwt_sign(const uint8_t *key, size_t key_len, const struct jwt_claims *c);
 
-/* Verifies alg, signature, then exp against now_s (seconds). Fills *c on OK. */
+/* Verifies alg, signature, then exp against now_s (seconds). Fills *c on OK
+ * only. An empty key refuses every token (JWT_BAD_SIG); tokens longer than
+ * 4096 bytes are JWT_MALFORMED. */
 int jwt_verify(const uint8_t *key, size_t key_len, const char *token, size_t token_len,
                int64_t now_s, struct jwt_claims *c);
 
