@@ -35,7 +35,9 @@ struct ws_frame {
  * the declared payload exceeds max_payload (known from the header alone, before
  * the payload arrives), WS_ERROR on a protocol violation: unmasked frame, RSV
  * bits set, unknown opcode, control frame fragmented or longer than 125 bytes,
- * 64-bit length with the top bit set. *err, if not NULL, gets a static reason. */
+ * 64-bit length with the top bit set, length not minimally encoded (RFC 6455
+ * 5.2). *err, if not NULL, gets a static reason (NULL on success or partial).
+ * Stateless: continuation/fragment sequencing is the caller's job. */
 int ws_parse(uint8_t *buf, size_t len, size_t max_payload, struct ws_frame *f, const char **err);
 
 /* Size of the header of an unmasked server frame with this payload length. */
@@ -45,7 +47,8 @@ size_t ws_header_len(size_t payload_len);
 size_t ws_write_header(uint8_t *out, int opcode, size_t payload_len);
 
 /* Builds a close payload (2-byte code + reason, reason truncated to fit 123
- * bytes) into out (at least 125 bytes); returns its length. */
+ * bytes, never inside a UTF-8 character) into out (at least 125 bytes);
+ * returns its length. reason may be NULL. */
 size_t ws_close_payload(uint8_t *out, uint16_t code, const char *reason);
 
 /* Parses a close payload: 0 with *code (1005 when empty), -1 if malformed
@@ -56,7 +59,8 @@ int ws_parse_close(const uint8_t *payload, size_t len, uint16_t *code);
 int ws_utf8_valid(const uint8_t *s, size_t len);
 
 /* Sec-WebSocket-Accept for a client key: base64(SHA-1(key + GUID)).
- * out must hold 29 bytes (28 characters + NUL). */
+ * out must hold 29 bytes (28 characters + NUL). Returns 0, or -1 when the key
+ * is not the base64 of a 16-byte nonce (22 base64 characters + "=="). */
 int ws_accept_key(const char *key, size_t key_len, char out[29]);
 
 #endif
