@@ -2,7 +2,7 @@
 # Called with -DDIR=<migrations dir> -DOUT=<generated .c>.
 file(GLOB files "${DIR}/*.sql")
 list(SORT files)
-set(body "/* generated from migrations/*.sql by cmake/embed_migrations.cmake */\n#include \"migrations.h\"\n")
+set(body "/* generated from the migrations directory by cmake/embed_migrations.cmake */\n#include \"migrations.h\"\n")
 set(table "")
 set(i 0)
 foreach(f ${files})

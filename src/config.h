@@ -1,0 +1,56 @@
+/* config: the read-only configuration, from flags and PARLEY_* environment
+ * variables (a flag wins over its variable). Loaded once by main; every thread
+ * reads it, nobody writes it afterwards. */
+#ifndef PARLEY_CONFIG_H
+#define PARLEY_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define CONFIG_SECRET_MAX 256
+
+struct config {
+    char listen_host[256];
+    int listen_port;
+    char data_dir[1024];
+    char web_dir[1024];
+    int workers;
+    uint8_t jwt_secret[CONFIG_SECRET_MAX];
+    size_t jwt_secret_len;
+    int64_t access_ttl_s;
+    int64_t refresh_ttl_s;
+    int64_t batch_max;
+    int64_t batch_interval_ms;
+    int64_t send_rate;       /* messages per second per user; 0 = no limit */
+    int64_t send_burst;      /* bucket size; 0 = no limit */
+    int64_t max_body;        /* message body bytes after JSON decoding */
+    int64_t max_frame;       /* WebSocket message bytes; larger closes 1009 */
+    int64_t max_http_body;   /* HTTP request body bytes; larger answers 413 */
+    int64_t heartbeat_ms;
+    int64_t auth_timeout_ms;
+    int64_t header_timeout_ms;
+    int64_t max_conns;       /* per process */
+    int64_t max_outq;        /* bytes queued to one connection before 1008 */
+    int64_t max_group;       /* members per group */
+    int64_t max_hashes;      /* concurrent password hashes per process */
+    int log_level;           /* enum log_level */
+    char redis_url[512];
+    char db_url[512];
+    char db_replica_url[512];
+};
+
+/* Fills cfg from defaults, then environment, then argv. On error returns -1
+ * with one line in err. Returns 1 when --help or --version was handled
+ * (text printed to stdout). The JWT secret is not loaded here: see
+ * config_load_secret, which needs the data directory to exist. */
+int config_load(struct config *cfg, int argc, char **argv, char *err, size_t errlen);
+
+/* Takes PARLEY_JWT_SECRET if set (already in cfg), else reads
+ * <data>/jwt.secret, else generates 32 random bytes into it with mode 0600.
+ * Creates the data directory if missing. 0 or -1 with err. */
+int config_load_secret(struct config *cfg, char *err, size_t errlen);
+
+/* Prints the option table (flag, variable, default, meaning) to stdout. */
+void config_print_help(void);
+
+#endif

@@ -1,0 +1,418 @@
+/* http: see http.h. */
+#include "http.h"
+
+#include "log.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* ---- parsing ---- */
+
+static struct http_req *req_of(llhttp_t *p)
+{
+    return (struct http_req *)p; /* parser is the first member */
+}
+
+static int count_header_bytes(struct http_req *r, size_t n)
+{
+    r->header_bytes += n;
+    if (r->header_bytes > HTTP_MAX_HEADER_BYTES) {
+        r->header_overflow = 1;
+        return -1;
+    }
+    return 0;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t n)
+{
+    struct http_req *r = req_of(p);
+    if (count_header_bytes(r, n) < 0)
+        return -1;
+    buf_append(&r->url, at, n);
+    return 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t n)
+{
+    struct http_req *r = req_of(p);
+    if (count_header_bytes(r, n) < 0)
+        return -1;
+    buf_append(&r->field, at, n);
+    return 0;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t n)
+{
+    struct http_req *r = req_of(p);
+    if (count_header_bytes(r, n) < 0)
+        return -1;
+    buf_append(&r->value, at, n);
+    return 0;
+}
+
+static void keep(char **slot, const struct buf *v)
+{
+    free(*slot);
+    *slot = xstrndup(v->data ? v->data : "", v->len);
+}
+
+static int on_header_value_complete(llhttp_t *p)
+{
+    struct http_req *r = req_of(p);
+    const char *f = r->field.data ? r->field.data : "";
+    if (strcasecmp(f, "authorization") == 0)
+        keep(&r->authorization, &r->value);
+    else if (strcasecmp(f, "sec-websocket-key") == 0)
+        keep(&r->ws_key, &r->value);
+    else if (strcasecmp(f, "sec-websocket-version") == 0)
+        keep(&r->ws_version, &r->value);
+    else if (strcasecmp(f, "if-none-match") == 0)
+        keep(&r->if_none_match, &r->value);
+    else if (strcasecmp(f, "upgrade") == 0 && r->value.data && strcasecmp(r->value.data, "websocket") == 0)
+        r->upgrade = 1;
+    r->field.len = r->value.len = 0;
+    if (r->field.data)
+        r->field.data[0] = '\0';
+    if (r->value.data)
+        r->value.data[0] = '\0';
+    return 0;
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    struct http_req *r = req_of(p);
+    if (p->flags & F_CONTENT_LENGTH && p->content_length > r->max_body) {
+        r->too_large = 1;
+        return -1;
+    }
+    return 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t n)
+{
+    struct http_req *r = req_of(p);
+    if (r->body.len + n > r->max_body) {
+        r->too_large = 1;
+        return -1;
+    }
+    buf_append(&r->body, at, n);
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    struct http_req *r = req_of(p);
+    r->complete = 1;
+    r->method = llhttp_get_method(p);
+    r->keep_alive = llhttp_should_keep_alive(p);
+    if (!r->url.data)
+        buf_append(&r->url, "/", 1);
+    char *q = strchr(r->url.data, '?');
+    if (q) {
+        *q = '\0';
+        r->query = q + 1;
+    } else {
+        r->query = "";
+    }
+    r->path = r->url.data;
+    if (!r->body.data)
+        buf_append(&r->body, "", 0);
+    return HPE_PAUSED; /* one request at a time: the answer may be asynchronous */
+}
+
+static const llhttp_settings_t settings = {
+    .on_url = on_url,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_header_value_complete = on_header_value_complete,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+struct http_req *http_req_new(struct conn *c, size_t max_body)
+{
+    struct http_req *r = xcalloc(1, sizeof *r);
+    llhttp_init(&r->parser, HTTP_REQUEST, &settings);
+    r->parser.data = c;
+    r->max_body = max_body;
+    return r;
+}
+
+static void clear_fields(struct http_req *r)
+{
+    free(r->authorization);
+    free(r->ws_key);
+    free(r->ws_version);
+    free(r->if_none_match);
+    r->authorization = r->ws_key = r->ws_version = r->if_none_match = NULL;
+}
+
+void http_req_free(struct http_req *r)
+{
+    if (!r)
+        return;
+    clear_fields(r);
+    buf_dispose(&r->url);
+    buf_dispose(&r->field);
+    buf_dispose(&r->value);
+    buf_dispose(&r->body);
+    free(r);
+}
+
+void http_req_reset(struct http_req *r)
+{
+    clear_fields(r);
+    /* an idle keep-alive connection should not hold request-sized buffers */
+    buf_dispose(&r->url);
+    buf_dispose(&r->field);
+    buf_dispose(&r->value);
+    buf_dispose(&r->body);
+    r->complete = r->too_large = r->header_overflow = r->upgrade = 0;
+    r->header_bytes = 0;
+    r->path = r->query = NULL;
+    llhttp_resume(&r->parser);
+}
+
+long http_feed(struct http_req *r, const char *data, size_t len)
+{
+    if (len == 0)
+        return 0;
+    llhttp_errno_t e = llhttp_execute(&r->parser, data, len);
+    if (e == HPE_OK)
+        return (long)len;
+    if ((e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) && r->complete)
+        return (long)(llhttp_get_error_pos(&r->parser) - data);
+    log_debug("http: parse error %s (%s)", llhttp_errno_name(e), llhttp_get_error_reason(&r->parser));
+    return -1;
+}
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = tolower(c);
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+int http_query_get(const char *query, const char *name, char *out, size_t outlen)
+{
+    size_t nl = strlen(name);
+    for (const char *p = query; p && *p;) {
+        const char *amp = strchr(p, '&');
+        const char *end = amp ? amp : p + strlen(p);
+        if ((size_t)(end - p) > nl && strncmp(p, name, nl) == 0 && p[nl] == '=') {
+            size_t o = 0;
+            for (const char *s = p + nl + 1; s < end; s++) {
+                int ch = (unsigned char)*s;
+                if (ch == '+')
+                    ch = ' ';
+                else if (ch == '%' && end - s >= 3 && hexval(s[1]) >= 0 && hexval(s[2]) >= 0) {
+                    ch = hexval(s[1]) * 16 + hexval(s[2]);
+                    s += 2;
+                }
+                if (o + 1 >= outlen)
+                    return -1;
+                out[o++] = (char)ch;
+            }
+            out[o] = '\0';
+            return 0;
+        }
+        if ((size_t)(end - p) == nl && strncmp(p, name, nl) == 0) {
+            if (outlen)
+                out[0] = '\0';
+            return 0;
+        }
+        p = amp ? amp + 1 : NULL;
+    }
+    return -1;
+}
+
+/* ---- responses ---- */
+
+const char *http_status_text(int status)
+{
+    switch (status) {
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 204: return "No Content";
+    case 304: return "Not Modified";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 409: return "Conflict";
+    case 413: return "Payload Too Large";
+    case 426: return "Upgrade Required";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 503: return "Service Unavailable";
+    default: return "Unknown";
+    }
+}
+
+void http_respond(struct conn *c, int status, const char *content_type, const char *extra_headers,
+                  const void *body, size_t len)
+{
+    char head[1024];
+    int keep_alive = c->http && c->http->keep_alive && !c->close_after_write && !c->w->stopping;
+    int hl = snprintf(head, sizeof head,
+                      "HTTP/1.1 %d %s\r\n"
+                      "Content-Length: %zu\r\n"
+                      "%s%s%s"
+                      "Access-Control-Allow-Origin: *\r\n"
+                      "X-Content-Type-Options: nosniff\r\n"
+                      "%s"
+                      "Connection: %s\r\n\r\n",
+                      status, http_status_text(status), len, content_type ? "Content-Type: " : "",
+                      content_type ? content_type : "", content_type ? "\r\n" : "",
+                      extra_headers ? extra_headers : "", keep_alive ? "keep-alive" : "close");
+    if (hl < 0 || (size_t)hl >= sizeof head)
+        hl = (int)strlen(head);
+    int head_only = c->http && c->http->method == HTTP_HEAD;
+    size_t blen = head_only ? 0 : len;
+    struct frame *f = frame_new((size_t)hl + blen);
+    memcpy(f->data, head, (size_t)hl);
+    if (blen)
+        memcpy(f->data + hl, body, blen);
+    if (!keep_alive)
+        c->close_after_write = 1;
+    conn_send(c, f);
+    frame_unref(f);
+    conn_http_done(c);
+}
+
+void http_respond_json(struct conn *c, int status, json_t *obj)
+{
+    if (!obj) {
+        http_respond(c, status, NULL, NULL, "", 0);
+        return;
+    }
+    char *s = json_dumps(obj, JSON_COMPACT);
+    json_decref(obj);
+    http_respond(c, status, "application/json", NULL, s, strlen(s));
+    free(s);
+}
+
+void http_respond_error(struct conn *c, int status, const char *code, const char *message)
+{
+    json_t *o = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", message);
+    http_respond_json(c, status, o);
+}
+
+void http_respond_rate_limited(struct conn *c, int64_t retry_ms)
+{
+    char hdr[64];
+    snprintf(hdr, sizeof hdr, "Retry-After: %lld\r\n", (long long)((retry_ms + 999) / 1000));
+    json_t *o = json_pack("{s:{s:s,s:s}}", "error", "code", "rate_limited", "message",
+                          "too many messages; slow down");
+    char *s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    http_respond(c, 429, "application/json", hdr, s, strlen(s));
+    free(s);
+}
+
+void http_send_upgrade(struct conn *c, const char *accept_key)
+{
+    char head[256];
+    int n = snprintf(head, sizeof head,
+                     "HTTP/1.1 101 Switching Protocols\r\n"
+                     "Upgrade: websocket\r\n"
+                     "Connection: Upgrade\r\n"
+                     "Sec-WebSocket-Accept: %s\r\n\r\n",
+                     accept_key);
+    struct frame *f = frame_new((size_t)n);
+    memcpy(f->data, head, (size_t)n);
+    conn_send(c, f);
+    frame_unref(f);
+}
+
+/* ---- static files ---- */
+
+static const char *mime_of(const char *path)
+{
+    static const struct { const char *ext, *type; } types[] = {
+        {".html", "text/html; charset=utf-8"}, {".js", "text/javascript; charset=utf-8"},
+        {".mjs", "text/javascript; charset=utf-8"}, {".css", "text/css; charset=utf-8"},
+        {".json", "application/json"}, {".svg", "image/svg+xml"}, {".png", "image/png"},
+        {".ico", "image/x-icon"}, {".webmanifest", "application/manifest+json"},
+        {".md", "text/markdown; charset=utf-8"}, {".txt", "text/plain; charset=utf-8"},
+    };
+    const char *dot = strrchr(path, '.');
+    if (dot)
+        for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+            if (strcmp(dot, types[i].ext) == 0)
+                return types[i].type;
+    return "application/octet-stream";
+}
+
+/* Only plain relative names: letters, digits, '-', '_', '.', '/', no "..",
+ * no hidden files. Anything else is a 404, never a path outside web_dir. */
+static int safe_path(const char *p)
+{
+    if (*p != '/')
+        return 0;
+    for (const char *s = p; *s; s++) {
+        if (!(isalnum((unsigned char)*s) || strchr("-_./", *s)))
+            return 0;
+        if (*s == '/' && s[1] == '.')
+            return 0;
+    }
+    return 1;
+}
+
+void http_serve_static(struct conn *c, const struct http_req *r, const char *web_dir)
+{
+    if (r->method != HTTP_GET && r->method != HTTP_HEAD) {
+        http_respond_error(c, 405, "bad_request", "method not allowed");
+        return;
+    }
+    const char *p = r->path;
+    if (!safe_path(p)) {
+        http_respond_error(c, 404, "not_found", "no such file");
+        return;
+    }
+    char full[2048];
+    snprintf(full, sizeof full, "%s%s%s", web_dir, p, p[strlen(p) - 1] == '/' ? "index.html" : "");
+    int fd = open(full, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > (16 << 20)) {
+        if (fd >= 0)
+            close(fd);
+        http_respond_error(c, 404, "not_found", "no such file");
+        return;
+    }
+    char etag[64], hdr[160];
+    snprintf(etag, sizeof etag, "\"%llx-%llx\"", (unsigned long long)st.st_mtime,
+             (unsigned long long)st.st_size);
+    snprintf(hdr, sizeof hdr, "ETag: %s\r\nCache-Control: no-cache\r\n", etag);
+    if (r->if_none_match && strcmp(r->if_none_match, etag) == 0) {
+        close(fd);
+        http_respond(c, 304, NULL, hdr, "", 0);
+        return;
+    }
+    size_t size = (size_t)st.st_size, got = 0;
+    char *data = xmalloc(size + 1);
+    while (got < size) {
+        ssize_t n = read(fd, data + got, size - got);
+        if (n <= 0) {
+            if (n < 0 && errno == EINTR)
+                continue;
+            break;
+        }
+        got += (size_t)n;
+    }
+    close(fd);
+    http_respond(c, 200, mime_of(full), hdr, data, got);
+    free(data);
+}

@@ -1,0 +1,167 @@
+/* presence: see presence.h. A chained hash table; an entry lives while the
+ * user has connections or a bucket that is not yet full again. */
+#include "presence.h"
+
+#include "util.h"
+
+#include <stdlib.h>
+#include <uv.h>
+
+struct entry {
+    struct entry *next;
+    int64_t user;
+    int conns;
+    double tokens;       /* bucket level */
+    int64_t refill_ms;   /* when tokens was last brought up to date */
+    int bucket_used;     /* tokens was ever taken from */
+};
+
+struct presence {
+    uv_mutex_t mu;
+    struct entry **slots;
+    size_t cap, len;
+};
+
+struct presence *presence_new(void)
+{
+    struct presence *p = xcalloc(1, sizeof *p);
+    uv_mutex_init(&p->mu);
+    p->cap = 1024;
+    p->slots = xcalloc(p->cap, sizeof *p->slots);
+    return p;
+}
+
+void presence_free(struct presence *p)
+{
+    if (!p)
+        return;
+    for (size_t i = 0; i < p->cap; i++) {
+        struct entry *e = p->slots[i];
+        while (e) {
+            struct entry *n = e->next;
+            free(e);
+            e = n;
+        }
+    }
+    free(p->slots);
+    uv_mutex_destroy(&p->mu);
+    free(p);
+}
+
+static size_t slot_of(const struct presence *p, int64_t user)
+{
+    return (size_t)(((uint64_t)user * 0x9E3779B97F4A7C15ULL) >> 20) & (p->cap - 1);
+}
+
+static void grow(struct presence *p)
+{
+    size_t old_cap = p->cap;
+    struct entry **old = p->slots;
+    p->cap *= 2;
+    p->slots = xcalloc(p->cap, sizeof *p->slots);
+    for (size_t i = 0; i < old_cap; i++) {
+        struct entry *e = old[i];
+        while (e) {
+            struct entry *n = e->next;
+            size_t s = slot_of(p, e->user);
+            e->next = p->slots[s];
+            p->slots[s] = e;
+            e = n;
+        }
+    }
+    free(old);
+}
+
+static struct entry **find(struct presence *p, int64_t user)
+{
+    struct entry **pe = &p->slots[slot_of(p, user)];
+    while (*pe && (*pe)->user != user)
+        pe = &(*pe)->next;
+    return pe;
+}
+
+static struct entry *get_or_add(struct presence *p, int64_t user)
+{
+    struct entry **pe = find(p, user);
+    if (*pe)
+        return *pe;
+    if (p->len + 1 > p->cap) {
+        grow(p);
+        pe = find(p, user);
+    }
+    struct entry *e = xcalloc(1, sizeof *e);
+    e->user = user;
+    *pe = e;
+    p->len++;
+    return e;
+}
+
+static void drop_if_idle(struct presence *p, struct entry **pe, int64_t now_ms, int64_t rate, int64_t burst)
+{
+    struct entry *e = *pe;
+    if (e->conns > 0)
+        return;
+    if (e->bucket_used && rate > 0 && e->tokens + (double)(now_ms - e->refill_ms) * (double)rate / 1000.0 < (double)burst)
+        return; /* forgetting it now would hand out a fresh burst */
+    *pe = e->next;
+    free(e);
+    p->len--;
+}
+
+int presence_up(struct presence *p, int64_t user)
+{
+    uv_mutex_lock(&p->mu);
+    int n = ++get_or_add(p, user)->conns;
+    uv_mutex_unlock(&p->mu);
+    return n;
+}
+
+int presence_down(struct presence *p, int64_t user)
+{
+    uv_mutex_lock(&p->mu);
+    struct entry **pe = find(p, user);
+    int n = 0;
+    if (*pe) {
+        n = (*pe)->conns > 0 ? --(*pe)->conns : 0;
+        /* keep a used bucket around; it is dropped when next found idle and full */
+        if (n == 0 && !(*pe)->bucket_used)
+            drop_if_idle(p, pe, 0, 0, 0);
+    }
+    uv_mutex_unlock(&p->mu);
+    return n;
+}
+
+int presence_online(struct presence *p, int64_t user)
+{
+    uv_mutex_lock(&p->mu);
+    struct entry *e = *find(p, user);
+    int online = e && e->conns > 0;
+    uv_mutex_unlock(&p->mu);
+    return online;
+}
+
+int presence_take_token(struct presence *p, int64_t user, int64_t now_ms, int64_t rate,
+                        int64_t burst, int64_t *retry_ms)
+{
+    if (rate <= 0 || burst <= 0)
+        return 0;
+    uv_mutex_lock(&p->mu);
+    struct entry *e = get_or_add(p, user);
+    if (!e->bucket_used) {
+        e->bucket_used = 1;
+        e->tokens = (double)burst;
+        e->refill_ms = now_ms;
+    }
+    double t = e->tokens + (double)(now_ms - e->refill_ms) * (double)rate / 1000.0;
+    e->tokens = t > (double)burst ? (double)burst : t;
+    e->refill_ms = now_ms;
+    int rc = 0;
+    if (e->tokens >= 1.0) {
+        e->tokens -= 1.0;
+    } else {
+        rc = -1;
+        *retry_ms = (int64_t)((1.0 - e->tokens) * 1000.0 / (double)rate) + 1;
+    }
+    uv_mutex_unlock(&p->mu);
+    return rc;
+}

@@ -1,0 +1,29 @@
+/* presence: the process's shared table of who is online (how many
+ * authenticated WebSocket connections each user has, across all workers) and
+ * of each user's send-rate token bucket.
+ *
+ * This is the one piece of state several workers write, so it guards itself
+ * with a mutex; every operation is O(1) and holds it for a few instructions.
+ * It is created by main and owned by struct server. */
+#ifndef PARLEY_PRESENCE_H
+#define PARLEY_PRESENCE_H
+
+#include <stdint.h>
+
+struct presence;
+
+struct presence *presence_new(void);
+void presence_free(struct presence *p);
+/* A connection of user became authenticated: returns the user's new count
+ * (1 means the user just came online). */
+int presence_up(struct presence *p, int64_t user);
+/* One of user's connections went away: returns the remaining count
+ * (0 means the user just went offline). */
+int presence_down(struct presence *p, int64_t user);
+int presence_online(struct presence *p, int64_t user);
+/* Token bucket: takes one token for user. 0 when allowed; -1 when limited,
+ * with *retry_ms the time until a token is back. rate or burst 0: always 0. */
+int presence_take_token(struct presence *p, int64_t user, int64_t now_ms, int64_t rate,
+                        int64_t burst, int64_t *retry_ms);
+
+#endif

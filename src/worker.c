@@ -1,0 +1,749 @@
+/* worker: see worker.h. The event loop, the listener, the life of a
+ * connection (read, parse, write, close) and the inbox. */
+#include "worker.h"
+
+#include "api.h"
+#include "config.h"
+#include "http.h"
+#include "hub.h"
+#include "log.h"
+#include "proto.h"
+#include "server.h"
+#include "store.h"
+#include "writer.h"
+#include "ws.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define WRITE_BATCH 64            /* frames per writev */
+#define CLOSE_GRACE_MS 5000       /* a closing connection that cannot flush */
+#define STOP_GRACE_MS 3000        /* shutdown: time to flush before abort */
+
+static int64_t now_ms(struct worker *w)
+{
+    return (int64_t)uv_now(&w->loop);
+}
+
+/* ---- the inbox ---- */
+
+void worker_post(struct worker *w, struct event *first, struct event *last)
+{
+    last->next = NULL;
+    uv_mutex_lock(&w->inbox_mu);
+    if (w->inbox_tail)
+        w->inbox_tail->next = first;
+    else
+        w->inbox_head = first;
+    w->inbox_tail = last;
+    uv_mutex_unlock(&w->inbox_mu);
+    uv_async_send(&w->wake);
+}
+
+void worker_fanout_all(struct server *srv, struct frame *f, struct idlist *users, uint64_t except_conn)
+{
+    for (int i = 0; i < srv->nworkers; i++) {
+        struct fanout *fo = xcalloc(1, sizeof *fo);
+        fo->ev.kind = EV_FANOUT;
+        fo->frame = frame_ref(f);
+        fo->users = idlist_ref(users);
+        fo->except_conn = except_conn;
+        worker_post(srv->workers[i], &fo->ev, &fo->ev);
+    }
+}
+
+static void begin_stop(struct worker *w);
+
+static void on_wake(uv_async_t *a)
+{
+    struct worker *w = a->data;
+    uv_mutex_lock(&w->inbox_mu);
+    struct event *ev = w->inbox_head;
+    w->inbox_head = w->inbox_tail = NULL;
+    uv_mutex_unlock(&w->inbox_mu);
+    while (ev) {
+        struct event *next = ev->next;
+        switch (ev->kind) {
+        case EV_JOB: {
+            struct job *j = (struct job *)ev;
+            struct conn *c = j->conn;
+            if (j->done)
+                j->done(j);
+            job_free(j);
+            if (c)
+                conn_release(c);
+            break;
+        }
+        case EV_FANOUT: {
+            struct fanout *fo = (struct fanout *)ev;
+            hub_deliver(w, fo->users, fo->frame, fo->except_conn);
+            frame_unref(fo->frame);
+            idlist_unref(fo->users);
+            free(fo);
+            break;
+        }
+        case EV_STOP_ACCEPT:
+            if (!uv_is_closing((uv_handle_t *)&w->listener))
+                uv_close((uv_handle_t *)&w->listener, NULL);
+            free(ev);
+            break;
+        case EV_STOP:
+            free(ev);
+            begin_stop(w);
+            break;
+        }
+        ev = next;
+    }
+}
+
+/* ---- writing ---- */
+
+struct write_req {
+    uv_write_t req;
+    struct conn *c;
+    size_t bytes;
+    unsigned n;
+    struct frame *frames[WRITE_BATCH];
+};
+
+static void flush(struct conn *c);
+static void finish_close(struct conn *c);
+
+static void on_write(uv_write_t *req, int status)
+{
+    struct write_req *wr = (struct write_req *)req;
+    struct conn *c = wr->c;
+    for (unsigned i = 0; i < wr->n; i++)
+        frame_unref(wr->frames[i]);
+    c->out_bytes -= wr->bytes;
+    c->writing = 0;
+    free(wr);
+    if (c->state == CONN_CLOSED)
+        return;
+    if (status < 0) {
+        conn_abort(c);
+        return;
+    }
+    if (c->out_head) {
+        flush(c);
+        return;
+    }
+    if (c->state == CONN_CLOSING || c->close_after_write)
+        finish_close(c);
+}
+
+static void flush(struct conn *c)
+{
+    if (c->writing || !c->out_head || c->state == CONN_CLOSED)
+        return;
+    struct write_req *wr = xmalloc(sizeof *wr);
+    uv_buf_t bufs[WRITE_BATCH];
+    wr->c = c;
+    wr->n = 0;
+    wr->bytes = 0;
+    while (c->out_head && wr->n < WRITE_BATCH) {
+        struct outq_item *it = c->out_head;
+        c->out_head = it->next;
+        bufs[wr->n] = uv_buf_init((char *)it->frame->data, it->frame->len);
+        wr->bytes += it->frame->len;
+        wr->frames[wr->n++] = it->frame;
+        free(it);
+    }
+    if (!c->out_head)
+        c->out_tail = NULL;
+    c->writing = 1;
+    /* uv_write tries writev at once and queues only what the socket refuses */
+    int rc = uv_write(&wr->req, (uv_stream_t *)&c->tcp, bufs, wr->n, on_write);
+    if (rc < 0) {
+        c->writing = 0;
+        c->out_bytes -= wr->bytes;
+        for (unsigned i = 0; i < wr->n; i++)
+            frame_unref(wr->frames[i]);
+        free(wr);
+        conn_abort(c);
+    }
+}
+
+static void drop_queue(struct conn *c)
+{
+    struct outq_item *it = c->out_head;
+    while (it) {
+        struct outq_item *next = it->next;
+        c->out_bytes -= it->frame->len;
+        frame_unref(it->frame);
+        free(it);
+        it = next;
+    }
+    c->out_head = c->out_tail = NULL;
+}
+
+static void enqueue(struct conn *c, struct frame *f)
+{
+    struct outq_item *it = xmalloc(sizeof *it);
+    it->next = NULL;
+    it->frame = frame_ref(f);
+    if (c->out_tail)
+        c->out_tail->next = it;
+    else
+        c->out_head = it;
+    c->out_tail = it;
+    c->out_bytes += f->len;
+}
+
+void conn_send(struct conn *c, struct frame *f)
+{
+    if (c->state == CONN_CLOSED || c->state == CONN_CLOSING)
+        return;
+    const struct config *cfg = c->w->srv->cfg;
+    if (c->out_bytes + f->len > (size_t)cfg->max_outq && c->http == NULL) {
+        /* A slow consumer: it reconnects and syncs, nobody else waits. */
+        log_info("conn %llu: out-queue over %lld bytes, closing 1008", (unsigned long long)c->id,
+                 (long long)cfg->max_outq);
+        drop_queue(c);
+        conn_close_ws(c, 1008, "slow consumer");
+        return;
+    }
+    enqueue(c, f);
+    flush(c);
+}
+
+void conn_send_json(struct conn *c, const json_t *obj)
+{
+    if (c->state != CONN_WS && c->state != CONN_WS_AUTH)
+        return;
+    struct frame *f = frame_ws_json(obj);
+    conn_send(c, f);
+    frame_unref(f);
+}
+
+/* ---- closing ---- */
+
+static void conn_free(struct conn *c)
+{
+    struct worker *w = c->w;
+    if (c->prev)
+        c->prev->next = c->next;
+    else if (w->conns == c)
+        w->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    w->nconns--;
+    buf_dispose(&c->in);
+    buf_dispose(&c->frag);
+    http_req_free(c->http);
+    free(c);
+}
+
+static void on_closed(uv_handle_t *h)
+{
+    struct conn *c = h->data;
+    c->handle_closed = 1;
+    drop_queue(c);
+    if (c->pending == 0)
+        conn_free(c);
+}
+
+void conn_abort(struct conn *c)
+{
+    if (c->state == CONN_CLOSED)
+        return;
+    if (c->in_hub)
+        proto_end_session(c);
+    c->state = CONN_CLOSED;
+    uv_close((uv_handle_t *)&c->tcp, on_closed);
+}
+
+static void finish_close(struct conn *c)
+{
+    conn_abort(c);
+}
+
+void conn_close_after_flush(struct conn *c)
+{
+    if (c->state == CONN_CLOSED)
+        return;
+    c->close_after_write = 1;
+    if (!c->out_head && !c->writing)
+        finish_close(c);
+}
+
+void conn_close_ws(struct conn *c, uint16_t code, const char *reason)
+{
+    if (c->state == CONN_CLOSED || c->state == CONN_CLOSING)
+        return;
+    uint8_t payload[125];
+    size_t n = ws_close_payload(payload, code, reason);
+    struct frame *f = frame_ws(WS_OP_CLOSE, payload, n);
+    enqueue(c, f);
+    frame_unref(f);
+    if (c->in_hub)
+        proto_end_session(c); /* no more deliveries to a closing connection */
+    c->state = CONN_CLOSING;
+    c->close_code = code;
+    c->deadline_ms = now_ms(c->w) + CLOSE_GRACE_MS;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    flush(c);
+}
+
+void conn_release(struct conn *c)
+{
+    c->pending--;
+    if (c->pending == 0 && c->state == CONN_CLOSED && c->handle_closed)
+        conn_free(c);
+}
+
+/* ---- reading ---- */
+
+static size_t process(struct conn *c, uint8_t *data, size_t len);
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+    struct conn *c = h->data;
+    (void)suggested;
+    b->base = (char *)c->w->rbuf;
+    b->len = sizeof c->w->rbuf;
+}
+
+/* Parses what is buffered: the shared read buffer when nothing was left
+ * over, else the connection's remainder with the new bytes appended. */
+static void consume_input(struct conn *c, uint8_t *data, size_t len)
+{
+    if (c->in.len) {
+        buf_append(&c->in, data, len);
+        size_t used = process(c, (uint8_t *)c->in.data, c->in.len);
+        if (c->state == CONN_CLOSED)
+            return;
+        buf_consume(&c->in, used);
+        if (!c->in.len)
+            buf_dispose(&c->in); /* at rest, own nothing */
+    } else {
+        size_t used = process(c, data, len);
+        if (c->state == CONN_CLOSED || used >= len)
+            return;
+        buf_append(&c->in, data + used, len - used);
+    }
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
+{
+    struct conn *c = s->data;
+    if (nread < 0) {
+        conn_abort(c);
+        return;
+    }
+    if (nread == 0 || c->state == CONN_CLOSED || c->state == CONN_CLOSING)
+        return;
+    c->last_seen_ms = now_ms(c->w);
+    consume_input(c, (uint8_t *)b->base, (size_t)nread);
+    /* Pipelined HTTP: wait for the answer before reading more. */
+    if (c->state == CONN_HTTP && c->busy)
+        uv_read_stop((uv_stream_t *)&c->tcp);
+}
+
+static void http_fail(struct conn *c, int status, const char *code, const char *msg)
+{
+    c->close_after_write = 1;
+    c->busy = 1;
+    http_respond_error(c, status, code, msg);
+}
+
+static void ws_message(struct conn *c, int opcode, const uint8_t *p, size_t n)
+{
+    if (opcode == WS_OP_BINARY) {
+        json_t *e = json_pack("{s:s,s:s,s:s}", "op", "error", "code", "bad_request", "message",
+                              "binary frames are not supported; send JSON text frames");
+        conn_send_json(c, e);
+        json_decref(e);
+        return;
+    }
+    if (!ws_utf8_valid(p, n)) {
+        conn_close_ws(c, 1007, "invalid UTF-8");
+        return;
+    }
+    proto_handle(c, (const char *)p, n);
+}
+
+static void ws_frame(struct conn *c, const struct ws_frame *f)
+{
+    const struct config *cfg = c->w->srv->cfg;
+    switch (f->opcode) {
+    case WS_OP_TEXT:
+    case WS_OP_BINARY:
+        if (c->frag_opcode) {
+            conn_close_ws(c, 1002, "expected a continuation frame");
+            return;
+        }
+        if (f->fin) {
+            ws_message(c, f->opcode, f->payload, f->len);
+            return;
+        }
+        c->frag_opcode = f->opcode;
+        buf_append(&c->frag, f->payload, f->len);
+        return;
+    case WS_OP_CONT:
+        if (!c->frag_opcode) {
+            conn_close_ws(c, 1002, "unexpected continuation frame");
+            return;
+        }
+        if (c->frag.len + f->len > (size_t)cfg->max_frame) {
+            conn_close_ws(c, 1009, "message too big");
+            return;
+        }
+        buf_append(&c->frag, f->payload, f->len);
+        if (f->fin) {
+            int op = c->frag_opcode;
+            c->frag_opcode = 0;
+            ws_message(c, op, (const uint8_t *)c->frag.data, c->frag.len);
+            buf_dispose(&c->frag);
+        }
+        return;
+    case WS_OP_PING: {
+        struct frame *pong = frame_ws(WS_OP_PONG, f->payload, f->len);
+        conn_send(c, pong);
+        frame_unref(pong);
+        return;
+    }
+    case WS_OP_PONG:
+        return;
+    case WS_OP_CLOSE: {
+        uint16_t code;
+        if (ws_parse_close(f->payload, f->len, &code) < 0)
+            conn_close_ws(c, 1002, "bad close frame");
+        else
+            conn_close_ws(c, code == 1005 ? 1000 : code, "");
+        return;
+    }
+    }
+}
+
+static size_t process_frames(struct conn *c, uint8_t *data, size_t len);
+
+/* process_frames with a guard: answers given synchronously from inside it
+ * must not start a second, nested pass over the same bytes. */
+static size_t process(struct conn *c, uint8_t *data, size_t len)
+{
+    c->processing = 1;
+    size_t used = process_frames(c, data, len);
+    c->processing = 0;
+    return used;
+}
+
+static size_t process_frames(struct conn *c, uint8_t *data, size_t len)
+{
+    const struct config *cfg = c->w->srv->cfg;
+    size_t off = 0;
+    while (off < len) {
+        if (c->state == CONN_HTTP) {
+            if (c->busy)
+                break;
+            long n = http_feed(c->http, (const char *)data + off, len - off);
+            if (n < 0) {
+                if (c->http->too_large)
+                    http_fail(c, 413, "too_large", "request body too large");
+                else if (c->http->header_overflow)
+                    http_fail(c, 431, "bad_request", "request headers too large");
+                else
+                    http_fail(c, 400, "bad_request", "malformed HTTP request");
+                return len;
+            }
+            off += (size_t)n;
+            if (!c->http->complete)
+                continue;
+            c->busy = 1;
+            api_handle(c, c->http);
+        } else if (c->state == CONN_WS || c->state == CONN_WS_AUTH) {
+            struct ws_frame f;
+            const char *why = NULL;
+            int n = ws_parse(data + off, len - off, (size_t)cfg->max_frame, &f, &why);
+            if (n == WS_PARTIAL)
+                break;
+            if (n == WS_TOO_BIG) {
+                conn_close_ws(c, 1009, "frame too big");
+                return len;
+            }
+            if (n < 0) {
+                conn_close_ws(c, 1002, why ? why : "protocol error");
+                return len;
+            }
+            off += (size_t)n;
+            ws_frame(c, &f);
+        } else {
+            return len; /* closing: ignore the rest */
+        }
+    }
+    return off;
+}
+
+void conn_http_done(struct conn *c)
+{
+    if (c->state != CONN_HTTP)
+        return; /* upgraded, or closing */
+    c->busy = 0;
+    if (c->close_after_write) {
+        conn_close_after_flush(c);
+        return;
+    }
+    http_req_reset(c->http);
+    c->deadline_ms = now_ms(c->w) + c->w->srv->cfg->header_timeout_ms;
+    /* A pipelined request may be waiting in the remainder. When we are
+     * inside process() (a synchronous answer) its loop continues by itself. */
+    if (c->in.len && !c->processing) {
+        size_t used = process(c, (uint8_t *)c->in.data, c->in.len);
+        if (c->state == CONN_CLOSED)
+            return;
+        buf_consume(&c->in, used);
+        if (!c->in.len)
+            buf_dispose(&c->in);
+    }
+    if (c->state == CONN_HTTP && !c->busy)
+        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+}
+
+/* ---- accepting ---- */
+
+static void free_unlisted(uv_handle_t *h)
+{
+    free(h->data); /* a conn that never made it onto the worker's list */
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    struct worker *w = server->data;
+    if (status < 0 || w->stopping)
+        return;
+    const struct config *cfg = w->srv->cfg;
+    struct conn *c = xcalloc(1, sizeof *c);
+    c->w = w;
+    uv_tcp_init(&w->loop, &c->tcp);
+    c->tcp.data = c;
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
+        uv_close((uv_handle_t *)&c->tcp, free_unlisted);
+        return;
+    }
+    c->id = ((uint64_t)w->index << 48) | ++w->next_conn_id;
+    c->next = w->conns;
+    if (w->conns)
+        w->conns->prev = c;
+    w->conns = c;
+    w->nconns++;
+    c->state = CONN_HTTP;
+    c->http = http_req_new(c, (size_t)cfg->max_http_body);
+    c->last_seen_ms = now_ms(w);
+    c->deadline_ms = c->last_seen_ms + cfg->header_timeout_ms;
+    uv_tcp_nodelay(&c->tcp, 1);
+    /* The cap is per worker so it needs no shared counter. */
+    if (w->nconns > (size_t)(cfg->max_conns / w->srv->nworkers + 1)) {
+        log_warn("worker %d: connection cap reached, refusing", w->index);
+        http_fail(c, 503, "unavailable", "too many connections");
+        return;
+    }
+    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+}
+
+/* libuv 1.44 has no SO_REUSEPORT flag: make the socket by hand, then adopt it. */
+static int open_listener(struct worker *w, char *err, size_t errlen)
+{
+    const struct config *cfg = w->srv->cfg;
+    struct addrinfo hints = {0}, *res = NULL;
+    char port[16];
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    snprintf(port, sizeof port, "%d", cfg->listen_port);
+    int rc = getaddrinfo(cfg->listen_host, port, &hints, &res);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot resolve listen address %s: %s", cfg->listen_host, gai_strerror(rc));
+        return -1;
+    }
+    int fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0 ||
+        bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 1024) < 0) {
+        snprintf(err, errlen, "cannot listen on %s:%d: %s", cfg->listen_host, cfg->listen_port, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        freeaddrinfo(res);
+        return -1;
+    }
+    freeaddrinfo(res);
+    uv_tcp_init(&w->loop, &w->listener);
+    w->listener.data = w;
+    if (uv_tcp_open(&w->listener, fd) < 0 ||
+        uv_listen((uv_stream_t *)&w->listener, 1024, on_connection) < 0) {
+        snprintf(err, errlen, "cannot listen on %s:%d", cfg->listen_host, cfg->listen_port);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- timeouts and heartbeats ---- */
+
+static void close_handles(struct worker *w)
+{
+    if (!uv_is_closing((uv_handle_t *)&w->listener))
+        uv_close((uv_handle_t *)&w->listener, NULL);
+    if (!uv_is_closing((uv_handle_t *)&w->wake))
+        uv_close((uv_handle_t *)&w->wake, NULL);
+    if (!uv_is_closing((uv_handle_t *)&w->sweep))
+        uv_close((uv_handle_t *)&w->sweep, NULL);
+}
+
+static void sweep_conn(struct worker *w, struct conn *c, int64_t now)
+{
+    const struct config *cfg = w->srv->cfg;
+    switch (c->state) {
+    case CONN_HTTP:
+        if (!c->busy && now >= c->deadline_ms)
+            conn_abort(c); /* slow or idle: headers timeout / keep-alive idle */
+        break;
+    case CONN_WS_AUTH:
+        if (now >= c->deadline_ms)
+            conn_close_ws(c, 4001, "auth timeout");
+        break;
+    case CONN_WS:
+        if (c->token_exp_ms && now >= c->token_exp_ms) {
+            conn_close_ws(c, 4001, "token expired");
+        } else if (now - c->last_seen_ms > 2 * cfg->heartbeat_ms) {
+            conn_abort(c); /* silent for two intervals */
+        } else if (now - c->last_ping_ms >= cfg->heartbeat_ms) {
+            c->last_ping_ms = now;
+            conn_send(c, w->ping);
+        }
+        break;
+    case CONN_CLOSING:
+        if (now >= c->deadline_ms)
+            conn_abort(c);
+        break;
+    }
+}
+
+static void on_sweep(uv_timer_t *t)
+{
+    struct worker *w = t->data;
+    uv_update_time(&w->loop);
+    int64_t now = now_ms(w);
+    struct conn *next;
+    for (struct conn *c = w->conns; c; c = next) {
+        next = c->next;
+        if (c->state == CONN_CLOSED)
+            continue;
+        if (w->stopping && now >= w->stop_deadline_ms)
+            conn_abort(c);
+        else
+            sweep_conn(w, c, now);
+    }
+    if (w->stopping && w->nconns == 0)
+        close_handles(w);
+}
+
+static void begin_stop(struct worker *w)
+{
+    if (w->stopping)
+        return;
+    w->stopping = 1;
+    w->stop_deadline_ms = now_ms(w) + STOP_GRACE_MS;
+    if (!uv_is_closing((uv_handle_t *)&w->listener))
+        uv_close((uv_handle_t *)&w->listener, NULL);
+    struct conn *next;
+    for (struct conn *c = w->conns; c; c = next) {
+        next = c->next;
+        if (c->state == CONN_WS || c->state == CONN_WS_AUTH)
+            conn_close_ws(c, 1001, "server shutting down");
+        else if (c->state == CONN_HTTP && !c->busy)
+            conn_abort(c);
+        else if (c->state == CONN_HTTP)
+            c->close_after_write = 1;
+    }
+    uv_timer_start(&w->sweep, on_sweep, 20, 20);
+}
+
+/* ---- the worker ---- */
+
+struct worker *worker_new(struct server *srv, int index, char *err, size_t errlen)
+{
+    struct worker *w = xcalloc(1, sizeof *w);
+    w->srv = srv;
+    w->index = index;
+    uv_loop_init(&w->loop);
+    uv_mutex_init(&w->inbox_mu);
+    uv_async_init(&w->loop, &w->wake, on_wake);
+    w->wake.data = w;
+    uv_timer_init(&w->loop, &w->sweep);
+    w->sweep.data = w;
+    w->ping = frame_ws(WS_OP_PING, NULL, 0);
+    if (store_open(srv->db_path, 1, &w->reader, err, errlen) != STORE_OK)
+        goto fail;
+    if (open_listener(w, err, errlen) < 0)
+        goto fail;
+    return w;
+fail:
+    worker_free(w);
+    return NULL;
+}
+
+static void worker_main(void *arg)
+{
+    struct worker *w = arg;
+    const struct config *cfg = w->srv->cfg;
+    int64_t every = cfg->heartbeat_ms / 4;
+    if (every > 1000)
+        every = 1000;
+    if (every < 25)
+        every = 25;
+    uv_timer_start(&w->sweep, on_sweep, (uint64_t)every, (uint64_t)every);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+}
+
+int worker_start(struct worker *w)
+{
+    return uv_thread_create(&w->thread, worker_main, w) == 0 ? 0 : -1;
+}
+
+void worker_join(struct worker *w)
+{
+    uv_thread_join(&w->thread);
+}
+
+static void close_any(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+void worker_free(struct worker *w)
+{
+    if (!w)
+        return;
+    /* Only handles are left (the thread has returned, or never ran). */
+    uv_walk(&w->loop, close_any, NULL);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&w->loop);
+    struct event *ev = w->inbox_head;
+    while (ev) {
+        struct event *next = ev->next;
+        if (ev->kind == EV_JOB) {
+            job_free((struct job *)ev);
+        } else if (ev->kind == EV_FANOUT) {
+            struct fanout *fo = (struct fanout *)ev;
+            frame_unref(fo->frame);
+            idlist_unref(fo->users);
+            free(fo);
+        } else {
+            free(ev);
+        }
+        ev = next;
+    }
+    uv_mutex_destroy(&w->inbox_mu);
+    hub_dispose(w);
+    frame_unref(w->ping);
+    store_close(w->reader);
+    free(w);
+}
