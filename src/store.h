@@ -64,7 +64,10 @@ int store_refresh_insert(struct store *st, int64_t user_id, const char *family,
 /* Rotation. Unknown hash: NOT_FOUND. Already replaced (reuse): revokes every
  * token of its family, returns REUSED. Revoked or expired: EXPIRED. Otherwise
  * marks it replaced by new_hash, inserts new_hash in the same family with
- * new_expires_at, sets *user_id_out, returns OK. */
+ * new_expires_at, sets *user_id_out, returns OK.
+ * REUSED comes with a write (the family's revocation) that the caller must
+ * commit, not roll back: a writer job should report REUSED in its result and
+ * return STORE_OK from its run function, or the revocation is undone. */
 int store_refresh_rotate(struct store *st, const char *old_hash, const char *new_hash,
                          int64_t new_expires_at, int64_t now, int64_t *user_id_out);
 /* Revokes one token; OK for an unknown hash too. */
