@@ -337,6 +337,12 @@ static int run_refresh(struct store *st, struct job *j)
 {
     int64_t uid;
     int rc = store_refresh_rotate(st, j->str2, j->str3, j->ts, util_now_ms(), &uid);
+    if (rc == STORE_REUSED) {
+        /* The family's revocation must commit: report reuse without
+         * failing the job (a failing job's savepoint is rolled back). */
+        j->dup = 1;
+        return STORE_OK;
+    }
     if (rc != STORE_OK)
         return rc;
     j->user = uid;
@@ -348,9 +354,9 @@ static void done_refresh(struct job *j)
     struct conn *c = j->conn;
     if (!alive(c))
         return;
-    if (j->rc == STORE_NOT_FOUND || j->rc == STORE_REUSED || j->rc == STORE_EXPIRED) {
+    if (j->rc == STORE_NOT_FOUND || j->rc == STORE_EXPIRED || (j->rc == STORE_OK && j->dup)) {
         http_respond_error(c, 401, "unauthorized",
-                           j->rc == STORE_REUSED ? "refresh token reused; its session was revoked"
+                           j->dup ? "refresh token reused; its session was revoked"
                                                  : "invalid or expired refresh token");
         return;
     }

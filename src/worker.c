@@ -595,7 +595,7 @@ static void close_handles(struct worker *w)
         uv_close((uv_handle_t *)&w->sweep, NULL);
 }
 
-static void sweep_conn(struct worker *w, struct conn *c, int64_t now)
+static void sweep_conn(struct worker *w, struct conn *c, int64_t now, int64_t wall)
 {
     const struct config *cfg = w->srv->cfg;
     switch (c->state) {
@@ -608,7 +608,7 @@ static void sweep_conn(struct worker *w, struct conn *c, int64_t now)
             conn_close_ws(c, 4001, "auth timeout");
         break;
     case CONN_WS:
-        if (c->token_exp_ms && now >= c->token_exp_ms) {
+        if (c->token_exp_ms && wall >= c->token_exp_ms) { /* exp is wall-clock time */
             conn_close_ws(c, 4001, "token expired");
         } else if (now - c->last_seen_ms > 2 * cfg->heartbeat_ms) {
             conn_abort(c); /* silent for two intervals */
@@ -628,7 +628,7 @@ static void on_sweep(uv_timer_t *t)
 {
     struct worker *w = t->data;
     uv_update_time(&w->loop);
-    int64_t now = now_ms(w);
+    int64_t now = now_ms(w), wall = util_now_ms();
     struct conn *next;
     for (struct conn *c = w->conns; c; c = next) {
         next = c->next;
@@ -637,7 +637,7 @@ static void on_sweep(uv_timer_t *t)
         if (w->stopping && now >= w->stop_deadline_ms)
             conn_abort(c);
         else
-            sweep_conn(w, c, now);
+            sweep_conn(w, c, now, wall);
     }
     if (w->stopping && w->nconns == 0)
         close_handles(w);

@@ -117,10 +117,6 @@ static int run_send(struct store *st, struct job *j, struct seqmap *m, int64_t n
     rc = store_msg_insert(st, j->conv, j->seq, j->user, j->str, j->body, j->body_len, j->ts);
     if (rc != STORE_OK)
         return STORE_ERR; /* CONFLICT cannot happen after the lookup above */
-    int64_t pos;
-    rc = store_read_set(st, j->conv, j->user, j->seq, &pos);
-    if (rc != STORE_OK && rc != STORE_NOT_FOUND)
-        return STORE_ERR;
     s->next_seq++;
     s->last_ts = j->ts;
     s->touched = 1;
@@ -141,8 +137,10 @@ static int run_other(struct store *st, struct job *j)
     return STORE_OK;
 }
 
-/* After the inserts: move each conversation's last_seq, read its members. */
-static int finish_convs(struct store *st, struct seqmap *m)
+/* After the inserts: move each conversation's last_seq, then each sender's
+ * read position to its message (read positions are clamped to last_seq, so
+ * this must come after the advance), and read the members for the fan-out. */
+static int finish_convs(struct store *st, struct seqmap *m, struct job *batch)
 {
     for (size_t i = 0; i < m->n; i++) {
         struct seqslot *s = &m->v[i];
@@ -150,6 +148,14 @@ static int finish_convs(struct store *st, struct seqmap *m)
             continue;
         if (store_conv_advance(st, s->conv, s->next_seq - 1, s->last_ts) != STORE_OK)
             return STORE_ERR;
+        for (struct job *j = batch; j; j = (struct job *)j->ev.next) {
+            int64_t pos;
+            if (j->run || j->rc != STORE_OK || j->dup || j->conv != s->conv)
+                continue;
+            int rc = store_read_set(st, j->conv, j->user, j->seq, &pos);
+            if (rc != STORE_OK && rc != STORE_NOT_FOUND)
+                return STORE_ERR;
+        }
         int64_t *ids;
         size_t n;
         if (store_members(st, s->conv, &ids, &n) != STORE_OK)
@@ -185,7 +191,7 @@ int writer_run_batch(struct store *st, struct job *batch, writer_deliver_fn deli
         }
     }
     if (!failed)
-        failed = finish_convs(st, &m) != STORE_OK;
+        failed = finish_convs(st, &m, batch) != STORE_OK;
     if (!failed)
         failed = store_commit(st) != STORE_OK;
     if (failed) {

@@ -1,0 +1,69 @@
+# Parley: the two commands that matter are `make run` and `make test`.
+# Both install what is missing (scripts/setup), then build with CMake + Ninja.
+
+RELEASE := build/release
+ASAN    := build/asan
+PORT    ?= 8080
+NODE_TEST := node --test --test-reporter=spec
+
+.PHONY: all run test setup build asan unit unit-asan e2e e2e-asan sdk browser test-asan fuzz clean
+
+all: build
+
+setup:
+	@scripts/setup
+
+$(RELEASE)/build.ninja:
+	@cmake -S . -B $(RELEASE) -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_C_FLAGS_RELEASE="-O2 -g -DNDEBUG" >/dev/null
+
+$(ASAN)/build.ninja:
+	@cmake -S . -B $(ASAN) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DPARLEY_SANITIZE=ON >/dev/null
+
+build: setup $(RELEASE)/build.ninja
+	@ninja -C $(RELEASE) --quiet
+
+asan: setup $(ASAN)/build.ninja
+	@ninja -C $(ASAN) --quiet
+
+# Starts the embedded server on 127.0.0.1:$(PORT) with data in ./data.
+run: build
+	@mkdir -p data
+	@echo "Parley is starting: open http://127.0.0.1:$(PORT)/ (Ctrl-C stops it)"
+	@exec $(RELEASE)/parleyd --listen 127.0.0.1:$(PORT) --data ./data
+
+unit: build
+	@cd $(RELEASE) && ctest --output-on-failure
+
+unit-asan: asan
+	@cd $(ASAN) && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure
+
+e2e: build
+	@cd tests && PARLEYD=$(CURDIR)/$(RELEASE)/parleyd $(NODE_TEST) e2e/*.test.mjs
+
+e2e-asan: asan
+	@cd tests && PARLEYD=$(CURDIR)/$(ASAN)/parleyd ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 $(NODE_TEST) e2e/*.test.mjs
+
+sdk: build
+	@cd tests && if ls sdk/*.test.mjs >/dev/null 2>&1; then PARLEYD=$(CURDIR)/$(RELEASE)/parleyd $(NODE_TEST) sdk/*.test.mjs; fi
+
+browser: build
+	@cd tests && if ls browser/*.test.mjs >/dev/null 2>&1; then PARLEYD=$(CURDIR)/$(RELEASE)/parleyd $(NODE_TEST) browser/*.test.mjs; fi
+
+# The sanitizer half of the suite on its own (make test runs it too).
+test-asan: unit-asan e2e-asan
+
+# Everything: unit tests (normal and ASan+UBSan), end-to-end against both
+# builds, the SDK and the browser client.
+test: build asan
+	@$(MAKE) --no-print-directory unit unit-asan e2e e2e-asan sdk browser
+
+# Coverage-guided fuzzing of our parsers (not part of make test).
+FUZZ_SECONDS ?= 60
+fuzz: setup
+	@cmake -S . -B build/fuzz -G Ninja -DCMAKE_C_COMPILER=clang -DPARLEY_FUZZ=ON >/dev/null
+	@ninja -C build/fuzz --quiet
+	@for f in build/fuzz/fuzz/fuzz_*; do [ -x "$$f" ] && $$f -max_total_time=$(FUZZ_SECONDS) || exit 1; done
+
+clean:
+	rm -rf build
