@@ -62,6 +62,10 @@ export async function start(opts = {}) {
     stderr += d;
     if (process.env.PARLEY_TEST_VERBOSE) process.stderr.write(d);
   });
+  const checkSanitizers = () => {
+    const m = /(ERROR: (Address|Leak)Sanitizer|runtime error:)[^\n]*/.exec(stderr);
+    if (m) throw new Error(`parleyd reported a sanitizer error: ${m[0]}\n${stderr.slice(-4000)}`);
+  };
   const exited = new Promise((resolve) => child.once('exit', (code, sig) => resolve({ code, sig })));
   await waitForPort(port, child, 20000);
   const srv = {
@@ -73,10 +77,13 @@ export async function start(opts = {}) {
     exited,
     get stderr() { return stderr; },
     // Graceful stop; resolves {code, sig}. Removes the data dir unless keep.
+    // Throws if the server reported a sanitizer error (ASan, LSan, UBSan):
+    // under `make test-asan` that is how a leak or UB fails the suite.
     async stop({ signal = 'SIGTERM', keep = false } = {}) {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal);
       const res = await exited;
       if (!keep && !opts.dataDir) rmSync(dataDir, { recursive: true, force: true });
+      checkSanitizers();
       return res;
     },
     async kill9() {
