@@ -56,7 +56,7 @@ static void respond_rc(struct conn *c, int rc, int unavailable)
 static json_t *body_object(struct conn *c, struct http_req *r)
 {
     json_error_t e;
-    json_t *o = json_loadb(r->body.data, r->body.len, JSON_REJECT_DUPLICATES, &e);
+    json_t *o = json_loadb(r->body.data, r->body.len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &e);
     if (!o || !json_is_object(o)) {
         json_decref(o);
         http_respond_error(c, 400, "bad_request", "body must be a JSON object");
@@ -122,6 +122,15 @@ static int fold_username(const char *in, char out[33])
     }
     out[n] = '\0';
     return 0;
+}
+
+/* A string member without embedded NUL bytes (those would cut it short
+ * in C string functions), or NULL. */
+static const char *plain_string(json_t *o, const char *key)
+{
+    json_t *v = json_object_get(o, key);
+    const char *s = json_string_value(v);
+    return s && strlen(s) == json_string_length(v) ? s : NULL;
 }
 
 /* ---- accounts ---- */
@@ -253,7 +262,7 @@ static void api_signup(struct conn *c, struct http_req *r)
     json_t *o = body_object(c, r);
     if (!o)
         return;
-    const char *u = json_string_value(json_object_get(o, "username"));
+    const char *u = plain_string(o, "username");
     json_t *pv = json_object_get(o, "password");
     json_t *dv = json_object_get(o, "display_name");
     char folded[33];
@@ -307,7 +316,7 @@ static void api_login(struct conn *c, struct http_req *r)
     json_t *o = body_object(c, r);
     if (!o)
         return;
-    const char *u = json_string_value(json_object_get(o, "username"));
+    const char *u = plain_string(o, "username");
     json_t *pv = json_object_get(o, "password");
     if (!u || !json_is_string(pv)) {
         http_respond_error(c, 400, "bad_request", "username and password are required");
@@ -369,7 +378,7 @@ static json_t *refresh_body(struct conn *c, struct http_req *r, const char **tok
     json_t *o = body_object(c, r);
     if (!o)
         return NULL;
-    *tok = json_string_value(json_object_get(o, "refresh_token"));
+    *tok = plain_string(o, "refresh_token");
     if (!*tok || !**tok || strlen(*tok) > 512) {
         http_respond_error(c, 400, "bad_request", "refresh_token is required");
         json_decref(o);
@@ -508,10 +517,9 @@ static void api_create_conv(struct conn *c, struct http_req *r, int64_t uid)
             err = "user_id must be a user id";
     } else if (kind && strcmp(kind, "group") == 0) {
         j->flag = 'g';
-        const char *title = json_string_value(json_object_get(o, "title"));
+        const char *title = plain_string(o, "title");
         json_t *members = json_object_get(o, "members");
-        if (!title || strlen(title) != json_string_length(json_object_get(o, "title")) ||
-            utf8_chars(title) < 1 || utf8_chars(title) > 128)
+        if (!title || utf8_chars(title) < 1 || utf8_chars(title) > 128)
             err = "title must be 1-128 characters";
         else if (members && !json_is_array(members))
             err = "members must be an array of user ids";
@@ -618,7 +626,7 @@ static void api_set_role(struct conn *c, struct http_req *r, int64_t uid, int64_
     json_t *o = body_object(c, r);
     if (!o)
         return;
-    const char *role = json_string_value(json_object_get(o, "role"));
+    const char *role = plain_string(o, "role");
     if (!role || (strcmp(role, "admin") != 0 && strcmp(role, "member") != 0)) {
         json_decref(o);
         http_respond_error(c, 400, "bad_request", "role must be \"admin\" or \"member\"");
@@ -698,21 +706,11 @@ static void api_send(struct conn *c, struct http_req *r, int64_t uid, int64_t co
     json_t *o = body_object(c, r);
     if (!o)
         return;
-    json_t *idv = json_object_get(o, "id"), *bv = json_object_get(o, "body");
-    const char *err = NULL;
-    if (!json_is_string(idv) || json_string_length(idv) < 1 || utf8_chars(json_string_value(idv)) > 128 ||
-        strlen(json_string_value(idv)) != json_string_length(idv))
-        err = "id must be a string of 1-128 characters";
-    else if (!json_is_string(bv) || json_string_length(bv) < 1)
-        err = "body must be a non-empty string";
-    if (err) {
+    struct proto_op m = {0};
+    const char *code, *msg;
+    if (proto_check_message(o, (size_t)cfg_of(c)->max_body, &m, &code, &msg) < 0) {
         json_decref(o);
-        http_respond_error(c, 400, "bad_request", err);
-        return;
-    }
-    if (json_string_length(bv) > (size_t)cfg_of(c)->max_body) {
-        json_decref(o);
-        http_respond_error(c, 413, "too_large", "body too large");
+        http_respond_error(c, strcmp(code, "too_large") == 0 ? 413 : 400, code, msg);
         return;
     }
     int64_t retry;
@@ -726,10 +724,10 @@ static void api_send(struct conn *c, struct http_req *r, int64_t uid, int64_t co
     j->user = uid;
     j->conv = conv;
     j->via_http = 1;
-    j->str = xstrdup(json_string_value(idv));
-    j->body_len = json_string_length(bv);
-    j->body = xmalloc(j->body_len + 1);
-    memcpy(j->body, json_string_value(bv), j->body_len + 1);
+    j->str = xstrdup(m.id);
+    j->body_len = m.body_len;
+    j->body = xmalloc(m.body_len + 1);
+    memcpy(j->body, m.body, m.body_len + 1);
     json_decref(o);
     writer_submit(c->w->srv->writer, j);
 }

@@ -165,11 +165,10 @@ void proto_end_session(struct conn *c)
 
 /* ---- ops ---- */
 
-static void op_auth(struct conn *c, json_t *o)
+static void op_auth(struct conn *c, const struct proto_op *op)
 {
-    const char *tok = json_string_value(json_object_get(o, "token"));
     struct jwt_claims cl;
-    int rc = tok ? auth_verify(cfg_of(c), tok, strlen(tok), &cl) : AUTH_MISSING;
+    int rc = auth_verify(cfg_of(c), op->token, strlen(op->token), &cl);
     if (rc != JWT_OK) {
         conn_close_ws(c, 4001, rc == JWT_EXPIRED ? "token expired" : "invalid token");
         return;
@@ -206,61 +205,30 @@ static void done_ws_send(struct job *j)
     json_decref(o);
 }
 
-static void op_send(struct conn *c, json_t *o)
+static void op_send(struct conn *c, const struct proto_op *op)
 {
-    json_t *idv = json_object_get(o, "id"), *bv = json_object_get(o, "body");
-    const char *id = json_string_value(idv);
-    int64_t conv = int_field(o, "conv");
-    if (!id || json_string_length(idv) < 1 || json_string_length(idv) > 512 || strlen(id) != json_string_length(idv)) {
-        send_error(c, NULL, "bad_request", "send needs an id: a string of 1-128 characters");
-        return;
-    }
-    size_t chars = 0;
-    for (const char *p = id; *p; p++)
-        chars += ((unsigned char)*p & 0xC0) != 0x80;
-    if (chars > 128) {
-        send_error(c, id, "bad_request", "id must be 1-128 characters");
-        return;
-    }
-    if (!conv) {
-        send_error(c, id, "bad_request", "send needs conv: a conversation id");
-        return;
-    }
-    if (!json_is_string(bv) || json_string_length(bv) < 1) {
-        send_error(c, id, "bad_request", "body must be a non-empty string");
-        return;
-    }
-    if (json_string_length(bv) > (size_t)cfg_of(c)->max_body) {
-        send_error(c, id, "too_large", "body too large");
-        return;
-    }
     int64_t retry;
     if (presence_take_token(c->w->srv->presence, c->user_id, util_mono_ms(), cfg_of(c)->send_rate,
                             cfg_of(c)->send_burst, &retry) < 0) {
-        send_error(c, id, "rate_limited", "too many messages; slow down");
+        send_error(c, op->id, "rate_limited", "too many messages; slow down");
         return;
     }
     struct job *j = job_new(c->w, c, NULL, done_ws_send);
     j->user = c->user_id;
-    j->conv = conv;
-    j->str = xstrdup(id);
-    j->body_len = json_string_length(bv);
-    j->body = xmalloc(j->body_len + 1);
-    memcpy(j->body, json_string_value(bv), j->body_len + 1);
+    j->conv = op->conv;
+    j->str = xstrdup(op->id);
+    j->body_len = op->body_len;
+    j->body = xmalloc(op->body_len + 1);
+    memcpy(j->body, op->body, op->body_len + 1);
     writer_submit(c->w->srv->writer, j);
 }
 
-static void op_sync(struct conn *c, json_t *o)
+static void op_sync(struct conn *c, const struct proto_op *op)
 {
     struct store *st = c->w->reader;
-    json_t *since = json_object_get(o, "since");
-    if (since && !json_is_object(since)) {
-        send_error(c, NULL, "bad_request", "since must be an object of conversation id -> seq");
-        return;
-    }
     const char *key;
     json_t *v;
-    json_object_foreach(since, key, v) {
+    json_object_foreach(op->since, key, v) {
         int64_t conv, after;
         if (util_parse_i64(key, &conv) < 0 || conv <= 0 || !json_is_integer(v) || json_integer_value(v) < 0)
             continue; /* not a conversation: nothing to send for it */
@@ -312,28 +280,18 @@ static void done_read(struct job *j)
     idlist_unref(l);
 }
 
-static void op_read(struct conn *c, json_t *o)
+static void op_read(struct conn *c, const struct proto_op *op)
 {
-    int64_t conv = int_field(o, "conv");
-    json_t *sv = json_object_get(o, "seq");
-    if (!conv || !json_is_integer(sv) || json_integer_value(sv) < 0) {
-        send_error(c, NULL, "bad_request", "read needs conv and seq");
-        return;
-    }
     struct job *j = job_new(c->w, c, run_read, done_read);
     j->user = c->user_id;
-    j->conv = conv;
-    j->seq = json_integer_value(sv);
+    j->conv = op->conv;
+    j->seq = op->seq;
     writer_submit(c->w->srv->writer, j);
 }
 
-static void op_typing(struct conn *c, json_t *o)
+static void op_typing(struct conn *c, const struct proto_op *op)
 {
-    int64_t conv = int_field(o, "conv");
-    if (!conv) {
-        send_error(c, NULL, "bad_request", "typing needs conv");
-        return;
-    }
+    int64_t conv = op->conv;
     if (store_is_member(c->w->reader, conv, c->user_id) != STORE_OK) {
         send_error(c, NULL, "not_found", "no such conversation");
         return;
@@ -347,40 +305,140 @@ static void op_typing(struct conn *c, json_t *o)
     idlist_unref(l);
 }
 
+/* ---- parsing ---- */
+
+static size_t utf8_chars(const char *s)
+{
+    size_t n = 0;
+    for (; *s; s++)
+        n += ((unsigned char)*s & 0xC0) != 0x80;
+    return n;
+}
+
+#define BAD(msg) do { *code = "bad_request"; *message = (msg); return -1; } while (0)
+
+int proto_check_message(json_t *obj, size_t max_body, struct proto_op *op, const char **code,
+                        const char **message)
+{
+    json_t *idv = json_object_get(obj, "id"), *bv = json_object_get(obj, "body");
+    op->id = json_string_value(idv);
+    if (!op->id || json_string_length(idv) < 1 || strlen(op->id) != json_string_length(idv) ||
+        utf8_chars(op->id) > 128) {
+        op->id = NULL; /* not echoed: it is not a valid client id */
+        BAD("id must be a string of 1-128 characters");
+    }
+    if (!json_is_string(bv) || json_string_length(bv) < 1)
+        BAD("body must be a non-empty string");
+    op->body = json_string_value(bv);
+    op->body_len = json_string_length(bv);
+    if (op->body_len > max_body) {
+        *code = "too_large";
+        *message = "body too large";
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_send(struct proto_op *op, size_t max_body, const char **code, const char **message)
+{
+    if (proto_check_message(op->root, max_body, op, code, message) < 0)
+        return -1;
+    op->conv = int_field(op->root, "conv");
+    if (!op->conv)
+        BAD("send needs conv: a conversation id");
+    return 0;
+}
+
+int proto_parse(const char *text, size_t len, size_t max_body, struct proto_op *op, const char **code,
+                const char **message)
+{
+    memset(op, 0, sizeof *op);
+    json_error_t err;
+    op->root = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &err);
+    if (!op->root || !json_is_object(op->root))
+        BAD("malformed JSON: expected one object per frame");
+    const char *name = json_string_value(json_object_get(op->root, "op"));
+    if (!name)
+        BAD("missing op");
+    if (strcmp(name, "send") == 0) {
+        op->kind = OP_SEND;
+        return parse_send(op, max_body, code, message);
+    }
+    if (strcmp(name, "auth") == 0) {
+        op->kind = OP_AUTH;
+        op->token = json_string_value(json_object_get(op->root, "token"));
+        if (!op->token || !*op->token)
+            BAD("auth needs token");
+        return 0;
+    }
+    if (strcmp(name, "sync") == 0) {
+        op->kind = OP_SYNC;
+        op->since = json_object_get(op->root, "since");
+        if (op->since && !json_is_object(op->since) && !json_is_null(op->since))
+            BAD("since must be an object of conversation id -> seq");
+        if (json_is_null(op->since))
+            op->since = NULL;
+        return 0;
+    }
+    if (strcmp(name, "read") == 0) {
+        op->kind = OP_READ;
+        json_t *sv = json_object_get(op->root, "seq");
+        op->conv = int_field(op->root, "conv");
+        if (!op->conv || !json_is_integer(sv) || json_integer_value(sv) < 0)
+            BAD("read needs conv and seq");
+        op->seq = json_integer_value(sv);
+        return 0;
+    }
+    if (strcmp(name, "typing") == 0) {
+        op->kind = OP_TYPING;
+        op->conv = int_field(op->root, "conv");
+        if (!op->conv)
+            BAD("typing needs conv");
+        return 0;
+    }
+    if (strcmp(name, "ping") == 0) {
+        op->kind = OP_PING;
+        return 0;
+    }
+    BAD("unknown op");
+}
+
+#undef BAD
+
+void proto_op_dispose(struct proto_op *op)
+{
+    if (op->root)
+        json_decref(op->root);
+    op->root = NULL;
+}
+
 void proto_handle(struct conn *c, const char *text, size_t len)
 {
-    json_error_t err;
-    json_t *o = json_loadb(text, len, JSON_REJECT_DUPLICATES, &err);
-    const char *op = o ? json_string_value(json_object_get(o, "op")) : NULL;
+    struct proto_op op;
+    const char *code = NULL, *message = NULL;
+    int rc = proto_parse(text, len, (size_t)cfg_of(c)->max_body, &op, &code, &message);
     if (c->state == CONN_WS_AUTH) {
-        /* The first frame must be auth; anything else ends the connection. */
-        if (op && strcmp(op, "auth") == 0)
-            op_auth(c, o);
+        /* The first frame must be a valid auth; anything else ends the connection. */
+        if (rc == 0 && op.kind == OP_AUTH)
+            op_auth(c, &op);
         else
             conn_close_ws(c, 4001, "expected an auth frame first");
-        json_decref(o);
-        return;
-    }
-    if (!o || !json_is_object(o)) {
-        send_error(c, NULL, "bad_request", "malformed JSON: expected one object per frame");
-    } else if (!op) {
-        send_error(c, NULL, "bad_request", "missing op");
-    } else if (strcmp(op, "send") == 0) {
-        op_send(c, o);
-    } else if (strcmp(op, "sync") == 0) {
-        op_sync(c, o);
-    } else if (strcmp(op, "read") == 0) {
-        op_read(c, o);
-    } else if (strcmp(op, "typing") == 0) {
-        op_typing(c, o);
-    } else if (strcmp(op, "ping") == 0) {
-        json_t *p = json_pack("{s:s}", "op", "pong");
-        conn_send_json(c, p);
-        json_decref(p);
-    } else if (strcmp(op, "auth") == 0) {
-        op_auth(c, o);
+    } else if (rc < 0) {
+        send_error(c, op.id, code, message);
     } else {
-        send_error(c, NULL, "bad_request", "unknown op");
+        switch (op.kind) {
+        case OP_AUTH: op_auth(c, &op); break;
+        case OP_SEND: op_send(c, &op); break;
+        case OP_SYNC: op_sync(c, &op); break;
+        case OP_READ: op_read(c, &op); break;
+        case OP_TYPING: op_typing(c, &op); break;
+        case OP_PING: {
+            json_t *p = json_pack("{s:s}", "op", "pong");
+            conn_send_json(c, p);
+            json_decref(p);
+            break;
+        }
+        }
     }
-    json_decref(o);
+    proto_op_dispose(&op);
 }

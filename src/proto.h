@@ -9,6 +9,32 @@
 
 #include <jansson.h>
 
+/* A client frame, parsed and validated (pure: no I/O, no state). */
+enum proto_op_kind { OP_AUTH, OP_SEND, OP_SYNC, OP_READ, OP_TYPING, OP_PING };
+
+struct proto_op {
+    enum proto_op_kind kind;
+    json_t *root;        /* owned: the parsed frame; the fields below point into it */
+    const char *id;      /* send: the client id (also set on a send's errors, to echo) */
+    const char *token;   /* auth */
+    int64_t conv;        /* send, read, typing */
+    const char *body;    /* send; may hold NUL bytes */
+    size_t body_len;
+    int64_t seq;         /* read */
+    json_t *since;       /* sync: object of conversation id -> seq, or NULL */
+};
+
+/* Parses one frame. 0 on success; -1 with *code (an error code of the
+ * protocol: bad_request or too_large) and *message. Either way call
+ * proto_op_dispose. */
+int proto_parse(const char *text, size_t len, size_t max_body, struct proto_op *op, const char **code,
+                const char **message);
+void proto_op_dispose(struct proto_op *op);
+/* The message part of a send ({"id","body"}), shared with HTTP's
+ * POST .../messages: fills op->id, op->body, op->body_len from obj. */
+int proto_check_message(json_t *obj, size_t max_body, struct proto_op *op, const char **code,
+                        const char **message);
+
 /* One complete text message from the client (valid UTF-8). */
 void proto_handle(struct conn *c, const char *text, size_t len);
 /* Authenticates an upgraded connection (token from the upgrade request, or

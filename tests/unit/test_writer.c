@@ -1,0 +1,281 @@
+/* Unit tests for the writer's batch: grouping many jobs into one
+ * transaction, dense per-conversation seq assignment in submission order,
+ * idempotency on (sender, client id), membership, per-job savepoints, and the
+ * fan-out it hands on after the commit. Runs on a real SQLite store. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "store.h"
+#include "writer.h"
+
+struct fixture {
+    char dir[64];
+    char path[128];
+    struct store *st;
+    int64_t u1, u2, u3, group, direct;
+    /* what the batch handed on */
+    struct job *delivered[64];
+    int ndelivered;
+    json_t *fanned[64];     /* decoded msg frames */
+    size_t fan_members[64]; /* member count of each */
+    int nfanned;
+};
+
+static int64_t make_user(struct store *st, const char *name)
+{
+    json_t *u;
+    assert_int_equal(store_user_create(st, name, name, "$argon2id$x", 1, &u), STORE_OK);
+    int64_t id = json_integer_value(json_object_get(u, "id"));
+    json_decref(u);
+    return id;
+}
+
+static int setup(void **state)
+{
+    struct fixture *f = calloc(1, sizeof *f);
+    strcpy(f->dir, "/tmp/parley-writer-XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    snprintf(f->path, sizeof f->path, "%s/parley.db", f->dir);
+    char err[256];
+    assert_int_equal(store_open(f->path, 0, &f->st, err, sizeof err), STORE_OK);
+    f->u1 = make_user(f->st, "alice");
+    f->u2 = make_user(f->st, "bob");
+    f->u3 = make_user(f->st, "carol");
+    int64_t members[] = {f->u2};
+    assert_int_equal(store_conv_create_group(f->st, f->u1, "g", members, 1, 1, &f->group), STORE_OK);
+    int created;
+    assert_int_equal(store_conv_create_direct(f->st, f->u1, f->u3, 1, &f->direct, &created), STORE_OK);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    for (int i = 0; i < f->ndelivered; i++)
+        job_free(f->delivered[i]);
+    for (int i = 0; i < f->nfanned; i++)
+        json_decref(f->fanned[i]);
+    store_close(f->st);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", f->dir);
+    assert_int_equal(system(cmd), 0);
+    free(f);
+    return 0;
+}
+
+static void deliver(void *ctx, struct job *j)
+{
+    struct fixture *f = ctx;
+    f->delivered[f->ndelivered++] = j;
+}
+
+static void fanout(void *ctx, int64_t conv, struct frame *fr, struct idlist *members)
+{
+    struct fixture *f = ctx;
+    /* a server frame: FIN|TEXT, then a 7-bit, 16-bit or 64-bit length */
+    assert_int_equal(fr->data[0], 0x81);
+    size_t hl = (fr->data[1] & 0x7f) < 126 ? 2 : (fr->data[1] & 0x7f) == 126 ? 4 : 10;
+    json_error_t e;
+    json_t *o = json_loadb((const char *)fr->data + hl, fr->len - hl, JSON_ALLOW_NUL, &e);
+    assert_non_null(o);
+    assert_int_equal(json_integer_value(json_object_get(o, "conv")), conv);
+    f->fan_members[f->nfanned] = members->n;
+    f->fanned[f->nfanned++] = o;
+}
+
+static struct job *send_job(int64_t user, int64_t conv, const char *id, const char *body)
+{
+    struct job *j = job_new(NULL, NULL, NULL, NULL);
+    j->user = user;
+    j->conv = conv;
+    j->str = strdup(id);
+    j->body = strdup(body);
+    j->body_len = strlen(body);
+    return j;
+}
+
+/* Links jobs into a batch, runs it, and returns how many were delivered. */
+static int run(struct fixture *f, struct job **jobs, int n)
+{
+    for (int i = 0; i < n; i++)
+        jobs[i]->ev.next = i + 1 < n ? &jobs[i + 1]->ev : NULL;
+    int before = f->ndelivered;
+    int got = writer_run_batch(f->st, jobs[0], deliver, fanout, f);
+    assert_int_equal(got, n);
+    assert_int_equal(f->ndelivered - before, n);
+    return got;
+}
+
+static void test_dense_seqs_in_submission_order(void **state)
+{
+    struct fixture *f = *state;
+    struct job *b[] = {
+        send_job(f->u1, f->group, "a1", "one"),  send_job(f->u1, f->direct, "a2", "dm"),
+        send_job(f->u2, f->group, "b1", "two"),  send_job(f->u1, f->group, "a3", "three"),
+        send_job(f->u3, f->direct, "c1", "back"),
+    };
+    run(f, b, 5);
+    int64_t want_seq[] = {1, 1, 2, 3, 2};
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(b[i]->rc, STORE_OK);
+        assert_int_equal(b[i]->dup, 0);
+        assert_int_equal(b[i]->seq, want_seq[i]);
+        assert_true(b[i]->ts > 0);
+    }
+    int64_t last;
+    assert_int_equal(store_conv_last_seq(f->st, f->group, &last), STORE_OK);
+    assert_int_equal(last, 3);
+    assert_int_equal(store_conv_last_seq(f->st, f->direct, &last), STORE_OK);
+    assert_int_equal(last, 2);
+    /* one frame per message, in batch order, carrying the assigned seq */
+    assert_int_equal(f->nfanned, 5);
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(json_integer_value(json_object_get(f->fanned[i], "seq")), want_seq[i]);
+        assert_string_equal(json_string_value(json_object_get(f->fanned[i], "op")), "msg");
+        assert_int_equal(f->fan_members[i], 2);
+    }
+    /* the next batch continues where this one stopped */
+    struct job *c[] = {send_job(f->u2, f->group, "b2", "four")};
+    run(f, c, 1);
+    assert_int_equal(c[0]->seq, 4);
+}
+
+static void test_idempotent_resend(void **state)
+{
+    struct fixture *f = *state;
+    struct job *b[] = {send_job(f->u1, f->group, "same", "first"), send_job(f->u1, f->group, "same", "second")};
+    run(f, b, 2);
+    assert_int_equal(b[0]->dup, 0);
+    assert_int_equal(b[1]->rc, STORE_OK);
+    assert_int_equal(b[1]->dup, 1); /* a duplicate inside one batch */
+    assert_int_equal(b[1]->seq, b[0]->seq);
+    assert_int_equal(f->nfanned, 1);
+
+    /* later, even aimed at another conversation: the original ack */
+    struct job *c[] = {send_job(f->u1, f->direct, "same", "third")};
+    run(f, c, 1);
+    assert_int_equal(c[0]->dup, 1);
+    assert_int_equal(c[0]->conv, f->group);
+    assert_int_equal(c[0]->seq, b[0]->seq);
+    assert_int_equal(c[0]->ts, b[0]->ts);
+    assert_int_equal(f->nfanned, 1);
+    int64_t last;
+    store_conv_last_seq(f->st, f->group, &last);
+    assert_int_equal(last, 1);
+    /* the same client id from another sender is another message */
+    struct job *d[] = {send_job(f->u2, f->group, "same", "bob's")};
+    run(f, d, 1);
+    assert_int_equal(d[0]->dup, 0);
+    assert_int_equal(d[0]->seq, 2);
+}
+
+static void test_non_member_refused_others_commit(void **state)
+{
+    struct fixture *f = *state;
+    struct job *b[] = {send_job(f->u3, f->group, "x1", "not a member"), send_job(f->u1, f->group, "a1", "ok"),
+                       send_job(f->u1, 9999, "a2", "no such conversation")};
+    run(f, b, 3);
+    assert_int_equal(b[0]->rc, STORE_NOT_FOUND);
+    assert_int_equal(b[1]->rc, STORE_OK);
+    assert_int_equal(b[1]->seq, 1); /* the refused send took no seq */
+    assert_int_equal(b[2]->rc, STORE_NOT_FOUND);
+    assert_int_equal(f->nfanned, 1);
+}
+
+static void test_sender_read_position_moves(void **state)
+{
+    struct fixture *f = *state;
+    struct job *b[] = {send_job(f->u1, f->group, "a1", "1"), send_job(f->u1, f->group, "a2", "2"),
+                       send_job(f->u2, f->group, "b1", "3")};
+    run(f, b, 3);
+    json_t *summary;
+    assert_int_equal(store_sync_summary(f->st, f->u1, &summary), STORE_OK);
+    size_t i;
+    json_t *s;
+    json_array_foreach(summary, i, s) {
+        if (json_integer_value(json_object_get(s, "conv")) != f->group)
+            continue;
+        assert_int_equal(json_integer_value(json_object_get(s, "last_read_seq")), 2);
+        assert_int_equal(json_integer_value(json_object_get(s, "unread")), 1);
+    }
+    json_decref(summary);
+}
+
+/* A job that writes, then fails: its savepoint must undo only itself. */
+static int run_create_then_fail(struct store *st, struct job *j)
+{
+    json_t *u;
+    if (store_user_create(st, j->str, j->str, "h", 1, &u) == STORE_OK)
+        json_decref(u);
+    return STORE_CONFLICT;
+}
+
+static int run_create(struct store *st, struct job *j)
+{
+    json_t *u;
+    int rc = store_user_create(st, j->str, j->str, "h", 1, &u);
+    if (rc == STORE_OK)
+        json_decref(u);
+    return rc;
+}
+
+static void test_failing_job_rolls_back_only_itself(void **state)
+{
+    struct fixture *f = *state;
+    struct job *b[3];
+    b[0] = job_new(NULL, NULL, run_create_then_fail, NULL);
+    b[0]->str = strdup("ghost");
+    b[1] = send_job(f->u1, f->group, "a1", "kept");
+    b[2] = job_new(NULL, NULL, run_create, NULL);
+    b[2]->str = strdup("dave");
+    run(f, b, 3);
+    assert_int_equal(b[0]->rc, STORE_CONFLICT);
+    assert_int_equal(b[1]->rc, STORE_OK);
+    assert_int_equal(b[2]->rc, STORE_OK);
+    json_t *u;
+    assert_int_equal(store_user_by_name(f->st, "ghost", &u, NULL), STORE_NOT_FOUND);
+    assert_int_equal(store_user_by_name(f->st, "dave", &u, NULL), STORE_OK);
+    json_decref(u);
+}
+
+static void test_large_batch(void **state)
+{
+    struct fixture *f = *state;
+    enum { N = 50 };
+    struct job *b[N];
+    for (int i = 0; i < N; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "m%d", i);
+        b[i] = send_job(i % 2 ? f->u1 : f->u2, f->group, id, "x");
+    }
+    /* delivered[] holds 64: this test uses N of them */
+    run(f, b, N);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(b[i]->seq, i + 1);
+    json_t *page;
+    int more;
+    assert_int_equal(store_msg_page(f->st, f->group, 0, 0, 200, &page, &more), STORE_OK);
+    assert_int_equal(json_array_size(page), N);
+    json_decref(page);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_dense_seqs_in_submission_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idempotent_resend, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_non_member_refused_others_commit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sender_read_position_moves, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failing_job_rolls_back_only_itself, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_large_batch, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
