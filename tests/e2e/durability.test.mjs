@@ -10,8 +10,10 @@ import {
 const running = new Set();
 const dirs = new Set();
 after(async () => {
-  for (const s of running) await s.stop().catch(() => {});
+  const errors = [];
+  for (const s of running) await s.stop().catch((e) => errors.push(e)); // e.g. a sanitizer report
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  if (errors.length) throw errors[0];
 });
 
 async function launch(env) {
