@@ -150,8 +150,8 @@ static void flush(struct conn *c)
     while (c->out_head && wr->n < WRITE_BATCH) {
         struct outq_item *it = c->out_head;
         c->out_head = it->next;
-        bufs[wr->n] = uv_buf_init((char *)it->frame->data, it->frame->len);
-        wr->bytes += it->frame->len;
+        bufs[wr->n] = uv_buf_init((char *)it->frame->data + it->off, it->frame->len - it->off);
+        wr->bytes += it->frame->len - it->off;
         wr->frames[wr->n++] = it->frame;
         free(it);
     }
@@ -175,7 +175,7 @@ static void drop_queue(struct conn *c)
     struct outq_item *it = c->out_head;
     while (it) {
         struct outq_item *next = it->next;
-        c->out_bytes -= it->frame->len;
+        c->out_bytes -= it->frame->len - it->off;
         frame_unref(it->frame);
         free(it);
         it = next;
@@ -183,17 +183,23 @@ static void drop_queue(struct conn *c)
     c->out_head = c->out_tail = NULL;
 }
 
-static void enqueue(struct conn *c, struct frame *f)
+static void enqueue_from(struct conn *c, struct frame *f, uint32_t off)
 {
     struct outq_item *it = xmalloc(sizeof *it);
     it->next = NULL;
     it->frame = frame_ref(f);
+    it->off = off;
     if (c->out_tail)
         c->out_tail->next = it;
     else
         c->out_head = it;
     c->out_tail = it;
-    c->out_bytes += f->len;
+    c->out_bytes += f->len - off;
+}
+
+static void enqueue(struct conn *c, struct frame *f)
+{
+    enqueue_from(c, f, 0);
 }
 
 void conn_send(struct conn *c, struct frame *f)
@@ -201,15 +207,31 @@ void conn_send(struct conn *c, struct frame *f)
     if (c->state == CONN_CLOSED || c->state == CONN_CLOSING)
         return;
     const struct config *cfg = c->w->srv->cfg;
-    if (c->out_bytes + f->len > (size_t)cfg->max_outq && c->http == NULL) {
+    uint32_t off = 0;
+    if (!c->writing && !c->out_head) {
+        /* Nothing queued: hand it to the kernel now. Usually it all goes,
+         * and the connection never holds a reference or a queue node. */
+        uv_buf_t b = uv_buf_init((char *)f->data, f->len);
+        int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+        if (n == (int)f->len)
+            return;
+        if (n < 0 && n != UV_EAGAIN) {
+            conn_abort(c);
+            return;
+        }
+        off = n > 0 ? (uint32_t)n : 0;
+    }
+    if (c->out_bytes + f->len - off > (size_t)cfg->max_outq && c->http == NULL) {
         /* A slow consumer: it reconnects and syncs, nobody else waits. */
         log_info("conn %llu: out-queue over %lld bytes, closing 1008", (unsigned long long)c->id,
                  (long long)cfg->max_outq);
+        /* Queued frames were never started (a partly written one goes into
+         * a uv_write at once), so dropping them cannot cut a frame short. */
         drop_queue(c);
         conn_close_ws(c, 1008, "slow consumer");
         return;
     }
-    enqueue(c, f);
+    enqueue_from(c, f, off);
     flush(c);
 }
 

@@ -66,6 +66,7 @@ enum conn_state {
 struct outq_item {
     struct outq_item *next;
     struct frame *frame; /* one reference */
+    uint32_t off;        /* bytes of it the kernel already took */
 };
 
 struct conn {
@@ -88,7 +89,7 @@ struct conn {
     int frag_opcode;
     struct http_req *http;         /* HTTP parser state; NULL once upgraded */
     struct outq_item *out_head, *out_tail;
-    size_t out_bytes;              /* queued + in flight */
+    size_t out_bytes;              /* bytes the kernel has not taken yet (queued + in flight) */
     int64_t user_id;               /* 0 until authenticated */
     int64_t token_exp_ms;          /* authorization ends here (4001 after) */
     int64_t deadline_ms;           /* header or auth timeout; 0 none */
