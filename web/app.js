@@ -936,9 +936,7 @@ function wireClient() {
   });
   client.on('conversation', (c) => {
     if (!isMember(c)) { dropConv(c.id); return; }
-    const fresh = !S.convs.has(c.id);
     upsertConv(c);
-    if (S.views.has(c.id) && fresh) S.views.delete(c.id);
     renderConvList();
     if (S.active === c.id) { renderPaneHead(); if ($('members-dialog').open) renderMembers(); }
   });

@@ -44,6 +44,7 @@ export async function launch(serverOpts = {}) {
     async open({ viewport = DESKTOP } = {}) {
       const ctx = await browser.newContext({ viewport, baseURL: srv.url });
       contexts.push(ctx);
+      ctx.setDefaultTimeout(T);
       const page = await ctx.newPage();
       const user = { ctx, page, dialogs: [], errors: [] };
       page.on('dialog', (d) => { user.dialogs.push(d.message()); d.dismiss().catch(() => {}); });
