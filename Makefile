@@ -56,7 +56,7 @@ test-asan: unit-asan e2e-asan
 # Everything: unit tests (normal and ASan+UBSan), end-to-end against both
 # builds, the SDK and the browser client.
 test: build asan
-	@$(MAKE) --no-print-directory unit unit-asan e2e e2e-asan sdk browser
+	@$(MAKE) --no-print-directory -k unit unit-asan e2e e2e-asan sdk browser
 
 # Coverage-guided fuzzing of our parsers (not part of make test).
 FUZZ_SECONDS ?= 60

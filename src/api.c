@@ -219,7 +219,7 @@ static void done_tokens(struct job *j)
         respond_rc(c, j->rc, j->flag == -1);
         return;
     }
-    http_respond_json(c, j->flag == 201 ? 201 : 200, auth_token_answer(cfg_of(c), j->result, j->str));
+    http_respond_json(c, j->op == 201 ? 201 : 200, auth_token_answer(cfg_of(c), j->result, j->str));
 }
 
 static int run_signup(struct store *st, struct job *j)
@@ -249,7 +249,7 @@ static void signup_hashed(uv_work_t *req, int status)
             j->body = xstrdup(pw->username);
             j->str2 = pw->display_name ? xstrdup(pw->display_name) : NULL;
             j->str3 = xstrdup(pw->hash);
-            j->flag = 201;
+            j->op = 201;
             writer_submit(c->w->srv->writer, j);
         }
     }
@@ -445,15 +445,20 @@ static void api_me(struct conn *c, int64_t uid)
 
 static void api_users(struct conn *c, struct http_req *r)
 {
-    char q[128] = "";
+    char q[256] = "";
     int limit = parse_limit(r->query);
     if (limit < 0) {
         http_respond_error(c, 400, "bad_request", "limit must be a positive integer");
         return;
     }
-    if (http_query_get(r->query, "q", q, sizeof q) == 0)
+    if (http_query_get(r->query, "q", q, sizeof q) == 0) {
         for (char *p = q; *p; p++)
             *p = (char)tolower((unsigned char)*p);
+    } else if (strstr(r->query, "q=")) {
+        /* longer than any username: nothing can match */
+        http_respond_json(c, 200, json_pack("{s:[]}", "users"));
+        return;
+    }
     json_t *users;
     if (store_users_search(c->w->reader, q, limit, &users) != STORE_OK) {
         http_respond_error(c, 500, "internal", "internal error");
@@ -474,7 +479,7 @@ static int run_create(struct store *st, struct job *j)
 {
     int64_t conv;
     int rc;
-    if (j->flag == 'd') {
+    if (j->op == 'd') {
         int created;
         rc = store_conv_create_direct(st, j->user, j->target, util_now_ms(), &conv, &created);
         j->dup = !created;
@@ -511,12 +516,12 @@ static void api_create_conv(struct conn *c, struct http_req *r, int64_t uid)
     j->user = uid;
     const char *err = NULL;
     if (kind && strcmp(kind, "direct") == 0) {
-        j->flag = 'd';
+        j->op = 'd';
         j->target = json_id(json_object_get(o, "user_id"));
         if (!j->target)
             err = "user_id must be a user id";
     } else if (kind && strcmp(kind, "group") == 0) {
-        j->flag = 'g';
+        j->op = 'g';
         const char *title = plain_string(o, "title");
         json_t *members = json_object_get(o, "members");
         if (!title || utf8_chars(title) < 1 || utf8_chars(title) > 128)
@@ -571,11 +576,24 @@ static int run_member(struct store *st, struct job *j)
 {
     int added = 0;
     int rc;
-    switch (j->flag) {
-    case 'a':
+    switch (j->op) {
+    case 'a': {
+        int64_t *ids;
+        size_t n;
+        if (store_members(st, j->conv, &ids, &n) != STORE_OK)
+            return STORE_ERR;
+        int full = 1;
+        for (size_t i = 0; i < n; i++)
+            full &= ids[i] != j->target; /* adding a member again is fine */
+        free(ids);
+        if (full && n >= (size_t)j->origin->srv->cfg->max_group) {
+            j->str2 = xstrdup("the group is full (PARLEY_MAX_GROUP)");
+            return STORE_BAD_REQUEST;
+        }
         rc = store_member_add(st, j->conv, j->user, j->target, util_now_ms(), &added);
         j->dup = !added;
         return rc;
+    }
     case 'r':
         return store_member_remove(st, j->conv, j->user, j->target);
     default:
@@ -590,8 +608,10 @@ static void done_member(struct job *j)
         proto_push_conversation(j->origin, j->conv, NULL, 0);
     if (!alive(c))
         return;
-    if (j->rc != STORE_OK)
-        respond_rc(c, j->rc, 0);
+    if (j->rc == STORE_BAD_REQUEST && j->str2)
+        http_respond_error(c, 400, "bad_request", j->str2);
+    else if (j->rc != STORE_OK)
+        respond_rc(c, j->rc, j->flag == -1);
     else
         http_respond_json(c, 204, NULL);
 }
@@ -602,7 +622,7 @@ static void submit_member(struct conn *c, int64_t uid, int64_t conv, int64_t tar
     j->user = uid;
     j->conv = conv;
     j->target = target;
-    j->flag = op;
+    j->op = op;
     j->str = role ? xstrdup(role) : NULL;
     writer_submit(c->w->srv->writer, j);
 }

@@ -72,8 +72,8 @@ static int set_listen(struct config *cfg, const char *v, char *err, size_t errle
     const char *colon = strrchr(v, ':');
     int64_t port;
     if (!colon || colon == v || (size_t)(colon - v) >= sizeof cfg->listen_host ||
-        util_parse_i64(colon + 1, &port) < 0 || port < 0 || port > 65535) {
-        snprintf(err, errlen, "PARLEY_LISTEN/--listen: expected host:port, got '%s'", v);
+        util_parse_i64(colon + 1, &port) < 0 || port < 1 || port > 65535) {
+        snprintf(err, errlen, "PARLEY_LISTEN/--listen: expected host:port (port 1-65535), got '%s'", v);
         return -1;
     }
     size_t n = (size_t)(colon - v);

@@ -20,7 +20,6 @@
 struct main_state {
     struct server *srv;
     uv_signal_t sigterm, sigint;
-    int signalled;
 };
 
 static void post_all(struct server *srv, enum event_kind kind)
@@ -35,15 +34,13 @@ static void post_all(struct server *srv, enum event_kind kind)
 static void on_signal(uv_signal_t *h, int signum)
 {
     struct main_state *ms = h->data;
-    if (ms->signalled++) {
-        log_warn("second signal: exiting at once");
-        exit(1);
-    }
     log_info("signal %d: draining", signum);
     post_all(ms->srv, EV_STOP_ACCEPT);
     /* every job already queued commits and is answered before sockets close */
     writer_stop(ms->srv->writer);
     post_all(ms->srv, EV_STOP);
+    /* Closing the handles restores the default action: a second signal
+     * during the drain ends the process at once. */
     uv_close((uv_handle_t *)&ms->sigterm, NULL);
     uv_close((uv_handle_t *)&ms->sigint, NULL);
 }

@@ -423,10 +423,13 @@ void proto_handle(struct conn *c, const char *text, size_t len)
             op_auth(c, &op);
         else
             conn_close_ws(c, 4001, "expected an auth frame first");
+    } else if (rc < 0 && op.kind == OP_AUTH) {
+        conn_close_ws(c, 4001, "invalid token"); /* auth without a usable token */
     } else if (rc < 0) {
         send_error(c, op.id, code, message);
     } else {
         switch (op.kind) {
+        case OP_NONE: break;
         case OP_AUTH: op_auth(c, &op); break;
         case OP_SEND: op_send(c, &op); break;
         case OP_SYNC: op_sync(c, &op); break;

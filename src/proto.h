@@ -10,7 +10,7 @@
 #include <jansson.h>
 
 /* A client frame, parsed and validated (pure: no I/O, no state). */
-enum proto_op_kind { OP_AUTH, OP_SEND, OP_SYNC, OP_READ, OP_TYPING, OP_PING };
+enum proto_op_kind { OP_NONE, OP_AUTH, OP_SEND, OP_SYNC, OP_READ, OP_TYPING, OP_PING };
 
 struct proto_op {
     enum proto_op_kind kind;

@@ -377,6 +377,10 @@ static void http_fail(struct conn *c, int status, const char *code, const char *
 
 static void ws_message(struct conn *c, int opcode, const uint8_t *p, size_t n)
 {
+    if (c->state == CONN_WS_AUTH && (opcode != WS_OP_TEXT || !ws_utf8_valid(p, n))) {
+        conn_close_ws(c, 4001, "expected an auth frame first");
+        return;
+    }
     if (opcode == WS_OP_BINARY) {
         json_t *e = json_pack("{s:s,s:s,s:s}", "op", "error", "code", "bad_request", "message",
                               "binary frames are not supported; send JSON text frames");

@@ -55,7 +55,8 @@ struct job {
     int64_t *ids;          /* owned */
     size_t n_ids;
     json_t *result;        /* a reference owned by the job */
-    int flag;
+    int flag;              /* -1: the writer was stopping (answer unavailable); else per job */
+    int op;                /* which variant of a job (e.g. add/remove/role) */
 };
 
 struct job *job_new(struct worker *origin, struct conn *conn, job_run_fn run, job_done_fn done);

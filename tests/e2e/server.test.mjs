@@ -157,3 +157,28 @@ test('connection cap: past PARLEY_MAX_CONNS new connections get 503', async () =
     await capped.stop();
   }
 });
+
+test('first frame: a binary frame or an auth without a token closes with 4001', async () => {
+  const c = await rawSocket(srv, {});
+  c.ws.send(Buffer.from([1, 2, 3]), { binary: true });
+  assert.equal((await c.waitClosed(3000)).code, 4001);
+  const [u] = await signupMany(srv, 1, 'ff');
+  const d = await openSocket(srv, u.token);
+  d.send({ op: 'auth' });
+  assert.equal((await d.waitClosed(3000)).code, 4001);
+});
+
+test('groups: adding past PARLEY_MAX_GROUP is refused; re-adding a member is still fine', async () => {
+  const small = await startServer({ PARLEY_MAX_GROUP: '3' });
+  try {
+    const [a, b, c, d] = await signupMany(small, 4, 'mg');
+    const g = await createGroup(small, a, [b.user.id, c.user.id]);
+    const add = (id) => http(small, 'POST', `/api/conversations/${g.id}/members`, { token: a.token, body: { user_id: id } });
+    const full = await add(d.user.id);
+    assert.equal(full.status, 400);
+    assert.equal(full.body.error.code, 'bad_request');
+    assert.equal((await add(b.user.id)).status, 204);
+  } finally {
+    await small.stop();
+  }
+});
