@@ -148,7 +148,20 @@ struct pw_work {
     char username[33];
     char *display_name;
     json_t *user;               /* login: the user found */
+    /* runs on the worker after the hash, only if the connection is still open */
+    void (*then)(struct conn *c, struct pw_work *pw);
 };
+
+/* A work item holding a copy of the password (wiped when freed). */
+static struct pw_work *pw_new(json_t *password, int verify)
+{
+    struct pw_work *pw = xcalloc(1, sizeof *pw);
+    pw->verify = verify;
+    pw->len = json_string_length(password);
+    pw->password = xmalloc(pw->len + 1);
+    memcpy(pw->password, json_string_value(password), pw->len + 1);
+    return pw;
+}
 
 static void pw_free(struct pw_work *pw)
 {
@@ -173,7 +186,20 @@ static void pw_run(uv_work_t *req)
         pw->rc = password_verify_dummy(pw->password, pw->len);
 }
 
-static int pw_start(struct conn *c, struct pw_work *pw, uv_after_work_cb after)
+static void pw_after(uv_work_t *req, int status)
+{
+    struct pw_work *pw = req->data;
+    struct conn *c = pw->c;
+    c->w->hashes_running--;
+    if (status < 0)
+        pw->rc = -1;
+    if (alive(c))
+        pw->then(c, pw);
+    pw_free(pw);
+    conn_release(c);
+}
+
+static int pw_start(struct conn *c, struct pw_work *pw, void (*then)(struct conn *, struct pw_work *))
 {
     struct worker *w = c->w;
     int cap = (int)(cfg_of(c)->max_hashes / w->srv->nworkers);
@@ -187,8 +213,9 @@ static int pw_start(struct conn *c, struct pw_work *pw, uv_after_work_cb after)
     w->hashes_running++;
     c->pending++;
     pw->c = c;
+    pw->then = then;
     pw->req.data = pw;
-    uv_queue_work(&w->loop, &pw->req, pw_run, after);
+    uv_queue_work(&w->loop, &pw->req, pw_run, pw_after);
     return 0;
 }
 
@@ -236,25 +263,18 @@ static int run_signup(struct store *st, struct job *j)
     return run_issue_tokens(st, j);
 }
 
-static void signup_hashed(uv_work_t *req, int status)
+static void signup_hashed(struct conn *c, struct pw_work *pw)
 {
-    struct pw_work *pw = req->data;
-    struct conn *c = pw->c;
-    c->w->hashes_running--;
-    if (alive(c)) {
-        if (status < 0 || pw->rc < 0) {
-            http_respond_error(c, 500, "internal", "password hashing failed");
-        } else {
-            struct job *j = job_new(c->w, c, run_signup, done_tokens);
-            j->body = xstrdup(pw->username);
-            j->str2 = pw->display_name ? xstrdup(pw->display_name) : NULL;
-            j->str3 = xstrdup(pw->hash);
-            j->op = 201;
-            writer_submit(c->w->srv->writer, j);
-        }
+    if (pw->rc < 0) {
+        http_respond_error(c, 500, "internal", "password hashing failed");
+        return;
     }
-    pw_free(pw);
-    conn_release(c);
+    struct job *j = job_new(c->w, c, run_signup, done_tokens);
+    j->body = xstrdup(pw->username);
+    j->str2 = pw->display_name ? xstrdup(pw->display_name) : NULL;
+    j->str3 = xstrdup(pw->hash);
+    j->op = 201;
+    writer_submit(c->w->srv->writer, j);
 }
 
 static void api_signup(struct conn *c, struct http_req *r)
@@ -280,10 +300,7 @@ static void api_signup(struct conn *c, struct http_req *r)
         json_decref(o);
         return;
     }
-    struct pw_work *pw = xcalloc(1, sizeof *pw);
-    pw->len = json_string_length(pv);
-    pw->password = xmalloc(pw->len + 1);
-    memcpy(pw->password, json_string_value(pv), pw->len + 1);
+    struct pw_work *pw = pw_new(pv, 0);
     strcpy(pw->username, folded);
     if (json_is_string(dv))
         pw->display_name = xstrdup(json_string_value(dv));
@@ -291,24 +308,17 @@ static void api_signup(struct conn *c, struct http_req *r)
     pw_start(c, pw, signup_hashed);
 }
 
-static void login_checked(uv_work_t *req, int status)
+static void login_checked(struct conn *c, struct pw_work *pw)
 {
-    struct pw_work *pw = req->data;
-    struct conn *c = pw->c;
-    c->w->hashes_running--;
-    if (alive(c)) {
-        if (status < 0 || pw->rc < 0 || !pw->user) {
-            http_respond_error(c, 401, "unauthorized", "invalid username or password");
-        } else {
-            struct job *j = job_new(c->w, c, run_issue_tokens, done_tokens);
-            j->user = json_integer_value(json_object_get(pw->user, "id"));
-            j->result = json_incref(pw->user);
-            new_refresh(j, cfg_of(c));
-            writer_submit(c->w->srv->writer, j);
-        }
+    if (pw->rc < 0 || !pw->user) {
+        http_respond_error(c, 401, "unauthorized", "invalid username or password");
+        return;
     }
-    pw_free(pw);
-    conn_release(c);
+    struct job *j = job_new(c->w, c, run_issue_tokens, done_tokens);
+    j->user = json_integer_value(json_object_get(pw->user, "id"));
+    j->result = json_incref(pw->user);
+    new_refresh(j, cfg_of(c));
+    writer_submit(c->w->srv->writer, j);
 }
 
 static void api_login(struct conn *c, struct http_req *r)
@@ -323,11 +333,7 @@ static void api_login(struct conn *c, struct http_req *r)
         json_decref(o);
         return;
     }
-    struct pw_work *pw = xcalloc(1, sizeof *pw);
-    pw->verify = 1;
-    pw->len = json_string_length(pv);
-    pw->password = xmalloc(pw->len + 1);
-    memcpy(pw->password, json_string_value(pv), pw->len + 1);
+    struct pw_work *pw = pw_new(pv, 1);
     char *hash = NULL;
     /* An unknown user still costs one full verification (against a dummy
      * hash), so timing does not tell whether the name exists. */
