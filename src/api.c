@@ -611,7 +611,7 @@ static void done_member(struct job *j)
 {
     struct conn *c = j->conn;
     if (j->rc == STORE_OK && !j->dup)
-        proto_push_conversation(j->origin, j->conv, NULL, 0);
+        proto_push_conversation(j->origin, j->conv, &j->target, j->op == 'r');
     if (!alive(c))
         return;
     if (j->rc == STORE_BAD_REQUEST && j->str2)

@@ -87,27 +87,49 @@ void proto_push_presence(struct worker *w, int64_t user, int online)
     free(ids);
 }
 
+static void push_to(struct worker *w, int64_t user, json_t *conversation)
+{
+    json_t *o = json_pack("{s:s,s:O}", "op", "conversation", "conversation", conversation);
+    struct idlist *one = idlist_new(&user, 1);
+    fanout_json(w, o, one, 0);
+    idlist_unref(one);
+    json_decref(o);
+}
+
 void proto_push_conversation(struct worker *w, int64_t conv, const int64_t *extra, size_t n_extra)
 {
     int64_t *ids;
     size_t n;
     if (store_members(w->reader, conv, &ids, &n) != STORE_OK)
         return;
-    ids = xrealloc(ids, (n + n_extra) * sizeof *ids + 1);
-    for (size_t i = 0; i < n_extra; i++)
-        ids[n++] = extra[i];
+    json_t *outside = NULL;
     /* Each member gets their own view (read position, unread). */
     for (size_t i = 0; i < n; i++) {
         json_t *co;
         if (store_conv_get(w->reader, conv, ids[i], &co) != STORE_OK)
             continue;
-        json_t *o = json_pack("{s:s,s:o}", "op", "conversation", "conversation", co);
-        struct idlist *one = idlist_new(&ids[i], 1);
-        fanout_json(w, o, one, 0);
-        idlist_unref(one);
-        json_decref(o);
+        if (!outside) {
+            /* what a former member may see: who is in it now, nothing of the messages */
+            outside = json_deep_copy(co);
+            json_object_set_new(outside, "last_read_seq", json_integer(0));
+            json_object_set_new(outside, "unread", json_integer(0));
+            json_object_set_new(outside, "last_message", json_null());
+        }
+        push_to(w, ids[i], co);
+        json_decref(co);
     }
     free(ids);
+    if (!n_extra)
+        goto done;
+    if (!outside) /* nobody is left */
+        outside = json_pack("{s:I,s:s,s:n,s:[],s:i,s:i,s:i,s:n,s:i}", "id", (json_int_t)conv, "kind", "group",
+                            "title", "members", "last_seq", 0, "last_read_seq", 0, "unread", 0, "last_message",
+                            "created_at", 0);
+    for (size_t i = 0; i < n_extra; i++)
+        push_to(w, extra[i], outside);
+done:
+    if (outside)
+        json_decref(outside);
 }
 
 /* ---- the session ---- */

@@ -45,7 +45,9 @@ void proto_end_session(struct conn *c);
 
 /* Fan-out helpers shared with api.c. Each builds the frame once. */
 /* {"op":"conversation","conversation":...} to each member, each with their
- * own view (their read position), read from w's reader. */
+ * own view (their read position), read from w's reader; and to each of the
+ * extra users (members who just left or were removed) a view that shows the
+ * current members only, so their clients see they are out. */
 void proto_push_conversation(struct worker *w, int64_t conv, const int64_t *extra_users, size_t n_extra);
 /* {"op":"presence","user","online"} to the user's peers. */
 void proto_push_presence(struct worker *w, int64_t user, int online);

@@ -25,6 +25,7 @@
 #define WRITE_BATCH 64            /* frames per writev */
 #define CLOSE_GRACE_MS 5000       /* a closing connection that cannot flush */
 #define STOP_GRACE_MS 3000        /* shutdown: time to flush before abort */
+#define LINGER_MS 2000            /* after our FIN: time for the peer's */
 
 static int64_t now_ms(struct worker *w)
 {
@@ -114,6 +115,8 @@ struct write_req {
 
 static void flush(struct conn *c);
 static void finish_close(struct conn *c);
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b);
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b);
 
 static void on_write(uv_write_t *req, int status)
 {
@@ -134,7 +137,7 @@ static void on_write(uv_write_t *req, int status)
         flush(c);
         return;
     }
-    if (c->state == CONN_CLOSING || c->close_after_write)
+    if (c->state == CONN_CLOSING || (c->close_after_write && !c->busy))
         finish_close(c);
 }
 
@@ -281,9 +284,35 @@ void conn_abort(struct conn *c)
     uv_close((uv_handle_t *)&c->tcp, on_closed);
 }
 
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    struct conn *c = req->data;
+    free(req);
+    if (status < 0)
+        conn_abort(c); /* no-op when already closed (ECANCELED) */
+    /* else: wait for the peer's EOF (on_read) or the linger deadline (sweep) */
+}
+
+/* Everything queued is written: send FIN, then linger until the peer closes
+ * too. Closing at once with unread request bytes would make the kernel send
+ * RST, which can destroy the response we just wrote before the peer reads it. */
 static void finish_close(struct conn *c)
 {
-    conn_abort(c);
+    if (c->state == CONN_CLOSED || c->shut)
+        return;
+    if (c->in_hub)
+        proto_end_session(c);
+    c->state = CONN_CLOSING;
+    c->shut = 1;
+    c->deadline_ms = now_ms(c->w) + LINGER_MS;
+    uv_shutdown_t *req = xmalloc(sizeof *req);
+    req->data = c;
+    if (uv_shutdown(req, (uv_stream_t *)&c->tcp, on_shutdown) < 0) {
+        free(req);
+        conn_abort(c);
+        return;
+    }
+    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read); /* to see EOF; data is dropped */
 }
 
 void conn_close_after_flush(struct conn *c)
@@ -309,8 +338,7 @@ void conn_close_ws(struct conn *c, uint16_t code, const char *reason)
     c->state = CONN_CLOSING;
     c->close_code = code;
     c->deadline_ms = now_ms(c->w) + CLOSE_GRACE_MS;
-    uv_read_stop((uv_stream_t *)&c->tcp);
-    flush(c);
+    flush(c); /* on_write calls finish_close once the close frame is out */
 }
 
 void conn_release(struct conn *c)

@@ -82,6 +82,7 @@ struct conn {
     uint8_t in_hub;
     uint8_t processing;            /* inside process(): no nested passes */
     uint8_t close_after_write;     /* HTTP Connection: close */
+    uint8_t shut;                  /* FIN sent: lingering for the peer's */
     uint16_t close_code;           /* for logs */
     int pending;                   /* jobs in flight holding this pointer */
     struct buf in;                 /* unparsed remainder only; empty at rest */
