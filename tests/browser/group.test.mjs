@@ -2,7 +2,7 @@
 // sees the history, remove a member.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { launch, signup, openConv, send, waitBodies, waitUnread, convItem, T } from './helpers.mjs';
+import { launch, signup, quickUser, openConv, send, waitBodies, waitUnread, convItem, T } from './helpers.mjs';
 
 let env;
 before(async () => { env = await launch(); });
@@ -14,11 +14,9 @@ async function pick(page, inputTestId, user) {
 }
 
 test('a group of three, then a fourth member who sees the history', async () => {
-  const [a, b, c] = await Promise.all([
-    signup(env, 'olga', { display: 'Olga Owner' }),
-    signup(env, 'boris', { display: 'Boris' }),
-    signup(env, 'cleo', { display: 'Cleo' }),
-  ]);
+  const a = await signup(env, 'olga', { display: 'Olga Owner' });
+  const b = await quickUser(env, 'boris', { display: 'Boris' });
+  const c = await quickUser(env, 'cleo', { display: 'Cleo' });
   const title = 'Book club';
   await a.page.getByTestId('new-group').click();
   await a.page.getByTestId('group-dialog').waitFor({ timeout: T });
@@ -44,7 +42,7 @@ test('a group of three, then a fourth member who sees the history', async () => 
   assert.deepEqual(authors, ['Olga Owner', 'Boris']);
 
   // the owner adds a fourth member, who gets the group live and sees its history
-  const d = await signup(env, 'dora', { display: 'Dora' });
+  const d = await quickUser(env, 'dora', { display: 'Dora' });
   await a.page.getByTestId('members-button').click();
   await a.page.getByTestId('members-dialog').waitFor({ timeout: T });
   assert.equal(await a.page.getByTestId('member-row').count(), 3);

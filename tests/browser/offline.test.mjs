@@ -2,7 +2,7 @@
 // and messages written while offline wait as "pending" and go out once.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { launch, signup, startDirect, openConv, send, waitBodies, waitUnread, online, T } from './helpers.mjs';
+import { launch, quickUser, startDirect, openConv, send, waitBodies, waitUnread, online, T } from './helpers.mjs';
 
 let env;
 before(async () => { env = await launch(); });
@@ -15,8 +15,8 @@ async function banner(page, state) {
 }
 
 test('B goes offline, A sends 5, B comes back: all 5 once, in order, unread right', async () => {
-  const a = await signup(env, 'ann', { display: 'Ann' });
-  const b = await signup(env, 'ben', { display: 'Ben' });
+  const a = await quickUser(env, 'ann', { display: 'Ann' });
+  const b = await quickUser(env, 'ben', { display: 'Ben' });
   await startDirect(a, b);
   await send(a, 'hello');
   await waitUnread(b.page, 'Ann', 1);

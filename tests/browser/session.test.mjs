@@ -2,7 +2,7 @@
 // log in again with the password. Plus a keyboard-only path through the app.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { launch, signup, startDirect, openConv, send, waitBodies, online, T } from './helpers.mjs';
+import { launch, signup, quickUser, startDirect, openConv, send, waitBodies, online, T } from './helpers.mjs';
 
 let env;
 before(async () => { env = await launch(); });
@@ -10,7 +10,7 @@ after(async () => { if (env) await env.close(); });
 
 test('a reload keeps the session and the open conversation', async () => {
   const a = await signup(env, 'rita', { display: 'Rita' });
-  const b = await signup(env, 'sam', { display: 'Sam' });
+  const b = await quickUser(env, 'sam', { display: 'Sam' });
   await startDirect(a, b);
   await send(a, 'before the reload');
   await waitBodies(a.page, ['before the reload']);
@@ -54,7 +54,7 @@ test('logout ends the session; logging in again works', async () => {
 
 test('keyboard only: find someone, open the chat, send, go back', async () => {
   const { a } = test;
-  const c = await signup(env, 'kim', { display: 'Kim' });
+  const c = await quickUser(env, 'kim', { display: 'Kim' });
   const { page } = c;
   await page.keyboard.press('Control+k');
   await page.keyboard.type(a.username);
