@@ -106,6 +106,18 @@ function errorText(e) {
 
 function show(node, on) { node.hidden = !on; }
 
+// Make parent's children exactly `nodes`, moving as little as possible (a moved node
+// restarts its CSS animation and loses focus, so nodes already in place stay put).
+function reconcile(parent, nodes) {
+  const want = new Set(nodes);
+  for (const c of [...parent.children]) if (!want.has(c)) c.remove();
+  let cur = parent.firstElementChild;
+  for (const n of nodes) {
+    if (n === cur) { cur = cur.nextElementSibling; continue; }
+    parent.insertBefore(n, cur);
+  }
+}
+
 // ---------------------------------------------------------------- views
 function setView(v) { $('app').dataset.view = v; show($('auth'), v === 'auth'); show($('main'), v === 'main'); }
 
@@ -288,8 +300,7 @@ function renderConvList() {
     items.push(li);
   }
   for (const [id, li] of convEls) if (!S.convs.has(id)) { li.remove(); convEls.delete(id); }
-  const same = items.length === list.children.length && items.every((li, i) => list.children[i] === li);
-  if (!same) list.replaceChildren(...items);
+  reconcile(list, items);
   // roving tabindex: one stop in the tab order for the whole list
   const current = items.find((li) => li.firstChild.classList.contains('active')) || items[0];
   if (current) current.firstChild.tabIndex = 0;
@@ -327,7 +338,14 @@ function peoplePicker({ input, results, onPick, exclude = () => new Set(), label
   let token = 0;
   let items = [];
   let activeIdx = -1;
-  const close = () => { results.hidden = true; input.setAttribute('aria-expanded', 'false'); input.removeAttribute('aria-activedescendant'); activeIdx = -1; };
+  const close = () => {
+    results.hidden = true;
+    results.replaceChildren();
+    items = [];
+    input.setAttribute('aria-expanded', 'false');
+    input.removeAttribute('aria-activedescendant');
+    activeIdx = -1;
+  };
   const highlight = (i) => {
     activeIdx = i;
     [...results.children].forEach((li, k) => li.setAttribute('aria-selected', String(k === i)));
@@ -405,9 +423,14 @@ function view(id) {
   return v;
 }
 
+const drafts = new Map(); // conv id -> unsent text
 function openConv(id, { focusComposer = false, fromHash = false } = {}) {
   if (id !== null && !S.convs.has(id)) id = null;
   const changed = S.active !== id;
+  if (changed && S.active !== null) {
+    const text = $('composer').value;
+    if (text) drafts.set(S.active, text); else drafts.delete(S.active);
+  }
   S.active = id;
   if (!fromHash) {
     const h = id ? `#/c/${id}` : '#/';
@@ -421,7 +444,7 @@ function openConv(id, { focusComposer = false, fromHash = false } = {}) {
   if (changed) {
     msgEls.clear();
     $('msg-list').replaceChildren();
-    $('composer').value = '';
+    $('composer').value = drafts.get(id) || '';
     autoGrow();
     show($('composer-error'), false);
     show($('jump'), false);
@@ -606,12 +629,13 @@ function renderMessages({ stick = false, prepend = false } = {}) {
     prev = m;
   }
   for (const [k, n] of msgEls) if (!keep.has(k)) { n.remove(); msgEls.delete(k); }
-  const same = nodes.length === list.children.length && nodes.every((n, i) => list.children[i] === n);
-  if (!same) list.replaceChildren(...nodes);
+  const lastBefore = list.lastElementChild;
+  reconcile(list, nodes);
+  const grew = list.lastElementChild !== lastBefore;
 
   if (stick || (atBottom && !prepend)) box.scrollTop = box.scrollHeight;
   else if (prepend) box.scrollTop = box.scrollHeight - box.clientHeight - fromBottom;
-  else if (!atBottom && !same) show($('jump'), true);
+  else if (!atBottom && grew) show($('jump'), true);
   renderHistoryStatus();
 }
 
@@ -706,6 +730,7 @@ function submitComposer() {
     return;
   }
   t.value = '';
+  drafts.delete(conv);
   autoGrow();
   client.send(conv, body).catch(() => { /* shown as failed via send_failed */ });
 }
@@ -965,6 +990,7 @@ function resetState() {
   S.typing.clear();
   S.online.clear();
   S.active = null;
+  drafts.clear();
   convEls.clear();
   msgEls.clear();
   $('conv-list').replaceChildren();

@@ -10,7 +10,8 @@ after(async () => { if (env) await env.close(); });
 
 async function pick(page, inputTestId, user) {
   await page.getByTestId(inputTestId).fill(user.username);
-  await page.locator(`[data-testid="user-result"][data-username="${user.username}"]`).click({ timeout: T });
+  const results = inputTestId.replace('-search', '-results');
+  await page.getByTestId(results).locator(`[data-testid="user-result"][data-username="${user.username}"]`).click({ timeout: T });
 }
 
 test('a group of three, then a fourth member who sees the history', async () => {

@@ -110,7 +110,7 @@ export async function online(page) {
 export async function startDirect(u, other) {
   const { page } = u;
   await page.getByTestId('people-search').fill(other.username);
-  await page.locator(`[data-testid="user-result"][data-username="${other.username}"]`).click({ timeout: T });
+  await page.getByTestId('people-results').locator(`[data-testid="user-result"][data-username="${other.username}"]`).click({ timeout: T });
   await page.getByTestId('pane-title').filter({ hasText: other.display }).waitFor({ timeout: T });
 }
 

@@ -58,7 +58,7 @@ test('keyboard only: find someone, open the chat, send, go back', async () => {
   const { page } = c;
   await page.keyboard.press('Control+k');
   await page.keyboard.type(a.username);
-  await page.locator(`[data-testid="user-result"][data-username="${a.username}"][aria-selected="true"]`).waitFor({ timeout: T });
+  await page.getByTestId('people-results').locator(`[data-testid="user-result"][data-username="${a.username}"][aria-selected="true"]`).waitFor({ timeout: T });
   await page.keyboard.press('Enter');
   await page.getByTestId('pane-title').filter({ hasText: 'Rita' }).waitFor({ timeout: T });
   await page.waitForFunction(() => document.activeElement && document.activeElement.dataset.testid === 'composer', null, { timeout: T });
