@@ -127,7 +127,7 @@ export class ParleyClient {
     this._gen = 0;
     this._attempt = 0;
     this._everOnline = false;
-    this._timers = { reconnect: null, refresh: null, ping: null, expect: null, connect: null };
+    this._timers = { reconnect: null, refresh: null, ping: null, expect: null, connect: null, stable: null };
     this._cursors = new Map(); // conv -> highest seq delivered in order
     this._buffers = new Map(); // conv -> Map(seq -> msg) waiting for a gap to fill
     this._outbox = new Map(); // client id -> pending send, in creation order
@@ -505,7 +505,8 @@ export class ParleyClient {
     clearTimeout(this._timers.connect);
     clearInterval(this._timers.ping);
     clearTimeout(this._timers.expect);
-    this._timers.connect = this._timers.ping = this._timers.expect = null;
+    clearTimeout(this._timers.stable);
+    this._timers.connect = this._timers.ping = this._timers.expect = this._timers.stable = null;
   }
 
   // The connection is dead (timeout, browser offline): drop it and reconnect.
@@ -557,14 +558,24 @@ export class ParleyClient {
     return true;
   }
 
-  // Something should come back soon; if nothing at all does, the socket is dead.
+  // Something should come back soon. If nothing at all does, probe with a ping
+  // (answered at once by a live server, however busy its writer); if that gets no
+  // answer either, the socket is dead.
   _expect() {
     if (this._timers.expect || !this.options.pingTimeoutMs) return;
     const conn = this._conn;
-    this._timers.expect = setTimeout(() => {
-      this._timers.expect = null;
-      this._lost(conn, 'timeout');
-    }, this.options.pingTimeoutMs);
+    if (!conn) return;
+    const arm = () => {
+      this._timers.expect = setTimeout(() => {
+        this._timers.expect = null;
+        if (this._conn !== conn) return;
+        if (conn.probing) { this._lost(conn, 'timeout'); return; }
+        conn.probing = true;
+        try { conn.ws.send(JSON.stringify({ op: 'ping' })); } catch { /* closing */ }
+        arm();
+      }, this.options.pingTimeoutMs);
+    };
+    arm();
   }
 
   _startPing(conn) {
@@ -580,6 +591,7 @@ export class ParleyClient {
   // ------------------------------------------------------------------ frames
   _onFrame(conn, f) {
     conn.lastRx = Date.now();
+    conn.probing = false;
     clearTimeout(this._timers.expect);
     this._timers.expect = null;
     switch (f.op) {
@@ -606,7 +618,9 @@ export class ParleyClient {
     conn.authed = true;
     conn.heartbeatMs = f.heartbeat_ms;
     clearTimeout(this._timers.connect);
-    this._attempt = 0;
+    // the backoff starts over once a connection has stayed up for a while
+    clearTimeout(this._timers.stable);
+    this._timers.stable = setTimeout(() => { if (this._conn === conn) this._attempt = 0; }, 5000);
     this._everOnline = true;
     this._presenceBefore = new Set(this._online);
     this._online.clear();

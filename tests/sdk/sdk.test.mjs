@@ -142,6 +142,27 @@ test('a resend after a reconnect never duplicates: same client id, same seq', as
   assert.deepEqual(mb.bodies(conv), ['exactly once', 'q1', 'q2', 'q3']);
 });
 
+test('a silent socket (open but carrying nothing) is found by the client ping and replaced', async () => {
+  let dead = null;
+  const tap = tapSocket({
+    incoming: (f, deliver, sock) => sock === dead,
+    outgoing: (f, sock) => sock === dead,
+  });
+  const { a, b, conv } = await pair({}, { WebSocket: tap.TapSocket, pingIntervalMs: 300, pingTimeoutMs: 300 });
+  const mb = collect(b);
+  const lost = [];
+  b.on('disconnected', (x) => lost.push(x.reason));
+  dead = tap.sockets.at(-1); // like a network that went away without a FIN
+  await a.send(conv, 'one');
+  await a.send(conv, 'two');
+  await waitFor(() => mb.all.length === 2, 8000, 'messages after the silent socket was replaced');
+  assert.deepEqual(mb.bodies(conv), ['one', 'two']);
+  assert.deepEqual(lost, ['timeout']);
+  assert.ok(tap.sockets.length >= 2);
+  const pings = tap.sent.filter((f) => f.op === 'ping');
+  assert.ok(pings.length >= 1, 'probed with a ping first');
+});
+
 test('a seq that skips ahead triggers a sync that fills the gap, in order', async () => {
   let dropped = false;
   const tap = tapSocket({
