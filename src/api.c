@@ -518,7 +518,8 @@ static void api_create_conv(struct conn *c, struct http_req *r, int64_t uid)
     if (!o)
         return;
     const char *kind = json_string_value(json_object_get(o, "kind"));
-    struct job *j = job_new(c->w, c, run_create, done_create);
+    /* bound to c only once valid, so a refusal leaves nothing pending */
+    struct job *j = job_new(c->w, NULL, run_create, done_create);
     j->user = uid;
     const char *err = NULL;
     if (kind && strcmp(kind, "direct") == 0) {
@@ -550,11 +551,10 @@ static void api_create_conv(struct conn *c, struct http_req *r, int64_t uid)
     json_decref(o);
     if (err) {
         http_respond_error(c, 400, "bad_request", err);
-        conn_release(c); /* the job never ran */
-        j->conn = NULL;
         job_free(j);
         return;
     }
+    job_bind(j, c);
     writer_submit(c->w->srv->writer, j);
 }
 

@@ -25,12 +25,17 @@ struct job *job_new(struct worker *origin, struct conn *conn, job_run_fn run, jo
     struct job *j = xcalloc(1, sizeof *j);
     j->ev.kind = EV_JOB;
     j->origin = origin;
-    j->conn = conn;
-    if (conn)
-        conn->pending++;
     j->run = run;
     j->done = done;
+    if (conn)
+        job_bind(j, conn);
     return j;
+}
+
+void job_bind(struct job *j, struct conn *conn)
+{
+    j->conn = conn;
+    conn->pending++; /* the conn outlives the job: see conn_release */
 }
 
 void job_free(struct job *j)

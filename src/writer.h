@@ -59,7 +59,10 @@ struct job {
     int op;                /* which variant of a job (e.g. add/remove/role) */
 };
 
+/* conn may be NULL; a job bound to a conn keeps it allocated until the job
+ * comes back (conn->pending). */
 struct job *job_new(struct worker *origin, struct conn *conn, job_run_fn run, job_done_fn done);
+void job_bind(struct job *j, struct conn *conn);
 void job_free(struct job *j);
 
 struct writer;
