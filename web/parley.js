@@ -753,6 +753,7 @@ export class ParleyClient {
     this._sync.again = false;
     const since = {};
     for (const [conv, seq] of this._cursors) since[String(conv)] = seq;
+    this._sync.asked = new Set(this._cursors.keys());
     if (!this._sendFrame({ op: 'sync', since })) this._sync.inFlight = false;
   }
 
@@ -768,8 +769,11 @@ export class ParleyClient {
       if (this._cursors.get(c.conv) < c.last_seq) behind = true;
       if (this._buffers.has(c.conv)) behind = true;
     }
+    // Gone from the list: we were removed while away. Only for conversations we asked
+    // about: one we learned of meanwhile may be newer than the server's snapshot.
+    const asked = this._sync.asked || new Set();
     for (const conv of [...this._cursors.keys()]) {
-      if (!mine.has(conv)) {
+      if (!mine.has(conv) && asked.has(conv)) {
         this._cursors.delete(conv);
         this._buffers.delete(conv);
         this._emit('removed', { conv });
