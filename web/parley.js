@@ -211,7 +211,10 @@ export class ParleyClient {
 
   /** Log out: revoke the refresh token, close the socket, forget the session. */
   async logout() {
-    const rt = this.session && this.session.refresh_token;
+    // the newest refresh token of this session (another tab may have rotated ours)
+    const stored = this._storage.get();
+    const same = stored && this.session && stored.user && stored.user.id === this.session.user.id;
+    const rt = same && stored.refresh_token ? stored.refresh_token : this.session && this.session.refresh_token;
     this._endSession('logout');
     if (rt) {
       try { await this._http('POST', '/api/auth/logout', { refresh_token: rt }, { auth: false }); } catch { /* best effort */ }

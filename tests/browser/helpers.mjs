@@ -92,8 +92,8 @@ export async function quickUser(env, prefix, { viewport, display } = {}) {
   const s = await res.json();
   const session = { user: s.user, access_token: s.access_token, refresh_token: s.refresh_token, expires_at: Date.now() + (s.expires_in - 1) * 1000, lifetime: (s.expires_in - 1) * 1000 };
   await u.ctx.addInitScript((json) => {
-    if (sessionStorage.getItem('parley.test.seeded')) return; // only the first load of this tab
-    sessionStorage.setItem('parley.test.seeded', '1');
+    if (localStorage.getItem('parley.test.seeded')) return; // only the very first page load
+    localStorage.setItem('parley.test.seeded', '1');
     localStorage.setItem('parley.session', json);
   }, JSON.stringify(session));
   await u.page.goto('/');
