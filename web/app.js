@@ -360,7 +360,7 @@ function peoplePicker({ input, results, onPick, exclude = () => new Set(), label
     const ex = exclude();
     const rows = users.filter((u) => !ex.has(u.id)).map((u, k) => {
       rememberUsers([u]);
-      if (u.online) S.online.add(u.id);
+      if (u.online) S.online.add(u.id); else S.online.delete(u.id);
       const av = el('span', { class: 'avatar avatar-sm', 'aria-hidden': 'true' });
       fillAvatar(av, displayName(u), u.id);
       return el('li', {
@@ -390,7 +390,10 @@ function peoplePicker({ input, results, onPick, exclude = () => new Set(), label
     }, 150);
   });
   input.addEventListener('keydown', (e) => {
-    if (results.hidden) return;
+    if (results.hidden) {
+      if (e.key === 'Enter' && input.value.trim()) e.preventDefault(); // results are on their way
+      return;
+    }
     if (e.key === 'ArrowDown') { e.preventDefault(); highlight(Math.min(items.length - 1, activeIdx + 1)); }
     else if (e.key === 'ArrowUp') { e.preventDefault(); highlight(Math.max(0, activeIdx - 1)); }
     else if (e.key === 'Enter') { e.preventDefault(); if (items[activeIdx]) pick(items[activeIdx]); }

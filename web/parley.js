@@ -452,7 +452,13 @@ export class ParleyClient {
       return;
     }
     if (this._conn !== conn || !this._wanted) return;
-    if (!this._WS) throw new ParleyError('internal', 'no WebSocket implementation: pass options.WebSocket');
+    if (!this._WS) {
+      this._conn = null;
+      this._wanted = false;
+      this._setState('offline');
+      this._emit('error', new ParleyError('internal', 'no WebSocket implementation: pass options.WebSocket'));
+      return;
+    }
     let ws;
     try { ws = new this._WS(this.wsUrl); } catch (e) {
       this._conn = null;
