@@ -98,6 +98,27 @@ test('reconnect with backoff and sync after the server drops every connection', 
   }
 });
 
+test('a graceful server restart (close 1001): sends made meanwhile go out once afterwards', async () => {
+  const tap = tapSocket();
+  const { a, b, conv } = await pair({ WebSocket: tap.TapSocket });
+  const mb = collect(b);
+  await a.send(conv, 'before the restart');
+  await waitFor(() => mb.all.length === 1, 5000, 'first message');
+  await srv.stop({ keep: true });
+  assert.ok(tap.closes.includes(1001), `closed with 1001 (draining): ${tap.closes}`);
+  const queued = [a.send(conv, 'during 1'), a.send(conv, 'during 2')];
+  assert.equal(a.pending(conv).length, 2);
+  const srv2 = await srv.restart();
+  srv = srv2;
+  process.on('exit', () => rmSync(srv2.dataDir, { recursive: true, force: true }));
+  const acks = await Promise.all(queued);
+  assert.deepEqual(acks.map((x) => x.seq), [2, 3]);
+  await waitFor(() => mb.all.length === 3, 10000, 'the queued messages on the other side');
+  assert.deepEqual(mb.bodies(conv), ['before the restart', 'during 1', 'during 2']);
+  const page = await b.history(conv);
+  assert.equal(page.messages.length, 3);
+});
+
 test('a resend after a reconnect never duplicates: same client id, same seq', async () => {
   let first = null;
   let clientId = null;
