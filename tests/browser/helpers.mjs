@@ -164,6 +164,10 @@ export async function waitUnread(page, title, count, timeout = T) {
   }
 }
 
+// Screenshots show the settled page: with reduced motion the entrance
+// animations of messages and panes end at once instead of mid-fade.
 export async function shot(page, name) {
-  await page.screenshot({ path: path.join(ARTIFACTS, name), fullPage: false });
+  await page.emulateMedia({ reducedMotion: 'reduce' });
+  await page.screenshot({ path: path.join(ARTIFACTS, name), fullPage: false, animations: 'disabled' });
+  await page.emulateMedia({ reducedMotion: null });
 }
