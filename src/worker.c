@@ -103,7 +103,12 @@ static void on_wake(uv_async_t *a)
     }
 }
 
-/* ---- writing ---- */
+/* ---- writing ----
+ * Frames are corked: conn_send only queues and marks the connection dirty;
+ * once per loop iteration (the check handle, after all events of the
+ * iteration) each dirty connection's whole queue goes to the kernel in one
+ * writev. A batch of 100 messages to a member is one syscall, not 100.
+ * What the kernel refuses waits in a uv_write until the socket is writable. */
 
 struct write_req {
     uv_write_t req;
@@ -115,6 +120,7 @@ struct write_req {
 
 static void flush(struct conn *c);
 static void finish_close(struct conn *c);
+static void drop_queue(struct conn *c, int keep_started);
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b);
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b);
 
@@ -133,18 +139,13 @@ static void on_write(uv_write_t *req, int status)
         conn_abort(c);
         return;
     }
-    if (c->out_head) {
-        flush(c);
-        return;
-    }
-    if (c->state == CONN_CLOSING || (c->close_after_write && !c->busy))
-        finish_close(c);
+    flush(c);
 }
 
-static void flush(struct conn *c)
+/* Hands the head of the queue to uv_write, which finishes it when the socket
+ * is writable again. The references move into the request. */
+static void submit_write(struct conn *c)
 {
-    if (c->writing || !c->out_head || c->state == CONN_CLOSED)
-        return;
     struct write_req *wr = xmalloc(sizeof *wr);
     uv_buf_t bufs[WRITE_BATCH];
     wr->c = c;
@@ -161,7 +162,6 @@ static void flush(struct conn *c)
     if (!c->out_head)
         c->out_tail = NULL;
     c->writing = 1;
-    /* uv_write tries writev at once and queues only what the socket refuses */
     int rc = uv_write(&wr->req, (uv_stream_t *)&c->tcp, bufs, wr->n, on_write);
     if (rc < 0) {
         c->writing = 0;
@@ -173,9 +173,97 @@ static void flush(struct conn *c)
     }
 }
 
-static void drop_queue(struct conn *c)
+/* Drops the first n written bytes from the queue. */
+static void consume(struct conn *c, size_t n)
 {
-    struct outq_item *it = c->out_head;
+    c->out_bytes -= n;
+    while (n && c->out_head) {
+        struct outq_item *it = c->out_head;
+        size_t left = it->frame->len - it->off;
+        if (n < left) {
+            it->off += (uint32_t)n;
+            return;
+        }
+        n -= left;
+        c->out_head = it->next;
+        frame_unref(it->frame);
+        free(it);
+    }
+    if (!c->out_head)
+        c->out_tail = NULL;
+}
+
+static void flush(struct conn *c)
+{
+    if (c->writing || c->state == CONN_CLOSED)
+        return;
+    while (c->out_head) {
+        uv_buf_t bufs[WRITE_BATCH];
+        unsigned n = 0;
+        size_t want = 0;
+        for (struct outq_item *it = c->out_head; it && n < WRITE_BATCH; it = it->next) {
+            bufs[n] = uv_buf_init((char *)it->frame->data + it->off, it->frame->len - it->off);
+            want += bufs[n++].len;
+        }
+        int w = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
+        if (w < 0 && w != UV_EAGAIN) {
+            conn_abort(c);
+            return;
+        }
+        consume(c, w > 0 ? (size_t)w : 0);
+        if (w < 0 || (size_t)w < want) {
+            submit_write(c); /* the kernel is full: finish when writable */
+            return;
+        }
+    }
+    if (c->state == CONN_CLOSING || (c->close_after_write && !c->busy))
+        finish_close(c);
+}
+
+static void mark_dirty(struct conn *c)
+{
+    if (c->dirty)
+        return;
+    c->dirty = 1;
+    c->dirty_next = c->w->dirty;
+    c->w->dirty = c;
+}
+
+/* The check handle: runs once per loop iteration, after its events. */
+static void on_flush_check(uv_check_t *h)
+{
+    struct worker *w = h->data;
+    const struct config *cfg = w->srv->cfg;
+    while (w->dirty) {
+        struct conn *c = w->dirty;
+        w->dirty = c->dirty_next;
+        c->dirty = 0;
+        c->dirty_next = NULL;
+        if (c->state == CONN_CLOSED)
+            continue;
+        flush(c);
+        if (c->state == CONN_WS && c->out_bytes > (size_t)cfg->max_outq) {
+            /* A slow consumer: it reconnects and syncs, nobody else waits. */
+            log_info("conn %llu: %zu bytes the kernel will not take, closing 1008", (unsigned long long)c->id,
+                     c->out_bytes);
+            drop_queue(c, 1);
+            conn_close_ws(c, 1008, "slow consumer");
+            flush(c);
+        }
+    }
+}
+
+static void drop_queue(struct conn *c, int keep_started)
+{
+    /* Queued frames were never started, except a head the kernel took part
+     * of: while the connection lives, that one must be finished, or the peer
+     * sees half a frame. */
+    struct outq_item **pp = &c->out_head;
+    if (keep_started && *pp && (*pp)->off)
+        pp = &(*pp)->next;
+    struct outq_item *it = *pp;
+    *pp = NULL;
+    c->out_tail = c->out_head;
     while (it) {
         struct outq_item *next = it->next;
         c->out_bytes -= it->frame->len - it->off;
@@ -183,59 +271,28 @@ static void drop_queue(struct conn *c)
         free(it);
         it = next;
     }
-    c->out_head = c->out_tail = NULL;
 }
 
-static void enqueue_from(struct conn *c, struct frame *f, uint32_t off)
+static void enqueue(struct conn *c, struct frame *f)
 {
     struct outq_item *it = xmalloc(sizeof *it);
     it->next = NULL;
     it->frame = frame_ref(f);
-    it->off = off;
+    it->off = 0;
     if (c->out_tail)
         c->out_tail->next = it;
     else
         c->out_head = it;
     c->out_tail = it;
-    c->out_bytes += f->len - off;
-}
-
-static void enqueue(struct conn *c, struct frame *f)
-{
-    enqueue_from(c, f, 0);
+    c->out_bytes += f->len;
+    mark_dirty(c);
 }
 
 void conn_send(struct conn *c, struct frame *f)
 {
     if (c->state == CONN_CLOSED || c->state == CONN_CLOSING)
         return;
-    const struct config *cfg = c->w->srv->cfg;
-    uint32_t off = 0;
-    if (!c->writing && !c->out_head) {
-        /* Nothing queued: hand it to the kernel now. Usually it all goes,
-         * and the connection never holds a reference or a queue node. */
-        uv_buf_t b = uv_buf_init((char *)f->data, f->len);
-        int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
-        if (n == (int)f->len)
-            return;
-        if (n < 0 && n != UV_EAGAIN) {
-            conn_abort(c);
-            return;
-        }
-        off = n > 0 ? (uint32_t)n : 0;
-    }
-    if (c->out_bytes + f->len - off > (size_t)cfg->max_outq && c->http == NULL) {
-        /* A slow consumer: it reconnects and syncs, nobody else waits. */
-        log_info("conn %llu: out-queue over %lld bytes, closing 1008", (unsigned long long)c->id,
-                 (long long)cfg->max_outq);
-        /* Queued frames were never started (a partly written one goes into
-         * a uv_write at once), so dropping them cannot cut a frame short. */
-        drop_queue(c);
-        conn_close_ws(c, 1008, "slow consumer");
-        return;
-    }
-    enqueue_from(c, f, off);
-    flush(c);
+    enqueue(c, f);
 }
 
 void conn_send_json(struct conn *c, const json_t *obj)
@@ -252,6 +309,12 @@ void conn_send_json(struct conn *c, const json_t *obj)
 static void conn_free(struct conn *c)
 {
     struct worker *w = c->w;
+    if (c->dirty) /* not expected: the check runs before close callbacks */
+        for (struct conn **pp = &w->dirty; *pp; pp = &(*pp)->dirty_next)
+            if (*pp == c) {
+                *pp = c->dirty_next;
+                break;
+            }
     if (c->prev)
         c->prev->next = c->next;
     else if (w->conns == c)
@@ -269,7 +332,7 @@ static void on_closed(uv_handle_t *h)
 {
     struct conn *c = h->data;
     c->handle_closed = 1;
-    drop_queue(c);
+    drop_queue(c, 0);
     if (c->pending == 0)
         conn_free(c);
 }
@@ -338,7 +401,7 @@ void conn_close_ws(struct conn *c, uint16_t code, const char *reason)
     c->state = CONN_CLOSING;
     c->close_code = code;
     c->deadline_ms = now_ms(c->w) + CLOSE_GRACE_MS;
-    flush(c); /* on_write calls finish_close once the close frame is out */
+    /* enqueue marked it dirty: flush sends the frame, then finish_close */
 }
 
 void conn_release(struct conn *c)
@@ -647,6 +710,8 @@ static void close_handles(struct worker *w)
         uv_close((uv_handle_t *)&w->wake, NULL);
     if (!uv_is_closing((uv_handle_t *)&w->sweep))
         uv_close((uv_handle_t *)&w->sweep, NULL);
+    if (!uv_is_closing((uv_handle_t *)&w->flush_check))
+        uv_close((uv_handle_t *)&w->flush_check, NULL);
 }
 
 static void sweep_conn(struct worker *w, struct conn *c, int64_t now, int64_t wall)
@@ -731,6 +796,10 @@ struct worker *worker_new(struct server *srv, int index, char *err, size_t errle
     w->wake.data = w;
     uv_timer_init(&w->loop, &w->sweep);
     w->sweep.data = w;
+    uv_check_init(&w->loop, &w->flush_check);
+    w->flush_check.data = w;
+    uv_check_start(&w->flush_check, on_flush_check);
+    uv_unref((uv_handle_t *)&w->flush_check); /* never keeps the loop alive by itself */
     w->ping = frame_ws(WS_OP_PING, NULL, 0);
     if (store_open(srv->db_path, 1, &w->reader, err, errlen) != STORE_OK)
         goto fail;

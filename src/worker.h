@@ -74,6 +74,7 @@ struct conn {
     struct worker *w;
     struct conn *prev, *next;      /* the worker's list of all connections */
     struct conn *uprev, *unext;    /* the hub's list of this user's connections */
+    struct conn *dirty_next;       /* the worker's list of connections to flush */
     uint64_t id;                   /* unique in the process: worker index << 48 | counter */
     uint8_t state;                 /* enum conn_state */
     uint8_t busy;                  /* an HTTP request is being answered: reading paused */
@@ -83,6 +84,7 @@ struct conn {
     uint8_t processing;            /* inside process(): no nested passes */
     uint8_t close_after_write;     /* HTTP Connection: close */
     uint8_t shut;                  /* FIN sent: lingering for the peer's */
+    uint8_t dirty;                 /* on the worker's dirty list: flush this iteration */
     uint16_t close_code;           /* for logs */
     int pending;                   /* jobs in flight holding this pointer */
     struct buf in;                 /* unparsed remainder only; empty at rest */
@@ -98,8 +100,9 @@ struct conn {
     int64_t last_ping_ms;
 };
 
-/* Queues a frame (takes a new reference) and starts writing. If the queue
- * passes max_outq the connection is closed with 1008 (slow consumer). */
+/* Queues a frame (takes a new reference). Written at the end of the loop
+ * iteration with everything else queued to c, in one writev. If what the
+ * kernel will not take passes max_outq, the connection is closed with 1008. */
 void conn_send(struct conn *c, struct frame *f);
 /* Queues a JSON object as one WebSocket text frame (does not steal obj). */
 void conn_send_json(struct conn *c, const json_t *obj);
@@ -125,6 +128,8 @@ struct worker {
     uv_tcp_t listener;
     uv_async_t wake;
     uv_timer_t sweep;              /* timeouts and heartbeats, once a second */
+    uv_check_t flush_check;        /* end of each loop iteration: write what was queued */
+    struct conn *dirty;            /* connections with frames queued this iteration */
     uv_thread_t thread;
     uv_mutex_t inbox_mu;           /* guards inbox_head/tail only */
     struct event *inbox_head, *inbox_tail;
