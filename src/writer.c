@@ -62,6 +62,8 @@ struct seqslot {
     int64_t last_ts;
     int touched;
     struct idlist *members;
+    struct { int64_t user, seq; } *senders; /* each sender's last new seq here */
+    size_t n_senders;
 };
 
 struct seqmap {
@@ -69,11 +71,41 @@ struct seqmap {
     size_t n, cap;
 };
 
+static int cmp_id(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The conversation's members, sorted, read once per batch (and again after
+ * a job that may have changed them). They serve both the membership check of
+ * every send and the fan-out after the commit. */
+static int load_members(struct store *st, struct seqslot *s)
+{
+    if (s->members)
+        return STORE_OK;
+    int64_t *ids;
+    size_t n;
+    if (store_members(st, s->conv, &ids, &n) != STORE_OK)
+        return STORE_ERR;
+    qsort(ids, n, sizeof *ids, cmp_id);
+    s->members = idlist_new(ids, n);
+    free(ids);
+    return STORE_OK;
+}
+
+static int is_member(const struct seqslot *s, int64_t user)
+{
+    return bsearch(&user, s->members->ids, s->members->n, sizeof user, cmp_id) != NULL;
+}
+
 static struct seqslot *seqmap_get(struct store *st, struct seqmap *m, int64_t conv, int *rc)
 {
     for (size_t i = 0; i < m->n; i++)
-        if (m->v[i].conv == conv)
-            return &m->v[i];
+        if (m->v[i].conv == conv) {
+            *rc = load_members(st, &m->v[i]);
+            return *rc == STORE_OK ? &m->v[i] : NULL;
+        }
     int64_t last;
     *rc = store_conv_last_seq(st, conv, &last);
     if (*rc != STORE_OK)
@@ -86,19 +118,41 @@ static struct seqslot *seqmap_get(struct store *st, struct seqmap *m, int64_t co
     memset(s, 0, sizeof *s);
     s->conv = conv;
     s->next_seq = last + 1;
-    return s;
+    *rc = load_members(st, s);
+    return *rc == STORE_OK ? s : NULL;
+}
+
+/* A job ran that may have added or removed members: read them again. */
+static void seqmap_forget_members(struct seqmap *m)
+{
+    for (size_t i = 0; i < m->n; i++) {
+        idlist_unref(m->v[i].members);
+        m->v[i].members = NULL;
+    }
 }
 
 static void seqmap_dispose(struct seqmap *m)
 {
+    seqmap_forget_members(m);
     for (size_t i = 0; i < m->n; i++)
-        idlist_unref(m->v[i].members);
+        free(m->v[i].senders);
     free(m->v);
 }
 
-/* A send: idempotent on (sender, client id), members only, next dense seq.
- * Returns STORE_ERR only for a database failure (the batch is then undone). */
-static int run_send(struct store *st, struct job *j, struct seqmap *m, int64_t now)
+static void note_sender(struct seqslot *s, int64_t user, int64_t seq)
+{
+    for (size_t i = 0; i < s->n_senders; i++)
+        if (s->senders[i].user == user) {
+            s->senders[i].seq = seq;
+            return;
+        }
+    s->senders = xrealloc(s->senders, (s->n_senders + 1) * sizeof *s->senders);
+    s->senders[s->n_senders].user = user;
+    s->senders[s->n_senders++].seq = seq;
+}
+
+/* The original of a resent client id, if there is one. */
+static int find_original(struct store *st, struct job *j)
 {
     int64_t conv, seq, ts;
     int rc = store_msg_by_client(st, j->user, j->str, &conv, &seq, &ts);
@@ -107,28 +161,39 @@ static int run_send(struct store *st, struct job *j, struct seqmap *m, int64_t n
         j->conv = conv;
         j->seq = seq;
         j->ts = ts;
-        return STORE_OK;
     }
-    if (rc != STORE_NOT_FOUND)
-        return rc;
-    rc = store_is_member(st, j->conv, j->user);
-    if (rc != STORE_OK)
-        return rc;
+    return rc;
+}
+
+/* A send: idempotent on (sender, client id), members only, next dense seq.
+ * The common case costs one INSERT: the unique key on (sender, client id)
+ * finds resends, and only then is the original looked up. Returns STORE_ERR
+ * only for a database failure (the batch is then undone). */
+static int run_send(struct store *st, struct job *j, struct seqmap *m, int64_t now)
+{
+    int rc;
     struct seqslot *s = seqmap_get(st, m, j->conv, &rc);
-    if (!s)
-        return rc == STORE_NOT_FOUND ? STORE_NOT_FOUND : STORE_ERR;
+    if (rc == STORE_ERR)
+        return STORE_ERR;
+    if (!s || !is_member(s, j->user))
+        return find_original(st, j); /* a resend answers with the original, wherever it went */
     j->seq = s->next_seq;
     j->ts = now > s->last_ts ? now : s->last_ts; /* ts never goes back within a conversation */
     rc = store_msg_insert(st, j->conv, j->seq, j->user, j->str, j->body, j->body_len, j->ts);
+    if (rc == STORE_CONFLICT) {
+        rc = find_original(st, j);
+        return rc == STORE_OK ? STORE_OK : STORE_ERR;
+    }
     if (rc != STORE_OK)
-        return STORE_ERR; /* CONFLICT cannot happen after the lookup above */
+        return STORE_ERR;
     s->next_seq++;
     s->last_ts = j->ts;
     s->touched = 1;
+    note_sender(s, j->user, j->seq);
     return STORE_OK;
 }
 
-static int run_other(struct store *st, struct job *j)
+static int run_other(struct store *st, struct job *j, struct seqmap *m)
 {
     if (store_savepoint(st) != STORE_OK)
         return STORE_ERR;
@@ -139,13 +204,15 @@ static int run_other(struct store *st, struct job *j)
     } else if (store_release(st) != STORE_OK) {
         return STORE_ERR;
     }
+    seqmap_forget_members(m);
     return STORE_OK;
 }
 
 /* After the inserts: move each conversation's last_seq, then each sender's
- * read position to its message (read positions are clamped to last_seq, so
- * this must come after the advance), and read the members for the fan-out. */
-static int finish_convs(struct store *st, struct seqmap *m, struct job *batch)
+ * read position to its last message (read positions are clamped to
+ * last_seq, so this comes after the advance; one update per sender), and
+ * make sure the members for the fan-out are current. */
+static int finish_convs(struct store *st, struct seqmap *m)
 {
     for (size_t i = 0; i < m->n; i++) {
         struct seqslot *s = &m->v[i];
@@ -153,20 +220,14 @@ static int finish_convs(struct store *st, struct seqmap *m, struct job *batch)
             continue;
         if (store_conv_advance(st, s->conv, s->next_seq - 1, s->last_ts) != STORE_OK)
             return STORE_ERR;
-        for (struct job *j = batch; j; j = (struct job *)j->ev.next) {
+        for (size_t k = 0; k < s->n_senders; k++) {
             int64_t pos;
-            if (j->run || j->rc != STORE_OK || j->dup || j->conv != s->conv)
-                continue;
-            int rc = store_read_set(st, j->conv, j->user, j->seq, &pos);
+            int rc = store_read_set(st, s->conv, s->senders[k].user, s->senders[k].seq, &pos);
             if (rc != STORE_OK && rc != STORE_NOT_FOUND)
                 return STORE_ERR;
         }
-        int64_t *ids;
-        size_t n;
-        if (store_members(st, s->conv, &ids, &n) != STORE_OK)
+        if (load_members(st, s) != STORE_OK)
             return STORE_ERR;
-        s->members = idlist_new(ids, n);
-        free(ids);
     }
     return STORE_OK;
 }
@@ -189,14 +250,14 @@ int writer_run_batch(struct store *st, struct job *batch, writer_deliver_fn deli
     int failed = store_begin(st) != STORE_OK;
     for (struct job *j = batch; j && !failed; j = (struct job *)j->ev.next) {
         if (j->run) {
-            failed = run_other(st, j) != STORE_OK;
+            failed = run_other(st, j, &m) != STORE_OK;
         } else {
             j->rc = run_send(st, j, &m, now);
             failed = j->rc == STORE_ERR;
         }
     }
     if (!failed)
-        failed = finish_convs(st, &m, batch) != STORE_OK;
+        failed = finish_convs(st, &m) != STORE_OK;
     if (!failed)
         failed = store_commit(st) != STORE_OK;
     if (failed) {

@@ -246,6 +246,37 @@ static void test_failing_job_rolls_back_only_itself(void **state)
     json_decref(u);
 }
 
+static int run_add_member(struct store *st, struct job *j)
+{
+    int added;
+    return store_member_add(st, j->conv, j->user, j->target, 1, &added);
+}
+
+/* Membership is checked against the state each send sees in batch order:
+ * a member added by an earlier job of the same batch may send, and gets
+ * the messages fanned out after that. */
+static void test_member_added_mid_batch(void **state)
+{
+    struct fixture *f = *state;
+    struct job *b[4];
+    b[0] = send_job(f->u3, f->group, "c1", "too early");
+    b[1] = job_new(NULL, NULL, run_add_member, NULL);
+    b[1]->conv = f->group;
+    b[1]->user = f->u1;
+    b[1]->target = f->u3;
+    b[2] = send_job(f->u3, f->group, "c2", "hello all");
+    b[3] = send_job(f->u1, f->group, "a1", "welcome");
+    run(f, b, 4);
+    assert_int_equal(b[0]->rc, STORE_NOT_FOUND);
+    assert_int_equal(b[1]->rc, STORE_OK);
+    assert_int_equal(b[2]->rc, STORE_OK);
+    assert_int_equal(b[2]->seq, 1);
+    assert_int_equal(b[3]->seq, 2);
+    assert_int_equal(f->nfanned, 2);
+    assert_int_equal(f->fan_members[0], 3);
+    assert_int_equal(f->fan_members[1], 3);
+}
+
 static void test_large_batch(void **state)
 {
     struct fixture *f = *state;
@@ -275,6 +306,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_non_member_refused_others_commit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sender_read_position_moves, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failing_job_rolls_back_only_itself, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_member_added_mid_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_large_batch, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
