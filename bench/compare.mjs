@@ -25,7 +25,7 @@
 // times) and the least disturbed attempt is kept. The figures are medians over rounds.
 import { spawn, execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync, writeFileSync, mkdirSync, mkdtempSync, copyFileSync, chmodSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync, mkdirSync, mkdtempSync, copyFileSync, chmodSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -62,6 +62,8 @@ let parleydSha = null;
 if (existsSync(PARLEYD_SRC)) {
   PARLEYD = path.join(mkdtempSync(path.join(os.tmpdir(), 'parley-bench-bin-')), 'parleyd');
   copyFileSync(PARLEYD_SRC, PARLEYD);
+  const copyDir = path.dirname(PARLEYD);
+  process.on('exit', () => rmSync(copyDir, { recursive: true, force: true }));
   chmodSync(PARLEYD, 0o755);
   parleydSha = createHash('sha256').update(readFileSync(PARLEYD)).digest('hex').slice(0, 16);
 }
