@@ -6,7 +6,7 @@ ASAN    := build/asan
 PORT    ?= 8080
 NODE_TEST := node --test --test-reporter=spec
 
-.PHONY: all run test setup setup-test build asan unit unit-asan e2e e2e-asan sdk browser test-asan fuzz clean
+.PHONY: all run test setup setup-test build asan unit unit-asan e2e e2e-asan sdk browser test-asan fuzz bench clean
 
 all: build
 
@@ -70,6 +70,10 @@ fuzz: setup-test
 	@cmake -S . -B build/fuzz -G Ninja -DCMAKE_C_COMPILER=clang -DPARLEY_FUZZ=ON >/dev/null
 	@ninja -C build/fuzz --quiet
 	@for f in build/fuzz/fuzz/fuzz_*; do [ -x "$$f" ] && $$f -max_total_time=$(FUZZ_SECONDS) || exit 1; done
+
+# parleyd against the baselines (../shared/baselines), ratios in one run: docs/BENCHMARKS.md.
+bench: setup-test build
+	@bench/run.sh
 
 clean:
 	rm -rf build

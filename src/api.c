@@ -190,7 +190,7 @@ static void pw_after(uv_work_t *req, int status)
 {
     struct pw_work *pw = req->data;
     struct conn *c = pw->c;
-    c->w->hashes_running--;
+    atomic_fetch_sub(&c->w->srv->hashes_running, 1);
     if (status < 0)
         pw->rc = -1;
     if (alive(c))
@@ -202,15 +202,13 @@ static void pw_after(uv_work_t *req, int status)
 static int pw_start(struct conn *c, struct pw_work *pw, void (*then)(struct conn *, struct pw_work *))
 {
     struct worker *w = c->w;
-    int cap = (int)(cfg_of(c)->max_hashes / w->srv->nworkers);
-    if (cap < 1)
-        cap = 1;
-    if (w->hashes_running >= cap) {
-        http_respond_error(c, 503, "unavailable", "too many logins at once; retry shortly");
+    /* argon2id takes 64 MiB and ~90 ms: past the cap, refuse rather than queue */
+    if (atomic_fetch_add(&w->srv->hashes_running, 1) >= cfg_of(c)->max_hashes) {
+        atomic_fetch_sub(&w->srv->hashes_running, 1);
+        http_respond_retry(c, 503, "unavailable", "too many logins at once; retry shortly", 1000);
         pw_free(pw);
         return -1;
     }
-    w->hashes_running++;
     c->pending++;
     pw->c = c;
     pw->then = then;

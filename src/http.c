@@ -310,16 +310,20 @@ void http_respond_error(struct conn *c, int status, const char *code, const char
     http_respond_json(c, status, o);
 }
 
-void http_respond_rate_limited(struct conn *c, int64_t retry_ms)
+void http_respond_retry(struct conn *c, int status, const char *code, const char *message, int64_t retry_ms)
 {
     char hdr[64];
     snprintf(hdr, sizeof hdr, "Retry-After: %lld\r\n", (long long)((retry_ms + 999) / 1000));
-    json_t *o = json_pack("{s:{s:s,s:s}}", "error", "code", "rate_limited", "message",
-                          "too many messages; slow down");
+    json_t *o = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", message);
     char *s = json_dumps(o, JSON_COMPACT);
     json_decref(o);
-    http_respond(c, 429, "application/json", hdr, s, strlen(s));
+    http_respond(c, status, "application/json", hdr, s, strlen(s));
     free(s);
+}
+
+void http_respond_rate_limited(struct conn *c, int64_t retry_ms)
+{
+    http_respond_retry(c, 429, "rate_limited", "too many messages; slow down", retry_ms);
 }
 
 void http_send_upgrade(struct conn *c, const char *accept_key)

@@ -60,6 +60,8 @@ void http_respond_json(struct conn *c, int status, json_t *obj);
 /* {"error":{"code","message"}}; 429 adds Retry-After (seconds, rounded up). */
 void http_respond_error(struct conn *c, int status, const char *code, const char *message);
 void http_respond_rate_limited(struct conn *c, int64_t retry_ms);
+/* An error answer with Retry-After (seconds, rounded up from retry_ms). */
+void http_respond_retry(struct conn *c, int status, const char *code, const char *message, int64_t retry_ms);
 /* Serves a file of web_dir for GET/HEAD (index.html for "/"). */
 void http_serve_static(struct conn *c, const struct http_req *r, const char *web_dir);
 /* Answers the upgrade with 101 Switching Protocols (queued, no conn_http_done). */

@@ -137,7 +137,6 @@ struct worker {
     struct conn *conns;            /* all connections (list head) */
     size_t nconns;
     uint64_t next_conn_id;
-    int hashes_running;            /* password hashes in the thread pool */
     int stopping;
     int64_t stop_deadline_ms;      /* shutdown: abort what has not flushed by then */
     struct frame *ping;            /* the shared ping frame */
