@@ -51,7 +51,6 @@ enum sid {
     S_CONV_MEMBERS,
     S_LIST_MEMBERS,
     S_ACTOR_CTX,
-    S_MEMBER_ROLE,
     S_MEMBER_DELETE,
     S_OWNER_TRANSFER,
     S_MEMBER_SET_ROLE,
@@ -156,8 +155,6 @@ static const struct sdef SQL[S__COUNT] = {
     [S_ACTOR_CTX] = {"conversation kind and actor role",
                      "SELECT c.kind = 'direct', m.role FROM conversations c"
                      " JOIN members m ON m.conv_id = c.id WHERE c.id = ?1 AND m.user_id = ?2"},
-    [S_MEMBER_ROLE] = {"member role",
-                       "SELECT role FROM members WHERE conv_id = ?1 AND user_id = ?2"},
     [S_MEMBER_DELETE] = {"delete member", "DELETE FROM members WHERE conv_id = ?1 AND user_id = ?2"},
     /* Longest-standing admin, else longest-standing member; ties by user id. */
     [S_OWNER_TRANSFER] = {"transfer ownership",
@@ -1242,24 +1239,11 @@ static int actor_ctx(struct store *st, int64_t conv, int64_t actor, int *direct,
     return rc;
 }
 
+/* A member's role (the conversation's kind is not needed here). */
 static int member_role(struct store *st, int64_t conv, int64_t user, enum role *role)
 {
-    struct q q;
-    int rc;
-
-    if (q_start(st, S_MEMBER_ROLE, &q))
-        return STORE_ERR;
-    q_i64(&q, conv);
-    q_i64(&q, user);
-    rc = q_step(&q);
-    if (rc == SQLITE_ROW) {
-        *role = role_parse(col_text(q.s, 0));
-        rc = STORE_OK;
-    } else if (rc == SQLITE_DONE) {
-        rc = STORE_NOT_FOUND;
-    }
-    q_end(&q);
-    return rc;
+    int direct;
+    return actor_ctx(st, conv, user, &direct, role);
 }
 
 int store_member_add(struct store *st, int64_t conv, int64_t actor, int64_t user, int64_t now,
