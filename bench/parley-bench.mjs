@@ -304,6 +304,24 @@ async function http(srv, method, p, { token, body } = {}) {
 }
 
 // Signs up n users, `concurrency` at a time (password hashing is deliberately slow).
+// The conversation each sender writes to: one group of all senders, or a
+// direct conversation per sender with a partner of its own (users[M + i]).
+async function sendersConversations(srv, mode, users, senders, M) {
+  const convOf = [];
+  if (mode === 'group') {
+    const c = await http(srv, 'POST', '/api/conversations', {
+      token: senders[0].token, body: { kind: 'group', title: 'bench', members: senders.slice(1).map((u) => u.id) },
+    });
+    for (let i = 0; i < M; i++) convOf.push(c.id);
+  } else {
+    for (let i = 0; i < M; i++) {
+      const c = await http(srv, 'POST', '/api/conversations', { token: senders[i].token, body: { kind: 'direct', user_id: users[M + i].id } });
+      convOf.push(c.id);
+    }
+  }
+  return convOf;
+}
+
 async function signupUsers(srv, n, concurrency = 4) {
   const tag = Math.random().toString(36).slice(2, 8);
   const users = new Array(n);
@@ -423,18 +441,7 @@ async function sendThroughput(srv) {
 
   const users = await signupUsers(srv, mode === 'direct' ? 2 * M : M);
   const senders = users.slice(0, M);
-  const convOf = [];
-  if (mode === 'group') {
-    const c = await http(srv, 'POST', '/api/conversations', {
-      token: senders[0].token, body: { kind: 'group', title: 'bench', members: senders.slice(1).map((u) => u.id) },
-    });
-    for (let i = 0; i < M; i++) convOf.push(c.id);
-  } else {
-    for (let i = 0; i < M; i++) {
-      const c = await http(srv, 'POST', '/api/conversations', { token: senders[i].token, body: { kind: 'direct', user_id: users[M + i].id } });
-      convOf.push(c.id);
-    }
-  }
+  const convOf = await sendersConversations(srv, mode, users, senders, M);
 
   const run = Math.random().toString(36).slice(2, 8);
   const st = senders.map(() => ({ inflight: 0, sent: new Map(), lastSeq: new Map() }));
@@ -704,18 +711,7 @@ async function shutdownUnderLoad(srv) {
   log(JSON.stringify(params));
   const users = await signupUsers(srv, mode === 'direct' ? 2 * M : M);
   const senders = users.slice(0, M);
-  const convOf = [];
-  if (mode === 'group') {
-    const c = await http(srv, 'POST', '/api/conversations', {
-      token: senders[0].token, body: { kind: 'group', title: 'bench', members: senders.slice(1).map((u) => u.id) },
-    });
-    for (let i = 0; i < M; i++) convOf.push(c.id);
-  } else {
-    for (let i = 0; i < M; i++) {
-      const c = await http(srv, 'POST', '/api/conversations', { token: senders[i].token, body: { kind: 'direct', user_id: users[M + i].id } });
-      convOf.push(c.id);
-    }
-  }
+  const convOf = await sendersConversations(srv, mode, users, senders, M);
   const run = Math.random().toString(36).slice(2, 8);
   const inflight = new Array(M).fill(0);
   const closed = new Array(M).fill(false);

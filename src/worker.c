@@ -60,6 +60,7 @@ void worker_fanout_all(struct server *srv, struct frame *f, struct idlist *users
 }
 
 static void begin_stop(struct worker *w);
+static void begin_drain(struct worker *w);
 
 static void on_wake(uv_async_t *a)
 {
@@ -90,9 +91,8 @@ static void on_wake(uv_async_t *a)
             break;
         }
         case EV_STOP_ACCEPT:
-            if (!uv_is_closing((uv_handle_t *)&w->listener))
-                uv_close((uv_handle_t *)&w->listener, NULL);
             free(ev);
+            begin_drain(w);
             break;
         case EV_STOP:
             free(ev);
@@ -618,7 +618,7 @@ void conn_http_done(struct conn *c)
         if (!c->in.len)
             buf_dispose(&c->in);
     }
-    if (c->state == CONN_HTTP && !c->busy)
+    if (c->state == CONN_HTTP && !c->busy && !c->w->draining)
         uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
 }
 
@@ -760,6 +760,20 @@ static void on_sweep(uv_timer_t *t)
     }
     if (w->stopping && w->nconns == 0)
         close_handles(w);
+}
+
+/* Shutdown, step 1: no new connections, and no new requests or frames read
+ * from open ones, so nothing reaches the writer after it flushes. A frame a
+ * client sent meanwhile stays unread: it resends it (same client id) after
+ * reconnecting, and idempotency makes that safe. */
+static void begin_drain(struct worker *w)
+{
+    w->draining = 1;
+    if (!uv_is_closing((uv_handle_t *)&w->listener))
+        uv_close((uv_handle_t *)&w->listener, NULL);
+    for (struct conn *c = w->conns; c; c = c->next)
+        if (c->state == CONN_HTTP || c->state == CONN_WS || c->state == CONN_WS_AUTH)
+            uv_read_stop((uv_stream_t *)&c->tcp);
 }
 
 static void begin_stop(struct worker *w)

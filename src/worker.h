@@ -137,7 +137,8 @@ struct worker {
     struct conn *conns;            /* all connections (list head) */
     size_t nconns;
     uint64_t next_conn_id;
-    int stopping;
+    int draining;                  /* shutdown step 1: no accepting, no reading */
+    int stopping;                  /* step 2: closing every connection */
     int64_t stop_deadline_ms;      /* shutdown: abort what has not flushed by then */
     struct frame *ping;            /* the shared ping frame */
     /* hub: user id -> first local connection of that user (open addressing) */
