@@ -50,6 +50,16 @@ static void respond_rc(struct conn *c, int rc, int unavailable)
     }
 }
 
+/* The answer to a read from the worker's store: 200 with obj (stolen),
+ * wrapped as {key: obj} when key is given, or the error of rc. */
+static void respond_read(struct conn *c, int rc, const char *key, json_t *obj)
+{
+    if (rc != STORE_OK)
+        respond_rc(c, rc, 0);
+    else
+        http_respond_json(c, 200, key ? json_pack("{s:o}", key, obj) : obj);
+}
+
 /* ---- request helpers ---- */
 
 /* The body as a JSON object, or NULL after answering 400. */
@@ -83,30 +93,14 @@ static int parse_limit(const char *query)
 {
     char v[32];
     int64_t n;
-    if (http_query_get(query, "limit", v, sizeof v) < 0)
+    int rc = http_query_get(query, "limit", v, sizeof v);
+    if (rc == HTTP_QUERY_ABSENT)
         return LIMIT_DEFAULT;
-    if (util_parse_i64(v, &n) < 0 || n < 1)
+    if (rc < 0 || util_parse_i64(v, &n) < 0 || n < 1)
         return -1;
     return n > LIMIT_MAX ? LIMIT_MAX : (int)n;
 }
 
-/* A positive JSON integer id, or 0. */
-static int64_t json_id(json_t *v)
-{
-    if (!json_is_integer(v))
-        return 0;
-    json_int_t n = json_integer_value(v);
-    return n > 0 ? (int64_t)n : 0;
-}
-
-static size_t utf8_chars(const char *s)
-{
-    size_t n = 0;
-    for (; *s; s++)
-        if (((unsigned char)*s & 0xC0) != 0x80)
-            n++;
-    return n;
-}
 
 /* Folds ASCII letters to lower case and checks 3-32 of [a-z0-9_.-]. */
 static int fold_username(const char *in, char out[33])
@@ -291,7 +285,7 @@ static void api_signup(struct conn *c, struct http_req *r)
         err = "password must be 8-256 bytes";
     else if (dv && !json_is_null(dv) &&
              (!json_is_string(dv) || strlen(json_string_value(dv)) != json_string_length(dv) ||
-              utf8_chars(json_string_value(dv)) < 1 || utf8_chars(json_string_value(dv)) > 64))
+              util_utf8_chars(json_string_value(dv)) < 1 || util_utf8_chars(json_string_value(dv)) > 64))
         err = "display_name must be 1-64 characters";
     if (err) {
         http_respond_error(c, 400, "bad_request", err);
@@ -455,17 +449,18 @@ static void api_users(struct conn *c, struct http_req *r)
         http_respond_error(c, 400, "bad_request", "limit must be a positive integer");
         return;
     }
-    if (http_query_get(r->query, "q", q, sizeof q) == 0) {
-        for (char *p = q; *p; p++)
-            *p = (char)tolower((unsigned char)*p);
-    } else if (strstr(r->query, "q=")) {
+    int qrc = http_query_get(r->query, "q", q, sizeof q);
+    if (qrc == HTTP_QUERY_TOO_LONG) {
         /* longer than any username: nothing can match */
         http_respond_json(c, 200, json_pack("{s:[]}", "users"));
         return;
     }
+    for (char *p = q; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
     json_t *users;
-    if (store_users_search(c->w->reader, q, limit, &users) != STORE_OK) {
-        http_respond_error(c, 500, "internal", "internal error");
+    int rc = store_users_search(c->w->reader, q, limit, &users);
+    if (rc != STORE_OK) {
+        respond_rc(c, rc, 0);
         return;
     }
     size_t i;
@@ -474,7 +469,7 @@ static void api_users(struct conn *c, struct http_req *r)
         int64_t id = json_integer_value(json_object_get(u, "id"));
         json_object_set_new(u, "online", json_boolean(presence_online(c->w->srv->presence, id)));
     }
-    http_respond_json(c, 200, json_pack("{s:o}", "users", users));
+    respond_read(c, STORE_OK, "users", users);
 }
 
 /* ---- conversations ---- */
@@ -522,14 +517,14 @@ static void api_create_conv(struct conn *c, struct http_req *r, int64_t uid)
     const char *err = NULL;
     if (kind && strcmp(kind, "direct") == 0) {
         j->op = 'd';
-        j->target = json_id(json_object_get(o, "user_id"));
+        j->target = proto_json_id(json_object_get(o, "user_id"));
         if (!j->target)
             err = "user_id must be a user id";
     } else if (kind && strcmp(kind, "group") == 0) {
         j->op = 'g';
         const char *title = plain_string(o, "title");
         json_t *members = json_object_get(o, "members");
-        if (!title || utf8_chars(title) < 1 || utf8_chars(title) > 128)
+        if (!title || util_utf8_chars(title) < 1 || util_utf8_chars(title) > 128)
             err = "title must be 1-128 characters";
         else if (members && !json_is_array(members))
             err = "members must be an array of user ids";
@@ -540,7 +535,7 @@ static void api_create_conv(struct conn *c, struct http_req *r, int64_t uid)
             j->n_ids = json_array_size(members);
             j->ids = xcalloc(j->n_ids ? j->n_ids : 1, sizeof *j->ids);
             for (size_t i = 0; i < j->n_ids && !err; i++)
-                if (!(j->ids[i] = json_id(json_array_get(members, i))))
+                if (!(j->ids[i] = proto_json_id(json_array_get(members, i))))
                     err = "members must be an array of user ids";
         }
     } else {
@@ -558,22 +553,16 @@ static void api_create_conv(struct conn *c, struct http_req *r, int64_t uid)
 
 static void api_list_convs(struct conn *c, int64_t uid)
 {
-    json_t *list;
-    if (store_conv_list(c->w->reader, uid, &list) != STORE_OK) {
-        http_respond_error(c, 500, "internal", "internal error");
-        return;
-    }
-    http_respond_json(c, 200, json_pack("{s:o}", "conversations", list));
+    json_t *list = NULL;
+    int rc = store_conv_list(c->w->reader, uid, &list);
+    respond_read(c, rc, "conversations", list);
 }
 
 static void api_get_conv(struct conn *c, int64_t uid, int64_t conv)
 {
-    json_t *o;
+    json_t *o = NULL;
     int rc = store_conv_get(c->w->reader, conv, uid, &o);
-    if (rc != STORE_OK)
-        respond_rc(c, rc, 0);
-    else
-        http_respond_json(c, 200, o);
+    respond_read(c, rc, NULL, o);
 }
 
 static int run_member(struct store *st, struct job *j)
@@ -636,7 +625,7 @@ static void api_add_member(struct conn *c, struct http_req *r, int64_t uid, int6
     json_t *o = body_object(c, r);
     if (!o)
         return;
-    int64_t target = json_id(json_object_get(o, "user_id"));
+    int64_t target = proto_json_id(json_object_get(o, "user_id"));
     json_decref(o);
     if (!target) {
         http_respond_error(c, 400, "bad_request", "user_id must be a user id");
@@ -666,16 +655,18 @@ static void api_history(struct conn *c, struct http_req *r, int64_t uid, int64_t
 {
     char v[32];
     int64_t before = 0, after = -1;
+    int brc = http_query_get(r->query, "before", v, sizeof v);
     int limit = parse_limit(r->query);
     if (limit < 0) {
         http_respond_error(c, 400, "bad_request", "limit must be a positive integer");
         return;
     }
-    if (http_query_get(r->query, "before", v, sizeof v) == 0 && (util_parse_i64(v, &before) < 0 || before < 1)) {
+    if (brc != HTTP_QUERY_ABSENT && (brc < 0 || util_parse_i64(v, &before) < 0 || before < 1)) {
         http_respond_error(c, 400, "bad_request", "before must be a positive seq");
         return;
     }
-    if (http_query_get(r->query, "after", v, sizeof v) == 0 && (util_parse_i64(v, &after) < 0 || after < 0)) {
+    int arc = http_query_get(r->query, "after", v, sizeof v);
+    if (arc != HTTP_QUERY_ABSENT && (arc < 0 || util_parse_i64(v, &after) < 0 || after < 0)) {
         http_respond_error(c, 400, "bad_request", "after must be a seq (0 or more)");
         return;
     }
@@ -747,7 +738,6 @@ static void api_send(struct conn *c, struct http_req *r, int64_t uid, int64_t co
     struct job *j = job_new(c->w, c, NULL, done_http_send);
     j->user = uid;
     j->conv = conv;
-    j->via_http = 1;
     j->str = xstrdup(m.id);
     j->body_len = m.body_len;
     j->body = xmalloc(m.body_len + 1);
@@ -766,18 +756,22 @@ static void api_upgrade(struct conn *c, struct http_req *r)
         return;
     }
     if (!r->ws_version || strcmp(r->ws_version, "13") != 0) {
-        http_respond(c, 426, "application/json", "Sec-WebSocket-Version: 13\r\n",
-                     "{\"error\":{\"code\":\"bad_request\",\"message\":\"WebSocket version 13 required\"}}", 75);
+        static const char body[] =
+            "{\"error\":{\"code\":\"bad_request\",\"message\":\"WebSocket version 13 required\"}}";
+        http_respond(c, 426, "application/json", "Sec-WebSocket-Version: 13\r\n", body, sizeof body - 1);
         return;
     }
     struct jwt_claims cl;
     int have = 0;
     char qtok[4096];
     int rc = AUTH_MISSING;
+    int qrc = r->authorization ? HTTP_QUERY_ABSENT : http_query_get(r->query, "token", qtok, sizeof qtok);
     if (r->authorization)
         rc = auth_bearer(cfg, r->authorization, &cl);
-    else if (http_query_get(r->query, "token", qtok, sizeof qtok) == 0)
+    else if (qrc == 0)
         rc = auth_verify(cfg, qtok, strlen(qtok), &cl);
+    else if (qrc == HTTP_QUERY_TOO_LONG)
+        rc = JWT_MALFORMED; /* a token that long is no token of ours */
     if (rc == JWT_OK)
         have = 1;
     else if (rc != AUTH_MISSING) {

@@ -219,7 +219,7 @@ int http_query_get(const char *query, const char *name, char *out, size_t outlen
                     s += 2;
                 }
                 if (o + 1 >= outlen)
-                    return -1;
+                    return HTTP_QUERY_TOO_LONG;
                 out[o++] = (char)ch;
             }
             out[o] = '\0';

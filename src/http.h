@@ -47,7 +47,11 @@ void http_req_reset(struct http_req *r);
  * after an upgrade, to the WebSocket), or -1 on a malformed request. */
 long http_feed(struct http_req *r, const char *data, size_t len);
 
-/* Decoded value of query parameter name into out; 0 found, -1 absent or too long. */
+#define HTTP_QUERY_ABSENT (-1)
+#define HTTP_QUERY_TOO_LONG (-2)
+/* Decoded value of query parameter name into out: 0 found, HTTP_QUERY_ABSENT,
+ * or HTTP_QUERY_TOO_LONG (the value does not fit: a caller's bound, which it
+ * answers as it sees fit, never the same as absent). */
 int http_query_get(const char *query, const char *name, char *out, size_t outlen);
 
 /* Responses. Each queues one complete response on c and then calls

@@ -40,14 +40,19 @@ static void send_rc_error(struct conn *c, const char *id, int rc, int unavailabl
         send_error(c, id, "internal", "internal error");
 }
 
-/* A positive integer field, or 0. */
-static int64_t int_field(json_t *o, const char *k)
+int64_t proto_json_id(json_t *v)
 {
-    json_t *v = json_object_get(o, k);
     return json_is_integer(v) && json_integer_value(v) > 0 ? (int64_t)json_integer_value(v) : 0;
 }
 
-static struct idlist *members_of(struct worker *w, int64_t conv, int64_t except_user)
+static int64_t int_field(json_t *o, const char *k)
+{
+    return proto_json_id(json_object_get(o, k));
+}
+
+/* The members of conv but except_user. *had_except tells whether
+ * except_user was one of them: the membership check comes with the list. */
+static struct idlist *members_of(struct worker *w, int64_t conv, int64_t except_user, int *had_except)
 {
     int64_t *ids;
     size_t n;
@@ -57,6 +62,8 @@ static struct idlist *members_of(struct worker *w, int64_t conv, int64_t except_
     for (size_t i = 0; i < n; i++)
         if (ids[i] != except_user)
             ids[k++] = ids[i];
+    if (had_except)
+        *had_except = k < n;
     struct idlist *l = idlist_new(ids, k);
     free(ids);
     return l;
@@ -292,7 +299,7 @@ static void done_read(struct job *j)
             send_rc_error(c, NULL, j->rc, j->flag == -1);
         return;
     }
-    struct idlist *l = members_of(j->origin, j->conv, 0);
+    struct idlist *l = members_of(j->origin, j->conv, 0, NULL);
     if (!l)
         return;
     json_t *o = json_pack("{s:s,s:I,s:I,s:I}", "op", "read", "conv", (json_int_t)j->conv, "user",
@@ -314,13 +321,15 @@ static void op_read(struct conn *c, const struct proto_op *op)
 static void op_typing(struct conn *c, const struct proto_op *op)
 {
     int64_t conv = op->conv;
-    if (store_is_member(c->w->reader, conv, c->user_id) != STORE_OK) {
+    int member = 0;
+    struct idlist *l = members_of(c->w, conv, c->user_id, &member);
+    if (!l)
+        return;
+    if (!member) {
+        idlist_unref(l);
         send_error(c, NULL, "not_found", "no such conversation");
         return;
     }
-    struct idlist *l = members_of(c->w, conv, c->user_id);
-    if (!l)
-        return;
     json_t *t = json_pack("{s:s,s:I,s:I}", "op", "typing", "conv", (json_int_t)conv, "user", (json_int_t)c->user_id);
     fanout_json(c->w, t, l, 0);
     json_decref(t);
@@ -328,14 +337,6 @@ static void op_typing(struct conn *c, const struct proto_op *op)
 }
 
 /* ---- parsing ---- */
-
-static size_t utf8_chars(const char *s)
-{
-    size_t n = 0;
-    for (; *s; s++)
-        n += ((unsigned char)*s & 0xC0) != 0x80;
-    return n;
-}
 
 #define BAD(msg) do { *code = "bad_request"; *message = (msg); return -1; } while (0)
 
@@ -345,7 +346,7 @@ int proto_check_message(json_t *obj, size_t max_body, struct proto_op *op, const
     json_t *idv = json_object_get(obj, "id"), *bv = json_object_get(obj, "body");
     op->id = json_string_value(idv);
     if (!op->id || json_string_length(idv) < 1 || strlen(op->id) != json_string_length(idv) ||
-        utf8_chars(op->id) > 128) {
+        util_utf8_chars(op->id) > 128) {
         op->id = NULL; /* not echoed: it is not a valid client id */
         BAD("id must be a string of 1-128 characters");
     }

@@ -30,6 +30,8 @@ struct proto_op {
 int proto_parse(const char *text, size_t len, size_t max_body, struct proto_op *op, const char **code,
                 const char **message);
 void proto_op_dispose(struct proto_op *op);
+/* A JSON integer id above 0, or 0 (not an integer, or not positive). */
+int64_t proto_json_id(json_t *v);
 /* The message part of a send ({"id","body"}), shared with HTTP's
  * POST .../messages: fills op->id, op->body, op->body_len from obj. */
 int proto_check_message(json_t *obj, size_t max_body, struct proto_op *op, const char **code,

@@ -2,7 +2,6 @@
 #include "util.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,21 +97,6 @@ void buf_append(struct buf *b, const void *p, size_t n)
     b->data[b->len] = '\0'; /* always NUL-terminated for convenience */
 }
 
-void buf_appendf(struct buf *b, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return;
-    buf_reserve(b, (size_t)n);
-    va_start(ap, fmt);
-    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    b->len += (size_t)n;
-}
-
 void buf_consume(struct buf *b, size_t n)
 {
     if (n >= b->len) {
@@ -121,6 +105,14 @@ void buf_consume(struct buf *b, size_t n)
     }
     memmove(b->data, b->data + n, b->len - n);
     b->len -= n;
+}
+
+size_t util_utf8_chars(const char *s)
+{
+    size_t n = 0;
+    for (; *s; s++)
+        n += ((unsigned char)*s & 0xC0) != 0x80; /* count every byte but continuations */
+    return n;
 }
 
 int util_parse_i64(const char *s, int64_t *out)

@@ -29,9 +29,11 @@ void buf_init(struct buf *b);
 void buf_dispose(struct buf *b);
 void buf_reserve(struct buf *b, size_t extra);
 void buf_append(struct buf *b, const void *p, size_t n);
-void buf_appendf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Drops the first n bytes, keeping the rest. */
 void buf_consume(struct buf *b, size_t n);
+
+/* Characters (code points) of a valid UTF-8 string. */
+size_t util_utf8_chars(const char *s);
 
 /* Parses a decimal int64 that must fill the whole string; 0 or -1. */
 int util_parse_i64(const char *s, int64_t *out);

@@ -399,7 +399,6 @@ void conn_close_ws(struct conn *c, uint16_t code, const char *reason)
     if (c->in_hub)
         proto_end_session(c); /* no more deliveries to a closing connection */
     c->state = CONN_CLOSING;
-    c->close_code = code;
     c->deadline_ms = now_ms(c->w) + CLOSE_GRACE_MS;
     /* enqueue marked it dirty: flush sends the frame, then finish_close */
 }

@@ -85,7 +85,6 @@ struct conn {
     uint8_t close_after_write;     /* HTTP Connection: close */
     uint8_t shut;                  /* FIN sent: lingering for the peer's */
     uint8_t dirty;                 /* on the worker's dirty list: flush this iteration */
-    uint16_t close_code;           /* for logs */
     int pending;                   /* jobs in flight holding this pointer */
     struct buf in;                 /* unparsed remainder only; empty at rest */
     struct buf frag;               /* fragmented WS message being reassembled */

@@ -46,7 +46,6 @@ struct job {
     int64_t target;        /* another user (member add/remove, direct peer) */
     int64_t seq, ts;
     int dup;
-    int via_http;
     char *str;             /* client id, username, title, token hash...; owned */
     char *str2;            /* owned */
     char *str3;            /* owned */
