@@ -6,7 +6,7 @@ ASAN    := build/asan
 PORT    ?= 8080
 NODE_TEST := node --test --test-reporter=spec
 
-.PHONY: all run test setup setup-test build asan unit unit-asan e2e e2e-asan sdk browser test-asan fuzz bench clean
+.PHONY: all run test setup setup-test build asan build-matrix unit unit-asan e2e e2e-asan sdk browser test-asan fuzz bench clean
 
 all: build
 
@@ -16,17 +16,24 @@ setup:
 setup-test:
 	@scripts/setup --test
 
-$(RELEASE)/build.ninja:
-	@cmake -S . -B $(RELEASE) -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_C_FLAGS_RELEASE="-O2 -g -DNDEBUG" >/dev/null
+# Our trees are developer builds: warnings are errors (PARLEY_WERROR, off in
+# a plain CMake build). A tree is configured when missing, or when it was made
+# before that option.
+CONFIGURE = { [ -f $(1)/build.ninja ] && grep -qs '^PARLEY_WERROR:BOOL=ON' $(1)/CMakeCache.txt; } || \
+	cmake -S . -B $(1) -G Ninja -DPARLEY_WERROR=ON $(2) >/dev/null
 
-$(ASAN)/build.ninja:
-	@cmake -S . -B $(ASAN) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DPARLEY_SANITIZE=ON >/dev/null
-
-build: setup $(RELEASE)/build.ninja
+build: setup
+	@$(call CONFIGURE,$(RELEASE),-DCMAKE_BUILD_TYPE=Release -DCMAKE_C_FLAGS_RELEASE="-O2 -g -DNDEBUG")
 	@ninja -C $(RELEASE) --quiet
 
-asan: setup-test $(ASAN)/build.ninja
+asan: setup-test
+	@$(call CONFIGURE,$(ASAN),-DCMAKE_BUILD_TYPE=Debug -DPARLEY_SANITIZE=ON)
 	@ninja -C $(ASAN) --quiet
+
+# parleyd and the unit tests with gcc and clang at every optimization level,
+# warnings as errors (scripts/build-matrix; build/matrix-*).
+build-matrix: setup-test
+	@scripts/build-matrix
 
 # Starts the embedded server on 127.0.0.1:$(PORT) with data in ./data.
 run: build
@@ -59,15 +66,15 @@ browser: build
 # The sanitizer half of the suite on its own (make test runs it too).
 test-asan: unit-asan e2e-asan
 
-# Everything: unit tests (normal and ASan+UBSan), end-to-end against both
-# builds, the SDK and the browser client.
+# Everything: the gcc/clang build matrix, unit tests (normal and ASan+UBSan),
+# end-to-end against both builds, the SDK and the browser client.
 test: setup-test build asan
-	@$(MAKE) --no-print-directory -k unit unit-asan e2e e2e-asan sdk browser
+	@$(MAKE) --no-print-directory -k build-matrix unit unit-asan e2e e2e-asan sdk browser
 
 # Coverage-guided fuzzing of our parsers (not part of make test).
 FUZZ_SECONDS ?= 60
 fuzz: setup-test
-	@cmake -S . -B build/fuzz -G Ninja -DCMAKE_C_COMPILER=clang -DPARLEY_FUZZ=ON >/dev/null
+	@cmake -S . -B build/fuzz -G Ninja -DCMAKE_C_COMPILER=clang -DPARLEY_FUZZ=ON -DPARLEY_WERROR=ON >/dev/null
 	@ninja -C build/fuzz --quiet
 	@for f in build/fuzz/fuzz/fuzz_*; do [ -x "$$f" ] && $$f -max_total_time=$(FUZZ_SECONDS) || exit 1; done
 
