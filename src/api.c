@@ -1,22 +1,20 @@
-/* api: see api.h. Routes, then one small function per route. Validation
- * happens here; every database write goes to the writer as a job, every read
- * goes to the worker's read-only store. */
+/* api: see api.h. Routes, then one small function per route. The HTTP
+ * transport: validation and the shape of answers happen here; the rules,
+ * reads and writes are the core's (chat.h, accounts.h). */
 #include "api.h"
 
+#include "accounts.h"
 #include "auth.h"
-#include "hub.h"
+#include "chat.h"
+#include "config.h"
 #include "log.h"
-#include "password.h"
 #include "presence.h"
 #include "proto.h"
-#include "server.h"
-#include "store.h"
-#include "token.h"
-#include "writer.h"
+#include "respond.h"
+#include "rows.h"
 #include "ws.h"
 
 #include <ctype.h>
-#include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -24,9 +22,14 @@
 #define LIMIT_DEFAULT 50
 #define LIMIT_MAX 200
 
+static struct chat_worker *cw_of(struct conn *c)
+{
+    return c->w->ctx;
+}
+
 static const struct config *cfg_of(struct conn *c)
 {
-    return c->w->srv->cfg;
+    return c->w->cfg;
 }
 
 static int alive(struct conn *c)
@@ -48,16 +51,6 @@ static void respond_rc(struct conn *c, int rc, int unavailable)
     case STORE_BAD_REQUEST: http_respond_error(c, 400, "bad_request", "not allowed on this conversation"); break;
     default: http_respond_error(c, 500, "internal", "internal error"); break;
     }
-}
-
-/* The answer to a read from the worker's store: 200 with obj (stolen),
- * wrapped as {key: obj} when key is given, or the error of rc. */
-static void respond_read(struct conn *c, int rc, const char *key, json_t *obj)
-{
-    if (rc != STORE_OK)
-        respond_rc(c, rc, 0);
-    else
-        http_respond_json(c, 200, key ? json_pack("{s:o}", key, obj) : obj);
 }
 
 /* ---- request helpers ---- */
@@ -129,144 +122,16 @@ static const char *plain_string(json_t *o, const char *key)
 
 /* ---- accounts ---- */
 
-/* Password hashing runs on libuv's thread pool, never on the event loop. */
-struct pw_work {
-    uv_work_t req;
-    struct conn *c;
-    int verify;                 /* 0: hash, 1: verify against hash */
-    char *password;
-    size_t len;
-    char hash[PASSWORD_HASH_MAX]; /* in (verify) or out (hash) */
-    int have_hash;
-    int rc;
-    char username[33];
-    char *display_name;
-    json_t *user;               /* login: the user found */
-    /* runs on the worker after the hash, only if the connection is still open */
-    void (*then)(struct conn *c, struct pw_work *pw);
-};
-
-/* A work item holding a copy of the password (wiped when freed). */
-static struct pw_work *pw_new(json_t *password, int verify)
+static void account_answered(struct conn *c, const struct account_answer *a)
 {
-    struct pw_work *pw = xcalloc(1, sizeof *pw);
-    pw->verify = verify;
-    pw->len = json_string_length(password);
-    pw->password = xmalloc(pw->len + 1);
-    memcpy(pw->password, json_string_value(password), pw->len + 1);
-    return pw;
-}
-
-static void pw_free(struct pw_work *pw)
-{
-    if (pw->password) {
-        sodium_memzero(pw->password, pw->len); /* not left in freed memory */
-        free(pw->password);
-    }
-    free(pw->display_name);
-    if (pw->user)
-        json_decref(pw->user);
-    free(pw);
-}
-
-static void pw_run(uv_work_t *req)
-{
-    struct pw_work *pw = req->data;
-    if (!pw->verify)
-        pw->rc = password_hash(pw->password, pw->len, pw->hash);
-    else if (pw->have_hash)
-        pw->rc = password_verify(pw->hash, pw->password, pw->len);
+    if (a->status >= 400 && a->retry_ms > 0)
+        http_respond_retry(c, a->status, a->code, a->message, a->retry_ms);
+    else if (a->status >= 400)
+        http_respond_error(c, a->status, a->code, a->message);
+    else if (a->status == 204)
+        http_respond_json(c, 204, NULL);
     else
-        pw->rc = password_verify_dummy(pw->password, pw->len);
-}
-
-static void pw_after(uv_work_t *req, int status)
-{
-    struct pw_work *pw = req->data;
-    struct conn *c = pw->c;
-    atomic_fetch_sub(&c->w->srv->hashes_running, 1);
-    if (status < 0)
-        pw->rc = -1;
-    if (alive(c))
-        pw->then(c, pw);
-    pw_free(pw);
-    conn_release(c);
-}
-
-static int pw_start(struct conn *c, struct pw_work *pw, void (*then)(struct conn *, struct pw_work *))
-{
-    struct worker *w = c->w;
-    /* argon2id takes 64 MiB and ~90 ms: past the cap, refuse rather than queue */
-    if (atomic_fetch_add(&w->srv->hashes_running, 1) >= cfg_of(c)->max_hashes) {
-        atomic_fetch_sub(&w->srv->hashes_running, 1);
-        http_respond_retry(c, 503, "unavailable", "too many logins at once; retry shortly", 1000);
-        pw_free(pw);
-        return -1;
-    }
-    c->pending++;
-    pw->c = c;
-    pw->then = then;
-    pw->req.data = pw;
-    uv_queue_work(&w->loop, &pw->req, pw_run, pw_after);
-    return 0;
-}
-
-/* Both signup and login end with a new refresh token family. */
-static int run_issue_tokens(struct store *st, struct job *j)
-{
-    return store_refresh_insert(st, j->user, j->str2, j->str3, j->ts, util_now_ms());
-}
-
-static void new_refresh(struct job *j, const struct config *cfg)
-{
-    char tok[TOKEN_STR_LEN], fam[TOKEN_STR_LEN], hash[TOKEN_HASH_LEN];
-    token_new(tok);
-    token_new(fam);
-    token_hash(tok, strlen(tok), hash);
-    j->str = xstrdup(tok);  /* the token itself, only ever sent to the client */
-    j->str2 = xstrdup(fam);
-    j->str3 = xstrdup(hash);
-    j->ts = util_now_ms() + cfg->refresh_ttl_s * 1000;
-}
-
-static void done_tokens(struct job *j)
-{
-    struct conn *c = j->conn;
-    if (!alive(c))
-        return;
-    if (j->rc != STORE_OK) {
-        respond_rc(c, j->rc, j->flag == -1);
-        return;
-    }
-    http_respond_json(c, j->op == 201 ? 201 : 200, auth_token_answer(cfg_of(c), j->result, j->str));
-}
-
-static int run_signup(struct store *st, struct job *j)
-{
-    json_t *user = NULL;
-    int rc = store_user_create(st, j->body, j->str2 ? j->str2 : j->body, j->str3, util_now_ms(), &user);
-    if (rc != STORE_OK)
-        return rc;
-    j->result = user;
-    j->user = json_integer_value(json_object_get(user, "id"));
-    free(j->str2);
-    free(j->str3);
-    new_refresh(j, j->origin->srv->cfg);
-    return run_issue_tokens(st, j);
-}
-
-static void signup_hashed(struct conn *c, struct pw_work *pw)
-{
-    if (pw->rc < 0) {
-        http_respond_error(c, 500, "internal", "password hashing failed");
-        return;
-    }
-    struct job *j = job_new(c->w, c, run_signup, done_tokens);
-    j->body = xstrdup(pw->username);
-    j->str2 = pw->display_name ? xstrdup(pw->display_name) : NULL;
-    j->str3 = xstrdup(pw->hash);
-    j->op = 201;
-    writer_submit(c->w->srv->writer, j);
+        http_respond_json(c, a->status, auth_token_answer(cfg_of(c), a->user, a->refresh_token));
 }
 
 static void api_signup(struct conn *c, struct http_req *r)
@@ -292,25 +157,9 @@ static void api_signup(struct conn *c, struct http_req *r)
         json_decref(o);
         return;
     }
-    struct pw_work *pw = pw_new(pv, 0);
-    strcpy(pw->username, folded);
-    if (json_is_string(dv))
-        pw->display_name = xstrdup(json_string_value(dv));
+    accounts_signup(cw_of(c), c, folded, json_is_string(dv) ? json_string_value(dv) : NULL, json_string_value(pv),
+                    json_string_length(pv), account_answered);
     json_decref(o);
-    pw_start(c, pw, signup_hashed);
-}
-
-static void login_checked(struct conn *c, struct pw_work *pw)
-{
-    if (pw->rc < 0 || !pw->user) {
-        http_respond_error(c, 401, "unauthorized", "invalid username or password");
-        return;
-    }
-    struct job *j = job_new(c->w, c, run_issue_tokens, done_tokens);
-    j->user = json_integer_value(json_object_get(pw->user, "id"));
-    j->result = json_incref(pw->user);
-    new_refresh(j, cfg_of(c));
-    writer_submit(c->w->srv->writer, j);
 }
 
 static void api_login(struct conn *c, struct http_req *r)
@@ -325,49 +174,10 @@ static void api_login(struct conn *c, struct http_req *r)
         json_decref(o);
         return;
     }
-    struct pw_work *pw = pw_new(pv, 1);
-    char *hash = NULL;
-    /* An unknown user still costs one full verification (against a dummy
-     * hash), so timing does not tell whether the name exists. */
-    if (fold_username(u, pw->username) == 0 &&
-        store_user_by_name(c->w->reader, pw->username, &pw->user, &hash) == STORE_OK && hash &&
-        strlen(hash) < sizeof pw->hash) {
-        strcpy(pw->hash, hash);
-        pw->have_hash = 1;
-    }
-    free(hash);
+    char folded[33];
+    accounts_login(cw_of(c), c, fold_username(u, folded) == 0 ? folded : NULL, json_string_value(pv),
+                   json_string_length(pv), account_answered);
     json_decref(o);
-    pw_start(c, pw, login_checked);
-}
-
-static int run_refresh(struct store *st, struct job *j)
-{
-    int64_t uid;
-    int rc = store_refresh_rotate(st, j->str2, j->str3, j->ts, util_now_ms(), &uid);
-    if (rc == STORE_REUSED) {
-        /* The family's revocation must commit: report reuse without
-         * failing the job (a failing job's savepoint is rolled back). */
-        j->dup = 1;
-        return STORE_OK;
-    }
-    if (rc != STORE_OK)
-        return rc;
-    j->user = uid;
-    return store_user_by_id(st, uid, &j->result);
-}
-
-static void done_refresh(struct job *j)
-{
-    struct conn *c = j->conn;
-    if (!alive(c))
-        return;
-    if (j->rc == STORE_NOT_FOUND || j->rc == STORE_EXPIRED || (j->rc == STORE_OK && j->dup)) {
-        http_respond_error(c, 401, "unauthorized",
-                           j->dup ? "refresh token reused; its session was revoked"
-                                                 : "invalid or expired refresh token");
-        return;
-    }
-    done_tokens(j);
 }
 
 /* The refresh token of a refresh or logout body, or NULL after a 400. */
@@ -391,30 +201,8 @@ static void api_refresh(struct conn *c, struct http_req *r)
     json_t *o = refresh_body(c, r, &tok);
     if (!o)
         return;
-    struct job *j = job_new(c->w, c, run_refresh, done_refresh);
-    char old_hash[TOKEN_HASH_LEN];
-    token_hash(tok, strlen(tok), old_hash);
+    accounts_refresh(cw_of(c), c, tok, account_answered);
     json_decref(o);
-    new_refresh(j, cfg_of(c)); /* str = new token, str3 = its hash */
-    free(j->str2);
-    j->str2 = xstrdup(old_hash);
-    writer_submit(c->w->srv->writer, j);
-}
-
-static int run_logout(struct store *st, struct job *j)
-{
-    return store_refresh_revoke(st, j->str, util_now_ms());
-}
-
-static void done_empty(struct job *j)
-{
-    struct conn *c = j->conn;
-    if (!alive(c))
-        return;
-    if (j->rc != STORE_OK)
-        respond_rc(c, j->rc, j->flag == -1);
-    else
-        http_respond_json(c, 204, NULL);
 }
 
 static void api_logout(struct conn *c, struct http_req *r)
@@ -423,22 +211,57 @@ static void api_logout(struct conn *c, struct http_req *r)
     json_t *o = refresh_body(c, r, &tok);
     if (!o)
         return;
-    struct job *j = job_new(c->w, c, run_logout, done_empty);
-    char hash[TOKEN_HASH_LEN];
-    token_hash(tok, strlen(tok), hash);
-    j->str = xstrdup(hash);
+    accounts_logout(cw_of(c), c, tok, account_answered);
     json_decref(o);
-    writer_submit(c->w->srv->writer, j);
+}
+
+/* A read answered as 200 with its result, wrapped as {key: result} when the
+ * read's str names a key, or as the error of its rc. */
+static void read_answered(struct read *r)
+{
+    struct conn *c = r->conn;
+    if (!alive(c))
+        return;
+    if (r->rc != STORE_OK) {
+        respond_rc(c, r->rc, 0);
+        return;
+    }
+    json_t *o = json_incref(r->result);
+    http_respond_json(c, 200, r->str ? json_pack("{s:o}", r->str, o) : o);
+}
+
+static void me_read(struct read *r)
+{
+    struct conn *c = r->conn;
+    if (!alive(c))
+        return;
+    if (r->rc != STORE_OK)
+        http_respond_error(c, 401, "unauthorized", "unknown user");
+    else
+        http_respond_json(c, 200, json_pack("{s:O}", "user", r->result));
 }
 
 static void api_me(struct conn *c, int64_t uid)
 {
-    json_t *user;
-    if (store_user_by_id(c->w->reader, uid, &user) != STORE_OK) {
-        http_respond_error(c, 401, "unauthorized", "unknown user");
-        return;
+    struct read *r = chat_read(cw_of(c), READ_USER, c, me_read);
+    r->user = uid;
+    chat_read_submit(cw_of(c), r);
+}
+
+static void users_read(struct read *r)
+{
+    struct chat_worker *cw = r->arg;
+    if (r->rc == STORE_OK) {
+        size_t i;
+        json_t *u;
+        json_array_foreach(r->result, i, u) {
+            int64_t id = json_integer_value(json_object_get(u, "id"));
+            json_object_set_new(u, "online", json_boolean(presence_online(cw->chat->presence, id)));
+        }
     }
-    http_respond_json(c, 200, json_pack("{s:o}", "user", user));
+    free(r->str);
+    r->str = xstrdup("users"); /* the answer's key */
+    read_answered(r);
 }
 
 static void api_users(struct conn *c, struct http_req *r)
@@ -457,52 +280,24 @@ static void api_users(struct conn *c, struct http_req *r)
     }
     for (char *p = q; *p; p++)
         *p = (char)tolower((unsigned char)*p);
-    json_t *users;
-    int rc = store_users_search(c->w->reader, q, limit, &users);
-    if (rc != STORE_OK) {
-        respond_rc(c, rc, 0);
-        return;
-    }
-    size_t i;
-    json_t *u;
-    json_array_foreach(users, i, u) {
-        int64_t id = json_integer_value(json_object_get(u, "id"));
-        json_object_set_new(u, "online", json_boolean(presence_online(c->w->srv->presence, id)));
-    }
-    respond_read(c, STORE_OK, "users", users);
+    struct read *rd = chat_read(cw_of(c), READ_USERS, c, users_read);
+    rd->str = xstrdup(q);
+    rd->limit = limit;
+    chat_read_submit(cw_of(c), rd);
 }
 
 /* ---- conversations ---- */
 
-static int run_create(struct store *st, struct job *j)
-{
-    int64_t conv;
-    int rc;
-    if (j->op == 'd') {
-        int created;
-        rc = store_conv_create_direct(st, j->user, j->target, util_now_ms(), &conv, &created);
-        j->dup = !created;
-    } else {
-        rc = store_conv_create_group(st, j->user, j->str, j->ids, j->n_ids, util_now_ms(), &conv);
-    }
-    if (rc != STORE_OK)
-        return rc;
-    j->conv = conv;
-    return store_conv_get(st, conv, j->user, &j->result);
-}
-
-static void done_create(struct job *j)
+static void created(struct job *j)
 {
     struct conn *c = j->conn;
-    if (j->rc == STORE_OK && !j->dup)
-        proto_push_conversation(j->origin, j->conv, NULL, 0);
     if (!alive(c))
         return;
     if (j->rc != STORE_OK) {
-        respond_rc(c, j->rc, j->flag == -1);
+        respond_rc(c, j->rc, j->unavailable);
         return;
     }
-    http_respond_json(c, j->dup ? 200 : 201, json_incref(j->result));
+    http_respond_json(c, j->u.create.created ? 201 : 200, json_incref(j->u.create.view));
 }
 
 static void api_create_conv(struct conn *c, struct http_req *r, int64_t uid)
@@ -512,16 +307,16 @@ static void api_create_conv(struct conn *c, struct http_req *r, int64_t uid)
         return;
     const char *kind = json_string_value(json_object_get(o, "kind"));
     /* bound to c only once valid, so a refusal leaves nothing pending */
-    struct job *j = job_new(c->w, NULL, run_create, done_create);
-    j->user = uid;
+    struct job *j = chat_job(cw_of(c), JOB_CONV_CREATE, NULL, created);
+    struct job_conv_create *cc = &j->u.create;
+    cc->creator = uid;
     const char *err = NULL;
     if (kind && strcmp(kind, "direct") == 0) {
-        j->op = 'd';
-        j->target = proto_json_id(json_object_get(o, "user_id"));
-        if (!j->target)
+        cc->direct = 1;
+        cc->peer = proto_json_id(json_object_get(o, "user_id"));
+        if (!cc->peer)
             err = "user_id must be a user id";
     } else if (kind && strcmp(kind, "group") == 0) {
-        j->op = 'g';
         const char *title = plain_string(o, "title");
         json_t *members = json_object_get(o, "members");
         if (!title || util_utf8_chars(title) < 1 || util_utf8_chars(title) > 128)
@@ -531,11 +326,11 @@ static void api_create_conv(struct conn *c, struct http_req *r, int64_t uid)
         else if (json_array_size(members) + 1 > (size_t)cfg_of(c)->max_group)
             err = "too many members";
         else {
-            j->str = xstrdup(title);
-            j->n_ids = json_array_size(members);
-            j->ids = xcalloc(j->n_ids ? j->n_ids : 1, sizeof *j->ids);
-            for (size_t i = 0; i < j->n_ids && !err; i++)
-                if (!(j->ids[i] = proto_json_id(json_array_get(members, i))))
+            cc->title = xstrdup(title);
+            cc->n_members = json_array_size(members);
+            cc->members = xcalloc(cc->n_members ? cc->n_members : 1, sizeof *cc->members);
+            for (size_t i = 0; i < cc->n_members && !err; i++)
+                if (!(cc->members[i] = proto_json_id(json_array_get(members, i))))
                     err = "members must be an array of user ids";
         }
     } else {
@@ -548,76 +343,50 @@ static void api_create_conv(struct conn *c, struct http_req *r, int64_t uid)
         return;
     }
     job_bind(j, c);
-    writer_submit(c->w->srv->writer, j);
+    chat_submit(cw_of(c), j);
 }
 
 static void api_list_convs(struct conn *c, int64_t uid)
 {
-    json_t *list = NULL;
-    int rc = store_conv_list(c->w->reader, uid, &list);
-    respond_read(c, rc, "conversations", list);
+    struct read *r = chat_read(cw_of(c), READ_CONVS, c, read_answered);
+    r->user = uid;
+    r->str = xstrdup("conversations");
+    chat_read_submit(cw_of(c), r);
 }
 
 static void api_get_conv(struct conn *c, int64_t uid, int64_t conv)
 {
-    json_t *o = NULL;
-    int rc = store_conv_get(c->w->reader, conv, uid, &o);
-    respond_read(c, rc, NULL, o);
+    struct read *r = chat_read(cw_of(c), READ_CONV, c, read_answered);
+    r->user = uid;
+    r->conv = conv;
+    chat_read_submit(cw_of(c), r);
 }
 
-static int run_member(struct store *st, struct job *j)
-{
-    int added = 0;
-    int rc;
-    switch (j->op) {
-    case 'a': {
-        int64_t *ids;
-        size_t n;
-        if (store_members(st, j->conv, &ids, &n) != STORE_OK)
-            return STORE_ERR;
-        int full = 1;
-        for (size_t i = 0; i < n; i++)
-            full &= ids[i] != j->target; /* adding a member again is fine */
-        free(ids);
-        if (full && n >= (size_t)j->origin->srv->cfg->max_group) {
-            j->str2 = xstrdup("the group is full (PARLEY_MAX_GROUP)");
-            return STORE_BAD_REQUEST;
-        }
-        rc = store_member_add(st, j->conv, j->user, j->target, util_now_ms(), &added);
-        j->dup = !added;
-        return rc;
-    }
-    case 'r':
-        return store_member_remove(st, j->conv, j->user, j->target);
-    default:
-        return store_member_set_role(st, j->conv, j->user, j->target, j->str);
-    }
-}
-
-static void done_member(struct job *j)
+static void member_done(struct job *j)
 {
     struct conn *c = j->conn;
-    if (j->rc == STORE_OK && !j->dup)
-        proto_push_conversation(j->origin, j->conv, &j->target, j->op == 'r');
     if (!alive(c))
         return;
-    if (j->rc == STORE_BAD_REQUEST && j->str2)
-        http_respond_error(c, 400, "bad_request", j->str2);
+    if (j->rc == STORE_BAD_REQUEST && j->u.member.why)
+        http_respond_error(c, 400, "bad_request", j->u.member.why);
     else if (j->rc != STORE_OK)
-        respond_rc(c, j->rc, j->flag == -1);
+        respond_rc(c, j->rc, j->unavailable);
     else
         http_respond_json(c, 204, NULL);
 }
 
-static void submit_member(struct conn *c, int64_t uid, int64_t conv, int64_t target, int op, const char *role)
+static void submit_member(struct conn *c, int64_t uid, int64_t conv, int64_t target, enum member_op op,
+                          enum store_role role)
 {
-    struct job *j = job_new(c->w, c, run_member, done_member);
-    j->user = uid;
-    j->conv = conv;
-    j->target = target;
-    j->op = op;
-    j->str = role ? xstrdup(role) : NULL;
-    writer_submit(c->w->srv->writer, j);
+    struct job *j = chat_job(cw_of(c), JOB_MEMBER, c, member_done);
+    struct job_member *m = &j->u.member;
+    m->op = op;
+    m->actor = uid;
+    m->conv = conv;
+    m->target = target;
+    m->role = role;
+    m->max_group = cfg_of(c)->max_group;
+    chat_submit(cw_of(c), j);
 }
 
 static void api_add_member(struct conn *c, struct http_req *r, int64_t uid, int64_t conv)
@@ -631,7 +400,7 @@ static void api_add_member(struct conn *c, struct http_req *r, int64_t uid, int6
         http_respond_error(c, 400, "bad_request", "user_id must be a user id");
         return;
     }
-    submit_member(c, uid, conv, target, 'a', NULL);
+    submit_member(c, uid, conv, target, MEMBER_ADD, ROLE_MEMBER);
 }
 
 static void api_set_role(struct conn *c, struct http_req *r, int64_t uid, int64_t conv, int64_t target)
@@ -645,11 +414,23 @@ static void api_set_role(struct conn *c, struct http_req *r, int64_t uid, int64_
         http_respond_error(c, 400, "bad_request", "role must be \"admin\" or \"member\"");
         return;
     }
-    submit_member(c, uid, conv, target, 's', role);
+    submit_member(c, uid, conv, target, MEMBER_SET_ROLE, store_role_parse(role));
     json_decref(o);
 }
 
 /* ---- messages ---- */
+
+static void history_read(struct read *r)
+{
+    struct conn *c = r->conn;
+    if (!alive(c))
+        return;
+    if (r->rc != STORE_OK) {
+        respond_rc(c, r->rc, 0);
+        return;
+    }
+    http_respond_json(c, 200, json_pack("{s:O,s:b}", "messages", r->result, "has_more", r->has_more));
+}
 
 static void api_history(struct conn *c, struct http_req *r, int64_t uid, int64_t conv)
 {
@@ -670,50 +451,47 @@ static void api_history(struct conn *c, struct http_req *r, int64_t uid, int64_t
         http_respond_error(c, 400, "bad_request", "after must be a seq (0 or more)");
         return;
     }
-    int rc = store_is_member(c->w->reader, conv, uid);
-    json_t *msgs;
-    int has_more;
-    if (rc == STORE_OK)
-        rc = store_msg_page(c->w->reader, conv, before, after, limit, &msgs, &has_more);
-    if (rc != STORE_OK) {
-        respond_rc(c, rc, 0);
-        return;
-    }
-    http_respond_json(c, 200, json_pack("{s:o,s:b}", "messages", msgs, "has_more", has_more));
+    struct read *rd = chat_read(cw_of(c), READ_HISTORY, c, history_read);
+    rd->user = uid;
+    rd->conv = conv;
+    rd->before = before;
+    rd->after = after;
+    rd->limit = limit;
+    chat_read_submit(cw_of(c), rd);
 }
 
-static json_t *message_object(const struct job *j)
+/* A resend answers with the original message (its own body) from the store. */
+static void original_read(struct read *r)
 {
-    return json_pack("{s:I,s:I,s:I,s:s,s:s%,s:I}", "conv", (json_int_t)j->conv, "seq", (json_int_t)j->seq,
-                     "from", (json_int_t)j->user, "id", j->str, "body", j->body, j->body_len, "ts",
-                     (json_int_t)j->ts);
+    struct conn *c = r->conn;
+    if (!alive(c))
+        return;
+    if (r->rc != STORE_OK)
+        http_respond_error(c, 500, "internal", "internal error");
+    else
+        http_respond_json(c, 200, json_incref(r->result));
 }
 
-static void done_http_send(struct job *j)
+static void http_sent(struct job *j)
 {
     struct conn *c = j->conn;
+    struct job_send *s = &j->u.send;
     if (!alive(c))
         return;
     if (j->rc != STORE_OK) {
-        respond_rc(c, j->rc, j->flag == -1);
+        respond_rc(c, j->rc, j->unavailable);
         return;
     }
-    if (!j->dup) {
-        http_respond_json(c, 201, message_object(j));
+    if (!s->dup) {
+        json_t *m = rows_msg(s->conv, s->seq, s->sender, s->client_id, s->body, s->body_len, s->ts);
+        http_respond_json(c, 201, m);
         return;
     }
-    /* The original message (its own body), from the store. */
-    json_t *page;
-    int more;
-    if (store_msg_page(c->w->reader, j->conv, 0, j->seq - 1, 1, &page, &more) == STORE_OK &&
-        json_array_size(page) == 1) {
-        json_t *m = json_incref(json_array_get(page, 0));
-        json_decref(page);
-        http_respond_json(c, 200, m);
-        return;
-    }
-    json_decref(page);
-    http_respond_error(c, 500, "internal", "internal error");
+    struct read *r = chat_read(cw_of(c), READ_MSG, c, original_read);
+    r->conv = s->conv;
+    r->seq = s->seq;
+    r->min_seq = s->seq; /* it was committed before this ack */
+    chat_read_submit(cw_of(c), r);
 }
 
 static void api_send(struct conn *c, struct http_req *r, int64_t uid, int64_t conv)
@@ -728,22 +506,12 @@ static void api_send(struct conn *c, struct http_req *r, int64_t uid, int64_t co
         http_respond_error(c, strcmp(code, "too_large") == 0 ? 413 : 400, code, msg);
         return;
     }
-    int64_t retry;
-    if (presence_take_token(c->w->srv->presence, uid, util_mono_ms(), cfg_of(c)->send_rate,
-                            cfg_of(c)->send_burst, &retry) < 0) {
-        json_decref(o);
-        http_respond_rate_limited(c, retry);
-        return;
-    }
-    struct job *j = job_new(c->w, c, NULL, done_http_send);
-    j->user = uid;
-    j->conv = conv;
-    j->str = xstrdup(m.id);
-    j->body_len = m.body_len;
-    j->body = xmalloc(m.body_len + 1);
-    memcpy(j->body, m.body, m.body_len + 1);
+    struct job *j = chat_job(cw_of(c), JOB_SEND, c, http_sent);
+    proto_fill_send(j, uid, conv, &m);
     json_decref(o);
-    writer_submit(c->w->srv->writer, j);
+    int64_t retry;
+    if (chat_send(cw_of(c), j, &retry) < 0)
+        http_respond_rate_limited(c, retry);
 }
 
 /* ---- WebSocket upgrade ---- */
@@ -783,14 +551,12 @@ static void api_upgrade(struct conn *c, struct http_req *r)
         http_respond_error(c, 400, "bad_request", "bad Sec-WebSocket-Key");
         return;
     }
-    http_send_upgrade(c, accept);
-    http_req_free(c->http);
-    c->http = NULL;
-    c->busy = 0;
-    c->state = CONN_WS_AUTH;
-    c->deadline_ms = (int64_t)uv_now(&c->w->loop) + cfg->auth_timeout_ms;
+    struct frame *f = http_upgrade_response(accept);
+    conn_send(c, f);
+    frame_unref(f);
+    conn_upgrade(c, worker_now(c->w) + cfg->auth_timeout_ms);
     if (have)
-        proto_start_session(c, &cl);
+        chat_session_start(cw_of(c), c, &cl);
 }
 
 /* ---- routing ---- */
@@ -858,15 +624,16 @@ static void api_conversations(struct conn *c, struct http_req *r, int64_t uid, c
     else if (strcmp(rt.sub, "members") == 0 && m == HTTP_POST)
         api_add_member(c, r, uid, rt.conv);
     else if (strcmp(rt.sub, "member") == 0 && m == HTTP_DELETE)
-        submit_member(c, uid, rt.conv, rt.target, 'r', NULL);
+        submit_member(c, uid, rt.conv, rt.target, MEMBER_REMOVE, ROLE_MEMBER);
     else if (strcmp(rt.sub, "member") == 0 && m == HTTP_PATCH)
         api_set_role(c, r, uid, rt.conv, rt.target);
     else
         http_respond_error(c, 405, "bad_request", "method not allowed");
 }
 
-void api_handle(struct conn *c, struct http_req *r)
+void api_handle(void *ctx, struct conn *c, struct http_req *r)
 {
+    (void)ctx; /* c->w->ctx: the same chat_worker */
     const char *p = r->path;
     int m = r->method;
     if (m == HTTP_OPTIONS) {

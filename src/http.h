@@ -1,5 +1,6 @@
 /* http: HTTP/1.1 on llhttp: request parsing state for one connection, and
- * building responses (each a complete immutable frame, see frame.h).
+ * building responses as complete immutable frames (frame.h). Pure: no
+ * connection, no I/O; the worker feeds it bytes and sends what it builds.
  *
  * Ownership: struct http_req belongs to its struct conn (conn->http) from
  * accept until the connection upgrades to WebSocket or closes. The request
@@ -7,8 +8,8 @@
 #ifndef PARLEY_HTTP_H
 #define PARLEY_HTTP_H
 
+#include "frame.h"
 #include "util.h"
-#include "worker.h"
 
 #include <jansson.h>
 #include <llhttp.h>
@@ -37,7 +38,7 @@ struct http_req {
     const char *query;       /* "" when none */
 };
 
-struct http_req *http_req_new(struct conn *c, size_t max_body);
+struct http_req *http_req_new(size_t max_body);
 void http_req_free(struct http_req *r);
 /* Forgets the last request and resumes the parser for the next one. */
 void http_req_reset(struct http_req *r);
@@ -54,22 +55,15 @@ long http_feed(struct http_req *r, const char *data, size_t len);
  * answers as it sees fit, never the same as absent). */
 int http_query_get(const char *query, const char *name, char *out, size_t outlen);
 
-/* Responses. Each queues one complete response on c and then calls
- * conn_http_done (next request, or close). extra_headers: "" or full lines
- * each ending in \r\n. */
-void http_respond(struct conn *c, int status, const char *content_type, const char *extra_headers,
-                  const void *body, size_t len);
-/* Steals obj (may be NULL for an empty body with 204). */
-void http_respond_json(struct conn *c, int status, json_t *obj);
-/* {"error":{"code","message"}}; 429 adds Retry-After (seconds, rounded up). */
-void http_respond_error(struct conn *c, int status, const char *code, const char *message);
-void http_respond_rate_limited(struct conn *c, int64_t retry_ms);
-/* An error answer with Retry-After (seconds, rounded up from retry_ms). */
-void http_respond_retry(struct conn *c, int status, const char *code, const char *message, int64_t retry_ms);
-/* Serves a file of web_dir for GET/HEAD (index.html for "/"). */
-void http_serve_static(struct conn *c, const struct http_req *r, const char *web_dir);
-/* Answers the upgrade with 101 Switching Protocols (queued, no conn_http_done). */
-void http_send_upgrade(struct conn *c, const char *accept_key);
+/* A complete response with one reference. extra_headers: NULL or full
+ * lines each ending in \r\n. head_only: the body is left out (HEAD) but
+ * Content-Length still counts it. */
+struct frame *http_response(int status, const char *content_type, const char *extra_headers, const void *body,
+                           size_t len, int keep_alive, int head_only);
+/* {"error":{"code","message"}} as application/json. */
+struct frame *http_error_response(int status, const char *code, const char *message, int keep_alive);
+/* 101 Switching Protocols with the Sec-WebSocket-Accept key. */
+struct frame *http_upgrade_response(const char *accept_key);
 
 const char *http_status_text(int status);
 

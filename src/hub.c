@@ -1,132 +1,184 @@
-/* hub: see hub.h. Linear probing with backward-shift deletion, so there are
- * no tombstones and lookups stay short however often users come and go. */
+/* hub: see hub.h. */
 #include "hub.h"
 
 #include <stdlib.h>
+#include <string.h>
 
-static size_t slot_of(int64_t user, size_t cap)
+struct hub_conv {
+    int64_t *users;       /* local users, unordered; owned */
+    size_t n, cap;
+};
+
+void hub_init(struct hub *h, hub_watch_fn watch, void *ctx)
 {
-    uint64_t x = (uint64_t)user * 0x9E3779B97F4A7C15ULL; /* Fibonacci hashing */
-    return (size_t)(x >> 17) & (cap - 1);
+    memset(h, 0, sizeof *h);
+    h->watch = watch;
+    h->watch_ctx = ctx;
 }
 
-static struct hub_slot *find(struct worker *w, int64_t user)
+void hub_dispose(struct hub *h)
 {
-    if (!w->hub_cap)
-        return NULL;
-    for (size_t i = slot_of(user, w->hub_cap);; i = (i + 1) & (w->hub_cap - 1)) {
-        if (w->hub[i].user == user)
-            return &w->hub[i];
-        if (w->hub[i].user == 0)
-            return NULL;
+    IDMAP_FOREACH(&h->users, s) {
+        struct hub_user *u = s->val;
+        free(u->convs);
+        free(u);
     }
-}
-
-static void grow(struct worker *w)
-{
-    size_t old_cap = w->hub_cap;
-    struct hub_slot *old = w->hub;
-    w->hub_cap = old_cap ? old_cap * 2 : 64;
-    w->hub = xcalloc(w->hub_cap, sizeof *w->hub);
-    for (size_t i = 0; i < old_cap; i++) {
-        if (!old[i].user)
-            continue;
-        size_t j = slot_of(old[i].user, w->hub_cap);
-        while (w->hub[j].user)
-            j = (j + 1) & (w->hub_cap - 1);
-        w->hub[j] = old[i];
+    IDMAP_FOREACH(&h->convs, s) {
+        struct hub_conv *c = s->val;
+        free(c->users);
+        free(c);
     }
-    free(old);
+    idmap_dispose(&h->users);
+    idmap_dispose(&h->convs);
 }
 
-void hub_add(struct worker *w, struct conn *c)
+static int cmp_id(const void *a, const void *b)
 {
-    if (c->in_hub)
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* conv side of the index */
+static void conv_add_user(struct hub *h, int64_t conv, int64_t user)
+{
+    struct hub_conv *c = idmap_get(&h->convs, conv);
+    if (!c) {
+        c = xcalloc(1, sizeof *c);
+        idmap_put(&h->convs, conv, c);
+        if (h->watch)
+            h->watch(h->watch_ctx, conv, 1);
+    }
+    if (c->n == c->cap) {
+        c->cap = c->cap ? c->cap * 2 : 4;
+        c->users = xrealloc(c->users, c->cap * sizeof *c->users);
+    }
+    c->users[c->n++] = user;
+}
+
+static void conv_remove_user(struct hub *h, int64_t conv, int64_t user)
+{
+    struct hub_conv *c = idmap_get(&h->convs, conv);
+    if (!c)
         return;
-    struct hub_slot *s = find(w, c->user_id);
-    if (!s) {
-        if ((w->hub_len + 1) * 4 > w->hub_cap * 3)
-            grow(w);
-        size_t i = slot_of(c->user_id, w->hub_cap);
-        while (w->hub[i].user)
-            i = (i + 1) & (w->hub_cap - 1);
-        s = &w->hub[i];
-        s->user = c->user_id;
-        s->head = NULL;
-        w->hub_len++;
+    for (size_t i = 0; i < c->n; i++)
+        if (c->users[i] == user) {
+            c->users[i] = c->users[--c->n];
+            break;
+        }
+    if (c->n)
+        return;
+    idmap_del(&h->convs, conv);
+    free(c->users);
+    free(c);
+    if (h->watch)
+        h->watch(h->watch_ctx, conv, 0);
+}
+
+struct hub_user *hub_user(struct hub *h, int64_t user)
+{
+    return idmap_get(&h->users, user);
+}
+
+int hub_add(struct hub *h, struct conn *c)
+{
+    struct hub_user *u = idmap_get(&h->users, c->user_id);
+    int first = !u;
+    if (!u) {
+        u = xcalloc(1, sizeof *u);
+        idmap_put(&h->users, c->user_id, u);
     }
     c->uprev = NULL;
-    c->unext = s->head;
-    if (s->head)
-        s->head->uprev = c;
-    s->head = c;
-    c->in_hub = 1;
+    c->unext = u->head;
+    if (u->head)
+        u->head->uprev = c;
+    u->head = c;
+    return first;
 }
 
-/* Removes slot i and shifts later members of its probe run back, so every
- * remaining key stays reachable from its home slot. */
-static void delete_slot(struct worker *w, size_t i)
+static int user_has(const struct hub_user *u, int64_t conv)
 {
-    size_t mask = w->hub_cap - 1;
-    size_t j = i;
-    for (;;) {
-        j = (j + 1) & mask;
-        if (!w->hub[j].user)
-            break;
-        size_t home = slot_of(w->hub[j].user, w->hub_cap);
-        /* move j to i unless its home lies cyclically in (i, j] */
-        if ((i <= j) ? (home <= i || home > j) : (home <= i && home > j)) {
-            w->hub[i] = w->hub[j];
-            i = j;
-        }
+    return u->nconvs && bsearch(&conv, u->convs, u->nconvs, sizeof conv, cmp_id) != NULL;
+}
+
+void hub_join(struct hub *h, int64_t user, int64_t conv)
+{
+    struct hub_user *u = idmap_get(&h->users, user);
+    if (!u || user_has(u, conv))
+        return;
+    if (u->nconvs == u->capconvs) {
+        u->capconvs = u->capconvs ? u->capconvs * 2 : 4;
+        u->convs = xrealloc(u->convs, u->capconvs * sizeof *u->convs);
     }
-    w->hub[i].user = 0;
-    w->hub[i].head = NULL;
-    w->hub_len--;
+    size_t i = u->nconvs;
+    while (i > 0 && u->convs[i - 1] > conv) { /* keep it sorted */
+        u->convs[i] = u->convs[i - 1];
+        i--;
+    }
+    u->convs[i] = conv;
+    u->nconvs++;
+    conv_add_user(h, conv, user);
 }
 
-void hub_remove(struct worker *w, struct conn *c)
+void hub_leave(struct hub *h, int64_t user, int64_t conv)
 {
-    if (!c->in_hub)
+    struct hub_user *u = idmap_get(&h->users, user);
+    if (!u || !user_has(u, conv))
         return;
-    c->in_hub = 0;
-    struct hub_slot *s = find(w, c->user_id);
-    if (!s)
-        return;
+    int64_t *p = bsearch(&conv, u->convs, u->nconvs, sizeof conv, cmp_id);
+    memmove(p, p + 1, (size_t)(u->convs + u->nconvs - (p + 1)) * sizeof *p);
+    u->nconvs--;
+    conv_remove_user(h, conv, user);
+}
+
+void hub_set_convs(struct hub *h, int64_t user, const int64_t *convs, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        hub_join(h, user, convs[i]);
+}
+
+int hub_remove(struct hub *h, struct conn *c)
+{
+    struct hub_user *u = idmap_get(&h->users, c->user_id);
+    if (!u)
+        return 0;
     if (c->uprev)
         c->uprev->unext = c->unext;
     else
-        s->head = c->unext;
+        u->head = c->unext;
     if (c->unext)
         c->unext->uprev = c->uprev;
     c->uprev = c->unext = NULL;
-    if (!s->head)
-        delete_slot(w, (size_t)(s - w->hub));
+    if (u->head)
+        return 0;
+    for (size_t i = 0; i < u->nconvs; i++)
+        conv_remove_user(h, u->convs[i], c->user_id);
+    idmap_del(&h->users, c->user_id);
+    free(u->convs);
+    free(u);
+    return 1;
 }
 
-struct conn *hub_first(struct worker *w, int64_t user)
+int hub_in_conv(struct hub *h, int64_t user, int64_t conv)
 {
-    struct hub_slot *s = find(w, user);
-    return s ? s->head : NULL;
+    struct hub_user *u = idmap_get(&h->users, user);
+    return u && user_has(u, conv);
 }
 
-void hub_deliver(struct worker *w, const struct idlist *users, struct frame *f, uint64_t except)
+const int64_t *hub_conv_users(struct hub *h, int64_t conv, size_t *n)
 {
-    for (uint32_t i = 0; i < users->n; i++) {
-        struct conn *c = hub_first(w, users->ids[i]);
-        while (c) {
-            /* conn_send may close c (slow consumer), which unlinks it: step first */
-            struct conn *next = c->unext;
-            if (c->id != except && c->state == CONN_WS)
-                conn_send(c, f);
-            c = next;
-        }
+    struct hub_conv *c = idmap_get(&h->convs, conv);
+    *n = c ? c->n : 0;
+    return c ? c->users : NULL;
+}
+
+void hub_send_user(struct hub *h, int64_t user, struct frame *f, uint64_t except)
+{
+    struct hub_user *u = idmap_get(&h->users, user);
+    for (struct conn *c = u ? u->head : NULL; c;) {
+        /* conn_send may close c (slow consumer), which unlinks it: step first */
+        struct conn *next = c->unext;
+        if (c->id != except && c->state == CONN_WS)
+            conn_send(c, f);
+        c = next;
     }
-}
-
-void hub_dispose(struct worker *w)
-{
-    free(w->hub);
-    w->hub = NULL;
-    w->hub_cap = w->hub_len = 0;
 }

@@ -1,21 +1,64 @@
-/* hub: a worker's index of its authenticated connections by user id, and
- * the local end of fan-out. Owned by the worker (the table lives in struct
- * worker); only that worker's thread calls these. */
+/* hub: one worker's index of its authenticated connections, the local end of
+ * fan-out. Owned by the core's per-worker state (struct chat_worker); only
+ * that worker's thread calls these.
+ *
+ * It maps each user with a local connection to those connections and to the
+ * conversations the user is in, and each such conversation to its local
+ * users, so a conversation's event reaches its local members without a
+ * database read, and the bus is told when a conversation gets its first
+ * local member and loses its last (watch). */
 #ifndef PARLEY_HUB_H
 #define PARLEY_HUB_H
 
+#include "idmap.h"
 #include "worker.h"
 
-struct hub_slot {
-    int64_t user;        /* 0: empty; -1: deleted */
-    struct conn *head;   /* linked through conn->unext/uprev */
+#include <stddef.h>
+#include <stdint.h>
+
+/* Called when conv gets its first local user (on = 1) or loses its last. */
+typedef void (*hub_watch_fn)(void *ctx, int64_t conv, int on);
+
+struct hub {
+    struct idmap users;   /* user id -> struct hub_user */
+    struct idmap convs;   /* conv id -> struct hub_conv */
+    hub_watch_fn watch;
+    void *watch_ctx;
+    uint32_t mark;        /* generation for de-duplicated deliveries */
 };
 
-void hub_add(struct worker *w, struct conn *c);    /* c->user_id set */
-void hub_remove(struct worker *w, struct conn *c); /* no-op if not in */
-struct conn *hub_first(struct worker *w, int64_t user);
-/* Queues f on every local connection of every user, except the one whose id is except. */
-void hub_deliver(struct worker *w, const struct idlist *users, struct frame *f, uint64_t except);
-void hub_dispose(struct worker *w);
+struct hub_user {
+    struct conn *head;    /* linked through conn->unext/uprev */
+    int64_t *convs;       /* sorted; owned */
+    size_t nconvs, capconvs;
+    uint32_t mark;
+};
+
+void hub_init(struct hub *h, hub_watch_fn watch, void *ctx);
+/* Frees the index (the connections are the worker's). */
+void hub_dispose(struct hub *h);
+
+/* Adds an authenticated connection (c->user_id set). Returns 1 when it is
+ * the user's first local connection: then the caller gives the user's
+ * conversations with hub_set_convs. */
+int hub_add(struct hub *h, struct conn *c);
+/* The user's conversations (any order, duplicates ignored). */
+void hub_set_convs(struct hub *h, int64_t user, const int64_t *convs, size_t n);
+/* Removes c. Returns 1 when it was the user's last local connection; then
+ * the user leaves every conversation of the index. */
+int hub_remove(struct hub *h, struct conn *c);
+
+struct hub_user *hub_user(struct hub *h, int64_t user);
+/* Whether the local user is in conv (0 for a user with no local connection). */
+int hub_in_conv(struct hub *h, int64_t user, int64_t conv);
+/* A local user joined or left conv (no-op for a user with no local connection). */
+void hub_join(struct hub *h, int64_t user, int64_t conv);
+void hub_leave(struct hub *h, int64_t user, int64_t conv);
+/* The local users of conv (NULL, 0 if none). Valid until the hub changes. */
+const int64_t *hub_conv_users(struct hub *h, int64_t conv, size_t *n);
+
+/* Queues f on every authenticated connection of user, except the one with
+ * id except (0: none). */
+void hub_send_user(struct hub *h, int64_t user, struct frame *f, uint64_t except);
 
 #endif

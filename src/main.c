@@ -1,11 +1,19 @@
-/* main: reads the configuration, opens the database, starts the writer and
- * one worker per core, then waits for SIGTERM/SIGINT and shuts down in order:
- * stop accepting, flush the writer (acks go out), close every socket with
- * 1001, exit 0. */
+/* main: the composition root. Reads the configuration, opens the store,
+ * builds the layers bottom-up (workers, bus, writer, the core's per-worker
+ * state with its reader) and wires them together: the workers call up only
+ * through the handler table below. Then waits for SIGTERM/SIGINT and shuts
+ * down in order: stop accepting and reading, flush the writer (acks go out),
+ * close every socket with 1001, exit 0. */
+#include "api.h"
+#include "bus.h"
+#include "chat.h"
+#include "chat_tx.h"
 #include "config.h"
 #include "log.h"
 #include "presence.h"
-#include "server.h"
+#include "proto.h"
+#include "reader.h"
+#include "store_sqlite.h"
 #include "util.h"
 #include "worker.h"
 #include "writer.h"
@@ -18,28 +26,33 @@
 #include <string.h>
 #include <uv.h>
 
-struct main_state {
-    struct server *srv;
-    uv_signal_t sigterm, sigint;
+#define SYNC_PAGE 200 /* messages of one conversation in a sync answer */
+
+/* What a worker does with its connections' input: the transports, and the
+ * core's end of a session. */
+static const struct conn_handler handler = {
+    .on_request = api_handle,
+    .on_message = proto_handle,
+    .on_session_end = chat_session_end,
 };
 
-static void post_all(struct server *srv, enum event_kind kind)
-{
-    for (int i = 0; i < srv->nworkers; i++) {
-        struct event *ev = xcalloc(1, sizeof *ev);
-        ev->kind = kind;
-        worker_post(srv->workers[i], ev, ev);
-    }
-}
+struct main_state {
+    struct chat *chat;
+    struct worker **workers;
+    int nworkers;
+    uv_signal_t sigterm, sigint;
+};
 
 static void on_signal(uv_signal_t *h, int signum)
 {
     struct main_state *ms = h->data;
     log_info("signal %d: draining", signum);
-    post_all(ms->srv, EV_STOP_ACCEPT);
+    for (int i = 0; i < ms->nworkers; i++)
+        worker_post_drain(ms->workers[i]);
     /* every job already queued commits and is answered before sockets close */
-    writer_stop(ms->srv->writer);
-    post_all(ms->srv, EV_STOP);
+    writer_stop(ms->chat->writer);
+    for (int i = 0; i < ms->nworkers; i++)
+        worker_post_stop(ms->workers[i]);
     /* Closing the handles restores the default action: a second signal
      * during the drain ends the process at once. */
     uv_close((uv_handle_t *)&ms->sigterm, NULL);
@@ -73,27 +86,40 @@ int main(int argc, char **argv)
      * messages (bench/: ~20% of direct-send throughput). Keep up to 64 MiB. */
     mallopt(M_TRIM_THRESHOLD, 64 << 20);
 
-    struct server srv = {0};
-    srv.cfg = &cfg;
-    srv.nworkers = cfg.workers;
-    snprintf(srv.db_path, sizeof srv.db_path, "%s/parley.db", cfg.data_dir);
-    srv.presence = presence_new();
-    srv.workers = xcalloc((size_t)srv.nworkers, sizeof *srv.workers);
-    srv.writer = writer_new(&srv, err, sizeof err); /* creates the db and migrates */
-    if (!srv.writer)
+    char db_path[1100];
+    snprintf(db_path, sizeof db_path, "%s/parley.db", cfg.data_dir);
+    struct store *wst;
+    if (store_sqlite_open(db_path, 0, &wst, err, sizeof err) != STORE_OK) /* creates and migrates */
         return fail("cannot open database", err);
-    for (int i = 0; i < srv.nworkers; i++) {
-        srv.workers[i] = worker_new(&srv, i, err, sizeof err);
-        if (!srv.workers[i])
+
+    int nw = cfg.workers;
+    struct worker **workers = xcalloc((size_t)nw, sizeof *workers);
+    for (int i = 0; i < nw; i++)
+        if (!(workers[i] = worker_new(&cfg, i, nw, err, sizeof err)))
             return fail(err, NULL);
+
+    struct chat chat = {.cfg = &cfg};
+    atomic_init(&chat.hashes_running, 0);
+    chat.presence = presence_new();
+    chat.bus = bus_local_new(workers, nw, chat_deliver);
+    struct writer_config wcfg = {.batch_max = cfg.batch_max, .batch_interval_ms = cfg.batch_interval_ms};
+    chat.writer = writer_new(wst, wcfg, chat_tx_run, chat.bus, workers, nw);
+
+    struct chat_worker **cws = xcalloc((size_t)nw, sizeof *cws);
+    for (int i = 0; i < nw; i++) {
+        struct store *rst;
+        if (store_sqlite_open(db_path, 1, &rst, err, sizeof err) != STORE_OK)
+            return fail("cannot open database", err);
+        cws[i] = chat_worker_new(&chat, workers[i], reader_inline_new(rst, SYNC_PAGE));
+        worker_set_handler(workers[i], &handler, cws[i]);
     }
-    if (writer_start(srv.writer) < 0)
+    if (writer_start(chat.writer) < 0)
         return fail("cannot start the writer thread", NULL);
-    for (int i = 0; i < srv.nworkers; i++)
-        if (worker_start(srv.workers[i]) < 0)
+    for (int i = 0; i < nw; i++)
+        if (worker_start(workers[i]) < 0)
             return fail("cannot start a worker thread", NULL);
 
-    struct main_state ms = {.srv = &srv};
+    struct main_state ms = {.chat = &chat, .workers = workers, .nworkers = nw};
     uv_loop_t *loop = uv_default_loop();
     uv_signal_init(loop, &ms.sigterm);
     uv_signal_init(loop, &ms.sigint);
@@ -106,13 +132,17 @@ int main(int argc, char **argv)
              host, strchr(host, ':') ? "]" : "", cfg.listen_port, cfg.workers, cfg.data_dir);
     uv_run(loop, UV_RUN_DEFAULT);
 
-    for (int i = 0; i < srv.nworkers; i++)
-        worker_join(srv.workers[i]);
-    for (int i = 0; i < srv.nworkers; i++)
-        worker_free(srv.workers[i]);
-    writer_free(srv.writer);
-    presence_free(srv.presence);
-    free(srv.workers);
+    for (int i = 0; i < nw; i++)
+        worker_join(workers[i]);
+    for (int i = 0; i < nw; i++)
+        worker_free(workers[i]);
+    for (int i = 0; i < nw; i++)
+        chat_worker_free(cws[i]);
+    writer_free(chat.writer);
+    bus_free(chat.bus);
+    presence_free(chat.presence);
+    free(cws);
+    free(workers);
     uv_loop_close(loop);
     log_info("parleyd stopped");
     return 0;

@@ -1,10 +1,11 @@
-/* proto: the WebSocket side of the protocol: one JSON op per text message,
- * the session (auth, hello, presence), and the server's pushes (read,
- * typing, presence, conversation). Runs on the connection's worker thread. */
+/* proto: the WebSocket transport: one JSON op per text message, parsed and
+ * validated here (a pure parser, shared with HTTP's POST .../messages),
+ * handed to the core (chat.h), answered here. Runs on the connection's
+ * worker thread; the worker calls proto_handle through its handler table. */
 #ifndef PARLEY_PROTO_H
 #define PARLEY_PROTO_H
 
-#include "jwt.h"
+#include "job.h"
 #include "worker.h"
 
 #include <jansson.h>
@@ -37,21 +38,11 @@ int64_t proto_json_id(json_t *v);
 int proto_check_message(json_t *obj, size_t max_body, struct proto_op *op, const char **code,
                         const char **message);
 
-/* One complete text message from the client (valid UTF-8). */
-void proto_handle(struct conn *c, const char *text, size_t len);
-/* Authenticates an upgraded connection (token from the upgrade request, or
- * a first-frame auth): registers it, sends hello and presence. */
-void proto_start_session(struct conn *c, const struct jwt_claims *claims);
-/* The connection is going away: leaves the hub, announces offline. */
-void proto_end_session(struct conn *c);
+/* A send job's payload from a checked message (owned copies). */
+void proto_fill_send(struct job *j, int64_t user, int64_t conv, const struct proto_op *m);
 
-/* Fan-out helpers shared with api.c. Each builds the frame once. */
-/* {"op":"conversation","conversation":...} to each member, each with their
- * own view (their read position), read from w's reader; and to each of the
- * extra users (members who just left or were removed) a view that shows the
- * current members only, so their clients see they are out. */
-void proto_push_conversation(struct worker *w, int64_t conv, const int64_t *extra_users, size_t n_extra);
-/* {"op":"presence","user","online"} to the user's peers. */
-void proto_push_presence(struct worker *w, int64_t user, int online);
+/* One complete text message from the client (valid UTF-8); ctx is the
+ * worker's struct chat_worker (conn_handler.on_message). */
+void proto_handle(void *ctx, struct conn *c, const char *text, size_t len);
 
 #endif

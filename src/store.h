@@ -1,19 +1,31 @@
-/* store: every SQL statement of the embedded (SQLite) mode lives here.
+/* store: the storage interface of the chat, and nothing of any database.
  *
- * One struct store is one SQLite connection, owned by exactly one thread:
- * the writer thread's read-write connection, or a worker's read-only one.
- * Nothing in here is shared between threads.
+ * A backend (store_sqlite.c today; PostgreSQL next) fills a struct store_ops
+ * with its functions and embeds struct store as the first member of its own
+ * connection struct. Everything above calls the store_* wrappers below, which
+ * only dispatch through the table, so the chat core runs unchanged over any
+ * backend.
  *
- * Every statement is parameterized (prepared once per connection, cached).
- * Functions return STORE_OK or a negative enum store_rc. Functions that
- * produce protocol objects return new jansson references (`json_t **out`),
- * shaped exactly as PROTOCOL.md's objects; the caller owns and decrefs them.
- * Arrays of ids are malloc'd and owned by the caller (free()).
+ * One struct store is one database connection, owned by exactly one thread:
+ * the writer's read-write connection, or a reader's read-only one.
  *
- * Transactions are the caller's business (the writer batches many jobs into
- * one transaction, each job inside its own savepoint). */
+ * The operations are the chat's, not SQL's. They hold no permission rules:
+ * who may add, remove or promote is decided by the core (chat_tx.c) from the
+ * facts these return (kind, role). Functions return STORE_OK or a negative
+ * enum store_rc. Rows come back as new jansson references shaped by rows.c
+ * (the objects of PROTOCOL.md); the caller owns and decrefs them. Arrays of
+ * ids are malloc'd and owned by the caller (free()).
+ *
+ * Transactions are the writer's business: it batches many jobs into one
+ * transaction, each non-send job inside a savepoint, and the sends of a run
+ * of consecutive sends in one store_send_batch call. A backend must keep the
+ * transaction usable after any answer other than STORE_ERR (PostgreSQL aborts
+ * a transaction on a failed statement: its backend must avoid failing ones,
+ * or wrap them in a savepoint). */
 #ifndef PARLEY_STORE_H
 #define PARLEY_STORE_H
+
+#include "frame.h"
 
 #include <jansson.h>
 #include <stddef.h>
@@ -21,118 +33,307 @@
 
 enum store_rc {
     STORE_OK = 0,
-    STORE_ERR = -1,         /* SQLite error; logged once by the store */
+    STORE_ERR = -1,         /* database failure; logged once by the backend */
     STORE_NOT_FOUND = -2,   /* unknown row, or caller not a member */
-    STORE_CONFLICT = -3,    /* unique key taken (username, sender+client id) */
+    STORE_CONFLICT = -3,    /* unique key taken (username) */
     STORE_FORBIDDEN = -4,   /* member, but role too low */
     STORE_BAD_REQUEST = -5, /* not allowed on this kind of conversation */
     STORE_REUSED = -6,      /* refresh token already rotated: family revoked */
     STORE_EXPIRED = -7,     /* refresh token past expires_at, or revoked */
 };
 
+enum store_role { ROLE_MEMBER = 0, ROLE_ADMIN = 1, ROLE_OWNER = 2 };
+
+/* One send of a batch, in and out. The strings belong to the caller (the
+ * job) and outlive the call. */
+struct store_send {
+    /* in */
+    int64_t conv;
+    int64_t sender;
+    const char *client_id;
+    const char *body;      /* may hold NUL bytes */
+    size_t body_len;
+    /* out */
+    int rc;                /* STORE_OK or STORE_NOT_FOUND (not a member, no original) */
+    int dup;               /* 1: (sender, client_id) was used before: conv/seq/ts are the original's */
+    int64_t seq, ts;
+    int64_t orig_conv;     /* the conversation that holds the message (conv, or the original's) */
+};
+
+/* A conversation a batch stored messages in: its members when the batch
+ * ran (sorted ids), for the fan-out after the commit. */
+struct store_touched {
+    int64_t conv;
+    struct idlist *members; /* one reference, owned by the array */
+};
+
+struct store_batch_out {
+    struct store_touched *v; /* malloc'd; store_batch_out_dispose frees */
+    size_t n;
+};
+void store_batch_out_dispose(struct store_batch_out *out);
+/* The members of conv as the batch saw them (NULL if it stored nothing there). */
+struct idlist *store_batch_members(const struct store_batch_out *out, int64_t conv);
+
+/* A member's read position, for the per-member part of a conversation push. */
+struct store_pos {
+    int64_t user;
+    int64_t last_read_seq;
+};
+
 struct store;
 
-/* Opens (creating if needed) the database at path. readonly=0: the one
- * read-write connection: WAL, synchronous=FULL, foreign_keys=ON, and applies
- * pending migrations (schema_version table). readonly=1: a query-only reader.
- * Both set a busy timeout. Returns STORE_OK and *out, or STORE_ERR with a
- * one-line reason in errbuf. */
-int store_open(const char *path, int readonly, struct store **out, char *errbuf, size_t errlen);
-void store_close(struct store *st);
+struct store_ops {
+    const char *name;
+    void (*close)(struct store *st);
 
-/* Transactions. begin is BEGIN IMMEDIATE. Savepoints are a single level named
- * "job": the writer wraps each job so one failing job does not undo others. */
-int store_begin(struct store *st);
-int store_commit(struct store *st);
-int store_rollback(struct store *st);
-int store_savepoint(struct store *st);
-int store_release(struct store *st);
-int store_rollback_to(struct store *st); /* rolls back to and releases "job" */
+    int (*begin)(struct store *st);
+    int (*commit)(struct store *st);
+    int (*rollback)(struct store *st);
+    int (*savepoint)(struct store *st);
+    int (*release)(struct store *st);
+    int (*rollback_to)(struct store *st);
 
-/* ---- users. user object: {"id","username","display_name","created_at"} ---- */
-int store_user_create(struct store *st, const char *username, const char *display_name,
-                      const char *pwhash, int64_t now, json_t **user_out); /* CONFLICT */
+    /* Runs sends v[0..n) in order inside the open transaction: a send from a
+     * non-member (as the batch sees membership) is NOT_FOUND unless it is a
+     * resend; a resend of (sender, client_id), earlier in the batch or in any
+     * committed batch, is dup with the original's conv/seq/ts; every other
+     * send gets its conversation's next seqs, reserved atomically so that
+     * several writers stay dense (UPDATE ... last_seq = last_seq + n). Each
+     * sender's read position moves to its last new message. Returns STORE_OK
+     * (per-send results in v[i].rc) or STORE_ERR (the batch must roll back).
+     * out gets the touched conversations' members. */
+    int (*send_batch)(struct store *st, struct store_send *v, size_t n, int64_t now,
+                      struct store_batch_out *out);
+
+    /* users: {"id","username","display_name","created_at"} */
+    int (*user_create)(struct store *st, const char *username, const char *display_name, const char *pwhash,
+                       int64_t now, json_t **user_out);
+    int (*user_by_name)(struct store *st, const char *username, json_t **user_out, char **pwhash_out);
+    int (*user_by_id)(struct store *st, int64_t id, json_t **user_out);
+    int (*user_exists)(struct store *st, int64_t id);
+    int (*users_search)(struct store *st, const char *prefix, int limit, json_t **users_out);
+
+    /* refresh tokens (only hashes are stored) */
+    int (*refresh_insert)(struct store *st, int64_t user_id, const char *family, const char *token_hash,
+                          int64_t expires_at, int64_t now);
+    int (*refresh_rotate)(struct store *st, const char *old_hash, const char *new_hash, int64_t new_expires_at,
+                          int64_t now, int64_t *user_id_out);
+    int (*refresh_revoke)(struct store *st, const char *token_hash, int64_t now);
+
+    /* conversations and members */
+    int (*conv_create_direct)(struct store *st, int64_t a, int64_t b, int64_t now, int64_t *conv_out,
+                              int *created_out);
+    int (*conv_create_group)(struct store *st, int64_t creator, const char *title, const int64_t *members,
+                             size_t n, int64_t now, int64_t *conv_out);
+    int (*conv_get)(struct store *st, int64_t conv, int64_t viewer, json_t **conv_out);
+    int (*conv_list)(struct store *st, int64_t viewer, json_t **convs_out);
+    int (*conv_view)(struct store *st, int64_t conv, json_t **shared_out, struct store_pos **pos_out,
+                     size_t *n_out);
+    int (*member_ctx)(struct store *st, int64_t conv, int64_t user, int *direct_out, enum store_role *role_out);
+    int (*member_insert)(struct store *st, int64_t conv, int64_t user, enum store_role role, int64_t now,
+                         int *added_out);
+    int (*member_delete)(struct store *st, int64_t conv, int64_t user, int pass_ownership);
+    int (*member_set_role)(struct store *st, int64_t conv, int64_t user, enum store_role role);
+    int (*members)(struct store *st, int64_t conv, int64_t **ids_out, size_t *n_out);
+    int (*is_member)(struct store *st, int64_t conv, int64_t user);
+    int (*peers)(struct store *st, int64_t user, int64_t **ids_out, size_t *n_out);
+    int (*user_convs)(struct store *st, int64_t user, int64_t **ids_out, size_t *n_out);
+
+    /* messages: {"conv","seq","from","id","body","ts"} */
+    int (*msg_by_client)(struct store *st, int64_t sender, const char *client_id, int64_t *conv_out,
+                         int64_t *seq_out, int64_t *ts_out);
+    int (*conv_last_seq)(struct store *st, int64_t conv, int64_t *last_seq_out);
+    int (*read_set)(struct store *st, int64_t conv, int64_t user, int64_t seq, int64_t *pos_out);
+    int (*msg_page)(struct store *st, int64_t conv, int64_t before, int64_t after, int limit, json_t **msgs_out,
+                    int *has_more_out);
+    int (*sync_summary)(struct store *st, int64_t user, json_t **out);
+};
+
+/* The common head of every backend's connection struct. */
+struct store {
+    const struct store_ops *ops;
+};
+
+/* ---- the interface, as everything above calls it ---- */
+
+static inline void store_close(struct store *st)
+{
+    if (st)
+        st->ops->close(st);
+}
+/* begin opens the batch's write transaction. Savepoints are one level, the
+ * writer's per-job "job" savepoint; rollback_to undoes and releases it. */
+static inline int store_begin(struct store *st) { return st->ops->begin(st); }
+static inline int store_commit(struct store *st) { return st->ops->commit(st); }
+static inline int store_rollback(struct store *st) { return st->ops->rollback(st); }
+static inline int store_savepoint(struct store *st) { return st->ops->savepoint(st); }
+static inline int store_release(struct store *st) { return st->ops->release(st); }
+static inline int store_rollback_to(struct store *st) { return st->ops->rollback_to(st); }
+
+static inline int store_send_batch(struct store *st, struct store_send *v, size_t n, int64_t now,
+                                   struct store_batch_out *out)
+{
+    return st->ops->send_batch(st, v, n, now, out);
+}
+
+/* CONFLICT when the username is taken. */
+static inline int store_user_create(struct store *st, const char *username, const char *display_name,
+                                    const char *pwhash, int64_t now, json_t **user_out)
+{
+    return st->ops->user_create(st, username, display_name, pwhash, now, user_out);
+}
 /* *pwhash_out is malloc'd (caller frees); pass NULL to skip. */
-int store_user_by_name(struct store *st, const char *username, json_t **user_out, char **pwhash_out);
-int store_user_by_id(struct store *st, int64_t id, json_t **user_out);
-/* Users whose username starts with prefix (LIKE-escaped), by username, at most limit. */
-int store_users_search(struct store *st, const char *prefix, int limit, json_t **users_out);
+static inline int store_user_by_name(struct store *st, const char *username, json_t **user_out,
+                                     char **pwhash_out)
+{
+    return st->ops->user_by_name(st, username, user_out, pwhash_out);
+}
+static inline int store_user_by_id(struct store *st, int64_t id, json_t **user_out)
+{
+    return st->ops->user_by_id(st, id, user_out);
+}
+/* STORE_OK or NOT_FOUND. */
+static inline int store_user_exists(struct store *st, int64_t id) { return st->ops->user_exists(st, id); }
+/* Users whose username starts with prefix (wildcards escaped), by username, at most limit. */
+static inline int store_users_search(struct store *st, const char *prefix, int limit, json_t **users_out)
+{
+    return st->ops->users_search(st, prefix, limit, users_out);
+}
 
-/* ---- refresh tokens. Only a hash of the token is stored (token_hash). ---- */
-int store_refresh_insert(struct store *st, int64_t user_id, const char *family,
-                         const char *token_hash, int64_t expires_at, int64_t now);
-/* Rotation. Unknown hash: NOT_FOUND. Already replaced (reuse): revokes every
- * token of its family, returns REUSED. Revoked or expired: EXPIRED. Otherwise
- * marks it replaced by new_hash, inserts new_hash in the same family with
- * new_expires_at, sets *user_id_out, returns OK.
- * REUSED comes with a write (the family's revocation) that the caller must
- * commit, not roll back: a writer job should report REUSED in its result and
- * return STORE_OK from its run function, or the revocation is undone. */
-int store_refresh_rotate(struct store *st, const char *old_hash, const char *new_hash,
-                         int64_t new_expires_at, int64_t now, int64_t *user_id_out);
+/* A new token family (login, signup). */
+static inline int store_refresh_insert(struct store *st, int64_t user_id, const char *family,
+                                       const char *token_hash, int64_t expires_at, int64_t now)
+{
+    return st->ops->refresh_insert(st, user_id, family, token_hash, expires_at, now);
+}
+/* Rotation: NOT_FOUND (unknown), EXPIRED (expired or revoked), REUSED (the
+ * token was already rotated: the whole family is revoked, and that write is
+ * kept, so a caller in a savepoint must report reuse as a result and return
+ * STORE_OK, or the revocation is undone). */
+static inline int store_refresh_rotate(struct store *st, const char *old_hash, const char *new_hash,
+                                       int64_t new_expires_at, int64_t now, int64_t *user_id_out)
+{
+    return st->ops->refresh_rotate(st, old_hash, new_hash, new_expires_at, now, user_id_out);
+}
 /* Revokes one token; OK for an unknown hash too. */
-int store_refresh_revoke(struct store *st, const char *token_hash, int64_t now);
+static inline int store_refresh_revoke(struct store *st, const char *token_hash, int64_t now)
+{
+    return st->ops->refresh_revoke(st, token_hash, now);
+}
 
-/* ---- conversations ----
- * conversation object: {"id","kind","title","members":[{"id","username",
+/* conversation object: {"id","kind","title","members":[{"id","username",
  * "display_name","role"}],"last_seq","last_read_seq","unread","last_message",
- * "created_at"}; last_read_seq and unread are the viewer's; unread is
- * last_seq - last_read_seq; last_message is a message object or null. */
-/* Direct conversation of the pair (a, b). Existing one: *created_out = 0.
+ * "created_at"}; last_read_seq and unread are the viewer's. */
+/* Direct conversation of (a, b); an existing one gives *created_out = 0.
  * b unknown: NOT_FOUND. a == b: BAD_REQUEST. */
-int store_conv_create_direct(struct store *st, int64_t a, int64_t b, int64_t now,
-                             int64_t *conv_out, int *created_out);
-/* Group owned by creator (role "owner"), others "member"; duplicates and the
- * creator in members are ignored. Unknown member id: NOT_FOUND. */
-int store_conv_create_group(struct store *st, int64_t creator, const char *title,
-                            const int64_t *members, size_t n, int64_t now, int64_t *conv_out);
+static inline int store_conv_create_direct(struct store *st, int64_t a, int64_t b, int64_t now,
+                                           int64_t *conv_out, int *created_out)
+{
+    return st->ops->conv_create_direct(st, a, b, now, conv_out, created_out);
+}
+/* Group owned by creator, the others members; duplicates and the creator in
+ * members ignored. Unknown member id: NOT_FOUND, nothing written. */
+static inline int store_conv_create_group(struct store *st, int64_t creator, const char *title,
+                                          const int64_t *members, size_t n, int64_t now, int64_t *conv_out)
+{
+    return st->ops->conv_create_group(st, creator, title, members, n, now, conv_out);
+}
 /* NOT_FOUND if the conversation does not exist or viewer is not a member. */
-int store_conv_get(struct store *st, int64_t conv, int64_t viewer, json_t **conv_out);
+static inline int store_conv_get(struct store *st, int64_t conv, int64_t viewer, json_t **conv_out)
+{
+    return st->ops->conv_get(st, conv, viewer, conv_out);
+}
 /* All the viewer's conversations, most recent activity first. */
-int store_conv_list(struct store *st, int64_t viewer, json_t **convs_out);
-/* actor adds user. NOT_FOUND: no such conversation, actor not a member, or
- * user unknown. BAD_REQUEST: direct. FORBIDDEN: actor not owner/admin.
- * Already a member: OK, *added_out = 0. */
-int store_member_add(struct store *st, int64_t conv, int64_t actor, int64_t user, int64_t now,
-                     int *added_out);
-/* actor removes user (actor == user: leave). NOT_FOUND: conversation/actor/user
- * not there. BAD_REQUEST: direct. FORBIDDEN: removing someone else without
- * being owner/admin, or an admin removing the owner. When the owner leaves, the
+static inline int store_conv_list(struct store *st, int64_t viewer, json_t **convs_out)
+{
+    return st->ops->conv_list(st, viewer, convs_out);
+}
+/* One snapshot of a conversation for a push to all its members: the object
+ * WITHOUT last_read_seq and unread (the shared part), and every member's read
+ * position (*pos_out malloc'd). NOT_FOUND if the conversation has no member. */
+static inline int store_conv_view(struct store *st, int64_t conv, json_t **shared_out,
+                                  struct store_pos **pos_out, size_t *n_out)
+{
+    return st->ops->conv_view(st, conv, shared_out, pos_out, n_out);
+}
+/* Whether conv is direct and user's role in it, in one lookup. NOT_FOUND
+ * alike for a missing conversation and a non-member: no existence leak. */
+static inline int store_member_ctx(struct store *st, int64_t conv, int64_t user, int *direct_out,
+                                   enum store_role *role_out)
+{
+    return st->ops->member_ctx(st, conv, user, direct_out, role_out);
+}
+/* Adds user unless already there (*added_out 0 then; may be NULL). */
+static inline int store_member_insert(struct store *st, int64_t conv, int64_t user, enum store_role role,
+                                      int64_t now, int *added_out)
+{
+    return st->ops->member_insert(st, conv, user, role, now, added_out);
+}
+/* Deletes the member; pass_ownership: it was the owner, so the
  * longest-standing admin (else member) becomes owner. */
-int store_member_remove(struct store *st, int64_t conv, int64_t actor, int64_t user);
-/* Owner sets a member's role to "admin" or "member" (extension).
- * FORBIDDEN unless actor is owner; BAD_REQUEST for another role or a direct. */
-int store_member_set_role(struct store *st, int64_t conv, int64_t actor, int64_t user, const char *role);
-/* Member user ids of conv (empty if none). */
-int store_members(struct store *st, int64_t conv, int64_t **ids_out, size_t *n_out);
+static inline int store_member_delete(struct store *st, int64_t conv, int64_t user, int pass_ownership)
+{
+    return st->ops->member_delete(st, conv, user, pass_ownership);
+}
+/* NOT_FOUND if user is not a member. */
+static inline int store_member_set_role(struct store *st, int64_t conv, int64_t user, enum store_role role)
+{
+    return st->ops->member_set_role(st, conv, user, role);
+}
+/* Member user ids of conv, ascending (empty if none). */
+static inline int store_members(struct store *st, int64_t conv, int64_t **ids_out, size_t *n_out)
+{
+    return st->ops->members(st, conv, ids_out, n_out);
+}
 /* STORE_OK if user is a member of conv, else NOT_FOUND. */
-int store_is_member(struct store *st, int64_t conv, int64_t user);
+static inline int store_is_member(struct store *st, int64_t conv, int64_t user)
+{
+    return st->ops->is_member(st, conv, user);
+}
 /* Distinct users who share at least one conversation with user (not user). */
-int store_peers(struct store *st, int64_t user, int64_t **ids_out, size_t *n_out);
-/* All conversation ids of user. */
-int store_user_convs(struct store *st, int64_t user, int64_t **ids_out, size_t *n_out);
+static inline int store_peers(struct store *st, int64_t user, int64_t **ids_out, size_t *n_out)
+{
+    return st->ops->peers(st, user, ids_out, n_out);
+}
+/* All conversation ids of user, ascending. */
+static inline int store_user_convs(struct store *st, int64_t user, int64_t **ids_out, size_t *n_out)
+{
+    return st->ops->user_convs(st, user, ids_out, n_out);
+}
 
-/* ---- messages. message object: {"conv","seq","from","id","body","ts"} ---- */
-/* The message a sender already sent with this client id, if any (NOT_FOUND). */
-int store_msg_by_client(struct store *st, int64_t sender, const char *client_id,
-                        int64_t *conv_out, int64_t *seq_out, int64_t *ts_out);
+/* The message a sender already sent with this client id (NOT_FOUND if none). */
+static inline int store_msg_by_client(struct store *st, int64_t sender, const char *client_id,
+                                      int64_t *conv_out, int64_t *seq_out, int64_t *ts_out)
+{
+    return st->ops->msg_by_client(st, sender, client_id, conv_out, seq_out, ts_out);
+}
 /* Current last_seq of a conversation (NOT_FOUND if none). */
-int store_conv_last_seq(struct store *st, int64_t conv, int64_t *last_seq_out);
-/* Inserts one message with the seq the writer assigned. CONFLICT if
- * (sender, client_id) exists. body may hold NUL bytes (body_len counts). */
-int store_msg_insert(struct store *st, int64_t conv, int64_t seq, int64_t sender,
-                     const char *client_id, const char *body, size_t body_len, int64_t ts);
-/* After a batch's inserts for conv: last_seq = seq, last_activity = ts. */
-int store_conv_advance(struct store *st, int64_t conv, int64_t last_seq, int64_t ts);
-/* Moves user's read position in conv forward to min(seq, last_seq); never
- * back. *pos_out gets the resulting position. NOT_FOUND if not a member. */
-int store_read_set(struct store *st, int64_t conv, int64_t user, int64_t seq, int64_t *pos_out);
+static inline int store_conv_last_seq(struct store *st, int64_t conv, int64_t *last_seq_out)
+{
+    return st->ops->conv_last_seq(st, conv, last_seq_out);
+}
+/* Moves user's read position forward to min(seq, last_seq); never back.
+ * *pos_out gets the resulting position. NOT_FOUND if not a member. */
+static inline int store_read_set(struct store *st, int64_t conv, int64_t user, int64_t seq, int64_t *pos_out)
+{
+    return st->ops->read_set(st, conv, user, seq, pos_out);
+}
 /* History. before > 0: seq < before, newest first. else after >= 0: seq > after,
- * oldest first. Neither (before <= 0 and after < 0): newest first.
- * *has_more: more rows exist beyond the page in the same direction. */
-int store_msg_page(struct store *st, int64_t conv, int64_t before, int64_t after, int limit,
-                   json_t **msgs_out, int *has_more_out);
+ * oldest first. Neither: newest first. *has_more: more rows beyond the page. */
+static inline int store_msg_page(struct store *st, int64_t conv, int64_t before, int64_t after, int limit,
+                                 json_t **msgs_out, int *has_more_out)
+{
+    return st->ops->msg_page(st, conv, before, after, limit, msgs_out, has_more_out);
+}
 /* [{"conv","last_seq","last_read_seq","unread"}...] for every conversation of user. */
-int store_sync_summary(struct store *st, int64_t user, json_t **out);
+static inline int store_sync_summary(struct store *st, int64_t user, json_t **out)
+{
+    return st->ops->sync_summary(st, user, out);
+}
+
+const char *store_role_name(enum store_role r);
+/* "owner", "admin", anything else member. */
+enum store_role store_role_parse(const char *s);
 
 #endif

@@ -2,15 +2,9 @@
  * connection (read, parse, write, close) and the inbox. */
 #include "worker.h"
 
-#include "api.h"
 #include "config.h"
 #include "http.h"
-#include "hub.h"
 #include "log.h"
-#include "proto.h"
-#include "server.h"
-#include "store.h"
-#include "writer.h"
 #include "ws.h"
 
 #include <errno.h>
@@ -32,6 +26,11 @@ static int64_t now_ms(struct worker *w)
     return (int64_t)uv_now(&w->loop);
 }
 
+static void free_event(struct event *ev)
+{
+    free(ev);
+}
+
 /* ---- the inbox ---- */
 
 void worker_post(struct worker *w, struct event *first, struct event *last)
@@ -47,20 +46,77 @@ void worker_post(struct worker *w, struct event *first, struct event *last)
     uv_async_send(&w->wake);
 }
 
-void worker_fanout_all(struct server *srv, struct frame *f, struct idlist *users, uint64_t except_conn)
+int64_t worker_now(struct worker *w)
 {
-    for (int i = 0; i < srv->nworkers; i++) {
-        struct fanout *fo = xcalloc(1, sizeof *fo);
-        fo->ev.kind = EV_FANOUT;
-        fo->frame = frame_ref(f);
-        fo->users = idlist_ref(users);
-        fo->except_conn = except_conn;
-        worker_post(srv->workers[i], &fo->ev, &fo->ev);
+    return now_ms(w);
+}
+
+void postbox_init(struct postbox *pb, struct worker **workers, int n)
+{
+    pb->workers = workers;
+    pb->n = n;
+    pb->head = xcalloc((size_t)n, sizeof *pb->head);
+    pb->tail = xcalloc((size_t)n, sizeof *pb->tail);
+}
+
+void postbox_add(struct postbox *pb, int i, struct event *ev)
+{
+    ev->next = NULL;
+    if (pb->tail[i])
+        pb->tail[i]->next = ev;
+    else
+        pb->head[i] = ev;
+    pb->tail[i] = ev;
+}
+
+void postbox_flush(struct postbox *pb)
+{
+    for (int i = 0; i < pb->n; i++) {
+        if (pb->head[i])
+            worker_post(pb->workers[i], pb->head[i], pb->tail[i]);
+        pb->head[i] = pb->tail[i] = NULL;
     }
+}
+
+void postbox_dispose(struct postbox *pb)
+{
+    free(pb->head);
+    free(pb->tail);
+    pb->head = pb->tail = NULL;
 }
 
 static void begin_stop(struct worker *w);
 static void begin_drain(struct worker *w);
+
+static void run_drain(struct worker *w, struct event *ev)
+{
+    free(ev);
+    begin_drain(w);
+}
+
+static void run_stop(struct worker *w, struct event *ev)
+{
+    free(ev);
+    begin_stop(w);
+}
+
+static void post_simple(struct worker *w, void (*run)(struct worker *, struct event *))
+{
+    struct event *ev = xcalloc(1, sizeof *ev);
+    ev->run = run;
+    ev->drop = free_event;
+    worker_post(w, ev, ev);
+}
+
+void worker_post_drain(struct worker *w)
+{
+    post_simple(w, run_drain);
+}
+
+void worker_post_stop(struct worker *w)
+{
+    post_simple(w, run_stop);
+}
 
 static void on_wake(uv_async_t *a)
 {
@@ -71,34 +127,7 @@ static void on_wake(uv_async_t *a)
     uv_mutex_unlock(&w->inbox_mu);
     while (ev) {
         struct event *next = ev->next;
-        switch (ev->kind) {
-        case EV_JOB: {
-            struct job *j = (struct job *)ev;
-            struct conn *c = j->conn;
-            if (j->done)
-                j->done(j);
-            job_free(j);
-            if (c)
-                conn_release(c);
-            break;
-        }
-        case EV_FANOUT: {
-            struct fanout *fo = (struct fanout *)ev;
-            hub_deliver(w, fo->users, fo->frame, fo->except_conn);
-            frame_unref(fo->frame);
-            idlist_unref(fo->users);
-            free(fo);
-            break;
-        }
-        case EV_STOP_ACCEPT:
-            free(ev);
-            begin_drain(w);
-            break;
-        case EV_STOP:
-            free(ev);
-            begin_stop(w);
-            break;
-        }
+        ev->run(w, ev);
         ev = next;
     }
 }
@@ -233,7 +262,7 @@ static void mark_dirty(struct conn *c)
 static void on_flush_check(uv_check_t *h)
 {
     struct worker *w = h->data;
-    const struct config *cfg = w->srv->cfg;
+    const struct config *cfg = w->cfg;
     while (w->dirty) {
         struct conn *c = w->dirty;
         w->dirty = c->dirty_next;
@@ -259,11 +288,18 @@ static void drop_queue(struct conn *c, int keep_started)
      * of: while the connection lives, that one must be finished, or the peer
      * sees half a frame. */
     struct outq_item **pp = &c->out_head;
-    if (keep_started && *pp && (*pp)->off)
+    if (keep_started && *pp && (*pp)->off) {
+        c->out_tail = *pp;
         pp = &(*pp)->next;
+        while (*pp && (*pp)->cont) { /* the rest of that frame (conn_send2) */
+            c->out_tail = *pp;
+            pp = &(*pp)->next;
+        }
+    } else {
+        c->out_tail = NULL;
+    }
     struct outq_item *it = *pp;
     *pp = NULL;
-    c->out_tail = c->out_head;
     while (it) {
         struct outq_item *next = it->next;
         c->out_bytes -= it->frame->len - it->off;
@@ -273,12 +309,13 @@ static void drop_queue(struct conn *c, int keep_started)
     }
 }
 
-static void enqueue(struct conn *c, struct frame *f)
+static void enqueue(struct conn *c, struct frame *f, int cont)
 {
     struct outq_item *it = xmalloc(sizeof *it);
     it->next = NULL;
     it->frame = frame_ref(f);
     it->off = 0;
+    it->cont = (uint8_t)cont;
     if (c->out_tail)
         c->out_tail->next = it;
     else
@@ -292,7 +329,15 @@ void conn_send(struct conn *c, struct frame *f)
 {
     if (c->state == CONN_CLOSED || c->state == CONN_CLOSING)
         return;
-    enqueue(c, f);
+    enqueue(c, f, 0);
+}
+
+void conn_send2(struct conn *c, struct frame *head, struct frame *body)
+{
+    if (c->state == CONN_CLOSED || c->state == CONN_CLOSING)
+        return;
+    enqueue(c, head, 0);
+    enqueue(c, body, 1);
 }
 
 void conn_send_json(struct conn *c, const json_t *obj)
@@ -305,6 +350,14 @@ void conn_send_json(struct conn *c, const json_t *obj)
 }
 
 /* ---- closing ---- */
+
+static void end_session(struct conn *c)
+{
+    if (!c->in_session)
+        return;
+    c->in_session = 0;
+    c->w->handler->on_session_end(c->w->ctx, c);
+}
 
 static void conn_free(struct conn *c)
 {
@@ -341,8 +394,7 @@ void conn_abort(struct conn *c)
 {
     if (c->state == CONN_CLOSED)
         return;
-    if (c->in_hub)
-        proto_end_session(c);
+    end_session(c);
     c->state = CONN_CLOSED;
     uv_close((uv_handle_t *)&c->tcp, on_closed);
 }
@@ -363,8 +415,7 @@ static void finish_close(struct conn *c)
 {
     if (c->state == CONN_CLOSED || c->shut)
         return;
-    if (c->in_hub)
-        proto_end_session(c);
+    end_session(c);
     c->state = CONN_CLOSING;
     c->shut = 1;
     c->deadline_ms = now_ms(c->w) + LINGER_MS;
@@ -394,10 +445,9 @@ void conn_close_ws(struct conn *c, uint16_t code, const char *reason)
     uint8_t payload[125];
     size_t n = ws_close_payload(payload, code, reason);
     struct frame *f = frame_ws(WS_OP_CLOSE, payload, n);
-    enqueue(c, f);
+    enqueue(c, f, 0);
     frame_unref(f);
-    if (c->in_hub)
-        proto_end_session(c); /* no more deliveries to a closing connection */
+    end_session(c); /* no more deliveries to a closing connection */
     c->state = CONN_CLOSING;
     c->deadline_ms = now_ms(c->w) + CLOSE_GRACE_MS;
     /* enqueue marked it dirty: flush sends the frame, then finish_close */
@@ -462,7 +512,10 @@ static void http_fail(struct conn *c, int status, const char *code, const char *
 {
     c->close_after_write = 1;
     c->busy = 1;
-    http_respond_error(c, status, code, msg);
+    struct frame *f = http_error_response(status, code, msg, 0);
+    conn_send(c, f);
+    frame_unref(f);
+    conn_http_done(c);
 }
 
 static void ws_message(struct conn *c, int opcode, const uint8_t *p, size_t n)
@@ -482,12 +535,12 @@ static void ws_message(struct conn *c, int opcode, const uint8_t *p, size_t n)
         conn_close_ws(c, 1007, "invalid UTF-8");
         return;
     }
-    proto_handle(c, (const char *)p, n);
+    c->w->handler->on_message(c->w->ctx, c, (const char *)p, n);
 }
 
 static void ws_frame(struct conn *c, const struct ws_frame *f)
 {
-    const struct config *cfg = c->w->srv->cfg;
+    const struct config *cfg = c->w->cfg;
     switch (f->opcode) {
     case WS_OP_TEXT:
     case WS_OP_BINARY:
@@ -552,7 +605,7 @@ static size_t process(struct conn *c, uint8_t *data, size_t len)
 
 static size_t process_frames(struct conn *c, uint8_t *data, size_t len)
 {
-    const struct config *cfg = c->w->srv->cfg;
+    const struct config *cfg = c->w->cfg;
     size_t off = 0;
     while (off < len) {
         if (c->state == CONN_HTTP) {
@@ -572,7 +625,7 @@ static size_t process_frames(struct conn *c, uint8_t *data, size_t len)
             if (!c->http->complete)
                 continue;
             c->busy = 1;
-            api_handle(c, c->http);
+            c->w->handler->on_request(c->w->ctx, c, c->http);
         } else if (c->state == CONN_WS || c->state == CONN_WS_AUTH) {
             struct ws_frame f;
             const char *why = NULL;
@@ -606,7 +659,7 @@ void conn_http_done(struct conn *c)
         return;
     }
     http_req_reset(c->http);
-    c->deadline_ms = now_ms(c->w) + c->w->srv->cfg->header_timeout_ms;
+    c->deadline_ms = now_ms(c->w) + c->w->cfg->header_timeout_ms;
     /* A pipelined request may be waiting in the remainder. When we are
      * inside process() (a synchronous answer) its loop continues by itself. */
     if (c->in.len && !c->processing) {
@@ -621,6 +674,15 @@ void conn_http_done(struct conn *c)
         uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
 }
 
+void conn_upgrade(struct conn *c, int64_t auth_deadline_ms)
+{
+    http_req_free(c->http);
+    c->http = NULL;
+    c->busy = 0;
+    c->state = CONN_WS_AUTH;
+    c->deadline_ms = auth_deadline_ms;
+}
+
 /* ---- accepting ---- */
 
 static void free_unlisted(uv_handle_t *h)
@@ -633,7 +695,7 @@ static void on_connection(uv_stream_t *server, int status)
     struct worker *w = server->data;
     if (status < 0 || w->stopping)
         return;
-    const struct config *cfg = w->srv->cfg;
+    const struct config *cfg = w->cfg;
     struct conn *c = xcalloc(1, sizeof *c);
     c->w = w;
     uv_tcp_init(&w->loop, &c->tcp);
@@ -649,12 +711,12 @@ static void on_connection(uv_stream_t *server, int status)
     w->conns = c;
     w->nconns++;
     c->state = CONN_HTTP;
-    c->http = http_req_new(c, (size_t)cfg->max_http_body);
+    c->http = http_req_new((size_t)cfg->max_http_body);
     c->last_seen_ms = now_ms(w);
     c->deadline_ms = c->last_seen_ms + cfg->header_timeout_ms;
     uv_tcp_nodelay(&c->tcp, 1);
     /* The cap is per worker so it needs no shared counter. */
-    if (w->nconns > (size_t)(cfg->max_conns / w->srv->nworkers + 1)) {
+    if (w->nconns > (size_t)(cfg->max_conns / w->nworkers + 1)) {
         log_warn("worker %d: connection cap reached, refusing", w->index);
         http_fail(c, 503, "unavailable", "too many connections");
         return;
@@ -665,7 +727,7 @@ static void on_connection(uv_stream_t *server, int status)
 /* libuv 1.44 has no SO_REUSEPORT flag: make the socket by hand, then adopt it. */
 static int open_listener(struct worker *w, char *err, size_t errlen)
 {
-    const struct config *cfg = w->srv->cfg;
+    const struct config *cfg = w->cfg;
     struct addrinfo hints = {0}, *res = NULL;
     char port[16];
     hints.ai_family = AF_UNSPEC;
@@ -715,7 +777,7 @@ static void close_handles(struct worker *w)
 
 static void sweep_conn(struct worker *w, struct conn *c, int64_t now, int64_t wall)
 {
-    const struct config *cfg = w->srv->cfg;
+    const struct config *cfg = w->cfg;
     switch (c->state) {
     case CONN_HTTP:
         if (!c->busy && now >= c->deadline_ms)
@@ -798,11 +860,12 @@ static void begin_stop(struct worker *w)
 
 /* ---- the worker ---- */
 
-struct worker *worker_new(struct server *srv, int index, char *err, size_t errlen)
+struct worker *worker_new(const struct config *cfg, int index, int nworkers, char *err, size_t errlen)
 {
     struct worker *w = xcalloc(1, sizeof *w);
-    w->srv = srv;
+    w->cfg = cfg;
     w->index = index;
+    w->nworkers = nworkers;
     uv_loop_init(&w->loop);
     uv_mutex_init(&w->inbox_mu);
     uv_async_init(&w->loop, &w->wake, on_wake);
@@ -814,20 +877,23 @@ struct worker *worker_new(struct server *srv, int index, char *err, size_t errle
     uv_check_start(&w->flush_check, on_flush_check);
     uv_unref((uv_handle_t *)&w->flush_check); /* never keeps the loop alive by itself */
     w->ping = frame_ws(WS_OP_PING, NULL, 0);
-    if (store_open(srv->db_path, 1, &w->reader, err, errlen) != STORE_OK)
-        goto fail;
-    if (open_listener(w, err, errlen) < 0)
-        goto fail;
+    if (open_listener(w, err, errlen) < 0) {
+        worker_free(w);
+        return NULL;
+    }
     return w;
-fail:
-    worker_free(w);
-    return NULL;
+}
+
+void worker_set_handler(struct worker *w, const struct conn_handler *h, void *ctx)
+{
+    w->handler = h;
+    w->ctx = ctx;
 }
 
 static void worker_main(void *arg)
 {
     struct worker *w = arg;
-    const struct config *cfg = w->srv->cfg;
+    const struct config *cfg = w->cfg;
     int64_t every = cfg->heartbeat_ms / 4;
     if (every > 1000)
         every = 1000;
@@ -865,21 +931,10 @@ void worker_free(struct worker *w)
     struct event *ev = w->inbox_head;
     while (ev) {
         struct event *next = ev->next;
-        if (ev->kind == EV_JOB) {
-            job_free((struct job *)ev);
-        } else if (ev->kind == EV_FANOUT) {
-            struct fanout *fo = (struct fanout *)ev;
-            frame_unref(fo->frame);
-            idlist_unref(fo->users);
-            free(fo);
-        } else {
-            free(ev);
-        }
+        ev->drop(ev);
         ev = next;
     }
     uv_mutex_destroy(&w->inbox_mu);
-    hub_dispose(w);
     frame_unref(w->ping);
-    store_close(w->reader);
     free(w);
 }

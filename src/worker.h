@@ -1,11 +1,17 @@
-/* worker: one I/O thread with its own libuv loop, its own SO_REUSEPORT
- * listener and every connection accepted on it (DESIGN.md rule 8).
+/* worker: the runtime at the bottom of the server. One I/O thread with its
+ * own libuv loop, its own SO_REUSEPORT listener and every connection accepted
+ * on it (DESIGN.md rule 8).
  *
- * Ownership: a struct worker owns its loop, its listener, its read buffer,
- * its read-only store connection, its hub (user -> local connections) and
- * every struct conn on it. No other thread touches any of these. Other
- * threads talk to a worker only through worker_post(), which appends to the
- * worker's inbox (a mutex-guarded list) and wakes it with uv_async_send.
+ * It knows bytes, connections, HTTP and WebSocket framing, and nothing of the
+ * chat: it calls up only through the connection handler table it was given
+ * (struct conn_handler, as h2o's on_req), with the opaque context of the
+ * layer above (the core's per-worker state). Other threads reach a worker
+ * only through its inbox: worker_post() appends events, each carrying the
+ * function that runs it on the worker (struct event).
+ *
+ * Ownership: a struct worker owns its loop, its listener, its read buffer
+ * and every struct conn on it. No other thread touches any of these; only
+ * inbox_head/tail are shared, under inbox_mu.
  *
  * A struct conn is one TCP connection: HTTP/1.1 first, possibly upgraded to
  * WebSocket. At rest it owns no buffers: bytes are read into the worker's
@@ -20,39 +26,42 @@
 #include <stdint.h>
 #include <uv.h>
 
-struct server;
-struct store;
+struct config;
 struct http_req;
 struct worker;
 
 /* ---- the inbox: what other threads send to a worker ---- */
-enum event_kind {
-    EV_JOB,      /* a writer job came back: struct job (writer.h) */
-    EV_FANOUT,   /* deliver a frame to local connections of some users */
-    EV_STOP_ACCEPT, /* close the listener (shutdown, step 1) */
-    EV_STOP,     /* close every connection with 1001 and stop (step 2) */
-};
 
+/* An event runs on the worker it was posted to (run), or is only freed
+ * (drop) when the worker goes away before reading it. Ownership of an event
+ * passes with worker_post. */
 struct event {
     struct event *next;
-    enum event_kind kind;
-};
-
-/* EV_FANOUT: one per worker per message; frame and users are shared refs. */
-struct fanout {
-    struct event ev;
-    struct frame *frame;   /* one reference, owned by this event */
-    struct idlist *users;  /* one reference, owned by this event */
-    uint64_t except_conn;  /* conn id that must not get it (0: none) */
+    void (*run)(struct worker *w, struct event *ev);
+    void (*drop)(struct event *ev);
 };
 
 /* Appends one event, or a chain linked by ->next, and wakes the worker.
- * Callable from any thread; ownership of the events passes to the worker. */
+ * Callable from any thread. */
 void worker_post(struct worker *w, struct event *first, struct event *last);
 
-/* Builds one struct fanout per worker for (frame, users) and posts them.
- * Takes its own references; the caller keeps its own. */
-void worker_fanout_all(struct server *srv, struct frame *f, struct idlist *users, uint64_t except_conn);
+/* A thread's per-worker event chains, posted with one wake-up per worker
+ * (the writer posts a whole batch's results this way). Owned by the thread
+ * that uses it. */
+struct postbox {
+    struct worker **workers; /* borrowed */
+    int n;
+    struct event **head, **tail;
+};
+void postbox_init(struct postbox *pb, struct worker **workers, int n);
+void postbox_add(struct postbox *pb, int worker_index, struct event *ev);
+void postbox_flush(struct postbox *pb);
+void postbox_dispose(struct postbox *pb);
+
+/* Shutdown steps, posted by main: stop accepting and reading (1), then close
+ * every connection with 1001 and end the loop (2). */
+void worker_post_drain(struct worker *w);
+void worker_post_stop(struct worker *w);
 
 /* ---- connections ---- */
 enum conn_state {
@@ -67,20 +76,21 @@ struct outq_item {
     struct outq_item *next;
     struct frame *frame; /* one reference */
     uint32_t off;        /* bytes of it the kernel already took */
+    uint8_t cont;        /* the rest of the previous item's frame (conn_send2) */
 };
 
 struct conn {
     uv_tcp_t tcp;                  /* first: tcp.data == this */
     struct worker *w;
     struct conn *prev, *next;      /* the worker's list of all connections */
-    struct conn *uprev, *unext;    /* the hub's list of this user's connections */
+    struct conn *uprev, *unext;    /* the hub's list of this user's connections (hub.c) */
     struct conn *dirty_next;       /* the worker's list of connections to flush */
     uint64_t id;                   /* unique in the process: worker index << 48 | counter */
     uint8_t state;                 /* enum conn_state */
     uint8_t busy;                  /* an HTTP request is being answered: reading paused */
     uint8_t writing;               /* a uv_write is in flight */
     uint8_t handle_closed;         /* the uv_close callback ran */
-    uint8_t in_hub;
+    uint8_t in_session;            /* the layer above registered it: on_session_end runs at close */
     uint8_t processing;            /* inside process(): no nested passes */
     uint8_t close_after_write;     /* HTTP Connection: close */
     uint8_t shut;                  /* FIN sent: lingering for the peer's */
@@ -99,10 +109,26 @@ struct conn {
     int64_t last_ping_ms;
 };
 
+/* What the layer above does with a connection's input. ctx is the context
+ * given to worker_new (the core's per-worker state). */
+struct conn_handler {
+    /* A complete HTTP request (reading is paused until it is answered:
+     * exactly one response, then conn_http_done). */
+    void (*on_request)(void *ctx, struct conn *c, struct http_req *r);
+    /* One complete WebSocket text message, valid UTF-8. */
+    void (*on_message)(void *ctx, struct conn *c, const char *text, size_t len);
+    /* A connection with in_session set is closing (once). */
+    void (*on_session_end)(void *ctx, struct conn *c);
+};
+
 /* Queues a frame (takes a new reference). Written at the end of the loop
  * iteration with everything else queued to c, in one writev. If what the
  * kernel will not take passes max_outq, the connection is closed with 1008. */
 void conn_send(struct conn *c, struct frame *f);
+/* Queues head then body as ONE WebSocket frame split in two buffers (the
+ * per-recipient head of a push, and a body shared by every recipient): they
+ * are written together and never separated by another frame. */
+void conn_send2(struct conn *c, struct frame *head, struct frame *body);
 /* Queues a JSON object as one WebSocket text frame (does not steal obj). */
 void conn_send_json(struct conn *c, const json_t *obj);
 /* WebSocket close: queues a close frame with code and reason, then closes
@@ -117,12 +143,18 @@ void conn_release(struct conn *c);
 /* After an HTTP response: continue with the next request or close. */
 void conn_http_done(struct conn *c);
 
+/* Upgrades an HTTP connection whose 101 answer is queued: drops the HTTP
+ * state; WebSocket frames are read from now on (auth within the timeout). */
+void conn_upgrade(struct conn *c, int64_t auth_deadline_ms);
+
 /* ---- the worker ---- */
-struct hub_slot;
 
 struct worker {
     int index;
-    struct server *srv;            /* read-only after start */
+    int nworkers;
+    const struct config *cfg;      /* read-only */
+    const struct conn_handler *handler;
+    void *ctx;                     /* the layer above's per-worker state */
     uv_loop_t loop;
     uv_tcp_t listener;
     uv_async_t wake;
@@ -132,7 +164,6 @@ struct worker {
     uv_thread_t thread;
     uv_mutex_t inbox_mu;           /* guards inbox_head/tail only */
     struct event *inbox_head, *inbox_tail;
-    struct store *reader;          /* read-only database connection */
     struct conn *conns;            /* all connections (list head) */
     size_t nconns;
     uint64_t next_conn_id;
@@ -140,16 +171,18 @@ struct worker {
     int stopping;                  /* step 2: closing every connection */
     int64_t stop_deadline_ms;      /* shutdown: abort what has not flushed by then */
     struct frame *ping;            /* the shared ping frame */
-    /* hub: user id -> first local connection of that user (open addressing) */
-    struct hub_slot *hub;
-    size_t hub_cap, hub_len;
     uint8_t rbuf[65536];           /* the shared read buffer */
 };
 
-struct worker *worker_new(struct server *srv, int index, char *err, size_t errlen);
-/* Starts the thread; the listener is already bound. */
+/* Binds the listener. handler and ctx may be set later (worker_set_handler),
+ * before worker_start. */
+struct worker *worker_new(const struct config *cfg, int index, int nworkers, char *err, size_t errlen);
+void worker_set_handler(struct worker *w, const struct conn_handler *h, void *ctx);
+/* Starts the thread. */
 int worker_start(struct worker *w);
 void worker_join(struct worker *w);
 void worker_free(struct worker *w);
+/* Milliseconds of the worker's loop clock (timeouts). */
+int64_t worker_now(struct worker *w);
 
 #endif

@@ -1,88 +1,60 @@
-/* writer: the one thread that writes to the database (the message queue of
- * the original design).
+/* writer: the one thread that writes to the database (the message queue).
  *
- * Workers hand it jobs through writer_submit(). It collects them for at most
- * batch_interval_ms or until batch_max are waiting, whichever comes first, and
- * runs the whole batch in ONE transaction: sends get their conversation's
- * next seqs (dense, in submission order), other jobs run their own `run`
- * function inside a savepoint so a failing job undoes only itself. Only after
- * COMMIT does any job go back to its worker (ack, HTTP answer), and only then
- * is each new message encoded once as a WebSocket frame and fanned out to
- * every worker.
+ * Workers hand it typed jobs (job.h) through writer_submit(). It collects
+ * them for at most batch_interval_ms or until batch_max are waiting, and
+ * runs the whole batch in ONE transaction, in submission order: each run of
+ * consecutive sends is one store_send_batch call (dense seqs, idempotent on
+ * (sender, client id)); every other job runs through the exec function the
+ * core gave it, inside a savepoint, so a failing job undoes only itself.
+ * After COMMIT, and only then, each new message is encoded once as a `msg`
+ * frame and published on the bus, and then every job goes back to its
+ * origin worker: in each worker's inbox the messages come before the acks.
  *
- * Ownership: a submitted job belongs to the writer until it is posted back to
- * job->origin as an EV_JOB event; then it belongs to that worker, which calls
- * job->done and job_free. The writer owns its read-write store connection. */
+ * Ownership: the writer owns its store connection (given to writer_new) and
+ * its queue; a submitted job belongs to it until posted back. */
 #ifndef PARLEY_WRITER_H
 #define PARLEY_WRITER_H
 
-#include "worker.h"
+#include "bus.h"
+#include "job.h"
 
-#include <jansson.h>
 #include <stdint.h>
-
-struct store;
-struct job;
-
-/* Runs on the writer thread inside the batch transaction (in a savepoint).
- * Returns a store_rc; a negative result rolls back this job's changes. */
-typedef int (*job_run_fn)(struct store *st, struct job *j);
-/* Runs on the origin worker's thread after the commit (or failure). */
-typedef void (*job_done_fn)(struct job *j);
-
-struct job {
-    struct event ev;       /* first: the trip back through the inbox */
-    struct worker *origin;
-    struct conn *conn;     /* may be NULL; else holds a pending reference */
-    job_run_fn run;        /* NULL: a message send (the batched path) */
-    job_done_fn done;
-    int rc;                /* store_rc result */
-
-    /* a send: inputs conv, user (sender), str (client id), body; outputs
-     * seq, ts, dup (1: the client id was used before: seq/ts/conv are the
-     * original's) */
-    int64_t user;
-    int64_t conv;
-    int64_t target;        /* another user (member add/remove, direct peer) */
-    int64_t seq, ts;
-    int dup;
-    char *str;             /* client id, username, title, token hash...; owned */
-    char *str2;            /* owned */
-    char *str3;            /* owned */
-    char *body;            /* owned; may hold NUL bytes */
-    size_t body_len;
-    int64_t *ids;          /* owned */
-    size_t n_ids;
-    json_t *result;        /* a reference owned by the job */
-    int flag;              /* -1: the writer was stopping (answer unavailable); else per job */
-    int op;                /* which variant of a job (e.g. add/remove/role) */
-};
-
-/* conn may be NULL; a job bound to a conn keeps it allocated until the job
- * comes back (conn->pending). */
-struct job *job_new(struct worker *origin, struct conn *conn, job_run_fn run, job_done_fn done);
-void job_bind(struct job *j, struct conn *conn);
-void job_free(struct job *j);
 
 struct writer;
 
-/* Opens the read-write store (applying migrations). NULL with err on failure. */
-struct writer *writer_new(struct server *srv, char *err, size_t errlen);
+/* Runs a non-send job inside the batch transaction (in a savepoint): the
+ * core's rules and writes (chat_tx_run). Returns a store_rc; a negative one
+ * rolls back this job's changes; STORE_ERR fails the batch. */
+typedef int (*writer_exec_fn)(struct store *st, struct job *j);
+
+struct writer_config {
+    int64_t batch_max;
+    int64_t batch_interval_ms;
+};
+
+/* st becomes the writer's (closed by writer_free). bus and workers are
+ * borrowed and must outlive the writer. */
+struct writer *writer_new(struct store *st, struct writer_config cfg, writer_exec_fn exec, struct bus *bus,
+                          struct worker **workers, int nworkers);
 int writer_start(struct writer *wr);
 /* Hands a job to the writer. After writer_stop has begun, the job comes
- * back at once with rc STORE_ERR and flag = -1 (unavailable). */
+ * back at once with rc STORE_ERR and unavailable = 1. Any thread. */
 void writer_submit(struct writer *wr, struct job *j);
 /* Commits everything already submitted, posts the results, joins the thread. */
 void writer_stop(struct writer *wr);
 void writer_free(struct writer *wr);
 
-/* Exposed for the unit test: runs one batch of jobs (linked by ev.next) on
- * st in one transaction, exactly as the thread does, then hands each job to
- * deliver() instead of posting it. Fan-out frames go to fanout() (may be NULL).
- * Returns the number of jobs. */
+/* The batch itself, exposed for the unit test: runs jobs (linked by
+ * ev.next) on st in one transaction, exactly as the thread does; then hands
+ * each new message to publish() (may be NULL) with its frame and the
+ * members the batch saw, and each job to deliver(). Returns the number of
+ * jobs. */
+typedef void (*writer_publish_fn)(void *ctx, const struct job *j, struct frame *f, struct idlist *members);
 typedef void (*writer_deliver_fn)(void *ctx, struct job *j);
-typedef void (*writer_fanout_fn)(void *ctx, int64_t conv, struct frame *f, struct idlist *members);
-int writer_run_batch(struct store *st, struct job *batch, writer_deliver_fn deliver,
-                     writer_fanout_fn fanout, void *ctx);
+int writer_run_batch(struct store *st, struct job *batch, writer_exec_fn exec, writer_publish_fn publish,
+                     writer_deliver_fn deliver, void *ctx);
+
+/* The `msg` frame of a stored send (one JSON encoding for every recipient). */
+struct frame *writer_msg_frame(const struct job *j);
 
 #endif

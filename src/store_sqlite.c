@@ -1,4 +1,5 @@
-/* store: see store.h. The SQLite implementation of the embedded mode.
+/* store_sqlite: the SQLite backend of the store interface (store.h), used
+ * in embedded mode. See store_sqlite.h.
  *
  * Every statement is a constant of the table below, prepared on first use
  * with SQLITE_PREPARE_PERSISTENT and cached in the struct store for the life
@@ -9,7 +10,9 @@
  * Errors: SQLite failures are logged once, here, with the statement's
  * purpose, and become STORE_ERR. A unique-key violation is an expected answer
  * (STORE_CONFLICT) and is not logged. */
-#include "store.h"
+#include "store_sqlite.h"
+
+#include "rows.h"
 
 #include <sqlite3.h>
 #include <stdio.h>
@@ -66,6 +69,8 @@ enum sid {
     S_MSG_BEFORE,
     S_MSG_AFTER,
     S_SYNC_SUMMARY,
+    S_CONV_SHARED,
+    S_MEMBER_POS,
     S__COUNT
 };
 
@@ -178,8 +183,9 @@ static const struct sdef SQL[S__COUNT] = {
     [S_MSG_INSERT] = {"insert message",
                       "INSERT INTO messages(conv_id, seq, sender_id, client_id, body, created_at)"
                       " VALUES (?1, ?2, ?3, ?4, ?5, ?6)"},
-    [S_CONV_ADVANCE] = {"advance conversation",
-                        "UPDATE conversations SET last_seq = ?2, last_activity = ?3 WHERE id = ?1"},
+    [S_CONV_ADVANCE] = {"reserve seqs",
+                        "UPDATE conversations SET last_seq = last_seq + ?2,"
+                        " last_activity = max(last_activity, ?3) WHERE id = ?1 RETURNING last_seq"},
     /* One statement: forward only (max), clamped to last_seq (min), and the
      * resulting position comes back without a second query. */
     [S_READ_SET] = {"set read position",
@@ -195,27 +201,33 @@ static const struct sdef SQL[S__COUNT] = {
     [S_SYNC_SUMMARY] = {"sync summary",
                         "SELECT c.id, c.last_seq, m.last_read_seq FROM members m"
                         " JOIN conversations c ON c.id = m.conv_id WHERE m.user_id = ?1 ORDER BY c.id"},
+    [S_CONV_SHARED] = {"conversation for a push",
+                       "SELECT c.id, c.kind, c.title, c.last_seq, c.created_at, 0,"
+                       " g.sender_id, g.client_id, g.body, g.created_at FROM conversations c"
+                       " LEFT JOIN messages g ON g.conv_id = c.id AND g.seq = c.last_seq WHERE c.id = ?1"},
+    [S_MEMBER_POS] = {"read positions of members",
+                      "SELECT user_id, last_read_seq FROM members WHERE conv_id = ?1 ORDER BY user_id"},
 };
 
-struct store {
+struct sq {
+    struct store base; /* first: a struct store * is a struct sq * */
     sqlite3 *db;
     sqlite3_stmt *stmt[S__COUNT]; /* prepared on first use */
 };
 
-enum role { ROLE_MEMBER = 0, ROLE_ADMIN = 1, ROLE_OWNER = 2 };
 
 /* ------------------------------------------------------------------ */
 /* Statement use: start, bind in parameter order, step, end.           */
 
 struct q {
-    struct store *st;
+    struct sq *st;
     enum sid id;
     sqlite3_stmt *s;
     int n;  /* parameters bound so far */
     int rc; /* first bind failure, reported by q_step */
 };
 
-static void log_sqlite(struct store *st, const char *what, int rc)
+static void log_sqlite(struct sq *st, const char *what, int rc)
 {
     fprintf(stderr, "store: %s: %s (%d)\n", what, sqlite3_errmsg(st->db), rc);
 }
@@ -226,7 +238,7 @@ static int log_json(const char *what)
     return STORE_ERR;
 }
 
-static int q_start(struct store *st, enum sid id, struct q *q)
+static int q_start(struct sq *st, enum sid id, struct q *q)
 {
     int rc;
 
@@ -344,7 +356,7 @@ static int q_ids(struct q *q, int64_t **ids_out, size_t *n_out)
     return STORE_OK;
 }
 
-static int run0(struct store *st, enum sid id)
+static int run0(struct sq *st, enum sid id)
 {
     struct q q;
 
@@ -361,37 +373,26 @@ static const char *col_text(sqlite3_stmt *s, int col)
     return (const char *)sqlite3_column_text(s, col);
 }
 
-static json_int_t col_int(sqlite3_stmt *s, int col)
-{
-    return (json_int_t)sqlite3_column_int64(s, col);
-}
-
-/* {"id","username","display_name","created_at"} from USER_COLS at col. */
+/* The row readers: columns to plain values, shaped by rows.c. */
 static json_t *user_json(sqlite3_stmt *s, int col)
 {
-    return json_pack("{sI ss ss sI}", "id", col_int(s, col), "username", col_text(s, col + 1),
-                     "display_name", col_text(s, col + 2), "created_at", col_int(s, col + 3));
+    return rows_user(sqlite3_column_int64(s, col), col_text(s, col + 1), col_text(s, col + 2),
+                     sqlite3_column_int64(s, col + 3));
 }
 
-/* {"id","username","display_name","role"} from MEMBER_COLS at col. */
 static json_t *member_json(sqlite3_stmt *s, int col)
 {
-    return json_pack("{sI ss ss ss}", "id", col_int(s, col), "username", col_text(s, col + 1),
-                     "display_name", col_text(s, col + 2), "role", col_text(s, col + 3));
+    return rows_member(sqlite3_column_int64(s, col), col_text(s, col + 1), col_text(s, col + 2),
+                       col_text(s, col + 3));
 }
 
-/* A message object from sender_id, client_id, body, created_at at col. The
- * body is read with its byte count: it may hold NUL bytes. */
+/* A message from sender_id, client_id, body, created_at at col. The body is
+ * read with its byte count: it may hold NUL bytes. */
 static json_t *msg_json(sqlite3_stmt *s, int64_t conv, int64_t seq, int col)
 {
     const char *body = col_text(s, col + 2);
-    size_t len = (size_t)sqlite3_column_bytes(s, col + 2);
-
-    if (!body)
-        return NULL;
-    return json_pack("{sI sI sI ss ss% sI}", "conv", (json_int_t)conv, "seq", (json_int_t)seq,
-                     "from", col_int(s, col), "id", col_text(s, col + 1), "body", body, len,
-                     "ts", col_int(s, col + 3));
+    return rows_msg(conv, seq, sqlite3_column_int64(s, col), col_text(s, col + 1), body,
+                    (size_t)sqlite3_column_bytes(s, col + 2), sqlite3_column_int64(s, col + 3));
 }
 
 /* A message of S_MSG_BEFORE / S_MSG_AFTER (MSG_COLS). */
@@ -400,22 +401,25 @@ static json_t *page_msg_json(sqlite3_stmt *s, int64_t conv)
     return msg_json(s, conv, sqlite3_column_int64(s, 0), 1);
 }
 
-/* The conversation object of a CONV_SELECT row, with an empty "members"
- * array for the caller to fill. */
-static json_t *conv_json(sqlite3_stmt *s)
+/* The shared part of a CONV_SELECT row, with an empty "members" array. */
+static json_t *conv_shared_json(sqlite3_stmt *s)
 {
     int64_t id = sqlite3_column_int64(s, 0);
     int64_t last_seq = sqlite3_column_int64(s, 3);
-    int64_t read = sqlite3_column_int64(s, 5);
     json_t *last = NULL;
 
     if (last_seq > 0 && sqlite3_column_type(s, 6) != SQLITE_NULL && !(last = msg_json(s, id, last_seq, 6)))
         return NULL;
-    return json_pack("{sI ss ss? so sI sI sI so sI}", "id", (json_int_t)id, "kind", col_text(s, 1),
-                     "title", col_text(s, 2), "members", json_array(), "last_seq", (json_int_t)last_seq,
-                     "last_read_seq", (json_int_t)read, "unread",
-                     (json_int_t)(last_seq > read ? last_seq - read : 0), "last_message",
-                     last ? last : json_null(), "created_at", col_int(s, 4));
+    return rows_conv_shared(id, col_text(s, 1), col_text(s, 2), last_seq, last, sqlite3_column_int64(s, 4));
+}
+
+/* The viewer's conversation object of a CONV_SELECT row. */
+static json_t *conv_json(sqlite3_stmt *s)
+{
+    json_t *o = conv_shared_json(s);
+    if (o)
+        rows_conv_view(o, sqlite3_column_int64(s, 5));
+    return o;
 }
 
 /* Appends one JSON object per row to arr; make() returns NULL on failure. */
@@ -576,31 +580,9 @@ static int setup_reader(sqlite3 *db, char *errbuf, size_t errlen)
     return exec_const(db, "SELECT max(version) FROM schema_version", "schema_version", errbuf, errlen);
 }
 
-int store_open(const char *path, int readonly, struct store **out, char *errbuf, size_t errlen)
+static void sq_close(struct store *st_)
 {
-    struct store *st = xcalloc(1, sizeof *st);
-    int flags = SQLITE_OPEN_NOMUTEX |
-                (readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
-    int rc = sqlite3_open_v2(path, &st->db, flags, NULL);
-
-    *out = NULL;
-    if (rc != SQLITE_OK) {
-        set_err(errbuf, errlen, path, st->db ? sqlite3_errmsg(st->db) : sqlite3_errstr(rc));
-        goto fail;
-    }
-    sqlite3_extended_result_codes(st->db, 1);
-    sqlite3_busy_timeout(st->db, BUSY_TIMEOUT_MS);
-    if (readonly ? setup_reader(st->db, errbuf, errlen) : setup_writer(st->db, errbuf, errlen))
-        goto fail;
-    *out = st;
-    return STORE_OK;
-fail:
-    store_close(st);
-    return STORE_ERR;
-}
-
-void store_close(struct store *st)
-{
+    struct sq *st = (struct sq *)st_;
     if (!st)
         return;
     for (int i = 0; i < S__COUNT; i++)
@@ -609,53 +591,60 @@ void store_close(struct store *st)
     free(st);
 }
 
+
 /* ------------------------------------------------------------------ */
 /* Transactions.                                                        */
 
-int store_begin(struct store *st)
+static int sq_begin(struct store *st_)
 {
+    struct sq *st = (struct sq *)st_;
     return run0(st, S_BEGIN);
 }
 
-int store_commit(struct store *st)
+static int sq_commit(struct store *st_)
 {
+    struct sq *st = (struct sq *)st_;
     return run0(st, S_COMMIT);
 }
 
 /* Some errors (disk full, I/O) make SQLite roll the transaction back by
  * itself; rolling back again would only log a second, misleading error. */
-int store_rollback(struct store *st)
+static int sq_rollback(struct store *st_)
 {
+    struct sq *st = (struct sq *)st_;
     if (sqlite3_get_autocommit(st->db))
         return STORE_OK;
     return run0(st, S_ROLLBACK);
 }
 
-int store_savepoint(struct store *st)
+static int sq_savepoint(struct store *st_)
 {
+    struct sq *st = (struct sq *)st_;
     return run0(st, S_SAVEPOINT);
 }
 
-int store_release(struct store *st)
+static int sq_release(struct store *st_)
 {
+    struct sq *st = (struct sq *)st_;
     return run0(st, S_RELEASE);
 }
 
-int store_rollback_to(struct store *st)
+static int sq_rollback_to(struct store *st_)
 {
+    struct sq *st = (struct sq *)st_;
     int rc = run0(st, S_ROLLBACK_TO);
 
     return rc ? rc : run0(st, S_RELEASE);
 }
 
-static int op_begin(struct store *st)
+static int op_begin(struct sq *st)
 {
     return run0(st, S_OP_SAVEPOINT);
 }
 
 /* Ends the store's own savepoint: keeps its changes when keep, else undoes
  * them. Returns rc, or the error of a failed release. */
-static int op_end(struct store *st, int rc, int keep)
+static int op_end(struct sq *st, int rc, int keep)
 {
     if (keep) {
         int r = run0(st, S_OP_RELEASE);
@@ -671,9 +660,10 @@ static int op_end(struct store *st, int rc, int keep)
 /* ------------------------------------------------------------------ */
 /* Users.                                                               */
 
-int store_user_create(struct store *st, const char *username, const char *display_name,
+static int sq_user_create(struct store *st_, const char *username, const char *display_name,
                       const char *pwhash, int64_t now, json_t **user_out)
 {
+    struct sq *st = (struct sq *)st_;
     json_t *user = NULL;
     struct q q;
     int rc;
@@ -732,8 +722,9 @@ done:
     return rc;
 }
 
-int store_user_by_name(struct store *st, const char *username, json_t **user_out, char **pwhash_out)
+static int sq_user_by_name(struct store *st_, const char *username, json_t **user_out, char **pwhash_out)
 {
+    struct sq *st = (struct sq *)st_;
     struct q q;
 
     if (user_out)
@@ -746,8 +737,9 @@ int store_user_by_name(struct store *st, const char *username, json_t **user_out
     return user_row(&q, user_out, pwhash_out);
 }
 
-int store_user_by_id(struct store *st, int64_t id, json_t **user_out)
+static int sq_user_by_id(struct store *st_, int64_t id, json_t **user_out)
 {
+    struct sq *st = (struct sq *)st_;
     struct q q;
 
     if (user_out)
@@ -775,8 +767,9 @@ static char *like_prefix(const char *prefix)
     return pat;
 }
 
-int store_users_search(struct store *st, const char *prefix, int limit, json_t **users_out)
+static int sq_users_search(struct store *st_, const char *prefix, int limit, json_t **users_out)
 {
+    struct sq *st = (struct sq *)st_;
     json_t *users = json_array();
     char *pat = NULL;
     struct q q;
@@ -807,9 +800,10 @@ done:
 /* ------------------------------------------------------------------ */
 /* Refresh tokens.                                                      */
 
-int store_refresh_insert(struct store *st, int64_t user_id, const char *family,
+static int sq_refresh_insert(struct store *st_, int64_t user_id, const char *family,
                          const char *token_hash, int64_t expires_at, int64_t now)
 {
+    struct sq *st = (struct sq *)st_;
     struct q q;
 
     if (q_start(st, S_RT_INSERT, &q))
@@ -827,7 +821,7 @@ struct rt {
     int revoked, replaced;
 };
 
-static int rt_lookup(struct store *st, const char *hash, struct rt *t)
+static int rt_lookup(struct sq *st, const char *hash, struct rt *t)
 {
     struct q q;
     int rc;
@@ -850,7 +844,7 @@ static int rt_lookup(struct store *st, const char *hash, struct rt *t)
     return rc;
 }
 
-static int rt_revoke_family(struct store *st, int64_t token_id, int64_t now)
+static int rt_revoke_family(struct sq *st, int64_t token_id, int64_t now)
 {
     struct q q;
 
@@ -862,7 +856,7 @@ static int rt_revoke_family(struct store *st, int64_t token_id, int64_t now)
 }
 
 /* Inserts the successor of token t in its family and links t to it. */
-static int rt_replace(struct store *st, const struct rt *t, const char *new_hash,
+static int rt_replace(struct sq *st, const struct rt *t, const char *new_hash,
                       int64_t new_expires_at, int64_t now)
 {
     struct q q;
@@ -886,7 +880,7 @@ static int rt_replace(struct store *st, const struct rt *t, const char *new_hash
 
 /* Reuse is checked before revocation and expiry: a rotated token presented
  * again is theft, whatever else is true of it. */
-static int rt_rotate(struct store *st, const char *old_hash, const char *new_hash,
+static int rt_rotate(struct sq *st, const char *old_hash, const char *new_hash,
                      int64_t new_expires_at, int64_t now, int64_t *user_id_out)
 {
     struct rt t = {0};
@@ -906,9 +900,10 @@ static int rt_rotate(struct store *st, const char *old_hash, const char *new_has
     return rc;
 }
 
-int store_refresh_rotate(struct store *st, const char *old_hash, const char *new_hash,
+static int sq_refresh_rotate(struct store *st_, const char *old_hash, const char *new_hash,
                          int64_t new_expires_at, int64_t now, int64_t *user_id_out)
 {
+    struct sq *st = (struct sq *)st_;
     int rc = op_begin(st);
 
     if (rc != STORE_OK)
@@ -918,8 +913,9 @@ int store_refresh_rotate(struct store *st, const char *old_hash, const char *new
     return op_end(st, rc, rc == STORE_OK || rc == STORE_REUSED);
 }
 
-int store_refresh_revoke(struct store *st, const char *token_hash, int64_t now)
+static int sq_refresh_revoke(struct store *st_, const char *token_hash, int64_t now)
 {
+    struct sq *st = (struct sq *)st_;
     struct q q;
 
     if (q_start(st, S_RT_REVOKE, &q))
@@ -932,7 +928,7 @@ int store_refresh_revoke(struct store *st, const char *token_hash, int64_t now)
 /* ------------------------------------------------------------------ */
 /* Conversations and members.                                           */
 
-static int user_exists(struct store *st, int64_t id)
+static int user_exists(struct sq *st, int64_t id)
 {
     struct q q;
 
@@ -942,7 +938,7 @@ static int user_exists(struct store *st, int64_t id)
     return q_one_i64(&q, NULL);
 }
 
-static int conv_insert(struct store *st, const char *kind, const char *title, int64_t creator,
+static int conv_insert(struct sq *st, const char *kind, const char *title, int64_t creator,
                        int64_t now, int64_t *conv_out)
 {
     struct q q;
@@ -961,7 +957,7 @@ static int conv_insert(struct store *st, const char *kind, const char *title, in
 }
 
 /* Adds user to conv unless already there (*added_out 0 then; may be NULL). */
-static int member_insert(struct store *st, int64_t conv, int64_t user, const char *role, int64_t now,
+static int member_insert(struct sq *st, int64_t conv, int64_t user, const char *role, int64_t now,
                          int *added_out)
 {
     struct q q;
@@ -979,7 +975,7 @@ static int member_insert(struct store *st, int64_t conv, int64_t user, const cha
     return rc;
 }
 
-static int direct_find(struct store *st, int64_t lo, int64_t hi, int64_t *conv_out)
+static int direct_find(struct sq *st, int64_t lo, int64_t hi, int64_t *conv_out)
 {
     struct q q;
 
@@ -990,7 +986,7 @@ static int direct_find(struct store *st, int64_t lo, int64_t hi, int64_t *conv_o
     return q_one_i64(&q, conv_out);
 }
 
-static int direct_insert(struct store *st, int64_t a, int64_t b, int64_t lo, int64_t hi, int64_t now,
+static int direct_insert(struct sq *st, int64_t a, int64_t b, int64_t lo, int64_t hi, int64_t now,
                          int64_t *conv_out)
 {
     struct q q;
@@ -1009,9 +1005,10 @@ static int direct_insert(struct store *st, int64_t a, int64_t b, int64_t lo, int
     return rc;
 }
 
-int store_conv_create_direct(struct store *st, int64_t a, int64_t b, int64_t now,
+static int sq_conv_create_direct(struct store *st_, int64_t a, int64_t b, int64_t now,
                              int64_t *conv_out, int *created_out)
 {
+    struct sq *st = (struct sq *)st_;
     int64_t lo = a < b ? a : b, hi = a < b ? b : a, conv = 0;
     int rc;
 
@@ -1038,7 +1035,7 @@ int store_conv_create_direct(struct store *st, int64_t a, int64_t b, int64_t now
     return rc;
 }
 
-static int group_insert(struct store *st, int64_t creator, const char *title, const int64_t *members,
+static int group_insert(struct sq *st, int64_t creator, const char *title, const int64_t *members,
                         size_t n, int64_t now, int64_t *conv_out)
 {
     int rc = conv_insert(st, "group", title, creator, now, conv_out);
@@ -1051,9 +1048,10 @@ static int group_insert(struct store *st, int64_t creator, const char *title, co
     return rc;
 }
 
-int store_conv_create_group(struct store *st, int64_t creator, const char *title,
+static int sq_conv_create_group(struct store *st_, int64_t creator, const char *title,
                             const int64_t *members, size_t n, int64_t now, int64_t *conv_out)
 {
+    struct sq *st = (struct sq *)st_;
     int64_t conv = 0;
     int rc;
 
@@ -1076,7 +1074,7 @@ int store_conv_create_group(struct store *st, int64_t creator, const char *title
 }
 
 /* Fills the "members" array of a conversation object. */
-static int conv_members(struct store *st, int64_t conv, json_t *obj)
+static int conv_members(struct sq *st, int64_t conv, json_t *obj)
 {
     struct q q;
 
@@ -1086,7 +1084,7 @@ static int conv_members(struct store *st, int64_t conv, json_t *obj)
     return q_collect(&q, json_object_get(obj, "members"), member_json, 0);
 }
 
-static int conv_get(struct store *st, int64_t conv, int64_t viewer, json_t **conv_out)
+static int conv_get(struct sq *st, int64_t conv, int64_t viewer, json_t **conv_out)
 {
     json_t *obj = NULL;
     struct q q;
@@ -1116,8 +1114,9 @@ static int conv_get(struct store *st, int64_t conv, int64_t viewer, json_t **con
 /* The savepoint (a read transaction when none is open) gives both queries
  * one snapshot: a reader would otherwise see the writer's commits between
  * them. */
-int store_conv_get(struct store *st, int64_t conv, int64_t viewer, json_t **conv_out)
+static int sq_conv_get(struct store *st_, int64_t conv, int64_t viewer, json_t **conv_out)
 {
+    struct sq *st = (struct sq *)st_;
     int rc;
 
     *conv_out = NULL;
@@ -1133,7 +1132,7 @@ int store_conv_get(struct store *st, int64_t conv, int64_t viewer, json_t **conv
 
 /* The listed conversations, in order; index maps each id (as a decimal
  * string) to that conversation's "members" array. */
-static int list_rows(struct store *st, int64_t viewer, json_t *convs, json_t *index)
+static int list_rows(struct sq *st, int64_t viewer, json_t *convs, json_t *index)
 {
     struct q q;
     int rc;
@@ -1156,7 +1155,7 @@ static int list_rows(struct store *st, int64_t viewer, json_t *convs, json_t *in
     return rc == SQLITE_DONE ? STORE_OK : rc;
 }
 
-static int list_members(struct store *st, int64_t viewer, json_t *index)
+static int list_members(struct sq *st, int64_t viewer, json_t *index)
 {
     struct q q;
     int rc;
@@ -1184,8 +1183,9 @@ static int list_members(struct store *st, int64_t viewer, json_t *index)
 /* Two queries whatever the number of conversations: the conversation rows
  * (last message joined in), then every member of all of them; one snapshot
  * for both (see store_conv_get). */
-int store_conv_list(struct store *st, int64_t viewer, json_t **convs_out)
+static int sq_conv_list(struct store *st_, int64_t viewer, json_t **convs_out)
 {
+    struct sq *st = (struct sq *)st_;
     json_t *convs = json_array(), *index = json_object();
     int rc;
 
@@ -1207,7 +1207,12 @@ fail:
     return rc;
 }
 
-static enum role role_parse(const char *s)
+const char *store_role_name(enum store_role r)
+{
+    return r == ROLE_OWNER ? "owner" : r == ROLE_ADMIN ? "admin" : "member";
+}
+
+enum store_role store_role_parse(const char *s)
 {
     if (s && strcmp(s, "owner") == 0)
         return ROLE_OWNER;
@@ -1216,21 +1221,22 @@ static enum role role_parse(const char *s)
     return ROLE_MEMBER;
 }
 
-/* Whether conv is direct and actor's role in it, in one lookup. NOT_FOUND
- * alike for a missing conversation and a non-member: no existence leak. */
-static int actor_ctx(struct store *st, int64_t conv, int64_t actor, int *direct, enum role *role)
+static int sq_member_ctx(struct store *st_, int64_t conv, int64_t user, int *direct, enum store_role *role)
 {
+    struct sq *st = (struct sq *)st_;
     struct q q;
     int rc;
 
     if (q_start(st, S_ACTOR_CTX, &q))
         return STORE_ERR;
     q_i64(&q, conv);
-    q_i64(&q, actor);
+    q_i64(&q, user);
     rc = q_step(&q);
     if (rc == SQLITE_ROW) {
-        *direct = sqlite3_column_int(q.s, 0);
-        *role = role_parse(col_text(q.s, 1));
+        if (direct)
+            *direct = sqlite3_column_int(q.s, 0);
+        if (role)
+            *role = store_role_parse(col_text(q.s, 1));
         rc = STORE_OK;
     } else if (rc == SQLITE_DONE) {
         rc = STORE_NOT_FOUND;
@@ -1239,108 +1245,57 @@ static int actor_ctx(struct store *st, int64_t conv, int64_t actor, int *direct,
     return rc;
 }
 
-/* A member's role (the conversation's kind is not needed here). */
-static int member_role(struct store *st, int64_t conv, int64_t user, enum role *role)
+static int sq_member_insert(struct store *st_, int64_t conv, int64_t user, enum store_role role, int64_t now,
+                            int *added_out)
 {
-    int direct;
-    return actor_ctx(st, conv, user, &direct, role);
+    return member_insert((struct sq *)st_, conv, user, store_role_name(role), now, added_out);
 }
 
-int store_member_add(struct store *st, int64_t conv, int64_t actor, int64_t user, int64_t now,
-                     int *added_out)
+/* Deletes the member and, if it was the owner, hands ownership on; both or
+ * neither (the store's own savepoint). */
+static int sq_member_delete(struct store *st_, int64_t conv, int64_t user, int pass_ownership)
 {
-    enum role role = ROLE_MEMBER;
-    int direct = 0, rc;
-
-    if (added_out)
-        *added_out = 0;
-    if ((rc = actor_ctx(st, conv, actor, &direct, &role)) != STORE_OK)
-        return rc;
-    if (direct)
-        return STORE_BAD_REQUEST;
-    if (role < ROLE_ADMIN)
-        return STORE_FORBIDDEN;
-    if ((rc = user_exists(st, user)) != STORE_OK)
-        return rc;
-    return member_insert(st, conv, user, "member", now, added_out);
-}
-
-/* Deletes the member and, if it was the owner, hands ownership on. */
-static int member_delete(struct store *st, int64_t conv, int64_t user, enum role role)
-{
+    struct sq *st = (struct sq *)st_;
     struct q q;
     int rc;
 
-    if (q_start(st, S_MEMBER_DELETE, &q))
-        return STORE_ERR;
-    q_i64(&q, conv);
-    q_i64(&q, user);
-    rc = q_exec(&q);
-    if (rc != STORE_OK || role != ROLE_OWNER)
-        return rc;
-    /* Nobody left: the UPDATE matches no row and the conversation stays. */
-    if (q_start(st, S_OWNER_TRANSFER, &q))
-        return STORE_ERR;
-    q_i64(&q, conv);
-    return q_exec(&q);
-}
-
-int store_member_remove(struct store *st, int64_t conv, int64_t actor, int64_t user)
-{
-    enum role actor_role = ROLE_MEMBER, user_role;
-    int direct = 0, rc;
-
-    if ((rc = actor_ctx(st, conv, actor, &direct, &actor_role)) != STORE_OK)
-        return rc;
-    if (direct)
-        return STORE_BAD_REQUEST;
-    user_role = actor_role;
-    if (actor != user) {
-        if (actor_role < ROLE_ADMIN)
-            return STORE_FORBIDDEN;
-        if ((rc = member_role(st, conv, user, &user_role)) != STORE_OK)
-            return rc;
-        /* Only the owner may remove the owner, and the owner leaving is the
-         * actor == user case; so this is an admin removing the owner. */
-        if (user_role == ROLE_OWNER)
-            return STORE_FORBIDDEN;
-    }
     if ((rc = op_begin(st)) != STORE_OK)
         return rc;
-    rc = member_delete(st, conv, user, user_role);
+    if ((rc = q_start(st, S_MEMBER_DELETE, &q)) == STORE_OK) {
+        q_i64(&q, conv);
+        q_i64(&q, user);
+        rc = q_exec(&q);
+    }
+    if (rc == STORE_OK && sqlite3_changes(st->db) == 0)
+        rc = STORE_NOT_FOUND;
+    /* Nobody left: the UPDATE matches no row and the conversation stays. */
+    if (rc == STORE_OK && pass_ownership && (rc = q_start(st, S_OWNER_TRANSFER, &q)) == STORE_OK) {
+        q_i64(&q, conv);
+        rc = q_exec(&q);
+    }
     return op_end(st, rc, rc == STORE_OK);
 }
 
-int store_member_set_role(struct store *st, int64_t conv, int64_t actor, int64_t user, const char *role)
+static int sq_member_set_role(struct store *st_, int64_t conv, int64_t user, enum store_role role)
 {
-    enum role actor_role = ROLE_MEMBER;
+    struct sq *st = (struct sq *)st_;
     struct q q;
-    int direct = 0, rc;
+    int rc;
 
-    if (!role || (strcmp(role, "admin") != 0 && strcmp(role, "member") != 0))
-        return STORE_BAD_REQUEST;
-    if ((rc = actor_ctx(st, conv, actor, &direct, &actor_role)) != STORE_OK)
-        return rc;
-    if (direct)
-        return STORE_BAD_REQUEST;
-    if (actor_role != ROLE_OWNER)
-        return STORE_FORBIDDEN;
-    /* The owner demoting itself would leave the group without an owner. */
-    if (user == actor)
-        return STORE_BAD_REQUEST;
     if (q_start(st, S_MEMBER_SET_ROLE, &q))
         return STORE_ERR;
     q_i64(&q, conv);
     q_i64(&q, user);
-    q_text(&q, role);
+    q_text(&q, store_role_name(role));
     rc = q_exec(&q);
     if (rc == STORE_OK && sqlite3_changes(st->db) == 0)
         rc = STORE_NOT_FOUND;
     return rc;
 }
 
-int store_members(struct store *st, int64_t conv, int64_t **ids_out, size_t *n_out)
+static int sq_members(struct store *st_, int64_t conv, int64_t **ids_out, size_t *n_out)
 {
+    struct sq *st = (struct sq *)st_;
     struct q q;
 
     if (q_start(st, S_MEMBER_IDS, &q))
@@ -1349,8 +1304,9 @@ int store_members(struct store *st, int64_t conv, int64_t **ids_out, size_t *n_o
     return q_ids(&q, ids_out, n_out);
 }
 
-int store_is_member(struct store *st, int64_t conv, int64_t user)
+static int sq_is_member(struct store *st_, int64_t conv, int64_t user)
 {
+    struct sq *st = (struct sq *)st_;
     struct q q;
 
     if (q_start(st, S_IS_MEMBER, &q))
@@ -1360,8 +1316,9 @@ int store_is_member(struct store *st, int64_t conv, int64_t user)
     return q_one_i64(&q, NULL);
 }
 
-int store_peers(struct store *st, int64_t user, int64_t **ids_out, size_t *n_out)
+static int sq_peers(struct store *st_, int64_t user, int64_t **ids_out, size_t *n_out)
 {
+    struct sq *st = (struct sq *)st_;
     struct q q;
 
     if (q_start(st, S_PEERS, &q))
@@ -1370,8 +1327,9 @@ int store_peers(struct store *st, int64_t user, int64_t **ids_out, size_t *n_out
     return q_ids(&q, ids_out, n_out);
 }
 
-int store_user_convs(struct store *st, int64_t user, int64_t **ids_out, size_t *n_out)
+static int sq_user_convs(struct store *st_, int64_t user, int64_t **ids_out, size_t *n_out)
 {
+    struct sq *st = (struct sq *)st_;
     struct q q;
 
     if (q_start(st, S_USER_CONVS, &q))
@@ -1383,9 +1341,10 @@ int store_user_convs(struct store *st, int64_t user, int64_t **ids_out, size_t *
 /* ------------------------------------------------------------------ */
 /* Messages: the first four run in the writer's hot path.              */
 
-int store_msg_by_client(struct store *st, int64_t sender, const char *client_id,
+static int sq_msg_by_client(struct store *st_, int64_t sender, const char *client_id,
                         int64_t *conv_out, int64_t *seq_out, int64_t *ts_out)
 {
+    struct sq *st = (struct sq *)st_;
     struct q q;
     int rc;
 
@@ -1409,8 +1368,9 @@ int store_msg_by_client(struct store *st, int64_t sender, const char *client_id,
     return rc;
 }
 
-int store_conv_last_seq(struct store *st, int64_t conv, int64_t *last_seq_out)
+static int sq_conv_last_seq(struct store *st_, int64_t conv, int64_t *last_seq_out)
 {
+    struct sq *st = (struct sq *)st_;
     struct q q;
 
     if (q_start(st, S_CONV_LAST_SEQ, &q))
@@ -1420,41 +1380,251 @@ int store_conv_last_seq(struct store *st, int64_t conv, int64_t *last_seq_out)
 }
 
 /* A (conv, seq) collision is a primary-key violation, not CONFLICT: it
- * means the writer reused a seq, a bug worth the error log. */
-int store_msg_insert(struct store *st, int64_t conv, int64_t seq, int64_t sender,
-                     const char *client_id, const char *body, size_t body_len, int64_t ts)
+ * means a seq was used twice, a bug worth the error log. A (sender, client
+ * id) collision here means another writer stored the same send between our
+ * lookup and our insert; the batch fails and the client's retry gets the
+ * original ack. */
+static int msg_insert(struct sq *st, const struct store_send *m)
 {
     struct q q;
+    int rc;
 
     if (q_start(st, S_MSG_INSERT, &q))
         return STORE_ERR;
-    q_i64(&q, conv);
-    q_i64(&q, seq);
-    q_i64(&q, sender);
-    q_text(&q, client_id);
-    q_textn(&q, body ? body : "", body ? body_len : 0);
-    q_i64(&q, ts);
-    return q_exec(&q);
+    q_i64(&q, m->conv);
+    q_i64(&q, m->seq);
+    q_i64(&q, m->sender);
+    q_text(&q, m->client_id);
+    q_textn(&q, m->body ? m->body : "", m->body ? m->body_len : 0);
+    q_i64(&q, m->ts);
+    rc = q_exec(&q);
+    return rc == STORE_OK ? STORE_OK : STORE_ERR;
 }
 
-int store_conv_advance(struct store *st, int64_t conv, int64_t last_seq, int64_t ts)
+/* Takes n seqs of conv in one statement and returns the first: correct with
+ * any number of writers, because the row update serializes them. */
+static int seq_reserve(struct sq *st, int64_t conv, int64_t n, int64_t now, int64_t *first_out)
 {
     struct q q;
+    int64_t last = 0;
     int rc;
 
     if (q_start(st, S_CONV_ADVANCE, &q))
         return STORE_ERR;
     q_i64(&q, conv);
-    q_i64(&q, last_seq);
-    q_i64(&q, ts);
-    rc = q_exec(&q);
-    if (rc == STORE_OK && sqlite3_changes(st->db) == 0)
-        rc = STORE_NOT_FOUND;
-    return rc;
+    q_i64(&q, n);
+    q_i64(&q, now);
+    rc = q_one_i64(&q, &last);
+    if (rc != STORE_OK)
+        return STORE_ERR; /* the conversation had members a moment ago */
+    *first_out = last - n + 1;
+    return STORE_OK;
 }
 
-int store_read_set(struct store *st, int64_t conv, int64_t user, int64_t seq, int64_t *pos_out)
+void store_batch_out_dispose(struct store_batch_out *out)
 {
+    for (size_t i = 0; i < out->n; i++)
+        idlist_unref(out->v[i].members);
+    free(out->v);
+    out->v = NULL;
+    out->n = 0;
+}
+
+struct idlist *store_batch_members(const struct store_batch_out *out, int64_t conv)
+{
+    for (size_t i = 0; i < out->n; i++)
+        if (out->v[i].conv == conv)
+            return out->v[i].members;
+    return NULL;
+}
+
+static int cmp_id(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Per conversation of one send_batch call: members (read once, sorted),
+ * how many new messages, the next seq to hand out. */
+struct bconv {
+    int64_t conv;
+    struct idlist *members;
+    int64_t count, next;
+};
+
+struct bstate {
+    struct bconv *v;
+    size_t n, cap;
+};
+
+static struct bconv *bconv_get(struct sq *st, struct bstate *b, int64_t conv, int *rc)
+{
+    *rc = STORE_OK;
+    for (size_t i = 0; i < b->n; i++)
+        if (b->v[i].conv == conv)
+            return &b->v[i];
+    int64_t *ids;
+    size_t n;
+    struct q q;
+    if (q_start(st, S_MEMBER_IDS, &q)) {
+        *rc = STORE_ERR;
+        return NULL;
+    }
+    q_i64(&q, conv);
+    if (q_ids(&q, &ids, &n) != STORE_OK) {
+        *rc = STORE_ERR;
+        return NULL;
+    }
+    if (b->n == b->cap) {
+        b->cap = b->cap ? b->cap * 2 : 8;
+        b->v = xrealloc(b->v, b->cap * sizeof *b->v);
+    }
+    struct bconv *c = &b->v[b->n++];
+    memset(c, 0, sizeof *c);
+    c->conv = conv;
+    qsort(ids, n, sizeof *ids, cmp_id);
+    c->members = idlist_new(ids, n);
+    free(ids);
+    return c;
+}
+
+static int bconv_has(const struct bconv *c, int64_t user)
+{
+    return bsearch(&user, c->members->ids, c->members->n, sizeof user, cmp_id) != NULL;
+}
+
+/* Sorting the batch by (sender, client id, position) puts resends inside one
+ * batch next to their first occurrence. */
+struct send_key {
+    int64_t sender;
+    const char *client_id;
+    size_t i;
+};
+
+static int cmp_send(const void *a, const void *b)
+{
+    const struct send_key *x = a, *y = b;
+    if (x->sender != y->sender)
+        return x->sender < y->sender ? -1 : 1;
+    int c = strcmp(x->client_id, y->client_id);
+    if (c)
+        return c;
+    return (x->i > y->i) - (x->i < y->i);
+}
+
+/* first[i]: the index of the first send of the batch with i's (sender,
+ * client id); i itself when it is the first. */
+static void find_batch_resends(const struct store_send *v, size_t n, size_t *first)
+{
+    struct send_key *k = xmalloc((n ? n : 1) * sizeof *k);
+    for (size_t i = 0; i < n; i++) {
+        k[i] = (struct send_key){v[i].sender, v[i].client_id, i};
+        first[i] = i;
+    }
+    qsort(k, n, sizeof *k, cmp_send);
+    for (size_t j = 1; j < n; j++)
+        if (k[j - 1].sender == k[j].sender && strcmp(k[j - 1].client_id, k[j].client_id) == 0)
+            first[k[j].i] = first[k[j - 1].i];
+    free(k);
+}
+
+static int sq_read_set(struct store *st_, int64_t conv, int64_t user, int64_t seq, int64_t *pos_out);
+
+enum { SEND_NEW = 1 };
+
+/* See store.h: lookups first, then one reservation per conversation, then
+ * the inserts and read positions. Nothing fails on a unique key in the
+ * normal course, so the transaction stays usable on any backend. */
+static int sq_send_batch(struct store *st_, struct store_send *v, size_t n, int64_t now,
+                         struct store_batch_out *out)
+{
+    struct sq *st = (struct sq *)st_;
+    struct bstate b = {0};
+    size_t *first = xmalloc((n ? n : 1) * sizeof *first);
+    uint8_t *fresh = xcalloc(n ? n : 1, 1);
+    int rc = STORE_OK;
+
+    find_batch_resends(v, n, first);
+    for (size_t i = 0; i < n && rc == STORE_OK; i++) {
+        struct store_send *m = &v[i];
+        m->dup = 0;
+        m->rc = STORE_OK;
+        if (first[i] != i)
+            continue; /* settled below, from its first occurrence */
+        int r = sq_msg_by_client(st_, m->sender, m->client_id, &m->conv, &m->seq, &m->ts);
+        if (r == STORE_OK) {
+            m->dup = 1; /* the original ack, wherever it went */
+            continue;
+        }
+        if (r != STORE_NOT_FOUND) {
+            rc = STORE_ERR;
+            break;
+        }
+        struct bconv *c = bconv_get(st, &b, m->conv, &rc);
+        if (!c)
+            break;
+        if (!bconv_has(c, m->sender)) {
+            m->rc = STORE_NOT_FOUND;
+            continue;
+        }
+        fresh[i] = SEND_NEW;
+        c->count++;
+    }
+    for (size_t k = 0; k < b.n && rc == STORE_OK; k++)
+        if (b.v[k].count)
+            rc = seq_reserve(st, b.v[k].conv, b.v[k].count, now, &b.v[k].next);
+    for (size_t i = 0; i < n && rc == STORE_OK; i++) {
+        if (fresh[i] != SEND_NEW)
+            continue;
+        struct bconv *c = bconv_get(st, &b, v[i].conv, &rc);
+        v[i].seq = c->next++;
+        v[i].ts = now;
+        rc = msg_insert(st, &v[i]);
+    }
+    /* each sender's read position moves to its last new message */
+    for (size_t i = n; i-- > 0 && rc == STORE_OK;) {
+        if (fresh[i] != SEND_NEW)
+            continue;
+        int later = 0;
+        for (size_t k = i + 1; k < n && !later; k++)
+            later = fresh[k] == SEND_NEW && v[k].conv == v[i].conv && v[k].sender == v[i].sender;
+        if (later)
+            continue;
+        int64_t pos;
+        int r = sq_read_set(st_, v[i].conv, v[i].sender, v[i].seq, &pos);
+        if (r != STORE_OK && r != STORE_NOT_FOUND)
+            rc = STORE_ERR;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (first[i] == i)
+            continue;
+        const struct store_send *o = &v[first[i]];
+        v[i].rc = o->rc;
+        v[i].dup = o->rc == STORE_OK;
+        v[i].conv = o->rc == STORE_OK ? o->conv : v[i].conv;
+        v[i].seq = o->seq;
+        v[i].ts = o->ts;
+    }
+    if (rc == STORE_OK && out) {
+        for (size_t k = 0; k < b.n; k++) {
+            if (!b.v[k].count)
+                continue;
+            out->v = xrealloc(out->v, (out->n + 1) * sizeof *out->v);
+            out->v[out->n].conv = b.v[k].conv;
+            out->v[out->n++].members = idlist_ref(b.v[k].members);
+        }
+    }
+    for (size_t k = 0; k < b.n; k++)
+        idlist_unref(b.v[k].members);
+    free(b.v);
+    free(first);
+    free(fresh);
+    return rc == STORE_OK ? STORE_OK : STORE_ERR;
+}
+
+static int sq_read_set(struct store *st_, int64_t conv, int64_t user, int64_t seq, int64_t *pos_out)
+{
+    struct sq *st = (struct sq *)st_;
     struct q q;
 
     if (q_start(st, S_READ_SET, &q))
@@ -1465,9 +1635,10 @@ int store_read_set(struct store *st, int64_t conv, int64_t user, int64_t seq, in
     return q_one_i64(&q, pos_out);
 }
 
-int store_msg_page(struct store *st, int64_t conv, int64_t before, int64_t after, int limit,
+static int sq_msg_page(struct store *st_, int64_t conv, int64_t before, int64_t after, int limit,
                    json_t **msgs_out, int *has_more_out)
 {
+    struct sq *st = (struct sq *)st_;
     json_t *msgs;
     struct q q;
     int rc, n = 0;
@@ -1509,15 +1680,13 @@ int store_msg_page(struct store *st, int64_t conv, int64_t before, int64_t after
 
 static json_t *summary_json(sqlite3_stmt *s, int col)
 {
-    int64_t last = sqlite3_column_int64(s, col + 1), read = sqlite3_column_int64(s, col + 2);
-
-    return json_pack("{sI sI sI sI}", "conv", col_int(s, col), "last_seq", (json_int_t)last,
-                     "last_read_seq", (json_int_t)read, "unread",
-                     (json_int_t)(last > read ? last - read : 0));
+    return rows_summary(sqlite3_column_int64(s, col), sqlite3_column_int64(s, col + 1),
+                        sqlite3_column_int64(s, col + 2));
 }
 
-int store_sync_summary(struct store *st, int64_t user, json_t **out)
+static int sq_sync_summary(struct store *st_, int64_t user, json_t **out)
 {
+    struct sq *st = (struct sq *)st_;
     json_t *arr = json_array();
     struct q q;
     int rc;
@@ -1535,4 +1704,158 @@ int store_sync_summary(struct store *st, int64_t user, json_t **out)
     }
     *out = arr;
     return STORE_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* A conversation for a push to every member: one snapshot, one row of the
+ * conversation and its members, one row per member's read position. */
+
+static int view_positions(struct sq *st, int64_t conv, struct store_pos **pos_out, size_t *n_out)
+{
+    struct q q;
+    size_t n = 0, cap = 8;
+    struct store_pos *v = xmalloc(cap * sizeof *v);
+    int rc;
+
+    if (q_start(st, S_MEMBER_POS, &q)) {
+        free(v);
+        return STORE_ERR;
+    }
+    q_i64(&q, conv);
+    while ((rc = q_step(&q)) == SQLITE_ROW) {
+        if (n == cap)
+            v = xrealloc(v, (cap *= 2) * sizeof *v);
+        v[n].user = sqlite3_column_int64(q.s, 0);
+        v[n++].last_read_seq = sqlite3_column_int64(q.s, 1);
+    }
+    q_end(&q);
+    if (rc != SQLITE_DONE) {
+        free(v);
+        return rc;
+    }
+    *pos_out = v;
+    *n_out = n;
+    return STORE_OK;
+}
+
+static int view_shared(struct sq *st, int64_t conv, json_t **shared_out)
+{
+    json_t *obj = NULL;
+    struct q q;
+    int rc;
+
+    if (q_start(st, S_CONV_SHARED, &q))
+        return STORE_ERR;
+    q_i64(&q, conv);
+    rc = q_step(&q);
+    if (rc == SQLITE_ROW && !(obj = conv_shared_json(q.s)))
+        rc = log_json(SQL[q.id].what);
+    q_end(&q);
+    if (rc == SQLITE_DONE)
+        return STORE_NOT_FOUND;
+    if (rc != SQLITE_ROW)
+        return rc;
+    if ((rc = conv_members(st, conv, obj)) != STORE_OK) {
+        json_decref(obj);
+        return rc;
+    }
+    *shared_out = obj;
+    return STORE_OK;
+}
+
+static int sq_conv_view(struct store *st_, int64_t conv, json_t **shared_out, struct store_pos **pos_out,
+                        size_t *n_out)
+{
+    struct sq *st = (struct sq *)st_;
+    int rc;
+
+    *shared_out = NULL;
+    *pos_out = NULL;
+    *n_out = 0;
+    if ((rc = op_begin(st)) != STORE_OK)
+        return rc;
+    rc = view_shared(st, conv, shared_out);
+    if (rc == STORE_OK)
+        rc = view_positions(st, conv, pos_out, n_out);
+    if (rc == STORE_OK && *n_out == 0)
+        rc = STORE_NOT_FOUND;
+    rc = op_end(st, rc, 1);
+    if (rc != STORE_OK) {
+        json_decref(*shared_out);
+        free(*pos_out);
+        *shared_out = NULL;
+        *pos_out = NULL;
+        *n_out = 0;
+    }
+    return rc;
+}
+
+static int sq_user_exists(struct store *st_, int64_t id)
+{
+    return user_exists((struct sq *)st_, id);
+}
+
+/* ------------------------------------------------------------------ */
+/* The backend table and opening.                                       */
+
+static const struct store_ops sqlite_ops = {
+    .name = "sqlite",
+    .close = sq_close,
+    .begin = sq_begin,
+    .commit = sq_commit,
+    .rollback = sq_rollback,
+    .savepoint = sq_savepoint,
+    .release = sq_release,
+    .rollback_to = sq_rollback_to,
+    .send_batch = sq_send_batch,
+    .user_create = sq_user_create,
+    .user_by_name = sq_user_by_name,
+    .user_by_id = sq_user_by_id,
+    .user_exists = sq_user_exists,
+    .users_search = sq_users_search,
+    .refresh_insert = sq_refresh_insert,
+    .refresh_rotate = sq_refresh_rotate,
+    .refresh_revoke = sq_refresh_revoke,
+    .conv_create_direct = sq_conv_create_direct,
+    .conv_create_group = sq_conv_create_group,
+    .conv_get = sq_conv_get,
+    .conv_list = sq_conv_list,
+    .conv_view = sq_conv_view,
+    .member_ctx = sq_member_ctx,
+    .member_insert = sq_member_insert,
+    .member_delete = sq_member_delete,
+    .member_set_role = sq_member_set_role,
+    .members = sq_members,
+    .is_member = sq_is_member,
+    .peers = sq_peers,
+    .user_convs = sq_user_convs,
+    .msg_by_client = sq_msg_by_client,
+    .conv_last_seq = sq_conv_last_seq,
+    .read_set = sq_read_set,
+    .msg_page = sq_msg_page,
+    .sync_summary = sq_sync_summary,
+};
+
+int store_sqlite_open(const char *path, int readonly, struct store **out, char *errbuf, size_t errlen)
+{
+    struct sq *st = xcalloc(1, sizeof *st);
+    int flags = SQLITE_OPEN_NOMUTEX |
+                (readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+    int rc = sqlite3_open_v2(path, &st->db, flags, NULL);
+
+    st->base.ops = &sqlite_ops;
+    *out = NULL;
+    if (rc != SQLITE_OK) {
+        set_err(errbuf, errlen, path, st->db ? sqlite3_errmsg(st->db) : sqlite3_errstr(rc));
+        goto fail;
+    }
+    sqlite3_extended_result_codes(st->db, 1);
+    sqlite3_busy_timeout(st->db, BUSY_TIMEOUT_MS);
+    if (readonly ? setup_reader(st->db, errbuf, errlen) : setup_writer(st->db, errbuf, errlen))
+        goto fail;
+    *out = &st->base;
+    return STORE_OK;
+fail:
+    sq_close(&st->base);
+    return STORE_ERR;
 }

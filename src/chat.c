@@ -1,0 +1,385 @@
+/* chat: see chat.h. */
+#include "chat.h"
+
+#include "config.h"
+#include "log.h"
+#include "presence.h"
+#include "writer.h"
+#include "ws.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void on_watch(void *ctx, int64_t conv, int on)
+{
+    struct chat_worker *cw = ctx;
+    if (on)
+        bus_watch(cw->chat->bus, cw->w->index, conv);
+    else
+        bus_unwatch(cw->chat->bus, cw->w->index, conv);
+}
+
+struct chat_worker *chat_worker_new(struct chat *ch, struct worker *w, struct reader *rd)
+{
+    struct chat_worker *cw = xcalloc(1, sizeof *cw);
+    cw->chat = ch;
+    cw->w = w;
+    cw->reader = rd;
+    hub_init(&cw->hub, on_watch, cw);
+    return cw;
+}
+
+void chat_worker_free(struct chat_worker *cw)
+{
+    if (!cw)
+        return;
+    hub_dispose(&cw->hub);
+    reader_free(cw->reader);
+    free(cw);
+}
+
+const char *chat_rc_code(int rc, int unavailable)
+{
+    if (unavailable)
+        return "unavailable";
+    switch (rc) {
+    case STORE_NOT_FOUND: return "not_found";
+    case STORE_FORBIDDEN: return "forbidden";
+    case STORE_BAD_REQUEST: return "bad_request";
+    case STORE_CONFLICT: return "conflict";
+    default: return "internal";
+    }
+}
+
+static void send_json(struct conn *c, json_t *o)
+{
+    conn_send_json(c, o);
+    json_decref(o);
+}
+
+static void publish(struct chat_worker *cw, struct bus_msg *m)
+{
+    bus_publish(cw->chat->bus, m, NULL);
+    bus_msg_unref(m);
+}
+
+/* ---- delivery of publications on this worker ---- */
+
+/* The origin connection to skip, if the publication came from this node. */
+static uint64_t except_of(struct chat_worker *cw, const struct bus_msg *m)
+{
+    return m->origin == cw->chat->bus->node ? m->except_conn : 0;
+}
+
+/* {"op":"conversation","conversation":{"last_read_seq":N,"unread":M, + the
+ * shared body: one small head per member, one body for all. */
+static struct frame *push_head(int64_t last_seq, int64_t pos, size_t body_len)
+{
+    char text[160];
+    int n = snprintf(text, sizeof text,
+                     "{\"op\":\"conversation\",\"conversation\":{\"last_read_seq\":%lld,\"unread\":%lld,",
+                     (long long)pos, (long long)(last_seq > pos ? last_seq - pos : 0));
+    size_t total = (size_t)n + body_len;
+    size_t hl = ws_header_len(total);
+    struct frame *f = frame_new(hl + (size_t)n);
+    ws_write_header(f->data, WS_OP_TEXT, total);
+    memcpy(f->data + hl, text, (size_t)n);
+    return f;
+}
+
+static void deliver_push(struct chat_worker *cw, const struct bus_msg *m)
+{
+    struct hub *h = &cw->hub;
+    for (size_t i = 0; i < m->npos; i++) {
+        struct hub_user *u = hub_user(h, m->pos[i].user);
+        if (!u)
+            continue;
+        hub_join(h, m->pos[i].user, m->conv);
+        struct frame *head = push_head(m->seq, m->pos[i].last_read_seq, m->frame->len);
+        for (struct conn *c = u->head; c; c = c->unext)
+            if (c->state == CONN_WS)
+                conn_send2(c, head, m->frame);
+        frame_unref(head);
+    }
+    for (uint32_t i = 0; m->users && i < m->users->n; i++) {
+        hub_leave(h, m->users->ids[i], m->conv);
+        hub_send_user(h, m->users->ids[i], m->aux, 0);
+    }
+}
+
+static void deliver_presence(struct chat_worker *cw, const struct bus_msg *m)
+{
+    struct hub *h = &cw->hub;
+    uint32_t mark = ++h->mark;
+    if (!mark)
+        mark = ++h->mark; /* 0 is every user's initial mark */
+    for (uint32_t i = 0; i < m->users->n; i++) {
+        size_t n;
+        const int64_t *users = hub_conv_users(h, m->users->ids[i], &n);
+        for (size_t k = 0; k < n; k++) {
+            struct hub_user *u = hub_user(h, users[k]);
+            if (users[k] == m->user || u->mark == mark)
+                continue;
+            u->mark = mark; /* a peer in several shared conversations hears it once */
+            hub_send_user(h, users[k], m->frame, 0);
+        }
+    }
+}
+
+void chat_deliver(struct worker *w, const struct bus_msg *m)
+{
+    struct chat_worker *cw = w->ctx;
+    struct hub *h = &cw->hub;
+    switch (m->kind) {
+    case BUS_MSG:
+        for (uint32_t i = 0; i < m->users->n; i++)
+            hub_send_user(h, m->users->ids[i], m->frame, except_of(cw, m));
+        break;
+    case BUS_CONV_EVENT: {
+        size_t n;
+        const int64_t *users = hub_conv_users(h, m->conv, &n);
+        for (size_t i = 0; i < n; i++)
+            if (users[i] != m->user)
+                hub_send_user(h, users[i], m->frame, except_of(cw, m));
+        break;
+    }
+    case BUS_PRESENCE: deliver_presence(cw, m); break;
+    case BUS_CONV_PUSH: deliver_push(cw, m); break;
+    }
+}
+
+/* ---- conversation pushes ---- */
+
+/* The view of someone no longer in the conversation: who is in it now,
+ * nothing of the messages. */
+static json_t *outside_view(int64_t conv, json_t *shared)
+{
+    json_t *o;
+    if (shared) {
+        o = json_deep_copy(shared);
+        json_object_set_new(o, "last_message", json_null());
+    } else { /* nobody is left */
+        o = json_pack("{s:I,s:s,s:n,s:[],s:i,s:n,s:i}", "id", (json_int_t)conv, "kind", "group", "title",
+                      "members", "last_seq", 0, "last_message", "created_at", 0);
+    }
+    json_object_set_new(o, "last_read_seq", json_integer(0));
+    json_object_set_new(o, "unread", json_integer(0));
+    json_t *f = json_pack("{s:s,s:o}", "op", "conversation", "conversation", o);
+    return f;
+}
+
+/* After the conversation view is read: one publication carries the shared
+ * body (encoded once), each member's read position, and the frame for the
+ * former members in r->ids. */
+static void push_view_read(struct read *r)
+{
+    struct chat_worker *cw = r->arg;
+    if (r->rc != STORE_OK && r->rc != STORE_NOT_FOUND)
+        return;
+    struct bus_msg *m = bus_msg_new(BUS_CONV_PUSH, r->conv);
+    if (r->rc == STORE_OK) {
+        char *text = json_dumps(r->result, JSON_COMPACT); /* {"id":...} */
+        size_t len = strlen(text);
+        m->frame = frame_new(len); /* the body after the head's comma: "id":...}} */
+        memcpy(m->frame->data, text + 1, len - 1);
+        m->frame->data[len - 1] = '}';
+        free(text);
+        m->seq = (int64_t)json_integer_value(json_object_get(r->result, "last_seq"));
+        m->pos = r->pos;
+        m->npos = r->npos;
+        r->pos = NULL;
+    }
+    if (r->n) {
+        m->users = idlist_new(r->ids, r->n);
+        json_t *o = outside_view(r->conv, r->rc == STORE_OK ? r->result : NULL);
+        m->aux = frame_ws_json(o);
+        json_decref(o);
+    }
+    if (!m->frame && !m->users) {
+        bus_msg_unref(m);
+        return;
+    }
+    if (!m->frame)
+        m->frame = frame_new(0);
+    publish(cw, m);
+}
+
+/* Pushes conv's current state to every member, and the outside view to the
+ * n_gone users who just left or were removed. */
+static void push_conversation(struct chat_worker *cw, int64_t conv, const int64_t *gone, size_t n_gone)
+{
+    struct read *r = chat_read(cw, READ_CONV_VIEW, NULL, push_view_read);
+    r->conv = conv;
+    if (n_gone) {
+        r->ids = xmalloc(n_gone * sizeof *r->ids);
+        memcpy(r->ids, gone, n_gone * sizeof *r->ids);
+        r->n = n_gone;
+    }
+    chat_read_submit(cw, r);
+}
+
+/* ---- jobs ---- */
+
+static void core_done(struct job *j)
+{
+    struct chat_worker *cw = j->arg;
+    if (j->rc == STORE_OK) {
+        switch (j->kind) {
+        case JOB_CONV_CREATE:
+            if (j->u.create.created)
+                push_conversation(cw, j->u.create.conv, NULL, 0);
+            break;
+        case JOB_MEMBER:
+            if (j->u.member.changed)
+                push_conversation(cw, j->u.member.conv, &j->u.member.target,
+                                  j->u.member.op == MEMBER_REMOVE);
+            break;
+        case JOB_READ: {
+            struct job_read *rd = &j->u.read;
+            json_t *o = json_pack("{s:s,s:I,s:I,s:I}", "op", "read", "conv", (json_int_t)rd->conv, "user",
+                                  (json_int_t)rd->user, "seq", (json_int_t)rd->pos);
+            struct bus_msg *m = bus_msg_new(BUS_CONV_EVENT, rd->conv);
+            m->frame = frame_ws_json(o);
+            m->except_conn = j->conn ? j->conn->id : 0; /* every member connection but this one */
+            json_decref(o);
+            publish(cw, m);
+            break;
+        }
+        default: break;
+        }
+    }
+    if (j->reply)
+        j->reply(j);
+}
+
+struct job *chat_job(struct chat_worker *cw, enum job_kind kind, struct conn *c, job_done_fn reply)
+{
+    struct job *j = job_new(kind, cw->w, c, kind == JOB_SEND ? reply : core_done, cw);
+    j->reply = reply;
+    return j;
+}
+
+void chat_submit(struct chat_worker *cw, struct job *j)
+{
+    writer_submit(cw->chat->writer, j);
+}
+
+int chat_send(struct chat_worker *cw, struct job *j, int64_t *retry_ms)
+{
+    const struct config *cfg = cw->chat->cfg;
+    if (presence_take_token(cw->chat->presence, j->u.send.sender, util_mono_ms(), cfg->send_rate,
+                            cfg->send_burst, retry_ms) < 0) {
+        job_free(j);
+        return -1;
+    }
+    writer_submit(cw->chat->writer, j);
+    return 0;
+}
+
+struct read *chat_read(struct chat_worker *cw, enum read_kind kind, struct conn *c, read_done_fn done)
+{
+    return read_new(kind, cw->w, c, done, cw);
+}
+
+void chat_read_submit(struct chat_worker *cw, struct read *r)
+{
+    reader_submit(cw->reader, r);
+}
+
+int chat_typing(struct chat_worker *cw, struct conn *c, int64_t conv)
+{
+    if (!hub_in_conv(&cw->hub, c->user_id, conv))
+        return STORE_NOT_FOUND;
+    json_t *t = json_pack("{s:s,s:I,s:I}", "op", "typing", "conv", (json_int_t)conv, "user", (json_int_t)c->user_id);
+    struct bus_msg *m = bus_msg_new(BUS_CONV_EVENT, conv);
+    m->frame = frame_ws_json(t);
+    m->user = c->user_id; /* none of the typist's own connections */
+    json_decref(t);
+    publish(cw, m);
+    return STORE_OK;
+}
+
+/* ---- sessions ---- */
+
+static void send_hello(struct chat_worker *cw, struct conn *c, json_t *user)
+{
+    send_json(c, json_pack("{s:s,s:O,s:I}", "op", "hello", "user", user, "heartbeat_ms",
+                           (json_int_t)cw->chat->cfg->heartbeat_ms));
+}
+
+static void publish_presence(struct chat_worker *cw, int64_t user, const int64_t *convs, size_t n, int online)
+{
+    if (!n)
+        return;
+    json_t *o = json_pack("{s:s,s:I,s:b}", "op", "presence", "user", (json_int_t)user, "online", online);
+    struct bus_msg *m = bus_msg_new(BUS_PRESENCE, 0);
+    m->frame = frame_ws_json(o);
+    m->users = idlist_new(convs, n);
+    m->user = user;
+    json_decref(o);
+    publish(cw, m);
+}
+
+static void session_read(struct read *r)
+{
+    struct chat_worker *cw = r->arg;
+    struct conn *c = r->conn;
+    if (c->state != CONN_WS_AUTH)
+        return; /* closed meanwhile */
+    if (r->rc != STORE_OK) {
+        conn_close_ws(c, 4001, r->rc == STORE_NOT_FOUND ? "unknown user" : "internal error");
+        return;
+    }
+    c->state = CONN_WS;
+    c->deadline_ms = 0;
+    c->last_ping_ms = worker_now(cw->w);
+    c->in_session = 1;
+    if (hub_add(&cw->hub, c))
+        hub_set_convs(&cw->hub, c->user_id, r->ids2, r->n2);
+    int count = presence_up(cw->chat->presence, c->user_id);
+    send_hello(cw, c, r->result);
+    for (size_t i = 0; i < r->n; i++)
+        if (presence_online(cw->chat->presence, r->ids[i]))
+            send_json(c, json_pack("{s:s,s:I,s:b}", "op", "presence", "user", (json_int_t)r->ids[i], "online", 1));
+    if (count == 1)
+        publish_presence(cw, c->user_id, r->ids2, r->n2, 1);
+}
+
+void chat_session_start(struct chat_worker *cw, struct conn *c, const struct jwt_claims *cl)
+{
+    c->user_id = cl->sub;
+    c->token_exp_ms = cl->exp * 1000;
+    struct read *r = chat_read(cw, READ_SESSION, c, session_read);
+    r->user = cl->sub;
+    chat_read_submit(cw, r);
+}
+
+static void renew_read(struct read *r)
+{
+    struct chat_worker *cw = r->arg;
+    if (r->rc == STORE_OK && r->conn->state == CONN_WS)
+        send_hello(cw, r->conn, r->result);
+}
+
+void chat_session_renew(struct chat_worker *cw, struct conn *c, const struct jwt_claims *cl)
+{
+    if (cl->exp * 1000 > c->token_exp_ms)
+        c->token_exp_ms = cl->exp * 1000;
+    struct read *r = chat_read(cw, READ_USER, c, renew_read);
+    r->user = c->user_id;
+    chat_read_submit(cw, r);
+}
+
+void chat_session_end(void *ctx, struct conn *c)
+{
+    struct chat_worker *cw = ctx;
+    struct hub_user *u = hub_user(&cw->hub, c->user_id);
+    struct idlist *convs = NULL;
+    if (u && u->head == c && !c->unext) /* the user's last connection here */
+        convs = idlist_new(u->convs, u->nconvs);
+    hub_remove(&cw->hub, c);
+    if (presence_down(cw->chat->presence, c->user_id) == 0 && !cw->w->stopping && convs)
+        publish_presence(cw, c->user_id, convs->ids, convs->n, 0);
+    idlist_unref(convs);
+}

@@ -1,0 +1,87 @@
+/* chat: the chat core. It holds the rules and the state of the chat above
+ * the services (writer, reader, bus, presence) and below the transports
+ * (api.c for HTTP, proto.c for WebSocket ops), which parse, validate and
+ * shape answers, and call in here.
+ *
+ * What it owns:
+ * - struct chat: the process-wide services, read-only pointers after start;
+ *   the running password hashes (an atomic counter, accounts.c).
+ * - struct chat_worker: one per worker thread, the worker's context (given
+ *   to worker_new's handler table): its hub (local connections by user and
+ *   by conversation) and its reader. Only that worker's thread touches it.
+ *
+ * Sessions (an authenticated WebSocket: hello, presence, the conversation
+ * index), sends (rate limit, then the writer), read positions and receipts,
+ * typing, sync, conversation pushes (one shared body for all members plus a
+ * small head of each member's own), and the delivery of every bus
+ * publication on this worker (chat_deliver) live here; the in-transaction
+ * rules are in chat_tx.c, accounts in accounts.c. */
+#ifndef PARLEY_CHAT_H
+#define PARLEY_CHAT_H
+
+#include "bus.h"
+#include "hub.h"
+#include "job.h"
+#include "jwt.h"
+#include "reader.h"
+#include "worker.h"
+
+#include <jansson.h>
+#include <stdatomic.h>
+
+struct presence;
+struct writer;
+
+struct chat {
+    const struct config *cfg;
+    struct writer *writer;
+    struct bus *bus;
+    struct presence *presence;
+    atomic_int hashes_running;  /* password hashes in the thread pool, all workers */
+};
+
+struct chat_worker {
+    struct chat *chat;
+    struct worker *w;
+    struct hub hub;
+    struct reader *reader;      /* owned */
+};
+
+/* rd becomes the worker state's. */
+struct chat_worker *chat_worker_new(struct chat *ch, struct worker *w, struct reader *rd);
+void chat_worker_free(struct chat_worker *cw);
+
+/* The bus's deliver callback: a publication reached worker w (w->ctx is its
+ * struct chat_worker). */
+void chat_deliver(struct worker *w, const struct bus_msg *m);
+
+/* ---- sessions ---- */
+/* Authenticates an upgraded connection: reads the user, registers the
+ * connection, sends hello and who of the user's peers is online, announces
+ * the user online. Closes 4001 "unknown user" if the user is gone. */
+void chat_session_start(struct chat_worker *cw, struct conn *c, const struct jwt_claims *cl);
+/* A new token on an open session: extends it and says hello again. */
+void chat_session_renew(struct chat_worker *cw, struct conn *c, const struct jwt_claims *cl);
+/* The handler table's on_session_end: leaves the hub, announces offline. */
+void chat_session_end(void *ctx, struct conn *c);
+
+/* ---- jobs and reads, as the transports start them ---- */
+/* A job of kind whose answer is reply (on this worker, after the core's own
+ * effects: pushes, receipts). The caller fills j->u and calls chat_submit. */
+struct job *chat_job(struct chat_worker *cw, enum job_kind kind, struct conn *c, job_done_fn reply);
+void chat_submit(struct chat_worker *cw, struct job *j);
+/* A send: 0 and submitted, or -1 when the sender's rate limit refuses it
+ * (*retry_ms until a token is back; the job is freed). */
+int chat_send(struct chat_worker *cw, struct job *j, int64_t *retry_ms);
+/* A read of kind answered through done. */
+struct read *chat_read(struct chat_worker *cw, enum read_kind kind, struct conn *c, read_done_fn done);
+void chat_read_submit(struct chat_worker *cw, struct read *r);
+
+/* typing: STORE_OK (fanned out to the conversation's other members) or
+ * STORE_NOT_FOUND (not a member). */
+int chat_typing(struct chat_worker *cw, struct conn *c, int64_t conv);
+
+/* The caller's error answer for a store_rc, as WebSocket error codes. */
+const char *chat_rc_code(int rc, int unavailable);
+
+#endif

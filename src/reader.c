@@ -1,0 +1,174 @@
+/* reader: see reader.h. */
+#include "reader.h"
+
+#include "util.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static void read_returned(struct worker *w, struct event *ev)
+{
+    struct read *r = (struct read *)ev;
+    (void)w;
+    r->done(r);
+    read_free(r);
+}
+
+static void read_dropped(struct event *ev)
+{
+    read_free((struct read *)ev);
+}
+
+struct read *read_new(enum read_kind kind, struct worker *origin, struct conn *conn, read_done_fn done, void *arg)
+{
+    struct read *r = xcalloc(1, sizeof *r);
+    r->ev.run = read_returned;
+    r->ev.drop = read_dropped;
+    r->kind = kind;
+    r->origin = origin;
+    r->done = done;
+    r->arg = arg;
+    if (conn) {
+        r->conn = conn;
+        conn->pending++;
+    }
+    return r;
+}
+
+static void decref(json_t *o)
+{
+    if (o)
+        json_decref(o);
+}
+
+void read_free(struct read *r)
+{
+    if (!r)
+        return;
+    free(r->str);
+    decref(r->since);
+    decref(r->result);
+    decref(r->extra);
+    free(r->pwhash);
+    free(r->ids);
+    free(r->ids2);
+    free(r->pos);
+    if (r->conn)
+        conn_release(r->conn);
+    free(r);
+}
+
+/* sync: up to per_conv messages after each asked position, for each asked
+ * conversation the user is in; then the summary of all of them. */
+static int run_sync(struct store *st, struct read *r, int per_conv)
+{
+    json_t *msgs = json_array();
+    const char *key;
+    json_t *v;
+    json_object_foreach(r->since, key, v) {
+        int64_t conv;
+        if (util_parse_i64(key, &conv) < 0 || conv <= 0 || !json_is_integer(v) || json_integer_value(v) < 0)
+            continue; /* not a conversation: nothing to send for it */
+        if (store_is_member(st, conv, r->user) != STORE_OK)
+            continue;
+        json_t *page;
+        int more;
+        if (store_msg_page(st, conv, 0, json_integer_value(v), per_conv, &page, &more) != STORE_OK)
+            continue;
+        json_array_extend(msgs, page);
+        json_decref(page);
+    }
+    int rc = store_sync_summary(st, r->user, &r->extra);
+    if (rc != STORE_OK) {
+        json_decref(msgs);
+        return rc;
+    }
+    r->result = msgs;
+    return STORE_OK;
+}
+
+void reader_run(struct store *st, struct read *r, int per_conv)
+{
+    switch (r->kind) {
+    case READ_USER:
+        r->rc = store_user_by_id(st, r->user, &r->result);
+        break;
+    case READ_USER_BY_NAME:
+        r->rc = store_user_by_name(st, r->str, &r->result, &r->pwhash);
+        break;
+    case READ_USERS:
+        r->rc = store_users_search(st, r->str ? r->str : "", r->limit, &r->result);
+        break;
+    case READ_CONVS:
+        r->rc = store_conv_list(st, r->user, &r->result);
+        break;
+    case READ_CONV:
+        r->rc = store_conv_get(st, r->conv, r->user, &r->result);
+        break;
+    case READ_HISTORY:
+        r->rc = store_is_member(st, r->conv, r->user);
+        if (r->rc == STORE_OK)
+            r->rc = store_msg_page(st, r->conv, r->before, r->after, r->limit, &r->result, &r->has_more);
+        break;
+    case READ_MSG: {
+        json_t *page = NULL;
+        int more;
+        r->rc = store_msg_page(st, r->conv, 0, r->seq - 1, 1, &page, &more);
+        if (r->rc == STORE_OK && json_array_size(page) == 1)
+            r->result = json_incref(json_array_get(page, 0));
+        else if (r->rc == STORE_OK)
+            r->rc = STORE_NOT_FOUND;
+        if (page)
+            json_decref(page);
+        break;
+    }
+    case READ_SYNC:
+        r->rc = run_sync(st, r, per_conv);
+        break;
+    case READ_SESSION:
+        r->rc = store_user_by_id(st, r->user, &r->result);
+        if (r->rc == STORE_OK)
+            r->rc = store_peers(st, r->user, &r->ids, &r->n);
+        if (r->rc == STORE_OK)
+            r->rc = store_user_convs(st, r->user, &r->ids2, &r->n2);
+        break;
+    case READ_CONV_VIEW:
+        r->rc = store_conv_view(st, r->conv, &r->result, &r->pos, &r->npos);
+        break;
+    }
+}
+
+/* ---- the inline reader: the worker's own connection ---- */
+
+struct reader_inline {
+    struct reader base; /* first */
+    struct store *st;
+    int per_conv;
+};
+
+static void inline_submit(struct reader *rd, struct read *r)
+{
+    struct reader_inline *ri = (struct reader_inline *)rd;
+    /* SQLite in WAL mode: every statement sees the newest commit, so min_seq
+     * always holds here; a replica-backed reader checks it. */
+    reader_run(ri->st, r, ri->per_conv);
+    r->done(r);
+    read_free(r);
+}
+
+static void inline_free(struct reader *rd)
+{
+    struct reader_inline *ri = (struct reader_inline *)rd;
+    store_close(ri->st);
+    free(ri);
+}
+
+struct reader *reader_inline_new(struct store *st, int per_conv)
+{
+    struct reader_inline *ri = xcalloc(1, sizeof *ri);
+    ri->base.submit = inline_submit;
+    ri->base.free = inline_free;
+    ri->st = st;
+    ri->per_conv = per_conv;
+    return &ri->base;
+}

@@ -1,0 +1,88 @@
+/* reader: reads as jobs. A transport or the core describes a read (struct
+ * read: a kind, its parameters, and min_seq, the newest seq of the
+ * conversation the answer must include); the reader answers it by calling
+ * its done function on the worker that asked.
+ *
+ * The interface lets a backend answer later: reader_submit may run the read
+ * at once (reader_inline: the worker's own SQLite connection, no thread hop,
+ * no copy, no extra cost in embedded mode) or queue it for a pool of
+ * database connections and post the answer through the worker's inbox (a
+ * network database, where a read must never block the loop). Callers are
+ * written for either: nothing after reader_submit may rely on the answer.
+ *
+ * Ownership: the caller builds the read (read_new) and hands it over with
+ * reader_submit; the reader owns it until done returns, then frees it.
+ * A read bound to a connection keeps it allocated (conn->pending). */
+#ifndef PARLEY_READER_H
+#define PARLEY_READER_H
+
+#include "store.h"
+#include "worker.h"
+
+#include <jansson.h>
+
+enum read_kind {
+    READ_USER,         /* user: result = the user */
+    READ_USER_BY_NAME, /* str: result = the user, pwhash */
+    READ_USERS,        /* str (prefix), limit: result = [users] */
+    READ_CONVS,        /* user: result = [conversations] */
+    READ_CONV,         /* conv, user: result = the user's view */
+    READ_HISTORY,      /* conv, user (must be a member), before, after, limit: result = [msgs], has_more */
+    READ_MSG,          /* conv, seq: result = that message */
+    READ_SYNC,         /* user, since: result = [msgs] (at most per_conv of each asked conversation the
+                          user is in), extra = the summary */
+    READ_SESSION,      /* user: result = the user, ids = peers, ids2 = conversations */
+    READ_CONV_VIEW,    /* conv: result = the shared part, pos = every member's read position */
+};
+
+struct read;
+typedef void (*read_done_fn)(struct read *r);
+
+struct read {
+    struct event ev;        /* first: for a reader that answers through the inbox */
+    enum read_kind kind;
+    struct worker *origin;
+    struct conn *conn;      /* NULL, or pinned until the read is freed */
+    read_done_fn done;      /* on origin, with the answer */
+    void *arg;              /* the caller's */
+    int64_t min_seq;        /* the answer must include conv's seq up to here (0: any) */
+    /* parameters */
+    int64_t user, conv, seq, before, after;
+    int limit;
+    char *str;              /* owned */
+    json_t *since;          /* a reference owned by the read */
+    /* answer */
+    int rc;                 /* enum store_rc */
+    json_t *result, *extra; /* references owned by the read (take them with json_incref) */
+    int has_more;
+    char *pwhash;           /* owned */
+    int64_t *ids, *ids2;    /* owned */
+    size_t n, n2;
+    struct store_pos *pos;  /* owned */
+    size_t npos;
+};
+
+struct read *read_new(enum read_kind kind, struct worker *origin, struct conn *conn, read_done_fn done, void *arg);
+void read_free(struct read *r);
+
+struct reader {
+    void (*submit)(struct reader *rd, struct read *r);
+    void (*free)(struct reader *rd);
+};
+
+static inline void reader_submit(struct reader *rd, struct read *r) { rd->submit(rd, r); }
+static inline void reader_free(struct reader *rd)
+{
+    if (rd)
+        rd->free(rd);
+}
+
+/* Answers each read at once on the calling thread from st (owned by the
+ * reader from now on). per_conv: the most messages of one conversation in a
+ * sync answer. */
+struct reader *reader_inline_new(struct store *st, int per_conv);
+
+/* Runs r against st (any backend, any thread): fills the answer. */
+void reader_run(struct store *st, struct read *r, int per_conv);
+
+#endif
