@@ -14,7 +14,7 @@
 #include <sqlite3.h>
 
 #include "migrations.h"
-#include "store.h"
+#include "store_sqlite.h"
 
 struct fx {
     char dir[64];
@@ -35,7 +35,7 @@ static int setup(void **state)
         return -1;
     }
     snprintf(f->path, sizeof f->path, "%s/parley.db", f->dir);
-    if (store_open(f->path, 0, &f->st, err, sizeof err) != STORE_OK) {
+    if (store_sqlite_open(f->path, 0, &f->st, err, sizeof err) != STORE_OK) {
         fprintf(stderr, "store_open: %s\n", err);
         rmdir(f->dir);
         free(f);
@@ -84,13 +84,21 @@ static int64_t mkgroup(struct store *st, int64_t owner, const int64_t *members, 
     return conv;
 }
 
+/* Stores one message through the batch operation at time ts; the store
+ * hands out the next dense seq, which must be the one the test expects. */
 static void send_msg(struct store *st, int64_t conv, int64_t seq, int64_t from, const char *cid, int64_t ts)
 {
     char body[32];
+    struct store_batch_out out = {0};
 
     snprintf(body, sizeof body, "body %lld", (long long)seq);
-    assert_int_equal(store_msg_insert(st, conv, seq, from, cid, body, strlen(body), ts), STORE_OK);
-    assert_int_equal(store_conv_advance(st, conv, seq, ts), STORE_OK);
+    struct store_send m = {.conv = conv, .sender = from, .client_id = cid, .body = body, .body_len = strlen(body)};
+    assert_int_equal(store_send_batch(st, &m, 1, ts, &out), STORE_OK);
+    assert_int_equal(m.rc, STORE_OK);
+    assert_int_equal(m.dup, 0);
+    assert_int_equal(m.seq, seq);
+    assert_int_equal(m.ts, ts);
+    store_batch_out_dispose(&out);
 }
 
 static int64_t jint(json_t *o, const char *key)
@@ -123,18 +131,6 @@ static const char *role_of(json_t *conv, int64_t user)
     return NULL;
 }
 
-static const char *role_in(struct store *st, int64_t conv, int64_t viewer, int64_t user)
-{
-    static char role[16]; /* test-only convenience */
-    json_t *c = NULL;
-    const char *r;
-
-    assert_int_equal(store_conv_get(st, conv, viewer, &c), STORE_OK);
-    r = role_of(c, user);
-    snprintf(role, sizeof role, "%s", r ? r : "");
-    json_decref(c);
-    return role;
-}
 
 static int64_t count_rows(const char *path, const char *sql)
 {
@@ -168,7 +164,7 @@ static void test_migrations_idempotent(void **state)
     /* Re-opening applies nothing twice and keeps the data. */
     store_close(f->st);
     f->st = NULL;
-    assert_int_equal(store_open(f->path, 0, &f->st, err, sizeof err), STORE_OK);
+    assert_int_equal(store_sqlite_open(f->path, 0, &f->st, err, sizeof err), STORE_OK);
     assert_int_equal(count_rows(f->path, "SELECT count(*) FROM schema_version"), migrations_count);
     assert_int_equal(store_user_by_name(f->st, "alice", &u, NULL), STORE_OK);
     json_decref(u);
@@ -182,7 +178,7 @@ static void test_readonly_needs_existing_db(void **state)
     char path[160], err[256] = "";
 
     snprintf(path, sizeof path, "%s/missing.db", f->dir);
-    assert_int_equal(store_open(path, 1, &ro, err, sizeof err), STORE_ERR);
+    assert_int_equal(store_sqlite_open(path, 1, &ro, err, sizeof err), STORE_ERR);
     assert_null(ro);
     assert_true(err[0] != '\0');
     assert_int_equal(access(path, F_OK), -1);
@@ -521,150 +517,99 @@ static void test_conv_list_order(void **state)
     json_decref(list);
 }
 
-/* ---- members ---- */
-
-static void test_member_add_remove(void **state)
-{
-    struct fx *f = *state;
-    int64_t a = mkuser(f->st, "alice"), b = mkuser(f->st, "bob"), c = mkuser(f->st, "carol");
-    int64_t d = mkuser(f->st, "dave");
-    int64_t g = mkgroup(f->st, a, (int64_t[]){b, c}, 2, 100);
-    int added = -1;
-
-    assert_int_equal(store_member_add(f->st, g, b, d, 200, &added), STORE_FORBIDDEN);
-    assert_int_equal(store_member_add(f->st, g, d, d, 200, &added), STORE_NOT_FOUND);
-    assert_int_equal(store_member_add(f->st, g + 10, a, d, 200, &added), STORE_NOT_FOUND);
-    assert_int_equal(store_member_add(f->st, g, a, d + 100, 200, &added), STORE_NOT_FOUND);
-    assert_int_equal(store_member_add(f->st, g, a, d, 200, &added), STORE_OK);
-    assert_int_equal(added, 1);
-    assert_int_equal(store_member_add(f->st, g, a, d, 300, &added), STORE_OK);
-    assert_int_equal(added, 0);
-    assert_int_equal(store_is_member(f->st, g, d), STORE_OK);
-
-    assert_int_equal(store_member_remove(f->st, g, b, c), STORE_FORBIDDEN);
-    assert_int_equal(store_member_set_role(f->st, g, a, b, "admin"), STORE_OK);
-    assert_string_equal(role_in(f->st, g, a, b), "admin");
-    /* An admin may add and remove members, but not the owner. */
-    assert_int_equal(store_member_remove(f->st, g, b, c), STORE_OK);
-    assert_int_equal(store_is_member(f->st, g, c), STORE_NOT_FOUND);
-    assert_int_equal(store_member_remove(f->st, g, b, c), STORE_NOT_FOUND);
-    assert_int_equal(store_member_remove(f->st, g, b, a), STORE_FORBIDDEN);
-    assert_int_equal(store_member_add(f->st, g, b, c, 400, &added), STORE_OK);
-    assert_int_equal(added, 1);
-    /* Leaving needs no rank. */
-    assert_int_equal(store_member_remove(f->st, g, d, d), STORE_OK);
-    assert_int_equal(store_is_member(f->st, g, d), STORE_NOT_FOUND);
-    /* Gone: may no longer act. */
-    assert_int_equal(store_member_remove(f->st, g, d, c), STORE_NOT_FOUND);
-    assert_int_equal(store_member_remove(f->st, g + 10, a, b), STORE_NOT_FOUND);
-    /* The owner removes an admin. */
-    assert_int_equal(store_member_remove(f->st, g, a, b), STORE_OK);
-    assert_int_equal(store_is_member(f->st, g, b), STORE_NOT_FOUND);
-    assert_string_equal(role_in(f->st, g, a, a), "owner");
-}
-
-static void test_set_role(void **state)
-{
-    struct fx *f = *state;
-    int64_t a = mkuser(f->st, "alice"), b = mkuser(f->st, "bob"), c = mkuser(f->st, "carol");
-    int64_t d = mkuser(f->st, "dave");
-    int64_t g = mkgroup(f->st, a, (int64_t[]){b, c}, 2, 100);
-
-    assert_int_equal(store_member_set_role(f->st, g, a, b, "owner"), STORE_BAD_REQUEST);
-    assert_int_equal(store_member_set_role(f->st, g, a, b, "root"), STORE_BAD_REQUEST);
-    assert_int_equal(store_member_set_role(f->st, g, a, b, NULL), STORE_BAD_REQUEST);
-    assert_int_equal(store_member_set_role(f->st, g, a, a, "member"), STORE_BAD_REQUEST);
-    assert_int_equal(store_member_set_role(f->st, g, a, d, "admin"), STORE_NOT_FOUND);
-    assert_int_equal(store_member_set_role(f->st, g, d, b, "admin"), STORE_NOT_FOUND);
-    assert_int_equal(store_member_set_role(f->st, g, b, c, "admin"), STORE_FORBIDDEN);
-    assert_int_equal(store_member_set_role(f->st, g, a, b, "admin"), STORE_OK);
-    /* Admins are not owners. */
-    assert_int_equal(store_member_set_role(f->st, g, b, c, "admin"), STORE_FORBIDDEN);
-    assert_int_equal(store_member_set_role(f->st, g, a, b, "member"), STORE_OK);
-    assert_string_equal(role_in(f->st, g, a, b), "member");
-}
-
-static void test_owner_transfer(void **state)
-{
-    struct fx *f = *state;
-    int64_t a = mkuser(f->st, "alice"), b = mkuser(f->st, "bob"), c = mkuser(f->st, "carol");
-    int64_t d = mkuser(f->st, "dave");
-    int64_t g = mkgroup(f->st, a, &b, 1, 100), *ids = NULL, last = -1;
-    size_t n = 99;
-    int added;
-
-    assert_int_equal(store_member_add(f->st, g, a, d, 300, &added), STORE_OK);
-    assert_int_equal(store_member_add(f->st, g, a, c, 200, &added), STORE_OK);
-    assert_int_equal(store_member_set_role(f->st, g, a, d, "admin"), STORE_OK);
-    assert_int_equal(store_member_set_role(f->st, g, a, c, "admin"), STORE_OK);
-
-    /* The longest-standing admin (c joined before d), over the older member b. */
-    assert_int_equal(store_member_remove(f->st, g, a, a), STORE_OK);
-    assert_string_equal(role_in(f->st, g, b, c), "owner");
-    assert_string_equal(role_in(f->st, g, b, d), "admin");
-    assert_string_equal(role_in(f->st, g, b, b), "member");
-    assert_int_equal(store_member_remove(f->st, g, c, c), STORE_OK);
-    assert_string_equal(role_in(f->st, g, b, d), "owner");
-    /* No admin left: the longest-standing member. */
-    assert_int_equal(store_member_remove(f->st, g, d, d), STORE_OK);
-    assert_string_equal(role_in(f->st, g, b, b), "owner");
-    /* An admin leaving hands nothing on. */
-    assert_int_equal(store_member_add(f->st, g, b, a, 400, &added), STORE_OK);
-    assert_int_equal(store_member_set_role(f->st, g, b, a, "admin"), STORE_OK);
-    assert_int_equal(store_member_remove(f->st, g, a, a), STORE_OK);
-    assert_string_equal(role_in(f->st, g, b, b), "owner");
-    /* The last one out: the conversation stays, empty. */
-    assert_int_equal(store_member_remove(f->st, g, b, b), STORE_OK);
-    assert_int_equal(store_members(f->st, g, &ids, &n), STORE_OK);
-    assert_int_equal(n, 0);
-    free(ids);
-    assert_int_equal(store_conv_last_seq(f->st, g, &last), STORE_OK);
-    assert_int_equal(last, 0);
-}
-
-static void test_direct_member_ops(void **state)
-{
-    struct fx *f = *state;
-    int64_t a = mkuser(f->st, "alice"), b = mkuser(f->st, "bob"), c = mkuser(f->st, "carol"), d = 0;
-    int created, added = -1;
-
-    assert_int_equal(store_conv_create_direct(f->st, a, b, 100, &d, &created), STORE_OK);
-    assert_int_equal(store_member_add(f->st, d, a, c, 200, &added), STORE_BAD_REQUEST);
-    assert_int_equal(added, 0);
-    assert_int_equal(store_member_remove(f->st, d, a, a), STORE_BAD_REQUEST);
-    assert_int_equal(store_member_remove(f->st, d, a, b), STORE_BAD_REQUEST);
-    assert_int_equal(store_member_set_role(f->st, d, a, b, "admin"), STORE_BAD_REQUEST);
-    /* Outsiders learn nothing. */
-    assert_int_equal(store_member_add(f->st, d, c, c, 200, &added), STORE_NOT_FOUND);
-    assert_int_equal(store_member_remove(f->st, d, c, a), STORE_NOT_FOUND);
-    assert_int_equal(store_is_member(f->st, d, a), STORE_OK);
-    assert_int_equal(store_is_member(f->st, d, b), STORE_OK);
-}
-
 /* ---- messages ---- */
 
-static void test_msg_insert_conflict(void **state)
+static void test_send_batch(void **state)
 {
     struct fx *f = *state;
-    int64_t a = mkuser(f->st, "alice"), b = mkuser(f->st, "bob"), d = 0, conv = 0, seq = 0, ts = 0;
+    int64_t a = mkuser(f->st, "alice"), b = mkuser(f->st, "bob"), c = mkuser(f->st, "carol");
+    int64_t d = 0, g, conv = 0, seq = 0, ts = 0;
     int created;
+    struct store_batch_out out = {0};
 
     assert_int_equal(store_conv_create_direct(f->st, a, b, 100, &d, &created), STORE_OK);
-    assert_int_equal(store_msg_insert(f->st, d, 1, a, "c1", "hi", 2, 1000), STORE_OK);
-    assert_int_equal(store_msg_insert(f->st, d, 2, a, "c1", "again", 5, 1001), STORE_CONFLICT);
-    /* Client ids are per sender. */
-    assert_int_equal(store_msg_insert(f->st, d, 2, b, "c1", "yo", 2, 1002), STORE_OK);
-    /* A reused seq is a writer bug: an error, not a conflict. */
-    assert_int_equal(store_msg_insert(f->st, d, 2, a, "c2", "x", 1, 1003), STORE_ERR);
+    g = mkgroup(f->st, a, (int64_t[]){b, c}, 2, 100);
+    struct store_send v[] = {
+        {.conv = d, .sender = a, .client_id = "c1", .body = "hi", .body_len = 2},
+        {.conv = g, .sender = b, .client_id = "c1", .body = "yo", .body_len = 2},   /* ids are per sender */
+        {.conv = d, .sender = a, .client_id = "c1", .body = "again", .body_len = 5}, /* a resend in the batch */
+        {.conv = d, .sender = c, .client_id = "c9", .body = "no", .body_len = 2},   /* not a member */
+        {.conv = g, .sender = c, .client_id = "c2", .body = "x", .body_len = 1},
+        {.conv = d, .sender = b, .client_id = "c2", .body = "z", .body_len = 1},
+        {.conv = d + g + 10, .sender = a, .client_id = "c3", .body = "?", .body_len = 1}, /* no conversation */
+    };
+    assert_int_equal(store_send_batch(f->st, v, 7, 1000, &out), STORE_OK);
+    assert_int_equal(v[0].rc, STORE_OK);
+    assert_int_equal(v[0].seq, 1);
+    assert_int_equal(v[0].dup, 0);
+    assert_int_equal(v[1].seq, 1);
+    assert_int_equal(v[2].rc, STORE_OK);
+    assert_int_equal(v[2].dup, 1);
+    assert_int_equal(v[2].seq, 1);
+    assert_int_equal(v[3].rc, STORE_NOT_FOUND);
+    assert_int_equal(v[4].seq, 2);
+    assert_int_equal(v[5].seq, 2); /* the refused send took no seq: dense */
+    assert_int_equal(v[6].rc, STORE_NOT_FOUND);
+    /* the touched conversations and their members, for the fan-out */
+    assert_int_equal(out.n, 2);
+    assert_int_equal(store_batch_members(&out, d)->n, 2);
+    assert_int_equal(store_batch_members(&out, g)->n, 3);
+    assert_null(store_batch_members(&out, d + g + 10));
+    store_batch_out_dispose(&out);
+
+    /* a later resend, even aimed elsewhere, answers with the original */
+    struct store_send r = {.conv = g, .sender = a, .client_id = "c1", .body = "late", .body_len = 4};
+    assert_int_equal(store_send_batch(f->st, &r, 1, 2000, &out), STORE_OK);
+    assert_int_equal(r.dup, 1);
+    assert_int_equal(r.conv, d);
+    assert_int_equal(r.seq, 1);
+    assert_int_equal(r.ts, 1000);
+    assert_int_equal(out.n, 0);
+    store_batch_out_dispose(&out);
 
     assert_int_equal(store_msg_by_client(f->st, a, "c1", &conv, &seq, &ts), STORE_OK);
     assert_int_equal(conv, d);
     assert_int_equal(seq, 1);
     assert_int_equal(ts, 1000);
     assert_int_equal(store_msg_by_client(f->st, b, "c1", &conv, &seq, &ts), STORE_OK);
-    assert_int_equal(seq, 2);
+    assert_int_equal(conv, g);
     assert_int_equal(store_msg_by_client(f->st, a, "c2", &conv, &seq, &ts), STORE_NOT_FOUND);
-    assert_int_equal(store_msg_by_client(f->st, a, "c1", NULL, NULL, NULL), STORE_OK);
+    assert_int_equal(store_conv_last_seq(f->st, d, &seq), STORE_OK);
+    assert_int_equal(seq, 2);
+    assert_int_equal(store_conv_last_seq(f->st, g, &seq), STORE_OK);
+    assert_int_equal(seq, 2);
+}
+
+/* Two writers (two connections, as two nodes would be) reserve seqs of one
+ * conversation in turn: dense, never the same seq twice. */
+static void test_send_batch_two_writers(void **state)
+{
+    struct fx *f = *state;
+    int64_t a = mkuser(f->st, "alice"), b = mkuser(f->st, "bob"), d = 0, last = 0;
+    int created;
+    char err[256];
+    struct store *other;
+
+    assert_int_equal(store_conv_create_direct(f->st, a, b, 100, &d, &created), STORE_OK);
+    assert_int_equal(store_sqlite_open(f->path, 0, &other, err, sizeof err), STORE_OK);
+    for (int round = 0; round < 5; round++) {
+        struct store *st = round % 2 ? other : f->st;
+        char id1[16], id2[16];
+        snprintf(id1, sizeof id1, "a%d", round);
+        snprintf(id2, sizeof id2, "b%d", round);
+        struct store_send v[] = {
+            {.conv = d, .sender = a, .client_id = id1, .body = "1", .body_len = 1},
+            {.conv = d, .sender = b, .client_id = id2, .body = "2", .body_len = 1},
+        };
+        assert_int_equal(store_begin(st), STORE_OK);
+        assert_int_equal(store_send_batch(st, v, 2, 1000 + round, NULL), STORE_OK);
+        assert_int_equal(store_commit(st), STORE_OK);
+        assert_int_equal(v[0].seq, 2 * round + 1);
+        assert_int_equal(v[1].seq, 2 * round + 2);
+    }
+    store_close(other);
+    assert_int_equal(store_conv_last_seq(f->st, d, &last), STORE_OK);
+    assert_int_equal(last, 10);
 }
 
 static void test_advance_and_read(void **state)
@@ -682,15 +627,14 @@ static void test_advance_and_read(void **state)
     assert_int_equal(store_read_set(f->st, d, a, 5, &pos), STORE_OK);
     assert_int_equal(pos, 0);
 
+    /* b sends 3: b's own position follows its messages */
     for (int64_t s = 1; s <= 3; s++) {
         char cid[8];
         snprintf(cid, sizeof cid, "c%lld", (long long)s);
-        assert_int_equal(store_msg_insert(f->st, d, s, a, cid, "x", 1, 1000 + s), STORE_OK);
+        send_msg(f->st, d, s, b, cid, 1000 + s);
     }
-    assert_int_equal(store_conv_advance(f->st, d, 3, 1003), STORE_OK);
     assert_int_equal(store_conv_last_seq(f->st, d, &last), STORE_OK);
     assert_int_equal(last, 3);
-    assert_int_equal(store_conv_advance(f->st, d + 10, 3, 1003), STORE_NOT_FOUND);
     assert_int_equal(store_conv_last_seq(f->st, d + 10, &last), STORE_NOT_FOUND);
 
     assert_int_equal(store_read_set(f->st, d, a, 2, &pos), STORE_OK);
@@ -708,13 +652,41 @@ static void test_advance_and_read(void **state)
     assert_int_equal(jint(obj, "last_seq"), 3);
     assert_int_equal(jint(obj, "last_read_seq"), 3);
     assert_int_equal(jint(obj, "unread"), 0);
-    json_decref(obj);
-    assert_int_equal(store_conv_get(f->st, d, b, &obj), STORE_OK);
-    assert_int_equal(jint(obj, "last_read_seq"), 0);
-    assert_int_equal(jint(obj, "unread"), 3);
     assert_int_equal(jint(json_object_get(obj, "last_message"), "seq"), 3);
     assert_int_equal(jint(json_object_get(obj, "last_message"), "ts"), 1003);
     json_decref(obj);
+    assert_int_equal(store_conv_get(f->st, d, b, &obj), STORE_OK);
+    assert_int_equal(jint(obj, "last_read_seq"), 3);
+    assert_int_equal(jint(obj, "unread"), 0);
+    json_decref(obj);
+}
+
+/* The push view: the shared part once, every member's position. */
+static void test_conv_view(void **state)
+{
+    struct fx *f = *state;
+    int64_t a = mkuser(f->st, "alice"), b = mkuser(f->st, "bob"), c = mkuser(f->st, "carol");
+    int64_t g = mkgroup(f->st, a, (int64_t[]){b, c}, 2, 100), pos;
+    json_t *shared = NULL;
+    struct store_pos *p = NULL;
+    size_t n = 0;
+
+    send_msg(f->st, g, 1, a, "m1", 1001);
+    send_msg(f->st, g, 2, b, "m2", 1002);
+    assert_int_equal(store_read_set(f->st, g, c, 1, &pos), STORE_OK);
+    assert_int_equal(store_conv_view(f->st, g, &shared, &p, &n), STORE_OK);
+    assert_int_equal(jint(shared, "last_seq"), 2);
+    assert_int_equal(json_array_size(json_object_get(shared, "members")), 3);
+    assert_int_equal(jint(json_object_get(shared, "last_message"), "seq"), 2);
+    assert_null(json_object_get(shared, "last_read_seq"));
+    assert_null(json_object_get(shared, "unread"));
+    assert_int_equal(n, 3);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(p[i].last_read_seq, p[i].user == a ? 1 : p[i].user == b ? 2 : 1);
+    json_decref(shared);
+    free(p);
+    assert_int_equal(store_conv_view(f->st, g + 10, &shared, &p, &n), STORE_NOT_FOUND);
+    assert_null(shared);
 }
 
 static void expect_page(struct store *st, int64_t conv, int64_t before, int64_t after, int limit,
@@ -782,8 +754,9 @@ static void test_body_with_nul(void **state)
     int created, more;
 
     assert_int_equal(store_conv_create_direct(f->st, a, b, 100, &d, &created), STORE_OK);
-    assert_int_equal(store_msg_insert(f->st, d, 1, a, "nul", body, len, 1000), STORE_OK);
-    assert_int_equal(store_conv_advance(f->st, d, 1, 1000), STORE_OK);
+    struct store_send m = {.conv = d, .sender = a, .client_id = "nul", .body = body, .body_len = len};
+    assert_int_equal(store_send_batch(f->st, &m, 1, 1000, NULL), STORE_OK);
+    assert_int_equal(m.seq, 1);
 
     assert_int_equal(store_msg_page(f->st, d, 0, -1, 10, &msgs, &more), STORE_OK);
     text = json_object_get(json_array_get(msgs, 0), "body");
@@ -871,7 +844,7 @@ static void test_readonly_sees_commits(void **state)
     json_t *u = NULL, *list = NULL;
     int64_t a, b, g, last = -1;
 
-    assert_int_equal(store_open(f->path, 1, &ro, err, sizeof err), STORE_OK);
+    assert_int_equal(store_sqlite_open(f->path, 1, &ro, err, sizeof err), STORE_OK);
     a = mkuser(f->st, "alice");
     assert_int_equal(store_user_by_name(ro, "alice", &u, NULL), STORE_OK);
     json_decref(u);
@@ -896,38 +869,6 @@ static void test_readonly_sees_commits(void **state)
     store_close(ro);
 }
 
-/* Not an assertion: prints the hot path's rate for a look in the test log. */
-static void test_speed_report(void **state)
-{
-    struct fx *f = *state;
-    int64_t a = mkuser(f->st, "alice"), b = mkuser(f->st, "bob"), conv[8], seq[8] = {0}, pos;
-    const int batches = 50, per_batch = 200;
-    struct timespec t0, t1;
-    double secs;
-
-    for (int i = 0; i < 8; i++)
-        conv[i] = mkgroup(f->st, a, &b, 1, 100);
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (int k = 0; k < batches; k++) {
-        assert_int_equal(store_begin(f->st), STORE_OK);
-        for (int i = 0; i < per_batch; i++) {
-            int c = i % 8;
-            char cid[24];
-            snprintf(cid, sizeof cid, "%d-%d", k, i);
-            assert_int_equal(store_msg_by_client(f->st, a, cid, NULL, NULL, NULL), STORE_NOT_FOUND);
-            assert_int_equal(store_msg_insert(f->st, conv[c], ++seq[c], a, cid, "hello there", 11, k), STORE_OK);
-            assert_int_equal(store_read_set(f->st, conv[c], a, seq[c], &pos), STORE_OK);
-        }
-        for (int c = 0; c < 8; c++)
-            assert_int_equal(store_conv_advance(f->st, conv[c], seq[c], k), STORE_OK);
-        assert_int_equal(store_commit(f->st), STORE_OK);
-    }
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
-    print_message("store: %d messages in %d batches: %.3f s (%.0f msg/s)\n", batches * per_batch, batches,
-                  secs, secs > 0 ? batches * per_batch / secs : 0.0);
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -945,17 +886,14 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_group_unknown_member, setup, teardown),
         cmocka_unit_test_setup_teardown(test_conv_get_not_member, setup, teardown),
         cmocka_unit_test_setup_teardown(test_conv_list_order, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_member_add_remove, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_set_role, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_owner_transfer, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_direct_member_ops, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_msg_insert_conflict, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_send_batch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_send_batch_two_writers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_conv_view, setup, teardown),
         cmocka_unit_test_setup_teardown(test_advance_and_read, setup, teardown),
         cmocka_unit_test_setup_teardown(test_msg_page, setup, teardown),
         cmocka_unit_test_setup_teardown(test_body_with_nul, setup, teardown),
         cmocka_unit_test_setup_teardown(test_peers_and_summary, setup, teardown),
         cmocka_unit_test_setup_teardown(test_readonly_sees_commits, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_speed_report, setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

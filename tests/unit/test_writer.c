@@ -12,7 +12,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "store.h"
+#include "chat_tx.h"
+#include "store_sqlite.h"
 #include "writer.h"
 
 struct fixture {
@@ -44,7 +45,7 @@ static int setup(void **state)
     assert_non_null(mkdtemp(f->dir));
     snprintf(f->path, sizeof f->path, "%s/parley.db", f->dir);
     char err[256];
-    assert_int_equal(store_open(f->path, 0, &f->st, err, sizeof err), STORE_OK);
+    assert_int_equal(store_sqlite_open(f->path, 0, &f->st, err, sizeof err), STORE_OK);
     f->u1 = make_user(f->st, "alice");
     f->u2 = make_user(f->st, "bob");
     f->u3 = make_user(f->st, "carol");
@@ -77,7 +78,7 @@ static void deliver(void *ctx, struct job *j)
     f->delivered[f->ndelivered++] = j;
 }
 
-static void fanout(void *ctx, int64_t conv, struct frame *fr, struct idlist *members)
+static void fanout(void *ctx, const struct job *j, struct frame *fr, struct idlist *members)
 {
     struct fixture *f = ctx;
     /* a server frame: FIN|TEXT, then a 7-bit, 16-bit or 64-bit length */
@@ -86,19 +87,41 @@ static void fanout(void *ctx, int64_t conv, struct frame *fr, struct idlist *mem
     json_error_t e;
     json_t *o = json_loadb((const char *)fr->data + hl, fr->len - hl, JSON_ALLOW_NUL, &e);
     assert_non_null(o);
-    assert_int_equal(json_integer_value(json_object_get(o, "conv")), conv);
+    assert_int_equal(json_integer_value(json_object_get(o, "conv")), j->u.send.conv);
     f->fan_members[f->nfanned] = members->n;
     f->fanned[f->nfanned++] = o;
 }
 
 static struct job *send_job(int64_t user, int64_t conv, const char *id, const char *body)
 {
-    struct job *j = job_new(NULL, NULL, NULL, NULL);
-    j->user = user;
-    j->conv = conv;
-    j->str = strdup(id);
-    j->body = strdup(body);
-    j->body_len = strlen(body);
+    struct job *j = job_new(JOB_SEND, NULL, NULL, NULL, NULL);
+    j->u.send.sender = user;
+    j->u.send.conv = conv;
+    j->u.send.client_id = strdup(id);
+    j->u.send.body = strdup(body);
+    j->u.send.body_len = strlen(body);
+    return j;
+}
+
+/* The core's executor, but a signup named "ghost" writes and then fails:
+ * its savepoint must undo only itself. */
+static int test_exec(struct store *st, struct job *j)
+{
+    if (j->kind == JOB_SIGNUP && strcmp(j->u.signup.username, "ghost") == 0) {
+        json_t *u;
+        if (store_user_create(st, "ghost", "ghost", "h", 1, &u) == STORE_OK)
+            json_decref(u);
+        return STORE_CONFLICT;
+    }
+    return chat_tx_run(st, j);
+}
+
+static struct job *signup_job(const char *name)
+{
+    struct job *j = job_new(JOB_SIGNUP, NULL, NULL, NULL, NULL);
+    snprintf(j->u.signup.username, sizeof j->u.signup.username, "%s", name);
+    j->u.signup.pwhash = strdup("$argon2id$x");
+    job_token_new(&j->u.signup.tok, 60);
     return j;
 }
 
@@ -108,7 +131,7 @@ static int run(struct fixture *f, struct job **jobs, int n)
     for (int i = 0; i < n; i++)
         jobs[i]->ev.next = i + 1 < n ? &jobs[i + 1]->ev : NULL;
     int before = f->ndelivered;
-    int got = writer_run_batch(f->st, jobs[0], deliver, fanout, f);
+    int got = writer_run_batch(f->st, jobs[0], test_exec, fanout, deliver, f);
     assert_int_equal(got, n);
     assert_int_equal(f->ndelivered - before, n);
     return got;
@@ -126,9 +149,9 @@ static void test_dense_seqs_in_submission_order(void **state)
     int64_t want_seq[] = {1, 1, 2, 3, 2};
     for (int i = 0; i < 5; i++) {
         assert_int_equal(b[i]->rc, STORE_OK);
-        assert_int_equal(b[i]->dup, 0);
-        assert_int_equal(b[i]->seq, want_seq[i]);
-        assert_true(b[i]->ts > 0);
+        assert_int_equal(b[i]->u.send.dup, 0);
+        assert_int_equal(b[i]->u.send.seq, want_seq[i]);
+        assert_true(b[i]->u.send.ts > 0);
     }
     int64_t last;
     assert_int_equal(store_conv_last_seq(f->st, f->group, &last), STORE_OK);
@@ -145,7 +168,7 @@ static void test_dense_seqs_in_submission_order(void **state)
     /* the next batch continues where this one stopped */
     struct job *c[] = {send_job(f->u2, f->group, "b2", "four")};
     run(f, c, 1);
-    assert_int_equal(c[0]->seq, 4);
+    assert_int_equal(c[0]->u.send.seq, 4);
 }
 
 static void test_idempotent_resend(void **state)
@@ -153,19 +176,19 @@ static void test_idempotent_resend(void **state)
     struct fixture *f = *state;
     struct job *b[] = {send_job(f->u1, f->group, "same", "first"), send_job(f->u1, f->group, "same", "second")};
     run(f, b, 2);
-    assert_int_equal(b[0]->dup, 0);
+    assert_int_equal(b[0]->u.send.dup, 0);
     assert_int_equal(b[1]->rc, STORE_OK);
-    assert_int_equal(b[1]->dup, 1); /* a duplicate inside one batch */
-    assert_int_equal(b[1]->seq, b[0]->seq);
+    assert_int_equal(b[1]->u.send.dup, 1); /* a duplicate inside one batch */
+    assert_int_equal(b[1]->u.send.seq, b[0]->u.send.seq);
     assert_int_equal(f->nfanned, 1);
 
     /* later, even aimed at another conversation: the original ack */
     struct job *c[] = {send_job(f->u1, f->direct, "same", "third")};
     run(f, c, 1);
-    assert_int_equal(c[0]->dup, 1);
-    assert_int_equal(c[0]->conv, f->group);
-    assert_int_equal(c[0]->seq, b[0]->seq);
-    assert_int_equal(c[0]->ts, b[0]->ts);
+    assert_int_equal(c[0]->u.send.dup, 1);
+    assert_int_equal(c[0]->u.send.conv, f->group);
+    assert_int_equal(c[0]->u.send.seq, b[0]->u.send.seq);
+    assert_int_equal(c[0]->u.send.ts, b[0]->u.send.ts);
     assert_int_equal(f->nfanned, 1);
     int64_t last;
     store_conv_last_seq(f->st, f->group, &last);
@@ -173,8 +196,8 @@ static void test_idempotent_resend(void **state)
     /* the same client id from another sender is another message */
     struct job *d[] = {send_job(f->u2, f->group, "same", "bob's")};
     run(f, d, 1);
-    assert_int_equal(d[0]->dup, 0);
-    assert_int_equal(d[0]->seq, 2);
+    assert_int_equal(d[0]->u.send.dup, 0);
+    assert_int_equal(d[0]->u.send.seq, 2);
 }
 
 static void test_non_member_refused_others_commit(void **state)
@@ -185,7 +208,7 @@ static void test_non_member_refused_others_commit(void **state)
     run(f, b, 3);
     assert_int_equal(b[0]->rc, STORE_NOT_FOUND);
     assert_int_equal(b[1]->rc, STORE_OK);
-    assert_int_equal(b[1]->seq, 1); /* the refused send took no seq */
+    assert_int_equal(b[1]->u.send.seq, 1); /* the refused send took no seq */
     assert_int_equal(b[2]->rc, STORE_NOT_FOUND);
     assert_int_equal(f->nfanned, 1);
 }
@@ -209,33 +232,13 @@ static void test_sender_read_position_moves(void **state)
     json_decref(summary);
 }
 
-/* A job that writes, then fails: its savepoint must undo only itself. */
-static int run_create_then_fail(struct store *st, struct job *j)
-{
-    json_t *u;
-    if (store_user_create(st, j->str, j->str, "h", 1, &u) == STORE_OK)
-        json_decref(u);
-    return STORE_CONFLICT;
-}
-
-static int run_create(struct store *st, struct job *j)
-{
-    json_t *u;
-    int rc = store_user_create(st, j->str, j->str, "h", 1, &u);
-    if (rc == STORE_OK)
-        json_decref(u);
-    return rc;
-}
-
 static void test_failing_job_rolls_back_only_itself(void **state)
 {
     struct fixture *f = *state;
     struct job *b[3];
-    b[0] = job_new(NULL, NULL, run_create_then_fail, NULL);
-    b[0]->str = strdup("ghost");
+    b[0] = signup_job("ghost");
     b[1] = send_job(f->u1, f->group, "a1", "kept");
-    b[2] = job_new(NULL, NULL, run_create, NULL);
-    b[2]->str = strdup("dave");
+    b[2] = signup_job("dave");
     run(f, b, 3);
     assert_int_equal(b[0]->rc, STORE_CONFLICT);
     assert_int_equal(b[1]->rc, STORE_OK);
@@ -246,12 +249,6 @@ static void test_failing_job_rolls_back_only_itself(void **state)
     json_decref(u);
 }
 
-static int run_add_member(struct store *st, struct job *j)
-{
-    int added;
-    return store_member_add(st, j->conv, j->user, j->target, 1, &added);
-}
-
 /* Membership is checked against the state each send sees in batch order:
  * a member added by an earlier job of the same batch may send, and gets
  * the messages fanned out after that. */
@@ -260,18 +257,19 @@ static void test_member_added_mid_batch(void **state)
     struct fixture *f = *state;
     struct job *b[4];
     b[0] = send_job(f->u3, f->group, "c1", "too early");
-    b[1] = job_new(NULL, NULL, run_add_member, NULL);
-    b[1]->conv = f->group;
-    b[1]->user = f->u1;
-    b[1]->target = f->u3;
+    b[1] = job_new(JOB_MEMBER, NULL, NULL, NULL, NULL);
+    b[1]->u.member.op = MEMBER_ADD;
+    b[1]->u.member.conv = f->group;
+    b[1]->u.member.actor = f->u1;
+    b[1]->u.member.target = f->u3;
     b[2] = send_job(f->u3, f->group, "c2", "hello all");
     b[3] = send_job(f->u1, f->group, "a1", "welcome");
     run(f, b, 4);
     assert_int_equal(b[0]->rc, STORE_NOT_FOUND);
     assert_int_equal(b[1]->rc, STORE_OK);
     assert_int_equal(b[2]->rc, STORE_OK);
-    assert_int_equal(b[2]->seq, 1);
-    assert_int_equal(b[3]->seq, 2);
+    assert_int_equal(b[2]->u.send.seq, 1);
+    assert_int_equal(b[3]->u.send.seq, 2);
     assert_int_equal(f->nfanned, 2);
     assert_int_equal(f->fan_members[0], 3);
     assert_int_equal(f->fan_members[1], 3);
@@ -290,7 +288,7 @@ static void test_large_batch(void **state)
     /* delivered[] holds 64: this test uses N of them */
     run(f, b, N);
     for (int i = 0; i < N; i++)
-        assert_int_equal(b[i]->seq, i + 1);
+        assert_int_equal(b[i]->u.send.seq, i + 1);
     json_t *page;
     int more;
     assert_int_equal(store_msg_page(f->st, f->group, 0, 0, 200, &page, &more), STORE_OK);

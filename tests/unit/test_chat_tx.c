@@ -1,0 +1,285 @@
+/* Unit tests of the core's membership rules (chat_tx.c) over a real
+ * SQLite store: who may add, remove and promote whom, ownership passing on,
+ * direct conversations, no existence leaks, the group size cap. Every test
+ * runs on a fresh database in its own mkdtemp directory under /tmp. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "chat_tx.h"
+#include "store_sqlite.h"
+
+struct fx {
+    char dir[64];
+    char path[128];
+    struct store *st;
+};
+
+static int setup(void **state)
+{
+    struct fx *f = calloc(1, sizeof *f);
+    char err[256] = "";
+
+    if (!f)
+        return -1;
+    snprintf(f->dir, sizeof f->dir, "/tmp/parley-store-XXXXXX");
+    if (!mkdtemp(f->dir)) {
+        free(f);
+        return -1;
+    }
+    snprintf(f->path, sizeof f->path, "%s/parley.db", f->dir);
+    if (store_sqlite_open(f->path, 0, &f->st, err, sizeof err) != STORE_OK) {
+        fprintf(stderr, "store_open: %s\n", err);
+        rmdir(f->dir);
+        free(f);
+        return -1;
+    }
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fx *f = *state;
+    const char *suffixes[] = {"", "-wal", "-shm", "-journal"};
+    char p[160];
+
+    store_close(f->st);
+    for (size_t i = 0; i < sizeof suffixes / sizeof *suffixes; i++) {
+        snprintf(p, sizeof p, "%s%s", f->path, suffixes[i]);
+        unlink(p);
+    }
+    rmdir(f->dir);
+    free(f);
+    return 0;
+}
+
+/* ---- helpers ---- */
+
+static int64_t mkuser(struct store *st, const char *name)
+{
+    json_t *u = NULL;
+    int64_t id;
+
+    assert_int_equal(store_user_create(st, name, NULL, "hash", 1000, &u), STORE_OK);
+    id = json_integer_value(json_object_get(u, "id"));
+    assert_true(id > 0);
+    json_decref(u);
+    return id;
+}
+
+static int64_t mkgroup(struct store *st, int64_t owner, const int64_t *members, size_t n, int64_t now)
+{
+    int64_t conv = 0;
+
+    assert_int_equal(store_conv_create_group(st, owner, "room", members, n, now, &conv), STORE_OK);
+    assert_true(conv > 0);
+    return conv;
+}
+
+
+static int64_t jint(json_t *o, const char *key)
+{
+    json_t *v = json_object_get(o, key);
+
+    assert_non_null(v);
+    assert_true(json_is_integer(v));
+    return json_integer_value(v);
+}
+
+static const char *jstr(json_t *o, const char *key)
+{
+    json_t *v = json_object_get(o, key);
+
+    assert_non_null(v);
+    assert_true(json_is_string(v));
+    return json_string_value(v);
+}
+
+/* The role of user in a conversation object, or NULL. */
+static const char *role_of(json_t *conv, int64_t user)
+{
+    json_t *members = json_object_get(conv, "members"), *m;
+    size_t i;
+
+    json_array_foreach(members, i, m)
+        if (jint(m, "id") == user)
+            return jstr(m, "role");
+    return NULL;
+}
+
+static const char *role_in(struct store *st, int64_t conv, int64_t viewer, int64_t user)
+{
+    static char role[16]; /* test-only convenience */
+    json_t *c = NULL;
+    const char *r;
+
+    assert_int_equal(store_conv_get(st, conv, viewer, &c), STORE_OK);
+    r = role_of(c, user);
+    snprintf(role, sizeof role, "%s", r ? r : "");
+    json_decref(c);
+    return role;
+}
+
+/* ---- members ---- */
+
+static void test_member_add_remove(void **state)
+{
+    struct fx *f = *state;
+    int64_t a = mkuser(f->st, "alice"), b = mkuser(f->st, "bob"), c = mkuser(f->st, "carol");
+    int64_t d = mkuser(f->st, "dave");
+    int64_t g = mkgroup(f->st, a, (int64_t[]){b, c}, 2, 100);
+    int added = -1;
+    const char *why;
+
+    assert_int_equal(chat_tx_member_add(f->st, g, b, d, 0, 200, &added, &why), STORE_FORBIDDEN);
+    assert_int_equal(chat_tx_member_add(f->st, g, d, d, 0, 200, &added, &why), STORE_NOT_FOUND);
+    assert_int_equal(chat_tx_member_add(f->st, g + 10, a, d, 0, 200, &added, &why), STORE_NOT_FOUND);
+    assert_int_equal(chat_tx_member_add(f->st, g, a, d + 100, 0, 200, &added, &why), STORE_NOT_FOUND);
+    assert_int_equal(chat_tx_member_add(f->st, g, a, d, 0, 200, &added, &why), STORE_OK);
+    assert_int_equal(added, 1);
+    assert_int_equal(chat_tx_member_add(f->st, g, a, d, 0, 300, &added, &why), STORE_OK);
+    assert_int_equal(added, 0);
+    assert_int_equal(store_is_member(f->st, g, d), STORE_OK);
+
+    assert_int_equal(chat_tx_member_remove(f->st, g, b, c), STORE_FORBIDDEN);
+    assert_int_equal(chat_tx_member_set_role(f->st, g, a, b, ROLE_ADMIN), STORE_OK);
+    assert_string_equal(role_in(f->st, g, a, b), "admin");
+    /* An admin may add and remove members, but not the owner. */
+    assert_int_equal(chat_tx_member_remove(f->st, g, b, c), STORE_OK);
+    assert_int_equal(store_is_member(f->st, g, c), STORE_NOT_FOUND);
+    assert_int_equal(chat_tx_member_remove(f->st, g, b, c), STORE_NOT_FOUND);
+    assert_int_equal(chat_tx_member_remove(f->st, g, b, a), STORE_FORBIDDEN);
+    assert_int_equal(chat_tx_member_add(f->st, g, b, c, 0, 400, &added, &why), STORE_OK);
+    assert_int_equal(added, 1);
+    /* Leaving needs no rank. */
+    assert_int_equal(chat_tx_member_remove(f->st, g, d, d), STORE_OK);
+    assert_int_equal(store_is_member(f->st, g, d), STORE_NOT_FOUND);
+    /* Gone: may no longer act. */
+    assert_int_equal(chat_tx_member_remove(f->st, g, d, c), STORE_NOT_FOUND);
+    assert_int_equal(chat_tx_member_remove(f->st, g + 10, a, b), STORE_NOT_FOUND);
+    /* The owner removes an admin. */
+    assert_int_equal(chat_tx_member_remove(f->st, g, a, b), STORE_OK);
+    assert_int_equal(store_is_member(f->st, g, b), STORE_NOT_FOUND);
+    assert_string_equal(role_in(f->st, g, a, a), "owner");
+}
+
+static void test_set_role(void **state)
+{
+    struct fx *f = *state;
+    int64_t a = mkuser(f->st, "alice"), b = mkuser(f->st, "bob"), c = mkuser(f->st, "carol");
+    int64_t d = mkuser(f->st, "dave");
+    int64_t g = mkgroup(f->st, a, (int64_t[]){b, c}, 2, 100);
+
+    assert_int_equal(chat_tx_member_set_role(f->st, g, a, b, ROLE_OWNER), STORE_BAD_REQUEST);
+    assert_int_equal(chat_tx_member_set_role(f->st, g, a, a, ROLE_MEMBER), STORE_BAD_REQUEST);
+    assert_int_equal(chat_tx_member_set_role(f->st, g, a, d, ROLE_ADMIN), STORE_NOT_FOUND);
+    assert_int_equal(chat_tx_member_set_role(f->st, g, d, b, ROLE_ADMIN), STORE_NOT_FOUND);
+    assert_int_equal(chat_tx_member_set_role(f->st, g, b, c, ROLE_ADMIN), STORE_FORBIDDEN);
+    assert_int_equal(chat_tx_member_set_role(f->st, g, a, b, ROLE_ADMIN), STORE_OK);
+    /* Admins are not owners. */
+    assert_int_equal(chat_tx_member_set_role(f->st, g, b, c, ROLE_ADMIN), STORE_FORBIDDEN);
+    assert_int_equal(chat_tx_member_set_role(f->st, g, a, b, ROLE_MEMBER), STORE_OK);
+    assert_string_equal(role_in(f->st, g, a, b), "member");
+}
+
+static void test_owner_transfer(void **state)
+{
+    struct fx *f = *state;
+    int64_t a = mkuser(f->st, "alice"), b = mkuser(f->st, "bob"), c = mkuser(f->st, "carol");
+    int64_t d = mkuser(f->st, "dave");
+    int64_t g = mkgroup(f->st, a, &b, 1, 100), *ids = NULL, last = -1;
+    size_t n = 99;
+    int added;
+    const char *why;
+
+    assert_int_equal(chat_tx_member_add(f->st, g, a, d, 0, 300, &added, &why), STORE_OK);
+    assert_int_equal(chat_tx_member_add(f->st, g, a, c, 0, 200, &added, &why), STORE_OK);
+    assert_int_equal(chat_tx_member_set_role(f->st, g, a, d, ROLE_ADMIN), STORE_OK);
+    assert_int_equal(chat_tx_member_set_role(f->st, g, a, c, ROLE_ADMIN), STORE_OK);
+
+    /* The longest-standing admin (c joined before d), over the older member b. */
+    assert_int_equal(chat_tx_member_remove(f->st, g, a, a), STORE_OK);
+    assert_string_equal(role_in(f->st, g, b, c), "owner");
+    assert_string_equal(role_in(f->st, g, b, d), "admin");
+    assert_string_equal(role_in(f->st, g, b, b), "member");
+    assert_int_equal(chat_tx_member_remove(f->st, g, c, c), STORE_OK);
+    assert_string_equal(role_in(f->st, g, b, d), "owner");
+    /* No admin left: the longest-standing member. */
+    assert_int_equal(chat_tx_member_remove(f->st, g, d, d), STORE_OK);
+    assert_string_equal(role_in(f->st, g, b, b), "owner");
+    /* An admin leaving hands nothing on. */
+    assert_int_equal(chat_tx_member_add(f->st, g, b, a, 0, 400, &added, &why), STORE_OK);
+    assert_int_equal(chat_tx_member_set_role(f->st, g, b, a, ROLE_ADMIN), STORE_OK);
+    assert_int_equal(chat_tx_member_remove(f->st, g, a, a), STORE_OK);
+    assert_string_equal(role_in(f->st, g, b, b), "owner");
+    /* The last one out: the conversation stays, empty. */
+    assert_int_equal(chat_tx_member_remove(f->st, g, b, b), STORE_OK);
+    assert_int_equal(store_members(f->st, g, &ids, &n), STORE_OK);
+    assert_int_equal(n, 0);
+    free(ids);
+    assert_int_equal(store_conv_last_seq(f->st, g, &last), STORE_OK);
+    assert_int_equal(last, 0);
+}
+
+static void test_direct_member_ops(void **state)
+{
+    struct fx *f = *state;
+    int64_t a = mkuser(f->st, "alice"), b = mkuser(f->st, "bob"), c = mkuser(f->st, "carol"), d = 0;
+    int created, added = -1;
+    const char *why;
+
+    assert_int_equal(store_conv_create_direct(f->st, a, b, 100, &d, &created), STORE_OK);
+    assert_int_equal(chat_tx_member_add(f->st, d, a, c, 0, 200, &added, &why), STORE_BAD_REQUEST);
+    assert_int_equal(added, 0);
+    assert_int_equal(chat_tx_member_remove(f->st, d, a, a), STORE_BAD_REQUEST);
+    assert_int_equal(chat_tx_member_remove(f->st, d, a, b), STORE_BAD_REQUEST);
+    assert_int_equal(chat_tx_member_set_role(f->st, d, a, b, ROLE_ADMIN), STORE_BAD_REQUEST);
+    /* Outsiders learn nothing. */
+    assert_int_equal(chat_tx_member_add(f->st, d, c, c, 0, 200, &added, &why), STORE_NOT_FOUND);
+    assert_int_equal(chat_tx_member_remove(f->st, d, c, a), STORE_NOT_FOUND);
+    assert_int_equal(store_is_member(f->st, d, a), STORE_OK);
+    assert_int_equal(store_is_member(f->st, d, b), STORE_OK);
+}
+
+static void test_group_cap(void **state)
+{
+    struct fx *f = *state;
+    int64_t a = mkuser(f->st, "alice"), b = mkuser(f->st, "bob"), c = mkuser(f->st, "carol");
+    int64_t d = mkuser(f->st, "dave");
+    int64_t g = mkgroup(f->st, a, &b, 1, 100);
+    int added = -1;
+    const char *why = NULL;
+
+    /* full at 2: a stranger still learns nothing, a member is told why */
+    assert_int_equal(chat_tx_member_add(f->st, g, d, c, 2, 200, &added, &why), STORE_NOT_FOUND);
+    assert_null(why);
+    assert_int_equal(chat_tx_member_add(f->st, g, a, c, 2, 200, &added, &why), STORE_BAD_REQUEST);
+    assert_non_null(why);
+    assert_int_equal(added, 0);
+    /* adding someone already there is no growth */
+    assert_int_equal(chat_tx_member_add(f->st, g, a, b, 2, 200, &added, &why), STORE_OK);
+    assert_int_equal(added, 0);
+    assert_int_equal(chat_tx_member_add(f->st, g, a, c, 3, 200, &added, &why), STORE_OK);
+    assert_int_equal(added, 1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_member_add_remove, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_set_role, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_owner_transfer, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_direct_member_ops, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_group_cap, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
