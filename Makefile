@@ -79,8 +79,11 @@ fuzz: setup-test
 	@for f in build/fuzz/fuzz/fuzz_*; do [ -x "$$f" ] && $$f -max_total_time=$(FUZZ_SECONDS) || exit 1; done
 
 # parleyd against the baselines (../shared/baselines), ratios in one run: docs/BENCHMARKS.md.
+# BASE=<git ref>: that commit's parleyd too (built in build/base-<sha>), as parleyd-base;
+# QUICK=1: small sizes, one round (with BASE: parleyd against parleyd-base only);
+# BENCH_ARGS: more arguments for bench/run.sh.
 bench: setup-test build
-	@bench/run.sh
+	@bench/run.sh $(if $(BASE),--base $(BASE)) $(if $(QUICK),--quick --reps 1) $(BENCH_ARGS)
 
 clean:
 	rm -rf build

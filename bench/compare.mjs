@@ -1,21 +1,34 @@
 #!/usr/bin/env node
-// compare: runs the parley-bench scenarios against parleyd and the reference servers in ONE run
-// on one machine, and prints a Markdown table of medians and ratios (parleyd / baseline).
-// bench/run.sh is the usual way in; it passes its arguments here.
+// compare: runs the benchmark scenarios against parleyd and the reference servers in ONE run
+// on one machine, and prints a Markdown table of medians and ratios (parleyd / every other server).
+// bench/run.sh is the usual way in (make bench); it passes its arguments here.
 //
-//   node bench/compare.mjs [--reps 3] [--quick] [--only send-throughput/group,fanout,...]
-//                          [--servers parleyd,parleyd-batch1,node-ref,uws-ref|all] [--out results.json]
+//   node bench/compare.mjs [--reps 3] [--quick] [--suite load|node|all] [--only load/fanout,...]
+//                          [--servers parleyd,parleyd-base,parleyd-batch1,node-ref,uws-ref,uws-nostore|all]
+//                          [--base-bin PATH --base-label NAME] [--out results.json]
 //                          [--quiet-cores 0.3] [--quiet-max-wait 120] [--max-other-cores 0.25] [--retries 2]
+//                          [--regress-threshold 0.1]
 //
-// Servers (each scenario gets a fresh server process and a fresh data directory):
+// Scenarios. --suite load (the default): the C load generator, bench/load/parley-load ($PARLEY_LOAD,
+// else build/release/bench/load/parley-load): load/writes, load/writes-group, load/fanout,
+// load/pairs, load/conns. --suite node: the Node.js generator bench/parley-bench.mjs, as before:
+// send-throughput/group, send-throughput/direct, fanout, idle-memory. --only picks from both.
+// --quick: smaller sizes and 3 s measurements (with --base and no --servers: parleyd and
+// parleyd-base only, the quick regression check).
+//
+// Servers (each cell gets a fresh server process and a fresh data directory):
 //   parleyd         $PARLEYD, else build/release/parleyd, default batching
+//   parleyd-base    --base-bin PATH (or $PARLEYD_BASE): a previous commit's parleyd, built by
+//                   bench/base-build.sh (run.sh --base REF does both)
 //   parleyd-batch1  the same binary with PARLEY_BATCH_MAX=1 (the batching writer turned off);
-//                   run for send-throughput only
+//                   run for send-throughput and load/writes only
 //   node-ref        $NODE_REF, else ../shared/baselines/node-ref/parleyd-node
 //   uws-ref         $UWS_REF,  else ../shared/baselines/uws-ref/parleyd-uws
+//   uws-nostore     (only with --servers all or by name) uws-ref with PARLEY_NO_STORE=1: no database
+//                   on the send path, acks at once (NOT durable): the pub/sub ceiling of that stack
 //   parleyd-notrim  (only with --servers all or by name) parleyd with
 //                   GLIBC_TUNABLES=glibc.malloc.trim_threshold=67108864, a diagnostic
-// All of them get PARLEY_SEND_RATE=0 and PARLEY_SEND_BURST=0 (no rate limit) from parley-bench.
+// All of them get PARLEY_SEND_RATE=0 and PARLEY_SEND_BURST=0 (no rate limit) from the generator.
 //
 // Cells run in rounds: each round runs every (scenario, server) once, with the server order
 // rotated from round to round, so slow drift of the machine hits every server alike. Before
@@ -34,13 +47,18 @@ import { parseArgs } from 'node:util';
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '..');
 const bench = path.join(here, 'parley-bench.mjs');
+const LOAD_SRC = path.resolve(process.env.PARLEY_LOAD || path.join(root, 'build/release/bench/load/parley-load'));
 
 const { values: opt } = parseArgs({
   options: {
     reps: { type: 'string', default: '3' },
     quick: { type: 'boolean', default: false },
+    suite: { type: 'string', default: 'load' },
     only: { type: 'string' },
     servers: { type: 'string' },
+    'base-bin': { type: 'string' },
+    'base-label': { type: 'string' },
+    'regress-threshold': { type: 'string', default: '0.1' },
     out: { type: 'string' },
     'quiet-cores': { type: 'string', default: '0.3' },
     'quiet-max-wait': { type: 'string', default: '120' },
@@ -67,6 +85,20 @@ if (existsSync(PARLEYD_SRC)) {
   chmodSync(PARLEYD, 0o755);
   parleydSha = createHash('sha256').update(readFileSync(PARLEYD)).digest('hex').slice(0, 16);
 }
+// The same for the base build and the C load generator.
+function privateCopy(src, name) {
+  if (!src || !existsSync(src)) return src;
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'parley-bench-bin-'));
+  process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
+  const dst = path.join(dir, name);
+  copyFileSync(src, dst);
+  chmodSync(dst, 0o755);
+  return dst;
+}
+const BASE_SRC = opt['base-bin'] || process.env.PARLEYD_BASE ? path.resolve(opt['base-bin'] || process.env.PARLEYD_BASE) : null;
+const PARLEYD_BASE = privateCopy(BASE_SRC, 'parleyd');
+const baseSha = PARLEYD_BASE && existsSync(PARLEYD_BASE) ? createHash('sha256').update(readFileSync(PARLEYD_BASE)).digest('hex').slice(0, 16) : null;
+const LOAD = privateCopy(LOAD_SRC, 'parley-load');
 let gitRev = process.env.PARLEYD ? 'PARLEYD given: see its build' : null;
 if (!gitRev) try {
   gitRev = execFileSync('git', ['-C', root, 'describe', '--always', '--dirty'], { encoding: 'utf8' }).trim();
@@ -76,9 +108,12 @@ const UWS_REF = path.resolve(process.env.UWS_REF || path.join(root, '../shared/b
 
 const ALL_SERVERS = [
   { name: 'parleyd', bin: PARLEYD, env: [] },
-  { name: 'parleyd-batch1', bin: PARLEYD, env: ['PARLEY_BATCH_MAX=1'], only: /^send-throughput/ },
+  ...(PARLEYD_BASE ? [{ name: 'parleyd-base', bin: PARLEYD_BASE, env: [] }] : []),
+  { name: 'parleyd-batch1', bin: PARLEYD, env: ['PARLEY_BATCH_MAX=1'], only: /^(send-throughput|load\/writes$)/ },
   { name: 'node-ref', bin: NODE_REF, env: [] },
   { name: 'uws-ref', bin: UWS_REF, env: [] },
+  // uws-ref without its database on the send path (not durable): the pub/sub ceiling, opt-in.
+  { name: 'uws-nostore', bin: UWS_REF, env: ['PARLEY_NO_STORE=1'], optIn: true },
   // Diagnostic, only with --servers all (or named): parleyd with glibc's heap trimming
   // effectively off, to show what the writer thread's madvise churn costs (docs/BENCHMARKS.md).
   { name: 'parleyd-notrim', bin: PARLEYD, env: ['GLIBC_TUNABLES=glibc.malloc.trim_threshold=67108864'], only: /^(send-throughput|fanout)/, optIn: true },
@@ -86,12 +121,21 @@ const ALL_SERVERS = [
 
 const Q = opt.quick;
 // Sizes are modest on purpose: the machine this was written on has 2 cores, shared by the
-// server and this Node client.
+// server and the load generator.
+// tool 'load': bench/load/parley-load (C), measured over a fixed time after a warm-up;
+// tool 'node': bench/parley-bench.mjs, measured over a fixed number of messages.
+const T = (full, quick) => (Q ? quick : full);
+const timing = ['--warmup', T('2', '1'), '--duration', T('10', '3')];
 const ALL_SCENARIOS = [
-  { id: 'send-throughput/group', args: ['send-throughput', '--mode', 'group', '--senders', '50', '--window', '32', '--messages', Q ? '4000' : '20000'] },
-  { id: 'send-throughput/direct', args: ['send-throughput', '--mode', 'direct', '--senders', '50', '--window', '32', '--messages', Q ? '4000' : '20000'] },
-  { id: 'fanout', args: ['fanout', '--members', '100', '--senders', '4', '--window', '8', '--messages', Q ? '300' : '3000'] },
-  { id: 'idle-memory', args: ['idle-memory', '--conns', Q ? '500' : '2000', '--users', '100'] },
+  { id: 'load/writes', tool: 'load', suite: 'load', args: ['writes', '--senders', '50', '--window', '32', ...timing] },
+  { id: 'load/writes-group', tool: 'load', suite: 'load', args: ['writes', '--group', '--senders', '50', '--window', '32', ...timing] },
+  { id: 'load/fanout', tool: 'load', suite: 'load', args: ['fanout', '--groups', '1', '--members', T('1000', '200'), '--publishers', '4', '--window', '8', ...timing] },
+  { id: 'load/pairs', tool: 'load', suite: 'load', args: ['pairs', '--users', T('400', '100'), '--rate', T('4000', '2000'), ...timing] },
+  { id: 'load/conns', tool: 'load', suite: 'load', args: ['conns', '--conns', T('10000', '2000'), '--users', '100'] },
+  { id: 'send-throughput/group', tool: 'node', suite: 'node', args: ['send-throughput', '--mode', 'group', '--senders', '50', '--window', '32', '--messages', Q ? '4000' : '20000'] },
+  { id: 'send-throughput/direct', tool: 'node', suite: 'node', args: ['send-throughput', '--mode', 'direct', '--senders', '50', '--window', '32', '--messages', Q ? '4000' : '20000'] },
+  { id: 'fanout', tool: 'node', suite: 'node', args: ['fanout', '--members', '100', '--senders', '4', '--window', '8', '--messages', Q ? '300' : '3000'] },
+  { id: 'idle-memory', tool: 'node', suite: 'node', args: ['idle-memory', '--conns', Q ? '500' : '2000', '--users', '100'] },
 ];
 
 const pick = (list, csv) => {
@@ -100,12 +144,19 @@ const pick = (list, csv) => {
   for (const w of want) if (!list.some((x) => (x.id || x.name) === w)) throw new Error(`unknown: ${w}`);
   return list.filter((x) => want.includes(x.id || x.name));
 };
-const scenarios = pick(ALL_SCENARIOS, opt.only);
-const servers = (opt.servers === 'all' ? ALL_SERVERS : opt.servers ? pick(ALL_SERVERS, opt.servers) : ALL_SERVERS.filter((s) => !s.optIn)).filter((s) => {
+if (!['load', 'node', 'all'].includes(opt.suite)) throw new Error(`--suite must be load, node or all, got ${opt.suite}`);
+const scenarios = opt.only ? pick(ALL_SCENARIOS, opt.only) : ALL_SCENARIOS.filter((s) => opt.suite === 'all' || s.suite === opt.suite);
+// --quick with a base build and no --servers: the quick regression check, parleyd against its base.
+const defaultServers = Q && PARLEYD_BASE && !opt.servers ? ALL_SERVERS.filter((s) => ['parleyd', 'parleyd-base'].includes(s.name)) : ALL_SERVERS.filter((s) => !s.optIn);
+const servers = (opt.servers === 'all' ? ALL_SERVERS : opt.servers ? pick(ALL_SERVERS, opt.servers) : defaultServers).filter((s) => {
   if (existsSync(s.bin)) return true;
-  console.error(`compare: ${s.name}: ${s.bin} not found, skipped (set PARLEYD / NODE_REF / UWS_REF)`);
+  console.error(`compare: ${s.name}: ${s.bin} not found, skipped (set PARLEYD / PARLEYD_BASE / NODE_REF / UWS_REF)`);
   return false;
 });
+if (scenarios.some((s) => s.tool === 'load') && !existsSync(LOAD || '')) {
+  console.error(`compare: the C load generator ${LOAD_SRC} is missing: make build (or ninja -C build/release parley-load), or set PARLEY_LOAD`);
+  process.exit(2);
+}
 const reps = Math.max(1, Number(opt.reps) || 1);
 const quietCores = Number(opt['quiet-cores']);
 const quietMaxWait = Number(opt['quiet-max-wait']) * 1000;
@@ -135,8 +186,11 @@ async function waitQuiet() {
 
 function runCell(sc, sv) {
   return new Promise((resolve) => {
-    const args = [bench, ...sc.args, '--json', '--server', sv.bin, '--name', sv.name, ...sv.env.flatMap((e) => ['--env', e])];
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const common = ['--server', sv.bin, '--name', sv.name, ...sv.env.flatMap((e) => ['--env', e])];
+    const [cmd, args] = sc.tool === 'load'
+      ? [LOAD, [...sc.args, ...common]]
+      : [process.execPath, [bench, ...sc.args, '--json', ...common]];
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '', err = '';
     child.stdout.on('data', (d) => { out += d; });
     child.stderr.on('data', (d) => { err += d; process.stderr.write(d); });
@@ -145,7 +199,8 @@ function runCell(sc, sv) {
       clearTimeout(killer);
       let r = null;
       try { r = JSON.parse(out.trim().split('\n').pop()); } catch { /* no result */ }
-      resolve({ code, result: r, stderr: err.slice(-4000), cmd: `node ${path.relative(process.cwd(), bench)} ${args.slice(1).map((a) => (/[\s]/.test(a) ? `'${a}'` : a)).join(' ')}` });
+      const shown = sc.tool === 'load' ? `${path.relative(process.cwd(), LOAD_SRC)} ${args.join(' ')}` : `node ${path.relative(process.cwd(), bench)} ${args.slice(1).join(' ')}`;
+      resolve({ code, result: r, stderr: err.slice(-4000), cmd: shown.replace(sv.bin, sv.name === 'parleyd-base' ? BASE_SRC : sv.bin === PARLEYD ? PARLEYD_SRC : sv.bin) });
     });
   });
 }
@@ -202,7 +257,39 @@ const METRICS = {
     ['KiB per connection', (r) => r.kib_per_conn, 'lower'],
     ['RSS with all sockets, KiB', (r) => r.rss_after_kib, 'lower'],
   ],
+  // the C generator (bench/load/parley-load); latencies are send -> deliver (or -> ack)
+  'load/writes': [
+    ['acked msg/s', (r) => r.acks_per_s, 'higher'],
+    ['ack p50 ms', (r) => r.ack_latency_ms?.p50, 'lower'],
+    ['ack p99 ms', (r) => r.ack_latency_ms?.p99, 'lower'],
+    ['server CPU us/msg', (r) => r.server_cpu_us_per_ack, 'lower'],
+  ],
+  'load/writes-group': [
+    ['acked msg/s', (r) => r.acks_per_s, 'higher'],
+    ['delivered frames/s', (r) => r.deliveries_per_s, 'higher'],
+    ['ack p99 ms', (r) => r.ack_latency_ms?.p99, 'lower'],
+    ['server CPU us/msg', (r) => r.server_cpu_us_per_ack, 'lower'],
+  ],
+  'load/fanout': [
+    ['delivered frames/s', (r) => r.deliveries_per_s, 'higher'],
+    ['e2e p50 ms', (r) => r.latency_ms?.p50, 'lower'],
+    ['e2e p99 ms', (r) => r.latency_ms?.p99, 'lower'],
+    ['e2e p99.9 ms', (r) => r.latency_ms?.p999, 'lower'],
+    ['server CPU us/delivery', (r) => r.server_cpu_us_per_delivery, 'lower'],
+  ],
+  'load/pairs': [
+    ['e2e p50 ms', (r) => r.latency_ms?.p50, 'lower'],
+    ['e2e p99 ms', (r) => r.latency_ms?.p99, 'lower'],
+    ['e2e p99.9 ms', (r) => r.latency_ms?.p999, 'lower'],
+    ['server CPU us/msg', (r) => r.server_cpu_us_per_ack, 'lower'],
+    ['server cores', (r) => r.server_cores, 'lower'],
+  ],
+  'load/conns': [
+    ['KiB per connection', (r) => r.kib_per_conn, 'lower'],
+    ['RSS with all sockets, KiB', (r) => r.rss_after_kib, 'lower'],
+  ],
 };
+const metricsOf = (id) => METRICS[id] || METRICS[id.split('/')[0]];
 const fmt = (x) => (x === null || x === undefined ? '-' : Math.abs(x) >= 100 ? String(Math.round(x)) : String(Math.round(x * 100) / 100));
 const ratio = (a, b) => (a === null || b === null || !b ? '-' : `${(a / b).toFixed(2)}x`);
 
@@ -210,7 +297,7 @@ const names = servers.map((s) => s.name);
 const lines = [];
 lines.push(`Parley benchmark, ${started.toISOString()}: ${os.cpus().length} cores (${os.cpus()[0]?.model}), ${Math.round(os.totalmem() / 2 ** 30)} GiB, Linux ${os.release()}, node ${process.version}; median of ${reps} round(s); client and server share the machine.`);
 lines.push('');
-lines.push(`parleyd: ${PARLEYD_SRC} (sha256 ${parleydSha}; checkout ${gitRev}); node-ref: ${NODE_REF}; uws-ref: ${UWS_REF}. All with PARLEY_SEND_RATE=0 PARLEY_SEND_BURST=0.`);
+lines.push(`parleyd: ${PARLEYD_SRC} (sha256 ${parleydSha}; checkout ${gitRev})${PARLEYD_BASE ? `; parleyd-base: ${opt['base-label'] || BASE_SRC} (${BASE_SRC}, sha256 ${baseSha})` : ''}; node-ref: ${NODE_REF}; uws-ref: ${UWS_REF}. All with PARLEY_SEND_RATE=0 PARLEY_SEND_BURST=0.${scenarios.some((x) => x.tool === 'load') ? ` C generator: ${LOAD_SRC}.` : ''}`);
 lines.push('');
 const head = ['scenario', 'metric', ...names];
 // parleyd / every other server
@@ -220,7 +307,7 @@ lines.push(`| ${head.join(' | ')} |`);
 lines.push(`|${head.map(() => '---').join('|')}|`);
 const medians = {};
 for (const sc of scenarios) {
-  for (const [mname, get, better] of METRICS[sc.id.split('/')[0]]) {
+  for (const [mname, get, better] of metricsOf(sc.id)) {
     const row = [sc.id, mname];
     const med = {};
     for (const n of names) {
@@ -240,7 +327,7 @@ lines.push('');
 lines.push(`| scenario | server | ${Array.from({ length: reps }, (_, i) => `round ${i + 1}`).join(' | ')} | other CPU (cores) |`);
 lines.push(`|---|---|${Array.from({ length: reps }, () => '---').join('|')}|---|`);
 for (const sc of scenarios) {
-  const [, get] = METRICS[sc.id.split('/')[0]][0];
+  const [, get] = metricsOf(sc.id)[0];
   for (const n of names) {
     const cells = runs.filter((x) => x.scenario === sc.id && x.server === n);
     if (!cells.length) continue;
@@ -248,6 +335,41 @@ for (const sc of scenarios) {
     const other = cells.map((x) => (x.result?.cpu?.other_cpu_s != null && x.result.cpu.wall_s ? (x.result.cpu.other_cpu_s / x.result.cpu.wall_s).toFixed(2) : '-'));
     lines.push(`| ${sc.id} | ${n} | ${vals.join(' | ')} | ${other.join(' / ')} |`);
   }
+}
+if (names.includes('parleyd') && names.length > 1) {
+  lines.push('');
+  lines.push('Ratios parleyd / X of the main metric, per round (the spread shows the noise):');
+  lines.push('');
+  lines.push(`| scenario | ratio | ${Array.from({ length: reps }, (_, i) => `round ${i + 1}`).join(' | ')} |`);
+  lines.push(`|---|---|${Array.from({ length: reps }, () => '---').join('|')}|`);
+  for (const sc of scenarios) {
+    const [, get] = metricsOf(sc.id)[0];
+    const val = (r, n) => { const c = runs.find((x) => x.round === r && x.scenario === sc.id && x.server === n); return c?.result ? get(c.result) : null; };
+    for (const n of names.filter((x) => x !== 'parleyd')) {
+      const cells = Array.from({ length: reps }, (_, i) => ratio(val(i + 1, 'parleyd'), val(i + 1, n)));
+      if (cells.every((c) => c === '-')) continue;
+      lines.push(`| ${sc.id} | parleyd/${n} | ${cells.join(' | ')} |`);
+    }
+  }
+}
+// The regression check against the base build: every metric of the table that is worse
+// for parleyd than for parleyd-base by more than --regress-threshold.
+const regressions = [];
+if (names.includes('parleyd-base')) {
+  const thr = Number(opt['regress-threshold']);
+  for (const sc of scenarios) {
+    for (const [mname, , better] of metricsOf(sc.id)) {
+      const m = medians[`${sc.id} ${mname}`];
+      if (!m || m.parleyd == null || !m['parleyd-base']) continue;
+      const r = m.parleyd / m['parleyd-base'];
+      if ((better === 'higher' && r < 1 - thr) || (better === 'lower' && r > 1 + thr)) regressions.push(`${sc.id} ${mname}: parleyd ${fmt(m.parleyd)}, parleyd-base ${fmt(m['parleyd-base'])} (${r.toFixed(2)}x, ${better} is better)`);
+    }
+  }
+  lines.push('');
+  lines.push(regressions.length
+    ? `Worse than parleyd-base by more than ${Math.round(thr * 100)}% (check against the per-round spread above before believing it):`
+    : `No metric is worse than parleyd-base by more than ${Math.round(thr * 100)}%.`);
+  for (const x of regressions) lines.push(`- ${x}`);
 }
 const bad = runs.filter((x) => x.code !== 0);
 if (bad.length) {
@@ -262,6 +384,7 @@ console.log(lines.join('\n'));
 
 const out = opt.out || path.join(os.tmpdir(), `parley-bench-${started.toISOString().replace(/[:.]/g, '-')}.json`);
 mkdirSync(path.dirname(path.resolve(out)), { recursive: true });
-writeFileSync(out, JSON.stringify({ started: started.toISOString(), reps, quick: Q, parleyd: { path: PARLEYD_SRC, sha256_16: parleydSha, checkout: gitRev }, servers: servers.map(({ name, bin, env }) => ({ name, bin, env })), medians, runs }, null, 1));
-console.error(`compare: raw results in ${out}`);
-process.exit(bad.some((b) => !b.result || b.result.problems?.some((p) => /crash|died|run_failed/.test(p.kind))) ? 1 : 0);
+writeFileSync(out, JSON.stringify({ started: started.toISOString(), reps, quick: Q, suite: opt.suite, parleyd: { path: PARLEYD_SRC, sha256_16: parleydSha, checkout: gitRev }, base: PARLEYD_BASE ? { path: BASE_SRC, label: opt['base-label'] || null, sha256_16: baseSha } : null, servers: servers.map(({ name, bin, env }) => ({ name, bin: name === 'parleyd' ? PARLEYD_SRC : name === 'parleyd-base' ? BASE_SRC : bin, env })), medians, regressions, runs }, null, 1));
+if (opt.out) writeFileSync(out.replace(/\.json$/, '') + '.md', lines.join('\n') + '\n');
+console.error(`compare: raw results in ${out}${opt.out ? ` (the table also in ${out.replace(/\.json$/, '')}.md)` : ''}`);
+process.exit(bad.some((b) => !b.result || b.result.problems?.some((p) => /crash|died|run_failed|server_bad_exit/.test(p.kind))) ? 1 : 0);

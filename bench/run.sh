@@ -1,14 +1,37 @@
 #!/bin/sh
-# Runs every parley-bench scenario against parleyd (default batching AND PARLEY_BATCH_MAX=1)
-# and the two reference servers (node-ref, uws-ref) in one run, and prints a table of medians
-# with ratios parleyd / baseline. Arguments go to bench/compare.mjs (--reps N, --quick,
-# --only ..., --servers ...|all, --out FILE); see `node bench/compare.mjs --help`.
+# Runs the benchmark scenarios against parleyd (default batching AND PARLEY_BATCH_MAX=1 where it
+# matters) and the two reference servers (node-ref, uws-ref) in one run, and prints a table of
+# medians with ratios parleyd / every other server. `make bench` runs it.
 #
-# Needs: build/release/parleyd (make build), Node.js with npm (bench/node_modules/ws is
-# installed here on first use from bench/package-lock.json), and the baselines in
-# ../shared/baselines (or NODE_REF / UWS_REF pointing at their wrappers; missing ones are skipped).
+#   bench/run.sh [--base <git ref>] [compare.mjs arguments: --reps N, --quick, --suite load|node|all,
+#                 --only ..., --servers ...|all, --out FILE]; see `node bench/compare.mjs --help`.
+#
+# --base REF: builds that commit's parleyd in build/base-<short sha> (bench/base-build.sh, a git
+# worktree) and runs it as the extra server parleyd-base in the same rounds (make bench BASE=REF).
+#
+# Needs: build/release/parleyd and build/release/bench/load/parley-load (make build), Node.js
+# (the runner; with npm, bench/node_modules/ws is installed on first use from bench/package-lock.json
+# for the Node generator), and the baselines in ../shared/baselines (or NODE_REF / UWS_REF pointing
+# at their wrappers; missing ones are skipped).
 set -e
 cd "$(dirname "$0")/.."
+
+base=
+first=1
+for a in "$@"; do
+  # take --base REF / --base=REF out of the arguments, keep the rest in order
+  if [ $first = 1 ]; then set --; first=0; fi
+  case "$a" in
+    --base=*) base=${a#--base=} ;;
+    --base) base=. ;;
+    *) if [ "$base" = . ]; then base=$a; else set -- "$@" "$a"; fi ;;
+  esac
+done
+if [ "$base" = . ]; then
+  echo "bench/run.sh: --base needs a git ref" >&2
+  exit 2
+fi
+
 if [ ! -x "${PARLEYD:-build/release/parleyd}" ]; then
   echo "bench/run.sh: ${PARLEYD:-build/release/parleyd} is missing: run make build first" >&2
   exit 2
@@ -17,12 +40,26 @@ if ! command -v node >/dev/null 2>&1; then
   echo "bench/run.sh: node is missing (scripts/setup --test installs it)" >&2
   exit 2
 fi
+load=${PARLEY_LOAD:-build/release/bench/load/parley-load}
+if [ ! -x "$load" ] && [ -z "${PARLEY_LOAD:-}" ] && [ -f build/release/build.ninja ]; then
+  echo "bench/run.sh: building $load" >&2
+  ninja -C build/release --quiet parley-load
+fi
 if [ ! -d bench/node_modules/ws ]; then
   echo "bench/run.sh: npm ci in bench/ (ws)" >&2
   (cd bench && npm ci --no-audit --no-fund --silent)
 fi
-# idle-memory opens 2000 sockets: client and server each need that many descriptors.
-if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 8192 ]; then
-  ulimit -n 8192 2>/dev/null || echo "bench/run.sh: ulimit -n is $(ulimit -n); idle-memory will open fewer sockets" >&2
+if [ -n "$base" ]; then
+  bin=$(bench/base-build.sh "$base")
+  label="$base = $(git rev-parse --short=10 "$base^{commit}")"
+  set -- --base-bin "$bin" --base-label "$label" "$@"
+fi
+# load/conns opens 10,000 sockets (idle-memory 2,000): the generator and the server each need
+# that many descriptors. Take the hard limit; parley-load says so clearly if it is too low.
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 16384 ]; then
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 10240 ]; then
+    echo "bench/run.sh: ulimit -n is $(ulimit -n) (hard $(ulimit -Hn)): load/conns needs 10,100; it will fail, the rest runs" >&2
+  fi
 fi
 exec node bench/compare.mjs "$@"

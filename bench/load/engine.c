@@ -35,6 +35,8 @@
 const char *const err_code_names[8] = {"bad_request", "forbidden", "not_found", "too_large",
                                        "rate_limited", "internal", "unavailable", "other"};
 
+const char *const other_op_names[6] = {"presence", "read", "typing", "conversation", "synced", "other"};
+
 enum cstate { CS_NEW, CS_CONNECTING, CS_UPGRADE, CS_HELLO, CS_READY, CS_CLOSING, CS_DONE };
 
 struct pub {
@@ -623,6 +625,11 @@ static void on_text(struct thr *t, struct client *c, const char *p, size_t n)
         break;
     }
     CNT_ADD(t, frames_other, 1); /* presence, read, typing, conversation, synced */
+    int i = 5;
+    for (int j = 0; j < 5; j++)
+        if (span_eq(f.op, other_op_names[j]))
+            i = j;
+    atomic_store_explicit(&t->c.other_op[i], atomic_load_explicit(&t->c.other_op[i], RLX) + 1, RLX);
 }
 
 /* Parses complete frames from p[0..n); returns the bytes consumed. Stops early if c closed. */

@@ -129,8 +129,10 @@ struct counters {
     _Atomic uint64_t conn_fail, opened, closed_ok, pongs, frames_other, rate_skipped;
     _Atomic uint64_t bytes_in, bytes_out, inflight, behind;
     _Atomic uint64_t err_code[8];
+    _Atomic uint64_t other_op[6];
 };
 extern const char *const err_code_names[8];
+extern const char *const other_op_names[6]; /* frames other than msg/ack/error/hello/pong, by op */
 
 struct engine_cfg {
     const struct target *t;

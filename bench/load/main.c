@@ -761,7 +761,7 @@ int main(int argc, char **argv)
             problem("pings_unanswered", json_pack("{s:I,s:I}", "pinged", (json_int_t)want, "answered", (json_int_t)G(s2, pongs)));
         engine_join(e);
         take(e, &end);
-        json_object_update_new(res, json_pack("{s:I,s:I,s:f,s:I,s:I,s:f*,s:[i,i],s:{s:I,s:I},s:I}",
+        json_object_update_new(res, json_pack("{s:I,s:I,s:f,s:I,s:I,s:o?,s:[i,i],s:{s:I,s:I},s:I}",
             "conns", (json_int_t)nclients, "conns_open", (json_int_t)G(s1, opened), "seconds_to_open", r2(open_s),
             "rss_before_kib", (json_int_t)rss0, "rss_after_kib", (json_int_t)rss1,
             "kib_per_conn", rss0 > 0 && rss1 > 0 ? json_real(r2((double)(rss1 - rss0) / nclients)) : NULL,
@@ -789,8 +789,9 @@ int main(int argc, char **argv)
         }
         settle_frames(e);
         struct snap a, b;
-        take(e, &a);
-        uint64_t login_frames = G(a, frames_other);
+        struct snap s_login;
+        take(e, &s_login);
+        uint64_t login_frames = G(s_login, frames_other);
         engine_set_phase(e, PH_WARMUP);
         uint64_t tw = now_ns();
         while (!time_up() && now_ns() - tw < (uint64_t)(o.warmup * 1e9) && server_alive(&T)) {
@@ -878,6 +879,13 @@ int main(int argc, char **argv)
         json_object_set_new(res, "server_cpu_us_per_delivery", srv >= 0 && dm ? json_real(r3(srv * 1e6 / (double)dm)) : json_null());
         json_object_set_new(res, "server_cpu_us_per_ack", srv >= 0 && am ? json_real(r3(srv * 1e6 / (double)am)) : json_null());
         json_object_set_new(res, "client_cpu_us_per_delivery", dm ? json_real(r3((b.client_cpu - a.client_cpu) * 1e6 / (double)dm)) : json_null());
+        json_t *ops = json_object();
+        for (int i = 0; i < 6; i++) {
+            uint64_t v = atomic_load(&end.c.other_op[i]) - atomic_load(&s_login.c.other_op[i]);
+            if (v)
+                json_object_set_new(ops, other_op_names[i], json_integer((json_int_t)v));
+        }
+        json_object_set_new(res, "other_frames_by_op", ops);
         json_object_set_new(res, "login_frames", json_integer((json_int_t)login_frames));
         json_object_set_new(res, "other_frames", json_integer((json_int_t)(G(end, frames_other) - login_frames)));
         json_object_set_new(res, "server_rss_end_kib", T.pid ? json_integer(proc_rss_kib(T.pid)) : json_null());
@@ -921,8 +929,8 @@ int main(int argc, char **argv)
     if (!o.quiet) {
         json_t *l = json_object_get(res, "latency_ms");
         if (is_conns)
-            fprintf(stderr, "[%s] conns: %lld KiB per connection (RSS %lld -> %lld KiB), %lld/%lld pings answered\n",
-                    o.name, (long long)json_number_value(json_object_get(res, "kib_per_conn")),
+            fprintf(stderr, "[%s] conns: %.2f KiB per connection (RSS %lld -> %lld KiB), %lld/%lld pings answered\n",
+                    o.name, json_number_value(json_object_get(res, "kib_per_conn")),
                     (long long)json_integer_value(json_object_get(res, "rss_before_kib")),
                     (long long)json_integer_value(json_object_get(res, "rss_after_kib")),
                     (long long)json_integer_value(json_object_get(json_object_get(res, "ping"), "answered")),
