@@ -40,10 +40,8 @@ const char *const other_op_names[6] = {"presence", "read", "typing", "conversati
 enum cstate { CS_NEW, CS_CONNECTING, CS_UPGRADE, CS_HELLO, CS_READY, CS_CLOSING, CS_DONE };
 
 struct pub {
-    uint64_t k;        /* sends issued */
+    uint64_t k;        /* sends issued; the client id of send k is "<client>.<k>.<send time>" */
     uint32_t inflight; /* sent, neither acked nor refused */
-    uint32_t mask;     /* ring size - 1 */
-    uint64_t *sent_at; /* send time (ns since t0) of send k, at k & mask */
     uint64_t due;      /* rate mode: when the next send is due (ns since t0) */
 };
 
@@ -411,11 +409,11 @@ static void send_one(struct thr *t, struct client *c, uint64_t at)
     struct pub *p = c->pub;
     const struct engine_cfg *cfg = &t->e->cfg;
     uint64_t k = p->k++;
-    p->sent_at[k & p->mask] = at;
     p->inflight++;
-    int n = snprintf(t->sbuf, t->scap, "{\"op\":\"send\",\"id\":\"%u.%llu\",\"conv\":%lld,\"body\":\"%llu %llu ",
-                     c->idx, (unsigned long long)k, (long long)cfg->convs[c->conv].id, (unsigned long long)at,
-                     (unsigned long long)k);
+    int n = snprintf(t->sbuf, t->scap,
+                     "{\"op\":\"send\",\"id\":\"%u.%llu.%llu\",\"conv\":%lld,\"body\":\"%llu %llu ", c->idx,
+                     (unsigned long long)k, (unsigned long long)at, (long long)cfg->convs[c->conv].id,
+                     (unsigned long long)at, (unsigned long long)k);
     size_t body_start = (size_t)n - (size_t)snprintf(NULL, 0, "%llu %llu ", (unsigned long long)at, (unsigned long long)k);
     size_t want = body_start + cfg->pub.body_bytes;
     while ((size_t)n < want && (size_t)n < t->scap - 4)
@@ -509,22 +507,26 @@ static void on_msg(struct thr *t, struct client *c, const struct frame_fields *f
     }
 }
 
-static int our_send(struct client *c, struct span id, uint64_t *k)
+/* a client id of this publisher, "<client>.<k>.<send time>": its send time */
+static int our_send(struct client *c, struct span id, uint64_t *at)
 {
     if (!c->pub || !id.n)
         return 0;
-    uint32_t used;
-    uint64_t idx = parse_u64(id.p, id.n, &used);
-    if (!used || used + 1 >= id.n || id.p[used] != '.' || idx != c->idx)
+    uint32_t u1, u2, u3;
+    uint64_t idx = parse_u64(id.p, id.n, &u1);
+    if (!u1 || u1 + 1 >= id.n || id.p[u1] != '.' || idx != c->idx)
         return 0;
-    *k = parse_u64(id.p + used + 1, id.n - used - 1, NULL);
-    return *k < c->pub->k && c->pub->k - *k <= (uint64_t)c->pub->mask + 1;
+    uint64_t k = parse_u64(id.p + u1 + 1, id.n - u1 - 1, &u2);
+    if (!u2 || u1 + u2 + 2 >= id.n || id.p[u1 + 1 + u2] != '.' || k >= c->pub->k)
+        return 0;
+    *at = parse_u64(id.p + u1 + u2 + 2, id.n - u1 - u2 - 2, &u3);
+    return u3 && u1 + u2 + 2 + u3 == id.n;
 }
 
 static void on_ack(struct thr *t, struct client *c, const struct frame_fields *f)
 {
-    uint64_t k;
-    if (!our_send(c, f->id, &k) || !c->pub->inflight) {
+    uint64_t at;
+    if (!our_send(c, f->id, &at) || !c->pub->inflight) {
         CNT_ADD(t, bad_frames, 1);
         sample(t, "client %u: ack for an id it did not send: %.*s", c->idx, (int)(f->id.n < 60 ? f->id.n : 60), f->id.p);
         return;
@@ -535,7 +537,6 @@ static void on_ack(struct thr *t, struct client *c, const struct frame_fields *f
     CNT_ADD(t, acks, 1);
     if (t->measuring) {
         CNT_ADD(t, acks_m, 1);
-        uint64_t at = p->sent_at[k & p->mask];
         if (t->now >= at)
             hist_add(&t->acklat, t->now - at);
     }
@@ -564,8 +565,8 @@ static void on_error_frame(struct thr *t, struct client *c, const struct frame_f
     atomic_fetch_add_explicit(&t->c.err_code[i], 1, RLX);
     sample(t, "client %u: error frame code=%.*s message=%.*s id=%.*s", c->idx, (int)f->code.n, f->code.p,
            (int)(f->message.n < 100 ? f->message.n : 100), f->message.p, (int)(f->id.n < 40 ? f->id.n : 40), f->id.p);
-    uint64_t k;
-    if (our_send(c, f->id, &k) && c->pub->inflight) {
+    uint64_t at;
+    if (our_send(c, f->id, &at) && c->pub->inflight) {
         c->pub->inflight--;
         CNT_SET(t, inflight, CNT_GET(t, inflight) - 1);
         CNT_ADD(t, failed, 1);
@@ -924,12 +925,7 @@ void engine_client(struct engine *e, uint32_t i, uint32_t user, int32_t conv, in
     c->conv = conv;
     t->cl[t->n++] = c;
     if (publisher) {
-        uint32_t want = e->cfg.pub.window ? e->cfg.pub.window : e->cfg.pub.max_inflight, size = 1;
-        while (size < want)
-            size <<= 1;
         c->pub = xcalloc(1, sizeof *c->pub);
-        c->pub->mask = size - 1;
-        c->pub->sent_at = xcalloc(size, sizeof(uint64_t));
         t->pubs[t->npubs++] = c;
     }
 }
@@ -1023,8 +1019,6 @@ void engine_free(struct engine *e)
         struct client *c = &e->clients[i];
         free(c->obuf);
         free(c->ibuf);
-        if (c->pub)
-            free(c->pub->sent_at);
         free(c->pub);
     }
     for (uint32_t i = 0; i < e->cfg.nthreads; i++) {

@@ -336,7 +336,7 @@ static void run_pool(struct setup *s, void *(*fn)(void *), uint32_t jobs, const 
     uint64_t t0 = now_ns();
     for (uint32_t i = 0; i < n; i++)
         pthread_create(&th[i], NULL, fn, s);
-    if (!o.quiet) {
+    if (!o.quiet && isatty(2)) {
         while (atomic_load(&s->next) < jobs && !atomic_load(&s->failed) && !interrupted) {
             uint32_t done = atomic_load(&s->next);
             fprintf(stderr, "\r[%s] setup: %s %u/%u (%.0fs)\033[K", o.name, what, done < n ? 0 : done - n, jobs,
@@ -348,8 +348,8 @@ static void run_pool(struct setup *s, void *(*fn)(void *), uint32_t jobs, const 
     for (uint32_t i = 0; i < n; i++)
         pthread_join(th[i], NULL);
     if (!o.quiet)
-        fprintf(stderr, "\r[%s] setup: %s %u/%u in %.1fs\033[K\n", o.name, what, jobs, jobs,
-                (double)(now_ns() - t0) / 1e9);
+        fprintf(stderr, isatty(2) ? "\r[%s] setup: %s %u/%u in %.1fs\033[K\n" : "[%s] setup: %s %u/%u in %.1fs\n",
+                o.name, what, jobs, jobs, (double)(now_ns() - t0) / 1e9);
     if (atomic_load(&s->failed))
         die("setup failed: %s", s->err);
     if (interrupted)
@@ -407,7 +407,7 @@ static void progress(struct engine *e, const char *what, uint32_t nclients, int 
     char line[400];
     int n = snprintf(line, sizeof line, "[%s] %s %s: open %llu/%u", o.name, o.scenario, what,
                      (unsigned long long)G(s, opened), nclients);
-    if (prog.have && s.t > prog.last.t) {
+    if (prog.have && s.t > prog.last.t + 250000000ull) {
         double dt = (double)(s.t - prog.last.t) / 1e9;
         n += snprintf(line + n, sizeof line - (size_t)n, " | deliv/s %.0f acks/s %.0f",
                       (double)(G(s, deliv) - G(prog.last, deliv)) / dt, (double)(G(s, acks) - G(prog.last, acks)) / dt);
@@ -548,7 +548,7 @@ static json_t *errors_json(const struct snap *s)
 
 /* ------------------------------------------------------------------ file descriptors */
 
-static void check_nofile(uint64_t need)
+static void check_nofile(uint64_t conns, uint64_t need)
 {
     struct rlimit rl;
     getrlimit(RLIMIT_NOFILE, &rl);
@@ -557,7 +557,7 @@ static void check_nofile(uint64_t need)
             die("%llu connections need about %llu file descriptors here (and as many in the server), but the "
                 "hard limit is %llu (ulimit -Hn): lower --conns/--members/--users, or raise the limit "
                 "(as root: ulimit -Hn %llu; or LimitNOFILE= in systemd, nofile in limits.conf)",
-                (unsigned long long)(need - 64), (unsigned long long)need, (unsigned long long)rl.rlim_max,
+                (unsigned long long)conns, (unsigned long long)need, (unsigned long long)rl.rlim_max,
                 (unsigned long long)need);
         rl.rlim_cur = need;
         if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
@@ -606,7 +606,7 @@ int main(int argc, char **argv)
         nclients = o.senders;
         npubs = o.senders;
     }
-    check_nofile((uint64_t)nclients + 64 + o.setup_conc);
+    check_nofile(nclients, (uint64_t)nclients + 64 + o.setup_conc);
 
     /* the server */
     const char *bin = NULL;
