@@ -60,12 +60,14 @@ static const struct opt opts[] = {
     {"--max-group", "PARLEY_MAX_GROUP", OPT_INT, OFF(max_group), 0, 2, 100000, "1000", "members per group"},
     {"--max-hashes", "PARLEY_MAX_HASHES", OPT_INT, OFF(max_hashes), 0, 1, 256, "4", "concurrent password hashes (more: 503)"},
     {"--log-level", "PARLEY_LOG_LEVEL", OPT_LEVEL, 0, 0, 0, 0, "info", "debug, info, warn or error"},
-    {"--redis", "PARLEY_REDIS_URL", OPT_STR, OFF(redis_url), SZ(redis_url), 0, 0, NULL, "cluster mode: Redis URL (not in this build yet)"},
-    {"--db", "PARLEY_DB_URL", OPT_STR, OFF(db_url), SZ(db_url), 0, 0, NULL, "cluster mode: PostgreSQL primary (not in this build yet)"},
-    {"--db-replica", "PARLEY_DB_REPLICA_URL", OPT_STR, OFF(db_replica_url), SZ(db_replica_url), 0, 0, NULL, "cluster mode: PostgreSQL replica (not in this build yet)"},
+    {"--redis-url", "PARLEY_REDIS_URL", OPT_STR, OFF(redis_url), SZ(redis_url), 0, 0, NULL, "cluster: Redis bus, redis://host:port[/db], comma-separated for several"},
+    {"--db-url", "PARLEY_DB_URL", OPT_STR, OFF(db_url), SZ(db_url), 0, 0, NULL, "cluster: PostgreSQL primary, postgresql://user@host:port/db (instead of SQLite)"},
+    {"--db-replica-url", "PARLEY_DB_REPLICA_URL", OPT_STR, OFF(db_replica_url), SZ(db_replica_url), 0, 0, NULL, "cluster: PostgreSQL streaming replica for reads (optional)"},
 };
 
 #define NOPTS (sizeof opts / sizeof opts[0])
+
+static int check_cluster(const struct config *cfg, char *err, size_t errlen);
 
 static int set_listen(struct config *cfg, const char *v, char *err, size_t errlen)
 {
@@ -190,10 +192,38 @@ int config_load(struct config *cfg, int argc, char **argv, char *err, size_t err
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         cfg->workers = n > 0 ? (int)(n > 64 ? 64 : n) : 1;
     }
-    if (cfg->redis_url[0] || cfg->db_url[0] || cfg->db_replica_url[0]) {
-        snprintf(err, errlen, "cluster mode (--redis/--db/--db-replica) is not available in this build; "
-                              "unset PARLEY_REDIS_URL, PARLEY_DB_URL and PARLEY_DB_REPLICA_URL");
+    return check_cluster(cfg, err, errlen);
+}
+
+static int has_prefix(const char *s, const char *p)
+{
+    return strncmp(s, p, strlen(p)) == 0;
+}
+
+/* The cluster URLs, checked for their scheme here so a typo fails the start
+ * with one line instead of a connection error later. */
+static int check_cluster(const struct config *cfg, char *err, size_t errlen)
+{
+    if (cfg->db_replica_url[0] && !cfg->db_url[0]) {
+        snprintf(err, errlen, "PARLEY_DB_REPLICA_URL/--db-replica-url needs PARLEY_DB_URL (the primary) as well");
         return -1;
+    }
+    const char *dbs[] = {cfg->db_url, cfg->db_replica_url};
+    for (int i = 0; i < 2; i++)
+        if (dbs[i][0] && !has_prefix(dbs[i], "postgresql://") && !has_prefix(dbs[i], "postgres://")) {
+            snprintf(err, errlen, "%s: expected postgresql://user@host:port/db, got '%s'",
+                     i ? "PARLEY_DB_REPLICA_URL" : "PARLEY_DB_URL", dbs[i]);
+            return -1;
+        }
+    for (const char *p = cfg->redis_url; *p;) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        if (n <= 8 || strncmp(p, "redis://", 8) != 0) {
+            snprintf(err, errlen, "PARLEY_REDIS_URL: expected redis://host:port[/db] (comma-separated for several), got '%s'",
+                     cfg->redis_url);
+            return -1;
+        }
+        p = comma ? comma + 1 : p + n;
     }
     return 0;
 }

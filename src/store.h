@@ -40,6 +40,8 @@ enum store_rc {
     STORE_BAD_REQUEST = -5, /* not allowed on this kind of conversation */
     STORE_REUSED = -6,      /* refresh token already rotated: family revoked */
     STORE_EXPIRED = -7,     /* refresh token past expires_at, or revoked */
+    STORE_UNAVAILABLE = -8, /* the database cannot be reached now; retry later (never a lost write:
+                               nothing of the call was committed) */
 };
 
 enum store_role { ROLE_MEMBER = 0, ROLE_ADMIN = 1, ROLE_OWNER = 2 };
@@ -86,6 +88,9 @@ struct store;
 struct store_ops {
     const char *name;
     void (*close)(struct store *st);
+    /* Whether the connection works, reconnecting if it was lost: STORE_OK or
+     * STORE_UNAVAILABLE. Cheap when it works (a local status check). */
+    int (*ping)(struct store *st);
 
     int (*begin)(struct store *st);
     int (*commit)(struct store *st);
@@ -162,6 +167,7 @@ static inline void store_close(struct store *st)
     if (st)
         st->ops->close(st);
 }
+static inline int store_ping(struct store *st) { return st->ops->ping(st); }
 /* begin opens the batch's write transaction. Savepoints are one level, the
  * writer's per-job "job" savepoint; rollback_to undoes and releases it. */
 static inline int store_begin(struct store *st) { return st->ops->begin(st); }
