@@ -767,8 +767,10 @@ static void close_handles(struct worker *w)
 {
     if (!uv_is_closing((uv_handle_t *)&w->listener))
         uv_close((uv_handle_t *)&w->listener, NULL);
-    if (!uv_is_closing((uv_handle_t *)&w->wake))
-        uv_close((uv_handle_t *)&w->wake, NULL);
+    /* The inbox stays open (only unreferenced, so the loop can end): a
+     * reader pool or bus thread may still post until main frees the worker,
+     * which drops what arrived. */
+    uv_unref((uv_handle_t *)&w->wake);
     if (!uv_is_closing((uv_handle_t *)&w->sweep))
         uv_close((uv_handle_t *)&w->sweep, NULL);
     if (!uv_is_closing((uv_handle_t *)&w->flush_check))

@@ -1,0 +1,276 @@
+/* reader_pool: see reader_pool.h. */
+#include "reader_pool.h"
+
+#include "log.h"
+#include "util.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define REPLICA_RETRY_MS 1000
+
+struct reader_pool {
+    reader_open_fn open;
+    void *open_arg;
+    int have_replica;
+    struct seqcache *seqs;
+    int per_conv;
+    uv_mutex_t mu;             /* guards head, tail, stopping, replica_logged */
+    uv_cond_t cond;
+    struct read *head, *tail;
+    int stopping;
+    int replica_logged;        /* the replica's failure was logged (once per outage) */
+    atomic_int replica_ok;
+    struct reader_pool_stats stats;
+    int nthreads;
+    uv_thread_t *threads;
+};
+
+/* One thread's connections; owned by that thread. */
+struct pool_conns {
+    struct store *primary, *replica;
+    int64_t replica_retry_ms;  /* monotonic: do not try the replica before */
+};
+
+static int replica_kind(const struct read *r)
+{
+    return r->kind == READ_HISTORY || r->kind == READ_SYNC || r->kind == READ_CONVS || r->kind == READ_USERS;
+}
+
+static struct store *get_primary(struct reader_pool *p, struct pool_conns *pc)
+{
+    char err[256];
+    if (!pc->primary && p->open(p->open_arg, 0, &pc->primary, err, sizeof err) != STORE_OK) {
+        log_warn("reader: cannot open the primary: %s", err);
+        pc->primary = NULL;
+    }
+    if (pc->primary && store_ping(pc->primary) != STORE_OK)
+        return NULL;
+    return pc->primary;
+}
+
+static void replica_failed(struct reader_pool *p, struct pool_conns *pc, const char *why)
+{
+    atomic_fetch_add(&p->stats.replica_failures, 1);
+    atomic_store(&p->replica_ok, 0);
+    pc->replica_retry_ms = util_mono_ms() + REPLICA_RETRY_MS;
+    uv_mutex_lock(&p->mu);
+    int log = !p->replica_logged;
+    p->replica_logged = 1;
+    uv_mutex_unlock(&p->mu);
+    if (log)
+        log_warn("reader: the replica is unavailable (%s); reads go to the primary until it is back", why);
+}
+
+static struct store *get_replica(struct reader_pool *p, struct pool_conns *pc)
+{
+    if (!p->have_replica || util_mono_ms() < pc->replica_retry_ms)
+        return NULL;
+    char err[256];
+    if (!pc->replica && p->open(p->open_arg, 1, &pc->replica, err, sizeof err) != STORE_OK) {
+        pc->replica = NULL;
+        replica_failed(p, pc, err);
+        return NULL;
+    }
+    if (store_ping(pc->replica) != STORE_OK) {
+        replica_failed(p, pc, "connection lost");
+        return NULL;
+    }
+    return pc->replica;
+}
+
+/* Whether the replica has conv up to seq (its last_seq is there). */
+static int replica_has(struct store *replica, int64_t conv, int64_t seq, int *failed)
+{
+    if (seq <= 0)
+        return 1;
+    int64_t last = 0;
+    int rc = store_conv_last_seq(replica, conv, &last);
+    if (rc == STORE_ERR || rc == STORE_UNAVAILABLE) {
+        *failed = 1;
+        return 0;
+    }
+    return rc == STORE_OK && last >= seq;
+}
+
+/* Whether this read may be answered by the replica as it is now. */
+static int replica_fresh(struct reader_pool *p, struct store *replica, const struct read *r, int *failed)
+{
+    int64_t conv;
+    switch (r->kind) {
+    case READ_HISTORY: {
+        int64_t need = r->min_seq;
+        if (r->after >= 0 && p->seqs) { /* paging forward must not stop short */
+            int64_t known = seqcache_get(p->seqs, r->conv);
+            if (known > need)
+                need = known;
+        }
+        return replica_has(replica, r->conv, need, failed);
+    }
+    case READ_SYNC: {
+        const char *key;
+        json_t *v;
+        json_object_foreach(r->since, key, v) {
+            if (util_parse_i64(key, &conv) < 0 || conv <= 0)
+                continue;
+            int64_t need = p->seqs ? seqcache_get(p->seqs, conv) : 0;
+            if (!replica_has(replica, conv, need, failed))
+                return 0;
+        }
+        return 1;
+    }
+    default:
+        return r->min_seq <= 0 || replica_has(replica, r->conv, r->min_seq, failed);
+    }
+}
+
+static void answer(struct reader_pool *p, struct pool_conns *pc, struct read *r)
+{
+    struct store *st = NULL;
+    if (replica_kind(r)) {
+        struct store *replica = get_replica(p, pc);
+        int failed = 0;
+        if (replica && replica_fresh(p, replica, r, &failed)) {
+            reader_run(replica, r, p->per_conv);
+            if (r->rc != STORE_ERR && r->rc != STORE_UNAVAILABLE) {
+                atomic_fetch_add(&p->stats.replica_reads, 1);
+                if (!atomic_exchange(&p->replica_ok, 1)) {
+                    uv_mutex_lock(&p->mu);
+                    p->replica_logged = 0;
+                    uv_mutex_unlock(&p->mu);
+                    log_info("reader: the replica answers again");
+                }
+                return;
+            }
+            failed = 1;
+            /* start the answer again on the primary */
+            json_decref(r->result);
+            json_decref(r->extra);
+            r->result = r->extra = NULL;
+        }
+        if (failed)
+            replica_failed(p, pc, "a read failed");
+        else if (replica)
+            atomic_fetch_add(&p->stats.replica_behind, 1);
+    }
+    st = get_primary(p, pc);
+    if (!st) {
+        r->rc = STORE_UNAVAILABLE;
+        return;
+    }
+    reader_run(st, r, p->per_conv);
+    atomic_fetch_add(&p->stats.primary_reads, 1);
+    if (r->rc == STORE_ERR && store_ping(st) != STORE_OK)
+        r->rc = STORE_UNAVAILABLE;
+}
+
+static void pool_main(void *arg)
+{
+    struct reader_pool *p = arg;
+    struct pool_conns pc = {0};
+    uv_mutex_lock(&p->mu);
+    for (;;) {
+        while (!p->head && !p->stopping)
+            uv_cond_wait(&p->cond, &p->mu);
+        struct read *r = p->head;
+        if (!r)
+            break; /* stopping and drained */
+        p->head = (struct read *)r->ev.next;
+        if (!p->head)
+            p->tail = NULL;
+        uv_mutex_unlock(&p->mu);
+        r->ev.next = NULL;
+        answer(p, &pc, r);
+        worker_post(r->origin, &r->ev, &r->ev); /* done runs on the worker that asked */
+        uv_mutex_lock(&p->mu);
+    }
+    uv_mutex_unlock(&p->mu);
+    store_close(pc.primary);
+    store_close(pc.replica);
+}
+
+static void pool_submit(struct reader_pool *p, struct read *r)
+{
+    r->ev.next = NULL;
+    uv_mutex_lock(&p->mu);
+    if (p->tail)
+        p->tail->ev.next = &r->ev;
+    else
+        p->head = r;
+    p->tail = r;
+    uv_cond_signal(&p->cond);
+    uv_mutex_unlock(&p->mu);
+}
+
+struct reader_pool *reader_pool_new(int nthreads, reader_open_fn open, void *open_arg, int have_replica,
+                                    struct seqcache *seqs, int per_conv)
+{
+    struct reader_pool *p = xcalloc(1, sizeof *p);
+    p->open = open;
+    p->open_arg = open_arg;
+    p->have_replica = have_replica;
+    p->seqs = seqs;
+    p->per_conv = per_conv;
+    atomic_init(&p->replica_ok, 1);
+    uv_mutex_init(&p->mu);
+    uv_cond_init(&p->cond);
+    p->threads = xcalloc((size_t)nthreads, sizeof *p->threads);
+    for (int i = 0; i < nthreads; i++) {
+        if (uv_thread_create(&p->threads[i], pool_main, p) != 0)
+            break;
+        p->nthreads++;
+    }
+    return p;
+}
+
+void reader_pool_free(struct reader_pool *p)
+{
+    if (!p)
+        return;
+    uv_mutex_lock(&p->mu);
+    p->stopping = 1;
+    uv_cond_broadcast(&p->cond);
+    uv_mutex_unlock(&p->mu);
+    for (int i = 0; i < p->nthreads; i++)
+        uv_thread_join(&p->threads[i]);
+    free(p->threads);
+    uv_mutex_destroy(&p->mu);
+    uv_cond_destroy(&p->cond);
+    free(p);
+}
+
+const struct reader_pool_stats *reader_pool_stats(struct reader_pool *p)
+{
+    return &p->stats;
+}
+
+int reader_pool_replica_ok(struct reader_pool *p)
+{
+    return !p->have_replica || atomic_load(&p->replica_ok);
+}
+
+/* ---- a worker's handle ---- */
+
+struct pool_handle {
+    struct reader base; /* first */
+    struct reader_pool *pool;
+};
+
+static void handle_submit(struct reader *rd, struct read *r)
+{
+    pool_submit(((struct pool_handle *)rd)->pool, r);
+}
+
+static void handle_free(struct reader *rd)
+{
+    free(rd);
+}
+
+struct reader *reader_pool_handle(struct reader_pool *p)
+{
+    struct pool_handle *h = xcalloc(1, sizeof *h);
+    h->base.submit = handle_submit;
+    h->base.free = handle_free;
+    h->pool = p;
+    return &h->base;
+}
