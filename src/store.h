@@ -149,6 +149,7 @@ struct store_ops {
     int (*msg_by_client)(struct store *st, int64_t sender, const char *client_id, int64_t *conv_out,
                          int64_t *seq_out, int64_t *ts_out);
     int (*conv_last_seq)(struct store *st, int64_t conv, int64_t *last_seq_out);
+    int (*conv_last_seqs)(struct store *st, const int64_t *convs, size_t n, int64_t *last_seqs_out);
     int (*read_set)(struct store *st, int64_t conv, int64_t user, int64_t seq, int64_t *pos_out);
     int (*msg_page)(struct store *st, int64_t conv, int64_t before, int64_t after, int limit, json_t **msgs_out,
                     int *has_more_out);
@@ -318,6 +319,12 @@ static inline int store_msg_by_client(struct store *st, int64_t sender, const ch
 static inline int store_conv_last_seq(struct store *st, int64_t conv, int64_t *last_seq_out)
 {
     return st->ops->conv_last_seq(st, conv, last_seq_out);
+}
+/* last_seqs_out[i] = the last_seq of convs[i] (0 for an unknown one), in one
+ * round trip: the node's periodic check for missed messages. */
+static inline int store_conv_last_seqs(struct store *st, const int64_t *convs, size_t n, int64_t *last_seqs_out)
+{
+    return st->ops->conv_last_seqs(st, convs, n, last_seqs_out);
 }
 /* Moves user's read position forward to min(seq, last_seq); never back.
  * *pos_out gets the resulting position. NOT_FOUND if not a member. */

@@ -1798,6 +1798,19 @@ static int sq_user_exists(struct store *st_, int64_t id)
 /* ------------------------------------------------------------------ */
 /* The backend table and opening.                                       */
 
+/* One statement reused per id: SQLite has no round trips to save. */
+static int sq_conv_last_seqs(struct store *st_, const int64_t *convs, size_t n, int64_t *out)
+{
+    for (size_t i = 0; i < n; i++) {
+        int rc = sq_conv_last_seq(st_, convs[i], &out[i]);
+        if (rc == STORE_NOT_FOUND)
+            out[i] = 0;
+        else if (rc != STORE_OK)
+            return rc;
+    }
+    return STORE_OK;
+}
+
 /* A local file is always there; a failing disk shows as STORE_ERR. */
 static int sq_ping(struct store *st_)
 {
@@ -1839,6 +1852,7 @@ static const struct store_ops sqlite_ops = {
     .user_convs = sq_user_convs,
     .msg_by_client = sq_msg_by_client,
     .conv_last_seq = sq_conv_last_seq,
+    .conv_last_seqs = sq_conv_last_seqs,
     .read_set = sq_read_set,
     .msg_page = sq_msg_page,
     .sync_summary = sq_sync_summary,
