@@ -4,6 +4,7 @@
 #include "config.h"
 #include "log.h"
 #include "presence.h"
+#include "seqcache.h"
 #include "writer.h"
 #include "ws.h"
 
@@ -11,13 +12,63 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define REPAIR_WAIT_MS 200 /* how long a gap waits for the missing messages before reading them */
+#define HOLD_MAX 1024      /* messages held behind a gap, per conversation and worker */
+
+/* Per worker, per conversation with a local member: the seq delivered up to
+ * (-1: not known yet, the next one is taken as it comes) and the messages
+ * that arrived ahead of a gap, sorted by seq (references). */
+struct conv_order {
+    int64_t delivered;
+    struct bus_msg **held;
+    size_t nheld, capheld;
+};
+
+static void order_free(struct conv_order *o)
+{
+    for (size_t i = 0; i < o->nheld; i++)
+        bus_msg_unref(o->held[i]);
+    free(o->held);
+    free(o);
+}
+
 static void on_watch(void *ctx, int64_t conv, int on)
 {
     struct chat_worker *cw = ctx;
-    if (on)
+    if (on) {
+        struct conv_order *o = xcalloc(1, sizeof *o);
+        o->delivered = -1;
+        idmap_put(&cw->order, conv, o);
         bus_watch(cw->chat->bus, cw->w->index, conv);
-    else
+    } else {
+        struct conv_order *o = idmap_del(&cw->order, conv);
+        if (o)
+            order_free(o);
         bus_unwatch(cw->chat->bus, cw->w->index, conv);
+    }
+}
+
+/* A conversation got a local member at a known point: what came before is
+ * the member's sync's business. */
+static void order_baseline(struct chat_worker *cw, int64_t conv, int64_t last_seq)
+{
+    struct conv_order *o = idmap_get(&cw->order, conv);
+    if (o && o->delivered < 0)
+        o->delivered = last_seq;
+}
+
+static void check_now(struct chat_worker *cw, int all);
+
+static void on_repair_timer(uv_timer_t *t)
+{
+    struct chat_worker *cw = t->data;
+    cw->repair_armed = 0;
+    check_now(cw, 0);
+}
+
+static void on_check_timer(uv_timer_t *t)
+{
+    check_now(t->data, 1);
 }
 
 struct chat_worker *chat_worker_new(struct chat *ch, struct worker *w, struct reader *rd)
@@ -27,6 +78,14 @@ struct chat_worker *chat_worker_new(struct chat *ch, struct worker *w, struct re
     cw->w = w;
     cw->reader = rd;
     hub_init(&cw->hub, on_watch, cw);
+    uv_timer_init(&w->loop, &cw->repair_timer);
+    cw->repair_timer.data = cw;
+    uv_unref((uv_handle_t *)&cw->repair_timer);
+    uv_timer_init(&w->loop, &cw->check_timer);
+    cw->check_timer.data = cw;
+    if (ch->check_ms > 0)
+        uv_timer_start(&cw->check_timer, on_check_timer, (uint64_t)ch->check_ms, (uint64_t)ch->check_ms);
+    uv_unref((uv_handle_t *)&cw->check_timer); /* never keeps the loop alive */
     return cw;
 }
 
@@ -35,6 +94,9 @@ void chat_worker_free(struct chat_worker *cw)
     if (!cw)
         return;
     hub_dispose(&cw->hub);
+    IDMAP_FOREACH(&cw->order, s)
+        order_free(s->val);
+    idmap_dispose(&cw->order);
     reader_free(cw->reader);
     free(cw);
 }
@@ -96,6 +158,7 @@ static void deliver_push(struct chat_worker *cw, const struct bus_msg *m)
         if (!u)
             continue;
         hub_join(h, m->pos[i].user, m->conv);
+        order_baseline(cw, m->conv, m->seq);
         struct frame *head = push_head(m->seq, m->pos[i].last_read_seq, m->frame->len);
         for (struct conn *c = u->head; c; c = c->unext)
             if (c->state == CONN_WS)
@@ -127,14 +190,166 @@ static void deliver_presence(struct chat_worker *cw, const struct bus_msg *m)
     }
 }
 
+/* A message to its local recipients: the members the batch saw, or (a
+ * message read back by a repair) the conversation's local members. */
+static void deliver_msg(struct chat_worker *cw, const struct bus_msg *m)
+{
+    struct hub *h = &cw->hub;
+    if (m->users) {
+        for (uint32_t i = 0; i < m->users->n; i++)
+            hub_send_user(h, m->users->ids[i], m->frame, except_of(cw, m));
+        return;
+    }
+    size_t n;
+    const int64_t *users = hub_conv_users(h, m->conv, &n);
+    for (size_t i = 0; i < n; i++)
+        hub_send_user(h, users[i], m->frame, except_of(cw, m));
+}
+
+static void arm_repair(struct chat_worker *cw)
+{
+    if (cw->repair_armed)
+        return;
+    cw->repair_armed = 1;
+    uv_timer_start(&cw->repair_timer, on_repair_timer, REPAIR_WAIT_MS, 0);
+}
+
+/* Keeps o->held sorted by seq; a full hold drops the message (the repair
+ * reads it back from the database). */
+static void hold(struct conv_order *o, const struct bus_msg *m)
+{
+    if (o->nheld == HOLD_MAX)
+        return;
+    size_t i = o->nheld;
+    while (i > 0 && o->held[i - 1]->seq > m->seq)
+        i--;
+    if (i > 0 && o->held[i - 1]->seq == m->seq)
+        return; /* held already */
+    if (o->nheld == o->capheld) {
+        o->capheld = o->capheld ? o->capheld * 2 : 8;
+        o->held = xrealloc(o->held, o->capheld * sizeof *o->held);
+    }
+    memmove(o->held + i + 1, o->held + i, (o->nheld - i) * sizeof *o->held);
+    o->held[i] = bus_msg_ref((struct bus_msg *)m);
+    o->nheld++;
+}
+
+/* Each conversation's messages reach this worker's connections once and in
+ * seq order, whatever order the bus (several nodes publishing, a repair
+ * reading back) brings them in: a duplicate is dropped, a message ahead of a
+ * gap waits until the gap is filled (by the bus, or by a repair). */
+static void deliver_in_order(struct chat_worker *cw, const struct bus_msg *m)
+{
+    struct conv_order *o = idmap_get(&cw->order, m->conv);
+    if (!o) { /* no local member known yet (a push on its way): as it comes */
+        deliver_msg(cw, m);
+        return;
+    }
+    if (o->delivered >= 0 && m->seq <= o->delivered)
+        return; /* delivered already */
+    if (o->delivered >= 0 && m->seq > o->delivered + 1) {
+        hold(o, m);
+        arm_repair(cw);
+        return;
+    }
+    deliver_msg(cw, m);
+    o->delivered = m->seq;
+    size_t k = 0;
+    while (k < o->nheld && o->held[k]->seq <= o->delivered + 1) {
+        if (o->held[k]->seq == o->delivered + 1) {
+            deliver_msg(cw, o->held[k]);
+            o->delivered = o->held[k]->seq;
+        }
+        bus_msg_unref(o->held[k++]);
+    }
+    memmove(o->held, o->held + k, (o->nheld - k) * sizeof *o->held);
+    o->nheld -= k;
+}
+
+/* ---- repair: messages the bus did not bring ---- */
+
+static void repair_read(struct read *r)
+{
+    struct chat_worker *cw = r->arg;
+    cw->repair_inflight = 0;
+    if (r->rc != STORE_OK)
+        return; /* the next check tries again */
+    size_t i;
+    json_t *msg;
+    json_array_foreach(r->result, i, msg) {
+        struct bus_msg *m = bus_msg_new(BUS_MSG, (int64_t)json_integer_value(json_object_get(msg, "conv")));
+        m->seq = (int64_t)json_integer_value(json_object_get(msg, "seq"));
+        json_object_set_new(msg, "op", json_string("msg"));
+        m->frame = frame_ws_json(msg);
+        deliver_in_order(cw, m);
+        bus_msg_unref(m);
+    }
+    /* a gap still open (more than one page behind): read on */
+    IDMAP_FOREACH(&cw->order, s) {
+        struct conv_order *o = s->val;
+        if (o->nheld)
+            arm_repair(cw);
+    }
+}
+
+/* Reads what this worker's conversations are missing: all of them (the
+ * periodic check, a bus link back), or those with a gap. */
+static void check_now(struct chat_worker *cw, int all)
+{
+    if (cw->repair_inflight)
+        return;
+    size_t n = 0;
+    IDMAP_FOREACH(&cw->order, s) {
+        struct conv_order *o = s->val;
+        n += o->delivered >= 0 && (all || o->nheld);
+    }
+    if (!n)
+        return;
+    struct read *r = chat_read(cw, READ_REPAIR, NULL, repair_read);
+    r->ids = xmalloc(n * sizeof *r->ids);
+    r->ids2 = xmalloc(n * sizeof *r->ids2);
+    IDMAP_FOREACH(&cw->order, s) {
+        struct conv_order *o = s->val;
+        if (o->delivered >= 0 && (all || o->nheld)) {
+            r->ids[r->n] = s->key;
+            r->ids2[r->n++] = o->delivered;
+        }
+    }
+    r->n2 = r->n;
+    cw->repair_inflight = 1;
+    chat_read_submit(cw, r);
+}
+
+static void run_check(struct worker *w, struct event *ev)
+{
+    free(ev);
+    check_now(w->ctx, 1);
+}
+
+static void drop_check(struct event *ev)
+{
+    free(ev);
+}
+
+void chat_check_all(struct chat *ch)
+{
+    for (int i = 0; i < ch->nworkers; i++) {
+        struct event *ev = xcalloc(1, sizeof *ev);
+        ev->run = run_check;
+        ev->drop = drop_check;
+        worker_post(ch->workers[i], ev, ev);
+    }
+}
+
 void chat_deliver(struct worker *w, const struct bus_msg *m)
 {
     struct chat_worker *cw = w->ctx;
     struct hub *h = &cw->hub;
     switch (m->kind) {
     case BUS_MSG:
-        for (uint32_t i = 0; i < m->users->n; i++)
-            hub_send_user(h, m->users->ids[i], m->frame, except_of(cw, m));
+        if (cw->chat->seqs && w->index == 0) /* every worker sees every message: one notes it */
+            seqcache_note(cw->chat->seqs, m->conv, m->seq);
+        deliver_in_order(cw, m);
         break;
     case BUS_CONV_EVENT: {
         size_t n;
@@ -337,9 +552,14 @@ static void session_read(struct read *r)
     c->in_session = 1;
     if (hub_add(&cw->hub, c))
         hub_set_convs(&cw->hub, c->user_id, r->ids2, r->n2);
+    size_t i;
+    json_t *sum;
+    json_array_foreach(r->extra, i, sum)
+        order_baseline(cw, (int64_t)json_integer_value(json_object_get(sum, "conv")),
+                       (int64_t)json_integer_value(json_object_get(sum, "last_seq")));
     int count = presence_up(cw->chat->presence, c->user_id);
     send_hello(cw, c, r->result);
-    for (size_t i = 0; i < r->n; i++)
+    for (i = 0; i < r->n; i++)
         if (presence_online(cw->chat->presence, r->ids[i]))
             send_json(c, json_pack("{s:s,s:I,s:b}", "op", "presence", "user", (json_int_t)r->ids[i], "online", 1));
     if (count == 1)

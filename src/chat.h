@@ -32,11 +32,18 @@
 struct presence;
 struct writer;
 
+struct seqcache;
+
 struct chat {
     const struct config *cfg;
     struct writer *writer;
     struct bus *bus;
     struct presence *presence;
+    struct worker **workers;    /* every worker of this node (borrowed) */
+    int nworkers;
+    struct seqcache *seqs;      /* the newest seq known per conversation; NULL: not needed */
+    int64_t check_ms;           /* > 0: every worker checks its conversations for missed messages
+                                   this often (a network bus); 0: never (in-process bus) */
     atomic_int hashes_running;  /* password hashes in the thread pool, all workers */
 };
 
@@ -45,11 +52,20 @@ struct chat_worker {
     struct worker *w;
     struct hub hub;
     struct reader *reader;      /* owned */
+    struct idmap order;         /* conv -> struct conv_order: in-order, once-only delivery */
+    uv_timer_t repair_timer;    /* a gap waits this long for its missing messages, then reads them */
+    uv_timer_t check_timer;     /* the periodic check (check_ms) */
+    int repair_armed, repair_inflight;
 };
 
-/* rd becomes the worker state's. */
+/* rd becomes the worker state's. Runs on the thread that creates the
+ * workers, before they start (it initializes timers on w's loop). */
 struct chat_worker *chat_worker_new(struct chat *ch, struct worker *w, struct reader *rd);
+/* After the worker's thread has ended. */
 void chat_worker_free(struct chat_worker *cw);
+/* Any thread: every worker checks all its conversations for messages it
+ * missed, now (the bus lost publications: a Redis link came back). */
+void chat_check_all(struct chat *ch);
 
 /* The bus's deliver callback: a publication reached worker w (w->ctx is its
  * struct chat_worker). */

@@ -98,7 +98,7 @@ int main(int argc, char **argv)
         if (!(workers[i] = worker_new(&cfg, i, nw, err, sizeof err)))
             return fail(err, NULL);
 
-    struct chat chat = {.cfg = &cfg};
+    struct chat chat = {.cfg = &cfg, .workers = workers, .nworkers = nw};
     atomic_init(&chat.hashes_running, 0);
     chat.presence = presence_new();
     chat.bus = bus_local_new(workers, nw, chat_deliver);

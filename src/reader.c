@@ -87,6 +87,33 @@ static int run_sync(struct store *st, struct read *r, int per_conv)
     return STORE_OK;
 }
 
+/* One round trip for every conversation's last seq, then a page only of
+ * those behind what was delivered. */
+static int run_repair(struct store *st, struct read *r, int per_conv)
+{
+    int64_t *last = xmalloc((r->n ? r->n : 1) * sizeof *last);
+    int rc = store_conv_last_seqs(st, r->ids, r->n, last);
+    json_t *msgs = json_array();
+    for (size_t i = 0; i < r->n && rc == STORE_OK; i++) {
+        if (last[i] <= r->ids2[i])
+            continue;
+        json_t *page;
+        int more;
+        rc = store_msg_page(st, r->ids[i], 0, r->ids2[i], per_conv, &page, &more);
+        if (rc == STORE_OK) {
+            json_array_extend(msgs, page);
+            json_decref(page);
+        }
+    }
+    free(last);
+    if (rc != STORE_OK) {
+        json_decref(msgs);
+        return rc;
+    }
+    r->result = msgs;
+    return STORE_OK;
+}
+
 void reader_run(struct store *st, struct read *r, int per_conv)
 {
     switch (r->kind) {
@@ -131,6 +158,11 @@ void reader_run(struct store *st, struct read *r, int per_conv)
             r->rc = store_peers(st, r->user, &r->ids, &r->n);
         if (r->rc == STORE_OK)
             r->rc = store_user_convs(st, r->user, &r->ids2, &r->n2);
+        if (r->rc == STORE_OK)
+            r->rc = store_sync_summary(st, r->user, &r->extra);
+        break;
+    case READ_REPAIR:
+        r->rc = run_repair(st, r, per_conv);
         break;
     case READ_CONV_VIEW:
         r->rc = store_conv_view(st, r->conv, &r->result, &r->pos, &r->npos);

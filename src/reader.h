@@ -31,7 +31,10 @@ enum read_kind {
     READ_MSG,          /* conv, seq: result = that message */
     READ_SYNC,         /* user, since: result = [msgs] (at most per_conv of each asked conversation the
                           user is in), extra = the summary */
-    READ_SESSION,      /* user: result = the user, ids = peers, ids2 = conversations */
+    READ_SESSION,      /* user: result = the user, ids = peers, ids2 = conversations, extra = their
+                          summary (last seqs) */
+    READ_REPAIR,       /* ids = conversations, ids2 = the seq each was delivered up to: result =
+                          [msgs] after those (at most per_conv each), only for those behind */
     READ_CONV_VIEW,    /* conv: result = the shared part, pos = every member's read position */
 };
 
