@@ -104,7 +104,10 @@ struct store_ops {
      * resend; a resend of (sender, client_id), earlier in the batch or in any
      * committed batch, is dup with the original's conv/seq/ts; every other
      * send gets its conversation's next seqs, reserved atomically so that
-     * several writers stay dense (UPDATE ... last_seq = last_seq + n). Each
+     * several writers stay dense (UPDATE ... last_seq = last_seq + n
+     * RETURNING; a backend whose write transaction holds a database-wide
+     * lock, as SQLite's BEGIN IMMEDIATE does, may count up from last_seq read
+     * inside it). Each
      * sender's read position moves to its last new message. Returns STORE_OK
      * (per-send results in v[i].rc) or STORE_ERR (the batch must roll back).
      * out gets the touched conversations' members. */

@@ -183,9 +183,9 @@ static const struct sdef SQL[S__COUNT] = {
     [S_MSG_INSERT] = {"insert message",
                       "INSERT INTO messages(conv_id, seq, sender_id, client_id, body, created_at)"
                       " VALUES (?1, ?2, ?3, ?4, ?5, ?6)"},
-    [S_CONV_ADVANCE] = {"reserve seqs",
-                        "UPDATE conversations SET last_seq = last_seq + ?2,"
-                        " last_activity = max(last_activity, ?3) WHERE id = ?1 RETURNING last_seq"},
+    [S_CONV_ADVANCE] = {"advance conversation",
+                        "UPDATE conversations SET last_seq = ?2,"
+                        " last_activity = max(last_activity, ?3) WHERE id = ?1"},
     /* One statement: forward only (max), clamped to last_seq (min), and the
      * resulting position comes back without a second query. */
     [S_READ_SET] = {"set read position",
@@ -1379,11 +1379,9 @@ static int sq_conv_last_seq(struct store *st_, int64_t conv, int64_t *last_seq_o
     return q_one_i64(&q, last_seq_out);
 }
 
-/* A (conv, seq) collision is a primary-key violation, not CONFLICT: it
- * means a seq was used twice, a bug worth the error log. A (sender, client
- * id) collision here means another writer stored the same send between our
- * lookup and our insert; the batch fails and the client's retry gets the
- * original ack. */
+/* CONFLICT: (sender, client id) is taken, a resend. A (conv, seq) collision
+ * is a primary-key violation, not CONFLICT: it means a seq was used twice, a
+ * bug worth the error log. */
 static int msg_insert(struct sq *st, const struct store_send *m)
 {
     struct q q;
@@ -1398,27 +1396,29 @@ static int msg_insert(struct sq *st, const struct store_send *m)
     q_textn(&q, m->body ? m->body : "", m->body ? m->body_len : 0);
     q_i64(&q, m->ts);
     rc = q_exec(&q);
-    return rc == STORE_OK ? STORE_OK : STORE_ERR;
+    return rc == STORE_OK || rc == STORE_CONFLICT ? rc : STORE_ERR;
 }
 
-/* Takes n seqs of conv in one statement and returns the first: correct with
- * any number of writers, because the row update serializes them. */
-static int seq_reserve(struct sq *st, int64_t conv, int64_t n, int64_t now, int64_t *first_out)
+/* After the inserts: the conversation's last_seq and activity. Reading
+ * last_seq once and counting up is atomic here because BEGIN IMMEDIATE holds
+ * SQLite's one write lock for the whole batch: no other writer, in this
+ * process or another, runs between the read and this update. (A backend
+ * with row locks and concurrent writers reserves with UPDATE ... last_seq =
+ * last_seq + n RETURNING instead.) */
+static int conv_set_last(struct sq *st, int64_t conv, int64_t last_seq, int64_t now)
 {
     struct q q;
-    int64_t last = 0;
     int rc;
 
     if (q_start(st, S_CONV_ADVANCE, &q))
         return STORE_ERR;
     q_i64(&q, conv);
-    q_i64(&q, n);
+    q_i64(&q, last_seq);
     q_i64(&q, now);
-    rc = q_one_i64(&q, &last);
-    if (rc != STORE_OK)
-        return STORE_ERR; /* the conversation had members a moment ago */
-    *first_out = last - n + 1;
-    return STORE_OK;
+    rc = q_exec(&q);
+    if (rc == STORE_OK && sqlite3_changes(st->db) == 0)
+        rc = STORE_ERR; /* the conversation had members a moment ago */
+    return rc == STORE_OK ? STORE_OK : STORE_ERR;
 }
 
 void store_batch_out_dispose(struct store_batch_out *out)
@@ -1532,9 +1532,13 @@ static int sq_read_set(struct store *st_, int64_t conv, int64_t user, int64_t se
 
 enum { SEND_NEW = 1 };
 
-/* See store.h: lookups first, then one reservation per conversation, then
- * the inserts and read positions. Nothing fails on a unique key in the
- * normal course, so the transaction stays usable on any backend. */
+/* See store.h. SQLite's way: membership from the members read once per
+ * conversation, the insert first (the unique key on (sender, client id)
+ * finds a resend of a committed send, and only then is the original looked
+ * up: one statement per new message), seqs counted up from last_seq read
+ * once per conversation (atomic under BEGIN IMMEDIATE, see conv_set_last).
+ * A failed insert does not abort an SQLite transaction, so this is safe
+ * here; a backend where it would (PostgreSQL) looks resends up first. */
 static int sq_send_batch(struct store *st_, struct store_send *v, size_t n, int64_t now,
                          struct store_batch_out *out)
 {
@@ -1551,36 +1555,48 @@ static int sq_send_batch(struct store *st_, struct store_send *v, size_t n, int6
         m->rc = STORE_OK;
         if (first[i] != i)
             continue; /* settled below, from its first occurrence */
-        int r = sq_msg_by_client(st_, m->sender, m->client_id, &m->conv, &m->seq, &m->ts);
-        if (r == STORE_OK) {
-            m->dup = 1; /* the original ack, wherever it went */
-            continue;
-        }
-        if (r != STORE_NOT_FOUND) {
-            rc = STORE_ERR;
-            break;
-        }
         struct bconv *c = bconv_get(st, &b, m->conv, &rc);
         if (!c)
             break;
         if (!bconv_has(c, m->sender)) {
-            m->rc = STORE_NOT_FOUND;
+            /* a resend answers with the original, wherever it went */
+            int r = sq_msg_by_client(st_, m->sender, m->client_id, &m->conv, &m->seq, &m->ts);
+            if (r == STORE_OK)
+                m->dup = 1;
+            else if (r == STORE_NOT_FOUND)
+                m->rc = STORE_NOT_FOUND;
+            else
+                rc = STORE_ERR;
             continue;
         }
-        fresh[i] = SEND_NEW;
+        if (!c->next) { /* the first new message of this conversation in this call */
+            int64_t last = 0;
+            if (sq_conv_last_seq(st_, c->conv, &last) != STORE_OK) {
+                rc = STORE_ERR;
+                break;
+            }
+            c->next = last + 1;
+        }
+        m->seq = c->next;
+        m->ts = now;
+        int r = msg_insert(st, m);
+        if (r == STORE_CONFLICT) { /* the unique key: a resend of a committed send */
+            if (sq_msg_by_client(st_, m->sender, m->client_id, &m->conv, &m->seq, &m->ts) != STORE_OK)
+                rc = STORE_ERR;
+            m->dup = 1;
+            continue;
+        }
+        if (r != STORE_OK) {
+            rc = STORE_ERR;
+            break;
+        }
+        c->next++;
         c->count++;
+        fresh[i] = SEND_NEW;
     }
     for (size_t k = 0; k < b.n && rc == STORE_OK; k++)
         if (b.v[k].count)
-            rc = seq_reserve(st, b.v[k].conv, b.v[k].count, now, &b.v[k].next);
-    for (size_t i = 0; i < n && rc == STORE_OK; i++) {
-        if (fresh[i] != SEND_NEW)
-            continue;
-        struct bconv *c = bconv_get(st, &b, v[i].conv, &rc);
-        v[i].seq = c->next++;
-        v[i].ts = now;
-        rc = msg_insert(st, &v[i]);
-    }
+            rc = conv_set_last(st, b.v[k].conv, b.v[k].next - 1, now);
     /* each sender's read position moves to its last new message */
     for (size_t i = n; i-- > 0 && rc == STORE_OK;) {
         if (fresh[i] != SEND_NEW)
