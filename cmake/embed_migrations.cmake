@@ -1,8 +1,18 @@
 # Turns migrations/NNN_name.sql into a C array so parleyd stays one binary.
-# Called with -DDIR=<migrations dir> -DOUT=<generated .c>.
+# Called with -DDIR=<migrations dir> -DOUT=<generated .c>; optionally
+# -DPREFIX=<symbol prefix> (default "migrations": the arrays migrations[] and
+# migrations_count of migrations.h) and -DHEADER=<header to include> (default
+# migrations.h). The PostgreSQL schema (migrations_pg/) is embedded with
+# -DPREFIX=migrations_pg -DHEADER=migrations_pg.h.
+if(NOT DEFINED PREFIX)
+  set(PREFIX migrations)
+endif()
+if(NOT DEFINED HEADER)
+  set(HEADER migrations.h)
+endif()
 file(GLOB files "${DIR}/*.sql")
 list(SORT files)
-set(body "/* generated from the migrations directory by cmake/embed_migrations.cmake */\n#include \"migrations.h\"\n")
+set(body "/* generated from ${DIR} by cmake/embed_migrations.cmake */\n#include \"${HEADER}\"\n")
 set(table "")
 set(i 0)
 foreach(f ${files})
@@ -15,6 +25,6 @@ foreach(f ${files})
   string(APPEND table "  {${version}, \"${name}\", m${i}},\n")
   math(EXPR i "${i} + 1")
 endforeach()
-string(APPEND body "const struct migration migrations[] = {\n${table}};\nconst int migrations_count = ${i};\n")
+string(APPEND body "const struct migration ${PREFIX}[] = {\n${table}};\nconst int ${PREFIX}_count = ${i};\n")
 file(WRITE ${OUT}.tmp "${body}")
 execute_process(COMMAND ${CMAKE_COMMAND} -E copy_if_different ${OUT}.tmp ${OUT})
