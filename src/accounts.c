@@ -24,8 +24,8 @@ static void answer_error(struct conn *c, account_reply_fn reply, int status, con
 /* A store_rc as an HTTP error (or the writer's "unavailable"). */
 static void answer_rc(struct conn *c, account_reply_fn reply, int rc, int unavailable)
 {
-    if (unavailable)
-        answer_error(c, reply, 503, "unavailable", "server is shutting down", 0);
+    if (unavailable || rc == STORE_UNAVAILABLE)
+        answer_error(c, reply, 503, "unavailable", "temporarily unavailable; retry", 1000);
     else if (rc == STORE_CONFLICT)
         answer_error(c, reply, 409, "conflict", "already exists", 0);
     else if (rc == STORE_NOT_FOUND)

@@ -40,8 +40,8 @@ static int alive(struct conn *c)
 /* Answers a store_rc (or the writer's "unavailable") as an HTTP error. */
 static void respond_rc(struct conn *c, int rc, int unavailable)
 {
-    if (unavailable) {
-        http_respond_error(c, 503, "unavailable", "server is shutting down");
+    if (unavailable || rc == STORE_UNAVAILABLE) {
+        http_respond_error(c, 503, "unavailable", "temporarily unavailable (shutting down, or the database is unreachable); retry");
         return;
     }
     switch (rc) {
@@ -559,6 +559,23 @@ static void api_upgrade(struct conn *c, struct http_req *r)
         chat_session_start(cw_of(c), c, &cl);
 }
 
+/* ---- health ---- */
+
+/* 200 while this node can serve, else 503 naming what is wrong (load
+ * balancers take the node out; nothing here touches the writer's queue). */
+static void api_ready(struct conn *c)
+{
+    const char *problems[4];
+    if (chat_ready(cw_of(c), problems)) {
+        http_respond_json(c, 200, json_pack("{s:s}", "status", "ready"));
+        return;
+    }
+    json_t *list = json_array();
+    for (int i = 0; problems[i]; i++)
+        json_array_append_new(list, json_string(problems[i]));
+    http_respond_json(c, 503, json_pack("{s:s,s:o}", "status", "unavailable", "problems", list));
+}
+
 /* ---- routing ---- */
 
 /* "/api/conversations/12/members/5" -> ids {12, 5}, tail "members". */
@@ -648,11 +665,15 @@ void api_handle(void *ctx, struct conn *c, struct http_req *r)
         api_upgrade(c, r);
         return;
     }
+    if (strcmp(p, "/readyz") == 0) {
+        api_ready(c);
+        return;
+    }
     if (strncmp(p, "/api/", 5) != 0) {
         http_serve_static(c, r, cfg_of(c)->web_dir);
         return;
     }
-    if (strcmp(p, "/api/health") == 0) {
+    if (strcmp(p, "/api/health") == 0 || strcmp(p, "/healthz") == 0) {
         http_respond_json(c, 200, json_pack("{s:s}", "status", "ok"));
         return;
     }

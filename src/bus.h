@@ -76,6 +76,8 @@ struct bus_ops {
     void (*unwatch)(struct bus *b, int worker, int64_t conv);
     /* How many workers of this node watch conv (tests, metrics). */
     int (*watching)(struct bus *b, int64_t conv);
+    /* 1 while the bus can reach the other nodes (NULL: always). */
+    int (*ready)(struct bus *b);
     void (*free)(struct bus *b);
 };
 
@@ -93,6 +95,7 @@ static inline void bus_publish(struct bus *b, struct bus_msg *m, struct postbox 
 static inline void bus_watch(struct bus *b, int worker, int64_t conv) { b->ops->watch(b, worker, conv); }
 static inline void bus_unwatch(struct bus *b, int worker, int64_t conv) { b->ops->unwatch(b, worker, conv); }
 static inline int bus_watching(struct bus *b, int64_t conv) { return b->ops->watching(b, conv); }
+static inline int bus_ready(struct bus *b) { return b->ops->ready ? b->ops->ready(b) : 1; }
 static inline void bus_free(struct bus *b)
 {
     if (b)

@@ -101,9 +101,22 @@ void chat_worker_free(struct chat_worker *cw)
     free(cw);
 }
 
+int chat_ready(struct chat_worker *cw, const char *problems[4])
+{
+    int n = 0;
+    if (!writer_db_ok(cw->chat->writer))
+        problems[n++] = "database";
+    if (!bus_ready(cw->chat->bus))
+        problems[n++] = "bus";
+    if (cw->w->draining)
+        problems[n++] = "draining";
+    problems[n] = NULL;
+    return n == 0;
+}
+
 const char *chat_rc_code(int rc, int unavailable)
 {
-    if (unavailable)
+    if (unavailable || rc == STORE_UNAVAILABLE)
         return "unavailable";
     switch (rc) {
     case STORE_NOT_FOUND: return "not_found";

@@ -97,6 +97,11 @@ void chat_read_submit(struct chat_worker *cw, struct read *r);
  * STORE_NOT_FOUND (not a member). */
 int chat_typing(struct chat_worker *cw, struct conn *c, int64_t conv);
 
+/* Whether this node can serve: the database answers, the bus reaches the
+ * other nodes, the worker is not draining. Fills problems (NULL-terminated,
+ * at most 3) with what is wrong. */
+int chat_ready(struct chat_worker *cw, const char *problems[4]);
+
 /* The caller's error answer for a store_rc, as WebSocket error codes. */
 const char *chat_rc_code(int rc, int unavailable);
 

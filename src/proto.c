@@ -26,8 +26,8 @@ static void send_error(struct conn *c, const char *id, const char *code, const c
 
 static void send_rc_error(struct conn *c, const char *id, int rc, int unavailable)
 {
-    if (unavailable)
-        send_error(c, id, "unavailable", "server is shutting down; retry after reconnecting");
+    if (unavailable || rc == STORE_UNAVAILABLE)
+        send_error(c, id, "unavailable", "temporarily unavailable (shutting down, or the database is unreachable); retry");
     else if (rc == STORE_NOT_FOUND)
         send_error(c, id, "not_found", "no such conversation");
     else if (rc == STORE_FORBIDDEN)

@@ -4,6 +4,7 @@
 #include "log.h"
 #include "rows.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,7 +22,10 @@ struct writer {
     size_t count;
     int stopping;
     int started;
+    atomic_int db_ok;         /* see writer_db_ok */
 };
+
+#define WRITER_PING_MS 1000   /* an idle writer checks the database this often */
 
 /* ---- one batch ---- */
 
@@ -129,10 +133,15 @@ int writer_run_batch(struct store *st, struct job *batch, writer_exec_fn exec, w
     if (!failed)
         failed = store_commit(st) != STORE_OK;
     if (failed) {
-        log_error("writer: batch failed, rolled back; every job in it gets an internal error");
+        /* A lost connection is "unavailable" (retry later: nothing of it was
+         * committed); anything else is an internal error. */
+        int lost = store_ping(st) != STORE_OK;
+        log_error("writer: batch failed, rolled back; every job in it gets %s",
+                  lost ? "unavailable (the database is unreachable)" : "an internal error");
         store_rollback(st);
         for (j = batch; j; j = next_job(j)) {
             j->rc = STORE_ERR;
+            j->unavailable = lost;
             if (j->kind == JOB_SEND)
                 j->u.send.dup = 0;
         }
@@ -192,8 +201,14 @@ static void writer_main(void *arg)
 
     uv_mutex_lock(&wr->mu);
     for (;;) {
-        while (!wr->head && !wr->stopping)
-            uv_cond_wait(&wr->cond, &wr->mu);
+        while (!wr->head && !wr->stopping) {
+            /* idle: a timed wait, so a database that went away is noticed */
+            if (uv_cond_timedwait(&wr->cond, &wr->mu, (uint64_t)WRITER_PING_MS * 1000000ULL) != 0 && !wr->head) {
+                uv_mutex_unlock(&wr->mu);
+                atomic_store(&wr->db_ok, store_ping(wr->st) == STORE_OK);
+                uv_mutex_lock(&wr->mu);
+            }
+        }
         if (!wr->head)
             break; /* stopping and drained */
         /* Let the batch fill: up to batch_max jobs or batch_interval_ms. */
@@ -217,6 +232,7 @@ static void writer_main(void *arg)
         uv_mutex_unlock(&wr->mu);
 
         writer_run_batch(wr->st, batch, wr->exec, publish_to_bus, deliver_to_postbox, &t);
+        atomic_store(&wr->db_ok, store_ping(wr->st) == STORE_OK);
         postbox_flush(&t.pb); /* one wake-up per worker per batch */
         uv_mutex_lock(&wr->mu);
     }
@@ -234,6 +250,7 @@ struct writer *writer_new(struct store *st, struct writer_config cfg, writer_exe
     wr->bus = bus;
     wr->workers = workers;
     wr->nworkers = nworkers;
+    atomic_init(&wr->db_ok, 1);
     uv_mutex_init(&wr->mu);
     uv_cond_init(&wr->cond);
     return wr;
@@ -268,6 +285,11 @@ void writer_submit(struct writer *wr, struct job *j)
     if (wr->count == 1 || wr->count >= (size_t)wr->cfg.batch_max)
         uv_cond_signal(&wr->cond);
     uv_mutex_unlock(&wr->mu);
+}
+
+int writer_db_ok(struct writer *wr)
+{
+    return atomic_load(&wr->db_ok);
 }
 
 void writer_stop(struct writer *wr)

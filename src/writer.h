@@ -40,6 +40,9 @@ int writer_start(struct writer *wr);
 /* Hands a job to the writer. After writer_stop has begun, the job comes
  * back at once with rc STORE_ERR and unavailable = 1. Any thread. */
 void writer_submit(struct writer *wr, struct job *j);
+/* 1 while the database answers (the last batch committed, or the idle
+ * ping every WRITER_PING_MS succeeded); any thread (/readyz). */
+int writer_db_ok(struct writer *wr);
 /* Commits everything already submitted, posts the results, joins the thread. */
 void writer_stop(struct writer *wr);
 void writer_free(struct writer *wr);
