@@ -1,0 +1,1163 @@
+/* bus_redis: see bus_redis.h. The envelope codec, then the bus thread (its
+ * queue, the connections and their failures, publishing, subscriptions,
+ * receiving), then the bus_ops the other threads call. */
+#include "bus_redis.h"
+
+#include "idmap.h"
+#include "log.h"
+
+#include <hiredis/adapters/libuv.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <limits.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+enum {
+    BACKOFF_MIN_MS = 50,      /* first retry after a loss (then doubling, with jitter) */
+    BACKOFF_MAX_MS = 2000,
+    HEALTH_MS = 1000,         /* each shard: a ping through Redis, stalls checked */
+    DEAD_MS = 10000,          /* a connection with nothing back for this long is closed */
+    CONNECT_TIMEOUT_MS = 5000,
+    SUB_CHUNK = 512,          /* channels per SUBSCRIBE when resubscribing */
+    CHAN_MAX = 64,
+};
+#define BACKLOG_MAX ((size_t)64 << 20) /* unacknowledged PUBLISH bytes per shard; more: dropped */
+
+/* ---- the envelope ----
+ *
+ *  0  u8   version (1)
+ *  1  u8   kind (enum bus_kind)
+ *  2  u8   flags: 1 frame, 2 aux, 4 users present
+ *  3  u8   0
+ *  4  u64  origin node          12 u64 except_conn
+ * 20  i64  conv                 28 i64 user          36 i64 seq
+ * 44  u32  frame bytes          48 u32 aux bytes
+ * 52  u32  users                56 u32 positions
+ * 60  frame, aux, users (i64 each), positions ({i64 user, i64 last_read_seq} each)
+ * All little-endian; the lengths must add up to the envelope's exactly. */
+
+enum { HDR = 60, F_FRAME = 1, F_AUX = 2, F_USERS = 4 };
+
+static void put64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint64_t get64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+size_t bus_redis_envelope_size(const struct bus_msg *m)
+{
+    return HDR + (m->frame ? m->frame->len : 0) + (m->aux ? m->aux->len : 0) +
+           (m->users ? (size_t)m->users->n * 8 : 0) + m->npos * 16;
+}
+
+void bus_redis_encode(const struct bus_msg *m, struct buf *out)
+{
+    size_t size = bus_redis_envelope_size(m);
+    buf_reserve(out, size);
+    uint8_t *p = (uint8_t *)out->data + out->len;
+    p[0] = BUS_REDIS_ENVELOPE_VERSION;
+    p[1] = (uint8_t)m->kind;
+    p[2] = (uint8_t)((m->frame ? F_FRAME : 0) | (m->aux ? F_AUX : 0) | (m->users ? F_USERS : 0));
+    p[3] = 0;
+    put64(p + 4, m->origin);
+    put64(p + 12, m->except_conn);
+    put64(p + 20, (uint64_t)m->conv);
+    put64(p + 28, (uint64_t)m->user);
+    put64(p + 36, (uint64_t)m->seq);
+    put32(p + 44, m->frame ? m->frame->len : 0);
+    put32(p + 48, m->aux ? m->aux->len : 0);
+    put32(p + 52, m->users ? m->users->n : 0);
+    put32(p + 56, (uint32_t)m->npos);
+    uint8_t *q = p + HDR;
+    if (m->frame) {
+        memcpy(q, m->frame->data, m->frame->len);
+        q += m->frame->len;
+    }
+    if (m->aux) {
+        memcpy(q, m->aux->data, m->aux->len);
+        q += m->aux->len;
+    }
+    for (uint32_t i = 0; m->users && i < m->users->n; i++, q += 8)
+        put64(q, (uint64_t)m->users->ids[i]);
+    for (size_t i = 0; i < m->npos; i++, q += 16) {
+        put64(q, (uint64_t)m->pos[i].user);
+        put64(q + 8, (uint64_t)m->pos[i].last_read_seq);
+    }
+    out->len += size;
+}
+
+/* A complete, unmasked, final WebSocket frame of exactly len bytes: what
+ * chat_deliver writes to sockets as it is. */
+static int ws_frame_ok(const uint8_t *p, size_t len)
+{
+    if (len < 2 || !(p[0] & 0x80) || (p[0] & 0x70) || (p[1] & 0x80))
+        return 0;
+    uint64_t n = p[1] & 0x7f;
+    size_t hl = 2;
+    if (n == 126) {
+        if (len < 4)
+            return 0;
+        n = (uint64_t)p[2] << 8 | p[3];
+        hl = 4;
+    } else if (n == 127) {
+        if (len < 10)
+            return 0;
+        n = 0;
+        for (int i = 0; i < 8; i++)
+            n = n << 8 | p[2 + i];
+        hl = 10;
+    }
+    return n == len - hl;
+}
+
+static struct bus_msg *bad(const char **why, const char *reason)
+{
+    if (why)
+        *why = reason;
+    return NULL;
+}
+
+struct bus_msg *bus_redis_decode(const void *data, size_t len, const char **why)
+{
+    const uint8_t *p = data;
+    if (!p || len < HDR)
+        return bad(why, "shorter than the header");
+    if (p[0] != BUS_REDIS_ENVELOPE_VERSION)
+        return bad(why, "unknown version");
+    unsigned kind = p[1], flags = p[2];
+    if (kind > BUS_CONV_PUSH)
+        return bad(why, "unknown kind");
+    if ((flags & ~(unsigned)(F_FRAME | F_AUX | F_USERS)) || p[3])
+        return bad(why, "unknown flags");
+    uint64_t origin = get64(p + 4);
+    int64_t conv = (int64_t)get64(p + 20);
+    uint32_t flen = get32(p + 44), alen = get32(p + 48), nusers = get32(p + 52), npos = get32(p + 56);
+    /* at most 2^32 * (1 + 1 + 8 + 16) + 60: no overflow in 64 bits */
+    if ((uint64_t)HDR + flen + alen + (uint64_t)nusers * 8 + (uint64_t)npos * 16 != (uint64_t)len)
+        return bad(why, "lengths do not add up");
+    if ((!(flags & F_FRAME) && flen) || (!(flags & F_AUX) && alen) || (!(flags & F_USERS) && nusers))
+        return bad(why, "length of an absent part");
+    if (!origin)
+        return bad(why, "no origin");
+    const uint8_t *frame = p + HDR, *aux = frame + flen, *users = aux + alen, *pos = users + (size_t)nusers * 8;
+
+    /* what chat_deliver relies on, per kind */
+    if (!(flags & F_FRAME))
+        return bad(why, "no frame");
+    if (kind != BUS_CONV_PUSH && !ws_frame_ok(frame, flen))
+        return bad(why, "frame is not one WebSocket frame");
+    if (kind != BUS_CONV_PUSH && ((flags & F_AUX) || npos))
+        return bad(why, "aux or positions outside a push");
+    if ((kind == BUS_MSG || kind == BUS_PRESENCE) && !(flags & F_USERS))
+        return bad(why, "no users");
+    if (kind == BUS_CONV_PUSH && (flags & F_USERS) && !(flags & F_AUX))
+        return bad(why, "former members without their frame");
+    if ((flags & F_AUX) && !ws_frame_ok(aux, alen))
+        return bad(why, "aux is not one WebSocket frame");
+    if (kind != BUS_PRESENCE && conv <= 0)
+        return bad(why, "no conversation");
+    for (uint32_t i = 0; i < nusers; i++)
+        if ((int64_t)get64(users + (size_t)i * 8) <= 0)
+            return bad(why, "bad id in users");
+    for (uint32_t i = 0; i < npos; i++)
+        if ((int64_t)get64(pos + (size_t)i * 16) <= 0)
+            return bad(why, "bad user in positions");
+
+    struct bus_msg *m = bus_msg_new((enum bus_kind)kind, conv);
+    m->origin = origin;
+    m->except_conn = get64(p + 12);
+    m->user = (int64_t)get64(p + 28);
+    m->seq = (int64_t)get64(p + 36);
+    m->frame = frame_new(flen);
+    memcpy(m->frame->data, frame, flen);
+    if (flags & F_AUX) {
+        m->aux = frame_new(alen);
+        memcpy(m->aux->data, aux, alen);
+    }
+    if (flags & F_USERS) {
+        int64_t *ids = xmalloc(((size_t)nusers + 1) * sizeof *ids);
+        for (uint32_t i = 0; i < nusers; i++)
+            ids[i] = (int64_t)get64(users + (size_t)i * 8);
+        m->users = idlist_new(ids, nusers);
+        free(ids);
+    }
+    if (npos) {
+        m->pos = xmalloc((size_t)npos * sizeof *m->pos);
+        m->npos = npos;
+        for (uint32_t i = 0; i < npos; i++) {
+            m->pos[i].user = (int64_t)get64(pos + (size_t)i * 16);
+            m->pos[i].last_read_seq = (int64_t)get64(pos + (size_t)i * 16 + 8);
+        }
+    }
+    return m;
+}
+
+int bus_redis_shard_of(int64_t conv, int n)
+{
+    if (n <= 1)
+        return 0;
+    uint64_t z = (uint64_t)conv + 0x9E3779B97F4A7C15ULL; /* splitmix64 */
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    z ^= z >> 31;
+    return (int)(z % (uint64_t)n);
+}
+
+/* ---- the bus ---- */
+
+enum rc_state { RC_DOWN, RC_CONNECTING, RC_UP };
+
+struct bus_redis;
+struct shard;
+
+/* One connection to one Redis server, with its reconnection state. */
+struct rconn {
+    struct shard *sh;
+    int sub;                  /* the subscribed connection (else the publishing one) */
+    redisAsyncContext *ac;    /* NULL while down; freed by hiredis after a loss */
+    enum rc_state state;
+    uv_timer_t retry;
+    unsigned backoff_ms;      /* the last delay (0: none yet) */
+    int ever_up;
+    uint64_t since_ms;        /* connecting since / last sign of life */
+    size_t pending;           /* commands waiting for their reply (publishing connection) */
+    const char *kill_why;     /* we closed it: why */
+    int err_logged;           /* one error reply logged per connection */
+};
+
+struct shard {
+    struct bus_redis *br;
+    int index;
+    char host[256];
+    int port, db;
+    char user[128], pass[256]; /* pass[0] == 0: no AUTH */
+    char label[300];          /* host:port for the logs */
+    char prefix[24];          /* channel prefix: "parley:" (db 0) or "parley:<db>:" */
+    char bcast[CHAN_MAX], health[CHAN_MAX];
+    size_t bcast_len, health_len;
+    struct rconn pub, sub;
+    struct idmap convs;       /* watched conversations of this shard: conv -> (void *)1 */
+    size_t resub_left;        /* "subscribe" confirmations the connect-time batch still owes */
+    size_t confirmed;         /* channels Redis confirmed on sub */
+    size_t backlog;           /* PUBLISH bytes not answered yet */
+    int up;                   /* both connections up, every channel subscribed */
+    int down_signalled;       /* link(0) was called: link(1) owed */
+    uint64_t down_since_ms, dropped, dropped_at_down;
+};
+
+enum op_kind { OP_PUBLISH, OP_WATCH, OP_UNWATCH };
+
+struct op {
+    struct op *next;
+    enum op_kind kind;
+    int64_t conv;
+    struct bus_msg *msg;      /* OP_PUBLISH: one reference */
+};
+
+struct bus_redis {
+    struct bus base;          /* first */
+    struct bus *local;        /* delivery to this node's workers (bus_local), owned */
+    struct bus_redis_hooks hooks;
+    int nshards;
+    struct shard *shards;
+
+    /* shared with the calling threads, under mu */
+    uv_mutex_t mu;
+    struct op *head, *tail;
+    struct idmap watch;       /* conv -> number of watching workers, as a pointer-sized int */
+    int stopping;
+
+    /* the bus thread's */
+    uv_thread_t thread;
+    uv_loop_t loop;
+    uv_async_t wake;
+    uv_check_t flush;         /* end of each loop iteration: one wake-up per worker */
+    uv_timer_t health;
+    struct postbox pb;        /* received publications, per worker */
+    struct buf cmd;           /* the command being built */
+    int stopped;
+    uint64_t malformed_logged_ms;
+
+    atomic_uint_fast64_t published, dropped, received, malformed, reconnects, channels;
+    atomic_int shards_up;
+};
+
+static const struct bus_ops redis_ops;
+
+static uint64_t now_ms(struct bus_redis *br)
+{
+    return uv_now(&br->loop);
+}
+
+static void count(atomic_uint_fast64_t *c, uint64_t n)
+{
+    atomic_fetch_add_explicit(c, n, memory_order_relaxed);
+}
+
+static void drop_publication(struct shard *sh)
+{
+    sh->dropped++;
+    count(&sh->br->dropped, 1);
+}
+
+/* ---- commands, in RESP, built in br->cmd ---- */
+
+static void resp_begin(struct buf *b, size_t nargs)
+{
+    char t[32];
+    b->len = 0;
+    buf_append(b, t, (size_t)snprintf(t, sizeof t, "*%zu\r\n", nargs));
+}
+
+static void resp_arg(struct buf *b, const void *p, size_t n)
+{
+    char t[32];
+    buf_append(b, t, (size_t)snprintf(t, sizeof t, "$%zu\r\n", n));
+    buf_append(b, p, n);
+    buf_append(b, "\r\n", 2);
+}
+
+/* A big command does not keep its buffer. */
+static void cmd_done(struct bus_redis *br)
+{
+    if (br->cmd.cap > (1u << 20))
+        buf_dispose(&br->cmd);
+    br->cmd.len = 0;
+}
+
+static size_t conv_channel(const struct shard *sh, int64_t conv, char *out)
+{
+    return (size_t)snprintf(out, CHAN_MAX, "%sc:%lld", sh->prefix, (long long)conv);
+}
+
+/* ---- shard state and the link hook ---- */
+
+static void shard_down(struct shard *sh, const struct rconn *rc, const char *why)
+{
+    struct bus_redis *br = sh->br;
+    if (sh->up) {
+        sh->up = 0;
+        atomic_fetch_sub(&br->shards_up, 1);
+    }
+    if (sh->down_signalled)
+        return; /* one log line and one hook call per outage */
+    sh->down_signalled = 1;
+    sh->down_since_ms = now_ms(br);
+    sh->dropped_at_down = sh->dropped;
+    log_warn("bus_redis: shard %d (%s): %s connection %s: %s; reconnecting", sh->index, sh->label,
+             rc->sub ? "subscriber" : "publisher", rc->ever_up ? "lost" : "failed", why);
+    if (br->hooks.link)
+        br->hooks.link(br->hooks.ctx, sh->index, 0);
+}
+
+static void shard_check_up(struct shard *sh)
+{
+    struct bus_redis *br = sh->br;
+    if (sh->up || sh->pub.state != RC_UP || sh->sub.state != RC_UP || sh->resub_left)
+        return;
+    sh->up = 1;
+    atomic_fetch_add(&br->shards_up, 1);
+    sh->pub.backoff_ms = sh->sub.backoff_ms = 0; /* stable again: the next loss starts at the bottom */
+    sh->sub.since_ms = now_ms(br);
+    if (!sh->down_signalled)
+        return;
+    sh->down_signalled = 0;
+    log_info("bus_redis: shard %d (%s): back after %llu ms, %zu channels subscribed again, %llu publications "
+             "dropped meanwhile",
+             sh->index, sh->label, (unsigned long long)(now_ms(br) - sh->down_since_ms), sh->confirmed,
+             (unsigned long long)(sh->dropped - sh->dropped_at_down));
+    if (br->hooks.link)
+        br->hooks.link(br->hooks.ctx, sh->index, 1);
+}
+
+/* ---- connections ---- */
+
+static void rconn_connect(struct rconn *rc);
+
+static void on_retry(uv_timer_t *t)
+{
+    rconn_connect(t->data);
+}
+
+/* The connection is gone (hiredis freed the context, or never made one):
+ * count, tell, and try again later. */
+static void rconn_lost(struct rconn *rc, const char *why)
+{
+    struct shard *sh = rc->sh;
+    struct bus_redis *br = sh->br;
+    rc->ac = NULL;
+    rc->state = RC_DOWN;
+    rc->pending = 0;
+    rc->kill_why = NULL;
+    if (rc->sub) {
+        atomic_fetch_sub(&br->channels, sh->confirmed);
+        sh->confirmed = 0;
+        sh->resub_left = 0;
+    }
+    if (br->stopped)
+        return;
+    shard_down(sh, rc, why);
+    unsigned d = rc->backoff_ms ? rc->backoff_ms * 2 : BACKOFF_MIN_MS;
+    if (d > BACKOFF_MAX_MS)
+        d = BACKOFF_MAX_MS;
+    rc->backoff_ms = d;
+    uv_timer_start(&rc->retry, on_retry, d / 2 + randombytes_uniform(d / 2 + 1), 0); /* equal jitter */
+}
+
+/* We close it (a stall, a refused AUTH, the end). Safe inside a hiredis
+ * callback: the context is then freed when the callback returns. */
+static void rconn_kill(struct rconn *rc, const char *why)
+{
+    redisAsyncContext *ac = rc->ac;
+    if (!ac)
+        return;
+    rc->kill_why = why;
+    int connected = (ac->c.flags & REDIS_CONNECTED) != 0, in_callback = (ac->c.flags & REDIS_IN_CALLBACK) != 0;
+    redisAsyncFree(ac); /* a connected context calls on_disconnect, now or when the callback returns */
+    if (!connected && !in_callback)
+        rconn_lost(rc, why);
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    struct rconn *rc = ac->data;
+    char why[160];
+    if (rc->kill_why)
+        snprintf(why, sizeof why, "%s", rc->kill_why);
+    else if (status != REDIS_OK && ac->c.errstr[0])
+        snprintf(why, sizeof why, "%s", ac->c.errstr);
+    else
+        snprintf(why, sizeof why, "closed by the server");
+    rconn_lost(rc, why);
+}
+
+static void subscribe_all(struct shard *sh);
+
+static void on_auth(redisAsyncContext *ac, void *r, void *priv)
+{
+    redisReply *reply = r;
+    struct rconn *rc = priv;
+    (void)ac;
+    if (reply && reply->type == REDIS_REPLY_ERROR) {
+        log_error("bus_redis: shard %d (%s): AUTH refused: %s", rc->sh->index, rc->sh->label, reply->str);
+        rconn_kill(rc, "AUTH refused");
+    }
+}
+
+static void on_connect(const redisAsyncContext *cac, int status)
+{
+    struct rconn *rc = cac->data;
+    struct shard *sh = rc->sh;
+    struct bus_redis *br = sh->br;
+    if (status != REDIS_OK) { /* hiredis frees the context after this */
+        char why[160];
+        snprintf(why, sizeof why, "%s", cac->c.errstr[0] ? cac->c.errstr : "cannot connect");
+        rconn_lost(rc, why);
+        return;
+    }
+    redisAsyncContext *ac = rc->ac;
+    if (rc->ever_up)
+        count(&br->reconnects, 1);
+    rc->ever_up = 1;
+    rc->state = RC_UP;
+    rc->since_ms = now_ms(br);
+    rc->err_logged = 0;
+    if (sh->pass[0]) {
+        if (sh->user[0])
+            redisAsyncCommand(ac, on_auth, rc, "AUTH %s %s", sh->user, sh->pass);
+        else
+            redisAsyncCommand(ac, on_auth, rc, "AUTH %s", sh->pass);
+    }
+    if (rc->sub)
+        subscribe_all(sh);
+    shard_check_up(sh);
+}
+
+static void rconn_connect(struct rconn *rc)
+{
+    struct shard *sh = rc->sh;
+    struct bus_redis *br = sh->br;
+    if (br->stopped || rc->ac)
+        return;
+    redisAsyncContext *ac = redisAsyncConnect(sh->host, sh->port);
+    if (!ac) {
+        rconn_lost(rc, "cannot allocate a connection");
+        return;
+    }
+    if (ac->err) {
+        char why[160];
+        snprintf(why, sizeof why, "%s", ac->errstr ? ac->errstr : ac->c.errstr);
+        redisAsyncFree(ac);
+        rconn_lost(rc, why);
+        return;
+    }
+    ac->data = rc;
+    if (redisLibuvAttach(ac, &br->loop) != REDIS_OK) {
+        redisAsyncFree(ac);
+        rconn_lost(rc, "cannot poll the socket");
+        return;
+    }
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    redisEnableKeepAlive(&ac->c);
+    rc->ac = ac;
+    rc->state = RC_CONNECTING;
+    rc->since_ms = now_ms(br);
+    rc->pending = 0;
+}
+
+/* A command the publishing connection sent / answered. */
+static void rconn_sent(struct rconn *rc)
+{
+    if (rc->pending++ == 0)
+        rc->since_ms = now_ms(rc->sh->br); /* the silence counts from the first unanswered one */
+}
+
+static void rconn_answered(struct rconn *rc)
+{
+    if (rc->pending)
+        rc->pending--;
+    rc->since_ms = now_ms(rc->sh->br);
+}
+
+/* ---- publishing ---- */
+
+static void on_published(redisAsyncContext *ac, void *r, void *priv)
+{
+    redisReply *reply = r;
+    struct rconn *rc = ac->data;
+    struct shard *sh = rc->sh;
+    sh->backlog -= (size_t)(uintptr_t)priv;
+    if (!reply) { /* the connection went away first */
+        drop_publication(sh);
+        return;
+    }
+    rconn_answered(rc);
+    if (reply->type == REDIS_REPLY_ERROR) {
+        drop_publication(sh);
+        if (!rc->err_logged++)
+            log_warn("bus_redis: shard %d (%s): PUBLISH refused: %s", sh->index, sh->label, reply->str);
+        return;
+    }
+    count(&sh->br->published, 1);
+}
+
+static void on_ping(redisAsyncContext *ac, void *r, void *priv)
+{
+    (void)priv;
+    if (r)
+        rconn_answered(ac->data);
+}
+
+static void send_publication(struct bus_redis *br, const struct bus_msg *m)
+{
+    /* conversation-scoped kinds on the conversation's channel; the others on
+     * the broadcast channel of the conversation's (presence: the user's)
+     * shard, which every node subscribes to on every shard */
+    int64_t key = m->kind == BUS_PRESENCE ? m->user : m->conv;
+    struct shard *sh = &br->shards[bus_redis_shard_of(key, br->nshards)];
+    if (!m->frame || sh->pub.state != RC_UP || sh->backlog > BACKLOG_MAX) {
+        drop_publication(sh);
+        return;
+    }
+    char chan[CHAN_MAX];
+    size_t clen;
+    if (m->kind == BUS_MSG || m->kind == BUS_CONV_EVENT) {
+        clen = conv_channel(sh, m->conv, chan);
+    } else {
+        memcpy(chan, sh->bcast, sh->bcast_len);
+        clen = sh->bcast_len;
+    }
+    struct buf *b = &br->cmd;
+    size_t size = bus_redis_envelope_size(m);
+    resp_begin(b, 3);
+    resp_arg(b, "PUBLISH", 7);
+    resp_arg(b, chan, clen);
+    char t[32];
+    buf_append(b, t, (size_t)snprintf(t, sizeof t, "$%zu\r\n", size));
+    bus_redis_encode(m, b);
+    buf_append(b, "\r\n", 2);
+    size_t total = b->len;
+    if (redisAsyncFormattedCommand(sh->pub.ac, on_published, (void *)(uintptr_t)total, b->data, b->len) !=
+        REDIS_OK) {
+        drop_publication(sh);
+    } else {
+        rconn_sent(&sh->pub);
+        sh->backlog += total;
+    }
+    cmd_done(br);
+}
+
+/* ---- subscriptions ---- */
+
+static void receive(struct shard *sh, const char *data, size_t len);
+
+/* Every reply of a subscribed connection: messages and confirmations. */
+static void on_sub(redisAsyncContext *ac, void *r, void *priv)
+{
+    redisReply *reply = r;
+    struct shard *sh = priv;
+    (void)ac;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 ||
+        reply->element[0]->type != REDIS_REPLY_STRING)
+        return; /* NULL: the connection is going away */
+    struct bus_redis *br = sh->br;
+    sh->sub.since_ms = now_ms(br);
+    const char *type = reply->element[0]->str;
+    if (!strcasecmp(type, "message")) {
+        redisReply *chan = reply->element[1], *payload = reply->element[2];
+        if (chan->type == REDIS_REPLY_STRING && chan->len == sh->health_len &&
+            !memcmp(chan->str, sh->health, sh->health_len))
+            return; /* our own ping: the connection is alive */
+        if (payload->type == REDIS_REPLY_STRING)
+            receive(sh, payload->str, payload->len);
+    } else if (!strcasecmp(type, "subscribe")) {
+        sh->confirmed++;
+        count(&br->channels, 1);
+        if (sh->resub_left && --sh->resub_left == 0)
+            shard_check_up(sh);
+    } else if (!strcasecmp(type, "unsubscribe")) {
+        if (sh->confirmed) {
+            sh->confirmed--;
+            atomic_fetch_sub(&br->channels, 1);
+        }
+    }
+}
+
+/* At connect: the broadcast channel, this node's ping channel and every
+ * watched conversation of the shard; the shard is up once Redis confirmed
+ * them all (replies come in order, so these are the first confirmations). */
+static void subscribe_all(struct shard *sh)
+{
+    struct bus_redis *br = sh->br;
+    struct buf *b = &br->cmd;
+    size_t total = 2 + sh->convs.len, done = 0;
+    sh->resub_left = total;
+    struct idmap_slot *s = sh->convs.v;
+    while (done < total) {
+        size_t n = total - done < SUB_CHUNK ? total - done : SUB_CHUNK;
+        resp_begin(b, n + 1);
+        resp_arg(b, "SUBSCRIBE", 9);
+        for (size_t i = 0; i < n; i++, done++) {
+            if (done == 0) {
+                resp_arg(b, sh->bcast, sh->bcast_len);
+            } else if (done == 1) {
+                resp_arg(b, sh->health, sh->health_len);
+            } else {
+                while (!s->key)
+                    s++;
+                char chan[CHAN_MAX];
+                resp_arg(b, chan, conv_channel(sh, s->key, chan));
+                s++;
+            }
+        }
+        redisAsyncFormattedCommand(sh->sub.ac, on_sub, sh, b->data, b->len);
+    }
+    cmd_done(br);
+}
+
+static void apply_watch(struct bus_redis *br, int64_t conv, int on)
+{
+    struct shard *sh = &br->shards[bus_redis_shard_of(conv, br->nshards)];
+    if (on) {
+        if (idmap_get(&sh->convs, conv))
+            return;
+        idmap_put(&sh->convs, conv, (void *)1);
+    } else if (!idmap_del(&sh->convs, conv)) {
+        return;
+    }
+    if (sh->sub.state != RC_UP)
+        return; /* the subscription at connect takes the set as it is then */
+    char chan[CHAN_MAX];
+    struct buf *b = &br->cmd;
+    resp_begin(b, 2);
+    if (on)
+        resp_arg(b, "SUBSCRIBE", 9);
+    else
+        resp_arg(b, "UNSUBSCRIBE", 11);
+    resp_arg(b, chan, conv_channel(sh, conv, chan));
+    redisAsyncFormattedCommand(sh->sub.ac, on ? on_sub : NULL, sh, b->data, b->len);
+    cmd_done(br);
+}
+
+/* ---- receiving ---- */
+
+static void receive(struct shard *sh, const char *data, size_t len)
+{
+    struct bus_redis *br = sh->br;
+    const char *why = "";
+    struct bus_msg *m = bus_redis_decode(data, len, &why);
+    if (!m) {
+        count(&br->malformed, 1);
+        uint64_t now = now_ms(br);
+        if (!br->malformed_logged_ms || now - br->malformed_logged_ms >= 1000) { /* at most one a second */
+            br->malformed_logged_ms = now;
+            log_warn("bus_redis: shard %d (%s): dropped a malformed envelope (%zu bytes): %s (%llu so far)",
+                     sh->index, sh->label, len, why, (unsigned long long)atomic_load(&br->malformed));
+        }
+        return;
+    }
+    if (m->origin != br->base.node) { /* our own were delivered when published */
+        count(&br->received, 1);
+        br->local->ops->publish(br->local, m, &br->pb); /* flushed at the end of this loop iteration */
+    }
+    bus_msg_unref(m);
+}
+
+static void on_flush(uv_check_t *h)
+{
+    struct bus_redis *br = h->data;
+    postbox_flush(&br->pb);
+}
+
+/* ---- health: pings through Redis, stalls and connect timeouts ---- */
+
+static void on_health(uv_timer_t *t)
+{
+    struct bus_redis *br = t->data;
+    uint64_t now = now_ms(br);
+    for (int i = 0; i < br->nshards; i++) {
+        struct shard *sh = &br->shards[i];
+        struct rconn *rcs[2] = {&sh->pub, &sh->sub};
+        for (int k = 0; k < 2; k++)
+            if (rcs[k]->state == RC_CONNECTING && now - rcs[k]->since_ms > CONNECT_TIMEOUT_MS)
+                rconn_kill(rcs[k], "connect timed out");
+        if (sh->pub.state == RC_UP) {
+            if (sh->pub.pending && now - sh->pub.since_ms > DEAD_MS) {
+                rconn_kill(&sh->pub, "no answer for 10 s");
+            } else {
+                struct buf *b = &br->cmd;
+                resp_begin(b, 3);
+                resp_arg(b, "PUBLISH", 7);
+                resp_arg(b, sh->health, sh->health_len);
+                resp_arg(b, "", 0);
+                if (redisAsyncFormattedCommand(sh->pub.ac, on_ping, NULL, b->data, b->len) == REDIS_OK)
+                    rconn_sent(&sh->pub);
+                cmd_done(br);
+            }
+        }
+        if (sh->sub.state == RC_UP && (sh->up || sh->resub_left) && now - sh->sub.since_ms > DEAD_MS)
+            rconn_kill(&sh->sub, "nothing received for 10 s");
+    }
+}
+
+/* ---- the bus thread: its queue, start and stop ---- */
+
+static void drop_postbox(struct postbox *pb)
+{
+    for (int i = 0; i < pb->n; i++) {
+        for (struct event *ev = pb->head[i], *next; ev; ev = next) {
+            next = ev->next;
+            ev->drop(ev);
+        }
+        pb->head[i] = pb->tail[i] = NULL;
+    }
+}
+
+static void free_ops(struct bus_redis *br, struct op *op)
+{
+    while (op) {
+        struct op *next = op->next;
+        if (op->msg) {
+            bus_msg_unref(op->msg);
+            count(&br->dropped, 1);
+        }
+        free(op);
+        op = next;
+    }
+}
+
+static void stop(struct bus_redis *br)
+{
+    br->stopped = 1;
+    for (int i = 0; i < br->nshards; i++) {
+        struct shard *sh = &br->shards[i];
+        struct rconn *rcs[2] = {&sh->pub, &sh->sub};
+        for (int k = 0; k < 2; k++) {
+            if (rcs[k]->ac)
+                redisAsyncFree(rcs[k]->ac); /* pending callbacks run with NULL; the poll handle closes */
+            rcs[k]->ac = NULL;
+            uv_close((uv_handle_t *)&rcs[k]->retry, NULL);
+        }
+    }
+    uv_close((uv_handle_t *)&br->health, NULL);
+    uv_close((uv_handle_t *)&br->flush, NULL);
+    uv_close((uv_handle_t *)&br->wake, NULL);
+    drop_postbox(&br->pb); /* the workers may be stopping: nothing more reaches them */
+}
+
+static void on_wake(uv_async_t *h)
+{
+    struct bus_redis *br = h->data;
+    uv_mutex_lock(&br->mu);
+    struct op *op = br->head;
+    br->head = br->tail = NULL;
+    int stopping = br->stopping;
+    uv_mutex_unlock(&br->mu);
+    if (stopping) {
+        free_ops(br, op);
+        stop(br);
+        return;
+    }
+    while (op) {
+        struct op *next = op->next;
+        if (op->kind == OP_PUBLISH) {
+            send_publication(br, op->msg);
+            bus_msg_unref(op->msg);
+        } else {
+            apply_watch(br, op->conv, op->kind == OP_WATCH);
+        }
+        free(op);
+        op = next;
+    }
+}
+
+static void bus_main(void *arg)
+{
+    struct bus_redis *br = arg;
+    for (int i = 0; i < br->nshards; i++) {
+        rconn_connect(&br->shards[i].pub);
+        rconn_connect(&br->shards[i].sub);
+    }
+    uv_run(&br->loop, UV_RUN_DEFAULT);
+}
+
+static void enqueue(struct bus_redis *br, struct op *op)
+{
+    op->next = NULL;
+    if (br->tail)
+        br->tail->next = op;
+    else
+        br->head = op;
+    br->tail = op;
+}
+
+/* ---- bus_ops: any thread ---- */
+
+static void redis_publish(struct bus *b, struct bus_msg *m, struct postbox *pb)
+{
+    struct bus_redis *br = (struct bus_redis *)b;
+    br->local->ops->publish(br->local, m, pb); /* this node: at once, as bus_local */
+    struct op *op = xmalloc(sizeof *op);
+    op->kind = OP_PUBLISH;
+    op->conv = m->conv;
+    op->msg = bus_msg_ref(m);
+    uv_mutex_lock(&br->mu);
+    int stopping = br->stopping;
+    if (!stopping)
+        enqueue(br, op);
+    uv_mutex_unlock(&br->mu);
+    if (stopping) {
+        op->next = NULL;
+        free_ops(br, op);
+        return;
+    }
+    uv_async_send(&br->wake);
+}
+
+/* Under mu: the op for a 0->1 or 1->0 change, queued in the order the
+ * counts changed. */
+static void watch_change(struct bus_redis *br, int64_t conv, int on)
+{
+    int wake = 0;
+    struct op *op = xmalloc(sizeof *op);
+    op->kind = on ? OP_WATCH : OP_UNWATCH;
+    op->conv = conv;
+    op->msg = NULL;
+    uv_mutex_lock(&br->mu);
+    intptr_t n = (intptr_t)idmap_get(&br->watch, conv);
+    if (on) {
+        idmap_put(&br->watch, conv, (void *)(n + 1));
+        wake = n == 0;
+    } else if (n == 1) {
+        idmap_del(&br->watch, conv);
+        wake = 1;
+    } else if (n > 1) {
+        idmap_put(&br->watch, conv, (void *)(n - 1));
+    }
+    wake = wake && !br->stopping;
+    if (wake)
+        enqueue(br, op);
+    uv_mutex_unlock(&br->mu);
+    if (wake)
+        uv_async_send(&br->wake);
+    else
+        free(op);
+}
+
+static void redis_watch(struct bus *b, int worker, int64_t conv)
+{
+    (void)worker; /* counted per node */
+    if (conv > 0)
+        watch_change((struct bus_redis *)b, conv, 1);
+}
+
+static void redis_unwatch(struct bus *b, int worker, int64_t conv)
+{
+    (void)worker;
+    if (conv > 0)
+        watch_change((struct bus_redis *)b, conv, 0);
+}
+
+static int redis_watching(struct bus *b, int64_t conv)
+{
+    struct bus_redis *br = (struct bus_redis *)b;
+    if (conv <= 0)
+        return 0;
+    uv_mutex_lock(&br->mu);
+    int n = (int)(intptr_t)idmap_get(&br->watch, conv);
+    uv_mutex_unlock(&br->mu);
+    return n;
+}
+
+static void redis_free(struct bus *b)
+{
+    struct bus_redis *br = (struct bus_redis *)b;
+    uv_mutex_lock(&br->mu);
+    br->stopping = 1;
+    uv_mutex_unlock(&br->mu);
+    uv_async_send(&br->wake);
+    uv_thread_join(&br->thread);
+    uv_loop_close(&br->loop);
+    free_ops(br, br->head); /* nothing should be left: the thread took the queue at the stop */
+    for (int i = 0; i < br->nshards; i++)
+        idmap_dispose(&br->shards[i].convs);
+    free(br->shards);
+    idmap_dispose(&br->watch);
+    postbox_dispose(&br->pb);
+    buf_dispose(&br->cmd);
+    bus_free(br->local);
+    uv_mutex_destroy(&br->mu);
+    free(br);
+}
+
+static const struct bus_ops redis_ops = {
+    .name = "redis",
+    .publish = redis_publish,
+    .watch = redis_watch,
+    .unwatch = redis_unwatch,
+    .watching = redis_watching,
+    .free = redis_free,
+};
+
+int bus_redis_ready(struct bus *b)
+{
+    if (!b || b->ops != &redis_ops)
+        return 0;
+    struct bus_redis *br = (struct bus_redis *)b;
+    return atomic_load(&br->shards_up) == br->nshards;
+}
+
+void bus_redis_stats(struct bus *b, struct bus_redis_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!b || b->ops != &redis_ops)
+        return;
+    struct bus_redis *br = (struct bus_redis *)b;
+    out->published = atomic_load(&br->published);
+    out->dropped = atomic_load(&br->dropped);
+    out->received = atomic_load(&br->received);
+    out->malformed = atomic_load(&br->malformed);
+    out->reconnects = atomic_load(&br->reconnects);
+    out->channels = atomic_load(&br->channels);
+    out->shards = br->nshards;
+    out->shards_up = atomic_load(&br->shards_up);
+}
+
+/* ---- creation ---- */
+
+static int parse_int(const char *s, size_t n, long min, long max, long *out)
+{
+    if (!n || n > 9)
+        return -1;
+    long v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    if (v < min || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* redis://[[user]:password@]host[:port][/db]; host may be [an:ipv6::address]. */
+static int parse_url(const char *u, size_t n, struct shard *sh, char *err, size_t errlen)
+{
+    const char *end = u + n, *p = u + 8;
+    if (n < 9 || strncmp(u, "redis://", 8) != 0)
+        goto bad;
+    const char *slash = memchr(p, '/', (size_t)(end - p));
+    const char *hp_end = slash ? slash : end;
+    const char *at = NULL;
+    for (const char *q = p; q < hp_end; q++)
+        if (*q == '@')
+            at = q;
+    if (at) {
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+        const char *pw = colon ? colon + 1 : p;
+        size_t ulen = colon ? (size_t)(colon - p) : 0, plen = (size_t)(at - pw);
+        if (ulen >= sizeof sh->user || plen >= sizeof sh->pass || !plen)
+            goto bad;
+        memcpy(sh->user, p, ulen);
+        memcpy(sh->pass, pw, plen);
+        p = at + 1;
+    }
+    const char *host = p, *host_end, *port = NULL;
+    if (*p == '[') {
+        host = p + 1;
+        host_end = memchr(host, ']', (size_t)(hp_end - host));
+        if (!host_end)
+            goto bad;
+        if (host_end + 1 < hp_end) {
+            if (host_end[1] != ':')
+                goto bad;
+            port = host_end + 2;
+        }
+    } else {
+        host_end = memchr(p, ':', (size_t)(hp_end - p));
+        if (host_end)
+            port = host_end + 1;
+        else
+            host_end = hp_end;
+    }
+    if (host_end == host || (size_t)(host_end - host) >= sizeof sh->host)
+        goto bad;
+    memcpy(sh->host, host, (size_t)(host_end - host));
+    long v = 6379;
+    if (port && parse_int(port, (size_t)(hp_end - port), 1, 65535, &v) < 0)
+        goto bad;
+    sh->port = (int)v;
+    v = 0;
+    if (slash && slash + 1 < end && parse_int(slash + 1, (size_t)(end - slash - 1), 0, 1000000, &v) < 0)
+        goto bad;
+    sh->db = (int)v;
+    snprintf(sh->label, sizeof sh->label, "%s%s%s:%d", strchr(sh->host, ':') ? "[" : "", sh->host,
+             strchr(sh->host, ':') ? "]" : "", sh->port);
+    return 0;
+bad:
+    snprintf(err, errlen, "PARLEY_REDIS_URL: expected redis://[[user]:password@]host[:port][/db], got '%.*s'",
+             (int)(n > 200 ? 200 : n), u);
+    return -1;
+}
+
+static void rconn_init(struct bus_redis *br, struct shard *sh, struct rconn *rc, int sub)
+{
+    rc->sh = sh;
+    rc->sub = sub;
+    uv_timer_init(&br->loop, &rc->retry);
+    rc->retry.data = rc;
+}
+
+struct bus *bus_redis_new(const char *urls, struct worker **workers, int nworkers, bus_deliver_fn deliver,
+                          const struct bus_redis_hooks *hooks, char *err, size_t errlen)
+{
+    if (!urls || !*urls) {
+        snprintf(err, errlen, "PARLEY_REDIS_URL: empty");
+        return NULL;
+    }
+    int n = 1;
+    for (const char *p = urls; *p; p++)
+        n += *p == ',';
+    if (n > BUS_REDIS_MAX_SHARDS) {
+        snprintf(err, errlen, "PARLEY_REDIS_URL: %d servers, at most %d", n, BUS_REDIS_MAX_SHARDS);
+        return NULL;
+    }
+    struct bus_redis *br = xcalloc(1, sizeof *br);
+    br->nshards = n;
+    br->shards = xcalloc((size_t)n, sizeof *br->shards);
+    const char *p = urls;
+    for (int i = 0; i < n; i++) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        if (parse_url(p, len, &br->shards[i], err, errlen) < 0) {
+            free(br->shards);
+            free(br);
+            return NULL;
+        }
+        p += len + (comma ? 1 : 0);
+    }
+
+    br->base.ops = &redis_ops;
+    br->local = bus_local_new(workers, nworkers, deliver);
+    do
+        randombytes_buf(&br->base.node, sizeof br->base.node);
+    while (!br->base.node);
+    br->local->node = br->base.node;
+    if (hooks)
+        br->hooks = *hooks;
+    uv_mutex_init(&br->mu);
+    atomic_init(&br->published, 0);
+    atomic_init(&br->dropped, 0);
+    atomic_init(&br->received, 0);
+    atomic_init(&br->malformed, 0);
+    atomic_init(&br->reconnects, 0);
+    atomic_init(&br->channels, 0);
+    atomic_init(&br->shards_up, 0);
+    postbox_init(&br->pb, workers, nworkers);
+    buf_init(&br->cmd);
+
+    uv_loop_init(&br->loop);
+    uv_async_init(&br->loop, &br->wake, on_wake);
+    br->wake.data = br;
+    uv_check_init(&br->loop, &br->flush);
+    br->flush.data = br;
+    uv_check_start(&br->flush, on_flush);
+    uv_timer_init(&br->loop, &br->health);
+    br->health.data = br;
+    uv_timer_start(&br->health, on_health, HEALTH_MS, HEALTH_MS);
+    for (int i = 0; i < n; i++) {
+        struct shard *sh = &br->shards[i];
+        sh->br = br;
+        sh->index = i;
+        if (sh->db)
+            snprintf(sh->prefix, sizeof sh->prefix, "parley:%d:", sh->db);
+        else
+            snprintf(sh->prefix, sizeof sh->prefix, "parley:");
+        sh->bcast_len = (size_t)snprintf(sh->bcast, sizeof sh->bcast, "%sb", sh->prefix);
+        sh->health_len = (size_t)snprintf(sh->health, sizeof sh->health, "%sh:%016llx", sh->prefix,
+                                          (unsigned long long)br->base.node);
+        rconn_init(br, sh, &sh->pub, 0);
+        rconn_init(br, sh, &sh->sub, 1);
+    }
+    if (uv_thread_create(&br->thread, bus_main, br) != 0) {
+        snprintf(err, errlen, "cannot start the Redis bus thread");
+        br->stopping = 1;
+        stop(br);
+        uv_run(&br->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&br->loop);
+        for (int i = 0; i < n; i++)
+            idmap_dispose(&br->shards[i].convs);
+        free(br->shards);
+        postbox_dispose(&br->pb);
+        bus_free(br->local);
+        uv_mutex_destroy(&br->mu);
+        free(br);
+        return NULL;
+    }
+    return &br->base;
+}
