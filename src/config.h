@@ -33,6 +33,18 @@ struct config {
     int64_t max_outq;        /* bytes queued to one connection before 1008 */
     int64_t max_group;       /* members per group */
     int64_t max_hashes;      /* concurrent password hashes per process */
+    /* hardening (docs/SECURITY.md) */
+    int64_t outq_low;        /* above: a connection's input is not read (backpressure) */
+    int64_t conns_per_addr;  /* open connections per source address; 0 = no limit */
+    int64_t signups_per_min; /* per source address; 0 = no limit */
+    int64_t convs_per_min;   /* conversations created per minute per source address; 0 = no limit */
+    int64_t login_fails;     /* failed logins per account before backoff (x4 per address); 0 = none */
+    int64_t hash_queue;      /* password hashes waiting for a slot */
+    int64_t hash_wait_ms;    /* longest wait for a slot */
+    int64_t read_rate;       /* read frames per second per user; 0 = no limit */
+    int64_t read_burst;
+    int64_t typing_ms;       /* typing fan-out interval per user and conversation; 0 = none */
+    int64_t writer_queue;    /* jobs waiting for the writer */
     int log_level;           /* enum log_level */
     char redis_url[512];
     char db_url[512];
