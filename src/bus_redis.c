@@ -6,7 +6,6 @@
 #include "idmap.h"
 #include "log.h"
 
-#include <hiredis/adapters/libuv.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <limits.h>
@@ -245,7 +244,6 @@ struct rconn {
     uint64_t since_ms;        /* connecting since / last sign of life */
     size_t pending;           /* commands waiting for their reply (publishing connection) */
     const char *kill_why;     /* we closed it: why */
-    int err_logged;           /* one error reply logged per connection */
 };
 
 struct shard {
@@ -265,6 +263,7 @@ struct shard {
     size_t backlog;           /* PUBLISH bytes not answered yet */
     int up;                   /* both connections up, every channel subscribed */
     int down_signalled;       /* link(0) was called: link(1) owed */
+    int refused_logged;       /* a refused AUTH or PUBLISH: logged once until the shard is up */
     uint64_t down_since_ms, dropped, dropped_at_down;
 };
 
@@ -381,6 +380,7 @@ static void shard_check_up(struct shard *sh)
     sh->up = 1;
     atomic_fetch_add(&br->shards_up, 1);
     sh->pub.backoff_ms = sh->sub.backoff_ms = 0; /* stable again: the next loss starts at the bottom */
+    sh->refused_logged = 0;
     sh->sub.since_ms = now_ms(br);
     if (!sh->down_signalled)
         return;
@@ -391,6 +391,74 @@ static void shard_check_up(struct shard *sh)
              (unsigned long long)(sh->dropped - sh->dropped_at_down));
     if (br->hooks.link)
         br->hooks.link(br->hooks.ctx, sh->index, 1);
+}
+
+/* ---- hiredis on the bus loop ----
+ * Our own version of <hiredis/adapters/libuv.h>: 0.14's returns on a poll
+ * error, and libuv reports POLLERR (a refused connect, a reset connection)
+ * as an error and stops the handle, so the context would hang until a
+ * timeout. Here hiredis handles the event anyway and finds the socket error
+ * itself (SO_ERROR while connecting, a failed read after). */
+
+struct poller {
+    redisAsyncContext *ac;    /* NULL once hiredis let go of it */
+    uv_poll_t h;
+    int events;
+};
+
+static void on_poll(uv_poll_t *h, int status, int events)
+{
+    struct poller *p = h->data;
+    if (status < 0) /* the handle is stopped: let hiredis see why */
+        events = p->ac && !(p->ac->c.flags & REDIS_CONNECTED) ? UV_WRITABLE : UV_READABLE;
+    if (p->ac && (events & UV_READABLE))
+        redisAsyncHandleRead(p->ac);
+    if (p->ac && (events & UV_WRITABLE))
+        redisAsyncHandleWrite(p->ac);
+}
+
+static void poll_set(struct poller *p, int events)
+{
+    p->events = events;
+    if (events)
+        uv_poll_start(&p->h, events, on_poll);
+    else
+        uv_poll_stop(&p->h);
+}
+
+static void ev_add_read(void *d) { struct poller *p = d; poll_set(p, p->events | UV_READABLE); }
+static void ev_del_read(void *d) { struct poller *p = d; poll_set(p, p->events & ~UV_READABLE); }
+static void ev_add_write(void *d) { struct poller *p = d; poll_set(p, p->events | UV_WRITABLE); }
+static void ev_del_write(void *d) { struct poller *p = d; poll_set(p, p->events & ~UV_WRITABLE); }
+
+static void on_poller_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void ev_cleanup(void *d)
+{
+    struct poller *p = d;
+    p->ac = NULL;
+    uv_close((uv_handle_t *)&p->h, on_poller_closed);
+}
+
+static int attach(redisAsyncContext *ac, uv_loop_t *loop)
+{
+    struct poller *p = xcalloc(1, sizeof *p);
+    if (uv_poll_init(loop, &p->h, ac->c.fd) != 0) {
+        free(p);
+        return -1;
+    }
+    p->ac = ac;
+    p->h.data = p;
+    ac->ev.data = p;
+    ac->ev.addRead = ev_add_read;
+    ac->ev.delRead = ev_del_read;
+    ac->ev.addWrite = ev_add_write;
+    ac->ev.delWrite = ev_del_write;
+    ac->ev.cleanup = ev_cleanup;
+    return 0;
 }
 
 /* ---- connections ---- */
@@ -462,7 +530,8 @@ static void on_auth(redisAsyncContext *ac, void *r, void *priv)
     struct rconn *rc = priv;
     (void)ac;
     if (reply && reply->type == REDIS_REPLY_ERROR) {
-        log_error("bus_redis: shard %d (%s): AUTH refused: %s", rc->sh->index, rc->sh->label, reply->str);
+        if (!rc->sh->refused_logged++)
+            log_error("bus_redis: shard %d (%s): AUTH refused: %s", rc->sh->index, rc->sh->label, reply->str);
         rconn_kill(rc, "AUTH refused");
     }
 }
@@ -484,7 +553,6 @@ static void on_connect(const redisAsyncContext *cac, int status)
     rc->ever_up = 1;
     rc->state = RC_UP;
     rc->since_ms = now_ms(br);
-    rc->err_logged = 0;
     if (sh->pass[0]) {
         if (sh->user[0])
             redisAsyncCommand(ac, on_auth, rc, "AUTH %s %s", sh->user, sh->pass);
@@ -515,7 +583,7 @@ static void rconn_connect(struct rconn *rc)
         return;
     }
     ac->data = rc;
-    if (redisLibuvAttach(ac, &br->loop) != REDIS_OK) {
+    if (attach(ac, &br->loop) < 0) {
         redisAsyncFree(ac);
         rconn_lost(rc, "cannot poll the socket");
         return;
@@ -558,7 +626,7 @@ static void on_published(redisAsyncContext *ac, void *r, void *priv)
     rconn_answered(rc);
     if (reply->type == REDIS_REPLY_ERROR) {
         drop_publication(sh);
-        if (!rc->err_logged++)
+        if (!sh->refused_logged++)
             log_warn("bus_redis: shard %d (%s): PUBLISH refused: %s", sh->index, sh->label, reply->str);
         return;
     }
