@@ -4,7 +4,6 @@
 #include "config.h"
 #include "log.h"
 #include "presence.h"
-#include "seqcache.h"
 #include "writer.h"
 #include "ws.h"
 
@@ -360,8 +359,6 @@ void chat_deliver(struct worker *w, const struct bus_msg *m)
     struct hub *h = &cw->hub;
     switch (m->kind) {
     case BUS_MSG:
-        if (cw->chat->seqs && w->index == 0) /* every worker sees every message: one notes it */
-            seqcache_note(cw->chat->seqs, m->conv, m->seq);
         deliver_in_order(cw, m);
         break;
     case BUS_CONV_EVENT: {

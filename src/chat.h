@@ -32,8 +32,6 @@
 struct presence;
 struct writer;
 
-struct seqcache;
-
 struct chat {
     const struct config *cfg;
     struct writer *writer;
@@ -41,7 +39,6 @@ struct chat {
     struct presence *presence;
     struct worker **workers;    /* every worker of this node (borrowed) */
     int nworkers;
-    struct seqcache *seqs;      /* the newest seq known per conversation; NULL: not needed */
     int64_t check_ms;           /* > 0: every worker checks its conversations for missed messages
                                    this often (a network bus); 0: never (in-process bus) */
     atomic_int hashes_running;  /* password hashes in the thread pool, all workers */

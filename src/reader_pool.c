@@ -13,7 +13,6 @@ struct reader_pool {
     reader_open_fn open;
     void *open_arg;
     int have_replica;
-    struct seqcache *seqs;
     int per_conv;
     uv_mutex_t mu;             /* guards head, tail, stopping, replica_logged */
     uv_cond_t cond;
@@ -79,49 +78,54 @@ static struct store *get_replica(struct reader_pool *p, struct pool_conns *pc)
     return pc->replica;
 }
 
-/* Whether the replica has conv up to seq (its last_seq is there). */
-static int replica_has(struct store *replica, int64_t conv, int64_t seq, int *failed)
+/* The conversations a read must see complete, with the seq each must reach
+ * (the read's min_seq): a sync's asked conversations, a history page read
+ * forward, a read that names its min_seq. 0 when any replica state will do. */
+static size_t complete_convs(const struct read *r, int64_t *convs, size_t max)
 {
-    if (seq <= 0)
-        return 1;
-    int64_t last = 0;
-    int rc = store_conv_last_seq(replica, conv, &last);
-    if (rc == STORE_ERR || rc == STORE_UNAVAILABLE) {
-        *failed = 1;
-        return 0;
-    }
-    return rc == STORE_OK && last >= seq;
-}
-
-/* Whether this read may be answered by the replica as it is now. */
-static int replica_fresh(struct reader_pool *p, struct store *replica, const struct read *r, int *failed)
-{
-    int64_t conv;
-    switch (r->kind) {
-    case READ_HISTORY: {
-        int64_t need = r->min_seq;
-        if (r->after >= 0 && p->seqs) { /* paging forward must not stop short */
-            int64_t known = seqcache_get(p->seqs, r->conv);
-            if (known > need)
-                need = known;
-        }
-        return replica_has(replica, r->conv, need, failed);
-    }
-    case READ_SYNC: {
+    size_t n = 0;
+    if (r->kind == READ_SYNC) {
         const char *key;
         json_t *v;
         json_object_foreach(r->since, key, v) {
-            if (util_parse_i64(key, &conv) < 0 || conv <= 0)
-                continue;
-            int64_t need = p->seqs ? seqcache_get(p->seqs, conv) : 0;
-            if (!replica_has(replica, conv, need, failed))
-                return 0;
+            int64_t conv;
+            if (n < max && util_parse_i64(key, &conv) == 0 && conv > 0)
+                convs[n++] = conv;
         }
+    } else if ((r->kind == READ_HISTORY && r->after >= 0) || r->min_seq > 0) {
+        convs[n++] = r->conv;
+    }
+    return n;
+}
+
+#define FRESH_MAX 256 /* a sync asking for more conversations reads the primary */
+
+/* Whether the replica has replayed everything this read must include: the
+ * primary's last_seq of each conversation it must see complete (one cheap
+ * round trip of primary-key lookups), and the read's own min_seq, against
+ * the replica's. The heavy part of the read still runs on the replica. */
+static int replica_fresh(struct store *primary, struct store *replica, const struct read *r, int *failed)
+{
+    int64_t convs[FRESH_MAX], need[FRESH_MAX], have[FRESH_MAX];
+    if (r->kind == READ_SYNC && json_object_size(r->since) > FRESH_MAX)
+        return 0;
+    size_t n = complete_convs(r, convs, FRESH_MAX);
+    if (!n)
         return 1;
+    if (!primary || store_conv_last_seqs(primary, convs, n, need) != STORE_OK)
+        return 0; /* the primary answers the read itself, or says it cannot */
+    int rc = store_conv_last_seqs(replica, convs, n, have);
+    if (rc != STORE_OK) {
+        *failed = 1;
+        return 0;
     }
-    default:
-        return r->min_seq <= 0 || replica_has(replica, r->conv, r->min_seq, failed);
+    for (size_t i = 0; i < n; i++) {
+        if (r->min_seq > need[i] && r->conv == convs[i])
+            need[i] = r->min_seq;
+        if (have[i] < need[i])
+            return 0;
     }
+    return 1;
 }
 
 static void answer(struct reader_pool *p, struct pool_conns *pc, struct read *r)
@@ -130,7 +134,7 @@ static void answer(struct reader_pool *p, struct pool_conns *pc, struct read *r)
     if (replica_kind(r)) {
         struct store *replica = get_replica(p, pc);
         int failed = 0;
-        if (replica && replica_fresh(p, replica, r, &failed)) {
+        if (replica && replica_fresh(get_primary(p, pc), replica, r, &failed)) {
             reader_run(replica, r, p->per_conv);
             if (r->rc != STORE_ERR && r->rc != STORE_UNAVAILABLE) {
                 atomic_fetch_add(&p->stats.replica_reads, 1);
@@ -203,13 +207,12 @@ static void pool_submit(struct reader_pool *p, struct read *r)
 }
 
 struct reader_pool *reader_pool_new(int nthreads, reader_open_fn open, void *open_arg, int have_replica,
-                                    struct seqcache *seqs, int per_conv)
+                                    int per_conv)
 {
     struct reader_pool *p = xcalloc(1, sizeof *p);
     p->open = open;
     p->open_arg = open_arg;
     p->have_replica = have_replica;
-    p->seqs = seqs;
     p->per_conv = per_conv;
     atomic_init(&p->replica_ok, 1);
     uv_mutex_init(&p->mu);

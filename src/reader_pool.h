@@ -5,9 +5,10 @@
  * Each thread holds a primary connection and, when a replica is configured,
  * a replica connection. History, sync, conversation lists and user searches
  * go to the replica, unless the read must be complete and the replica has
- * not replayed far enough: the read's min_seq (or, for a sync, each asked
- * conversation's newest seq this node knows, from the seqcache) is compared
- * with the replica's last_seq of the conversation, and a replica behind it
+ * not replayed far enough: for a sync, a history page read forward, or a
+ * read with a min_seq, the conversations' last_seq on the primary (one
+ * round trip of primary-key lookups, whichever node wrote them) and the
+ * read's min_seq are compared with the replica's, and a replica behind
  * sends the read to the primary. Everything else (accounts, the session,
  * pushes, a message just acked) reads the primary. A replica that fails is
  * left for the primary (logged once, counted) and tried again every
@@ -20,7 +21,6 @@
 #define PARLEY_READER_POOL_H
 
 #include "reader.h"
-#include "seqcache.h"
 
 #include <stdatomic.h>
 
@@ -33,10 +33,10 @@ struct reader_pool_stats {
     atomic_llong primary_reads, replica_reads, replica_behind, replica_failures;
 };
 
-/* nthreads threads; have_replica: open replica connections too. seqs may be
- * NULL (no replica). Connections are opened by each thread on first use. */
+/* nthreads threads; have_replica: open replica connections too.
+ * Connections are opened by each thread on first use. */
 struct reader_pool *reader_pool_new(int nthreads, reader_open_fn open, void *open_arg, int have_replica,
-                                    struct seqcache *seqs, int per_conv);
+                                    int per_conv);
 /* Joins the threads (after answering what is queued) and closes everything. */
 void reader_pool_free(struct reader_pool *p);
 /* A struct reader for one worker that submits to the pool (freeing it leaves
