@@ -1,0 +1,61 @@
+/* store_pg: the PostgreSQL backend of the store interface (cluster mode).
+ *
+ * Owns one libpq connection per struct store it opens, for one thread: a
+ * node's writer connection or one of its readers' (primary or replica), with
+ * the connection's prepared statements and its transaction state. Every SQL
+ * statement of cluster mode lives in store_pg.c; the schema is
+ * migrations_pg/ (embedded, see migrations_pg.h).
+ *
+ * Meaning: exactly store_sqlite's, operation by operation (store.h), with
+ * several nodes writing at once:
+ *  - seqs stay dense per conversation across writers: send_batch reserves
+ *    them with one UPDATE conversations SET last_seq = last_seq + n ...
+ *    RETURNING per conversation, in ascending conversation order (the row
+ *    lock serializes the writers; the order keeps two batches from
+ *    deadlocking on each other's conversations);
+ *  - no statement fails in the normal course (a taken username, a member
+ *    already there, a direct pair created by another node at the same moment
+ *    are ON CONFLICT answers, never errors), so the transaction stays usable
+ *    after every answer but STORE_ERR and STORE_UNAVAILABLE. One race is an
+ *    error on purpose, as in SQLite: a resend stored by another node between
+ *    this batch's lookup and its insert fails the batch (STORE_ERR); the
+ *    client's next resend gets the original;
+ *  - multi-statement operations are atomic: each writes with one statement
+ *    (data-modifying WITH), and reads that must agree (a conversation and its
+ *    members) share one snapshot (REPEATABLE READ READ ONLY outside a
+ *    transaction, the transaction's own inside it);
+ *  - message bodies are bytea: the exact bytes, NUL bytes included.
+ *
+ * Round trips: statements that do not depend on each other's answers go out
+ * together in libpq's pipeline mode; begin and the writer's per-job
+ * savepoint commands are sent with the next statement, not alone. A batch of
+ * sends is three round trips whatever its size (lookups and members; the
+ * reservations; the multi-row insert and read positions), plus COMMIT.
+ *
+ * Connection loss: an operation on a lost connection returns
+ * STORE_UNAVAILABLE. ping reconnects (a new session: statements are prepared
+ * again on first use) and answers STORE_OK when the connection works, or
+ * STORE_UNAVAILABLE when it cannot be made to work or when it was lost with a
+ * transaction open (that work is gone; nothing of it committed, except that
+ * a COMMIT cut off in flight may have committed: the usual ambiguity, which
+ * idempotent resends make harmless for messages). */
+#ifndef PARLEY_STORE_PG_H
+#define PARLEY_STORE_PG_H
+
+#include "store.h"
+
+#include <stddef.h>
+
+/* Connects to conninfo_or_url (a libpq URL postgresql://... or key=value
+ * string; libpq's PG* environment variables fill what it leaves out). The
+ * database must be UTF8. migrate=1: applies migrations_pg/ first, each in its
+ * own transaction and recorded in schema_version, under a database-wide
+ * advisory lock so that nodes starting together against an empty database
+ * apply them once (the others wait, then find them applied). migrate=0: a
+ * reader (on the primary or a replica), which checks the schema is there and
+ * current. Nodes connect as an ordinary role that owns the database (no
+ * superuser needed). STORE_OK and *out, or STORE_ERR with a one-line reason in
+ * err. Close with store_close. */
+int store_pg_open(const char *conninfo_or_url, int migrate, struct store **out, char *err, size_t errlen);
+
+#endif
