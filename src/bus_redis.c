@@ -8,7 +8,9 @@
 
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
+#include <arpa/inet.h>
 #include <limits.h>
+#include <netdb.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,8 +21,8 @@ enum {
     BACKOFF_MIN_MS = 50,      /* first retry after a loss (then doubling, with jitter) */
     BACKOFF_MAX_MS = 2000,
     HEALTH_MS = 1000,         /* each shard: a ping through Redis, stalls checked */
-    DEAD_MS = 10000,          /* a connection with nothing back for this long is closed */
-    CONNECT_TIMEOUT_MS = 5000,
+    DEAD_TICKS = 10,          /* health ticks with nothing back: the connection is closed */
+    CONNECT_TICKS = 5,        /* health ticks to connect */
     SUB_CHUNK = 512,          /* channels per SUBSCRIBE when resubscribing */
     CHAN_MAX = 64,
 };
@@ -241,9 +243,13 @@ struct rconn {
     uv_timer_t retry;
     unsigned backoff_ms;      /* the last delay (0: none yet) */
     int ever_up;
-    uint64_t since_ms;        /* connecting since / last sign of life */
+    int silent;               /* health ticks since the last sign of life (counted in ticks, not
+                                 time: a bus thread that was itself held up blames nobody) */
     size_t pending;           /* commands waiting for their reply (publishing connection) */
     const char *kill_why;     /* we closed it: why */
+    uv_getaddrinfo_t gai;     /* resolving the host name (resolving = 1) */
+    int resolving;
+    unsigned attempts;        /* which of the host's addresses to try next */
 };
 
 struct shard {
@@ -251,6 +257,7 @@ struct shard {
     int index;
     char host[256];
     int port, db;
+    int numeric;              /* host is an IP address: nothing to resolve */
     char user[128], pass[256]; /* pass[0] == 0: no AUTH */
     char label[300];          /* host:port for the logs */
     char prefix[24];          /* channel prefix: "parley:" (db 0) or "parley:<db>:" */
@@ -265,6 +272,7 @@ struct shard {
     int down_signalled;       /* link(0) was called: link(1) owed */
     int refused_logged;       /* a refused AUTH or PUBLISH: logged once until the shard is up */
     uint64_t down_since_ms, dropped, dropped_at_down;
+    uint64_t lost;            /* publications lost with a connection, before the outage was signalled */
 };
 
 enum op_kind { OP_PUBLISH, OP_WATCH, OP_UNWATCH };
@@ -361,11 +369,13 @@ static void shard_down(struct shard *sh, const struct rconn *rc, const char *why
         sh->up = 0;
         atomic_fetch_sub(&br->shards_up, 1);
     }
+    uint64_t lost = sh->lost;
+    sh->lost = 0;
     if (sh->down_signalled)
         return; /* one log line and one hook call per outage */
     sh->down_signalled = 1;
     sh->down_since_ms = now_ms(br);
-    sh->dropped_at_down = sh->dropped;
+    sh->dropped_at_down = sh->dropped - lost;
     log_warn("bus_redis: shard %d (%s): %s connection %s: %s; reconnecting", sh->index, sh->label,
              rc->sub ? "subscriber" : "publisher", rc->ever_up ? "lost" : "failed", why);
     if (br->hooks.link)
@@ -381,7 +391,7 @@ static void shard_check_up(struct shard *sh)
     atomic_fetch_add(&br->shards_up, 1);
     sh->pub.backoff_ms = sh->sub.backoff_ms = 0; /* stable again: the next loss starts at the bottom */
     sh->refused_logged = 0;
-    sh->sub.since_ms = now_ms(br);
+    sh->sub.silent = 0;
     if (!sh->down_signalled)
         return;
     sh->down_signalled = 0;
@@ -409,8 +419,10 @@ struct poller {
 static void on_poll(uv_poll_t *h, int status, int events)
 {
     struct poller *p = h->data;
-    if (status < 0) /* the handle is stopped: let hiredis see why */
+    if (status < 0) { /* libuv stopped the handle: let hiredis see why */
+        p->events = 0;
         events = p->ac && !(p->ac->c.flags & REDIS_CONNECTED) ? UV_WRITABLE : UV_READABLE;
+    }
     if (p->ac && (events & UV_READABLE))
         redisAsyncHandleRead(p->ac);
     if (p->ac && (events & UV_WRITABLE))
@@ -419,6 +431,8 @@ static void on_poll(uv_poll_t *h, int status, int events)
 
 static void poll_set(struct poller *p, int events)
 {
+    if (events == p->events)
+        return; /* hiredis asks for writes at every command */
     p->events = events;
     if (events)
         uv_poll_start(&p->h, events, on_poll);
@@ -512,7 +526,7 @@ static void rconn_kill(struct rconn *rc, const char *why)
 static void on_disconnect(const redisAsyncContext *ac, int status)
 {
     struct rconn *rc = ac->data;
-    char why[160];
+    char why[320];
     if (rc->kill_why)
         snprintf(why, sizeof why, "%s", rc->kill_why);
     else if (status != REDIS_OK && ac->c.errstr[0])
@@ -542,7 +556,7 @@ static void on_connect(const redisAsyncContext *cac, int status)
     struct shard *sh = rc->sh;
     struct bus_redis *br = sh->br;
     if (status != REDIS_OK) { /* hiredis frees the context after this */
-        char why[160];
+        char why[320];
         snprintf(why, sizeof why, "%s", cac->c.errstr[0] ? cac->c.errstr : "cannot connect");
         rconn_lost(rc, why);
         return;
@@ -552,7 +566,7 @@ static void on_connect(const redisAsyncContext *cac, int status)
         count(&br->reconnects, 1);
     rc->ever_up = 1;
     rc->state = RC_UP;
-    rc->since_ms = now_ms(br);
+    rc->silent = 0;
     if (sh->pass[0]) {
         if (sh->user[0])
             redisAsyncCommand(ac, on_auth, rc, "AUTH %s %s", sh->user, sh->pass);
@@ -564,19 +578,18 @@ static void on_connect(const redisAsyncContext *cac, int status)
     shard_check_up(sh);
 }
 
-static void rconn_connect(struct rconn *rc)
+/* Connects to one address (numeric: hiredis resolves nothing). */
+static void connect_to(struct rconn *rc, const char *ip)
 {
     struct shard *sh = rc->sh;
     struct bus_redis *br = sh->br;
-    if (br->stopped || rc->ac)
-        return;
-    redisAsyncContext *ac = redisAsyncConnect(sh->host, sh->port);
+    redisAsyncContext *ac = redisAsyncConnect(ip, sh->port);
     if (!ac) {
         rconn_lost(rc, "cannot allocate a connection");
         return;
     }
     if (ac->err) {
-        char why[160];
+        char why[320];
         snprintf(why, sizeof why, "%s", ac->errstr ? ac->errstr : ac->c.errstr);
         redisAsyncFree(ac);
         rconn_lost(rc, why);
@@ -593,22 +606,78 @@ static void rconn_connect(struct rconn *rc)
     redisEnableKeepAlive(&ac->c);
     rc->ac = ac;
     rc->state = RC_CONNECTING;
-    rc->since_ms = now_ms(br);
+    rc->silent = 0;
     rc->pending = 0;
+}
+
+/* A host name is resolved on libuv's thread pool, never on the bus thread
+ * (a slow DNS would stall every shard); each attempt takes the next address. */
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    struct rconn *rc = req->data;
+    rc->resolving = 0;
+    if (rc->sh->br->stopped) {
+        uv_freeaddrinfo(res);
+        return;
+    }
+    if (status < 0) {
+        char why[320];
+        snprintf(why, sizeof why, "cannot resolve %s: %s", rc->sh->host, uv_strerror(status));
+        uv_freeaddrinfo(res);
+        rconn_lost(rc, why);
+        return;
+    }
+    unsigned n = 0;
+    for (struct addrinfo *a = res; a; a = a->ai_next)
+        n++;
+    struct addrinfo *a = res;
+    for (unsigned i = rc->attempts++ % n; i > 0; i--)
+        a = a->ai_next;
+    char ip[INET6_ADDRSTRLEN] = "";
+    if (a->ai_family == AF_INET6)
+        uv_ip6_name((const struct sockaddr_in6 *)a->ai_addr, ip, sizeof ip);
+    else
+        uv_ip4_name((const struct sockaddr_in *)a->ai_addr, ip, sizeof ip);
+    uv_freeaddrinfo(res);
+    connect_to(rc, ip);
+}
+
+static void rconn_connect(struct rconn *rc)
+{
+    struct shard *sh = rc->sh;
+    struct bus_redis *br = sh->br;
+    if (br->stopped || rc->ac || rc->resolving)
+        return;
+    if (sh->numeric) {
+        connect_to(rc, sh->host);
+        return;
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    rc->gai.data = rc;
+    int err = uv_getaddrinfo(&br->loop, &rc->gai, on_resolved, sh->host, NULL, &hints);
+    if (err < 0) {
+        char why[320];
+        snprintf(why, sizeof why, "cannot resolve %s: %s", sh->host, uv_strerror(err));
+        rconn_lost(rc, why);
+        return;
+    }
+    rc->resolving = 1;
+    rc->state = RC_CONNECTING;
+    rc->silent = 0;
 }
 
 /* A command the publishing connection sent / answered. */
 static void rconn_sent(struct rconn *rc)
 {
     if (rc->pending++ == 0)
-        rc->since_ms = now_ms(rc->sh->br); /* the silence counts from the first unanswered one */
+        rc->silent = 0; /* the silence counts from the first unanswered one */
 }
 
 static void rconn_answered(struct rconn *rc)
 {
     if (rc->pending)
         rc->pending--;
-    rc->since_ms = now_ms(rc->sh->br);
+    rc->silent = 0;
 }
 
 /* ---- publishing ---- */
@@ -621,6 +690,7 @@ static void on_published(redisAsyncContext *ac, void *r, void *priv)
     sh->backlog -= (size_t)(uintptr_t)priv;
     if (!reply) { /* the connection went away first */
         drop_publication(sh);
+        sh->lost++;
         return;
     }
     rconn_answered(rc);
@@ -693,7 +763,7 @@ static void on_sub(redisAsyncContext *ac, void *r, void *priv)
         reply->element[0]->type != REDIS_REPLY_STRING)
         return; /* NULL: the connection is going away */
     struct bus_redis *br = sh->br;
-    sh->sub.since_ms = now_ms(br);
+    sh->sub.silent = 0;
     const char *type = reply->element[0]->str;
     if (!strcasecmp(type, "message")) {
         redisReply *chan = reply->element[1], *payload = reply->element[2];
@@ -806,15 +876,14 @@ static void on_flush(uv_check_t *h)
 static void on_health(uv_timer_t *t)
 {
     struct bus_redis *br = t->data;
-    uint64_t now = now_ms(br);
     for (int i = 0; i < br->nshards; i++) {
         struct shard *sh = &br->shards[i];
         struct rconn *rcs[2] = {&sh->pub, &sh->sub};
         for (int k = 0; k < 2; k++)
-            if (rcs[k]->state == RC_CONNECTING && now - rcs[k]->since_ms > CONNECT_TIMEOUT_MS)
+            if (rcs[k]->state == RC_CONNECTING && ++rcs[k]->silent > CONNECT_TICKS)
                 rconn_kill(rcs[k], "connect timed out");
         if (sh->pub.state == RC_UP) {
-            if (sh->pub.pending && now - sh->pub.since_ms > DEAD_MS) {
+            if (sh->pub.pending && ++sh->pub.silent > DEAD_TICKS) {
                 rconn_kill(&sh->pub, "no answer for 10 s");
             } else {
                 struct buf *b = &br->cmd;
@@ -827,7 +896,8 @@ static void on_health(uv_timer_t *t)
                 cmd_done(br);
             }
         }
-        if (sh->sub.state == RC_UP && (sh->up || sh->resub_left) && now - sh->sub.since_ms > DEAD_MS)
+        /* up: our pings reach it every tick; subscribing: the confirmations are owed */
+        if (sh->sub.state == RC_UP && (sh->up || sh->resub_left) && ++sh->sub.silent > DEAD_TICKS)
             rconn_kill(&sh->sub, "nothing received for 10 s");
     }
 }
@@ -865,6 +935,8 @@ static void stop(struct bus_redis *br)
         struct shard *sh = &br->shards[i];
         struct rconn *rcs[2] = {&sh->pub, &sh->sub};
         for (int k = 0; k < 2; k++) {
+            if (rcs[k]->resolving)
+                uv_cancel((uv_req_t *)&rcs[k]->gai); /* or it finishes: the loop waits for it */
             if (rcs[k]->ac)
                 redisAsyncFree(rcs[k]->ac); /* pending callbacks run with NULL; the poll handle closes */
             rcs[k]->ac = NULL;
@@ -1124,6 +1196,8 @@ static int parse_url(const char *u, size_t n, struct shard *sh, char *err, size_
     if (slash && slash + 1 < end && parse_int(slash + 1, (size_t)(end - slash - 1), 0, 1000000, &v) < 0)
         goto bad;
     sh->db = (int)v;
+    struct in6_addr any;
+    sh->numeric = inet_pton(AF_INET, sh->host, &any) == 1 || inet_pton(AF_INET6, sh->host, &any) == 1;
     snprintf(sh->label, sizeof sh->label, "%s%s%s:%d", strchr(sh->host, ':') ? "[" : "", sh->host,
              strchr(sh->host, ':') ? "]" : "", sh->port);
     return 0;

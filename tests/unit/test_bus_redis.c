@@ -169,6 +169,7 @@ static void redis_stop(struct redis *r, int sig)
     if (r->pid <= 0)
         return;
     kill(r->pid, sig);
+    kill(r->pid, SIGCONT); /* if a test left it stopped */
     int status;
     waitpid(r->pid, &status, 0);
     r->pid = 0;
@@ -643,6 +644,35 @@ static void test_redis_restart(void **state)
     assert_int_equal(nlinks(a), 2);
 }
 
+/* A Redis that stops answering (SIGSTOP) while its connections stay open:
+ * the pings through it go unanswered, both nodes close and reconnect after
+ * the dead interval (10 s), and come back when it answers again. */
+static void test_redis_stalled(void **state)
+{
+    NEED_REDIS();
+    struct fixture *f = *state;
+    redis_start(&f->r[0]);
+    two_nodes(f, 1);
+    struct node *a = f->a, *b = f->b;
+    bus_watch(b->bus, 0, 60);
+    WAIT(f, stats(b).channels == 3);
+
+    kill(f->r[0].pid, SIGSTOP);
+    publish(a, msg(60, 1)); /* taken by the connection, never answered */
+    WAIT(f, nlinks(a) == 1 && nlinks(b) == 1);
+    assert_int_equal(a->links[0], 0);
+    assert_int_equal(b->links[0], 0);
+    assert_true(stats(a).dropped >= 1);
+    kill(f->r[0].pid, SIGCONT);
+    WAIT(f, nlinks(a) == 2 && nlinks(b) == 2);
+    assert_int_equal(a->links[1], 1);
+    assert_int_equal(b->links[1], 1);
+    publish(a, msg(60, 2));
+    WAIT(f, seen_everywhere(b, BUS_MSG, 60, 2));
+    for (int w = 0; w < NW; w++)
+        assert_int_equal(seen_count(b, w, BUS_MSG, 60, 1), 0);
+}
+
 /* Two Redis servers: conversations live on both, by the stable hash, and
  * are delivered across nodes on both; broadcasts too. */
 static void test_two_shards(void **state)
@@ -699,7 +729,7 @@ static void test_two_shards(void **state)
     assert_int_equal(bus_redis_shard_of(12345, 1), 0);
 }
 
-/* A password and a database number: AUTH first; the channels carry the
+/* A password, a database number and a host name: AUTH first; the channels carry the
  * database in their prefix (Redis's pub/sub ignores SELECT). A wrong
  * password is a failed link, not a crash. */
 static void test_auth_and_db(void **state)
@@ -709,8 +739,10 @@ static void test_auth_and_db(void **state)
     strcpy(f->r[0].pass, "s3cret");
     redis_start(&f->r[0]);
     char urls[128];
-    snprintf(urls, sizeof urls, "redis://:s3cret@127.0.0.1:%d/3", f->r[0].port);
+    /* A by name: resolved off the bus thread (::1 first, maybe: then the next address) */
+    snprintf(urls, sizeof urls, "redis://:s3cret@localhost:%d/3", f->r[0].port);
     f->a = node_new(urls);
+    snprintf(urls, sizeof urls, "redis://:s3cret@127.0.0.1:%d/3", f->r[0].port);
     f->b = node_new(urls);
     WAIT(f, bus_redis_ready(f->a->bus) && bus_redis_ready(f->b->bus));
     bus_watch(f->b->bus, 0, 40);
@@ -901,6 +933,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_broadcast_kinds, setup, teardown),
         cmocka_unit_test_setup_teardown(test_malformed_dropped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_restart, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_redis_stalled, setup, teardown),
         cmocka_unit_test_setup_teardown(test_two_shards, setup, teardown),
         cmocka_unit_test_setup_teardown(test_auth_and_db, setup, teardown),
     };
