@@ -419,9 +419,9 @@ struct poller {
 static void on_poll(uv_poll_t *h, int status, int events)
 {
     struct poller *p = h->data;
-    if (status < 0) { /* libuv stopped the handle: let hiredis see why */
+    if (status < 0) { /* libuv stopped the handle: let hiredis see why (and ask again) */
         p->events = 0;
-        events = p->ac && !(p->ac->c.flags & REDIS_CONNECTED) ? UV_WRITABLE : UV_READABLE;
+        events = p->ac && !(p->ac->c.flags & REDIS_CONNECTED) ? UV_WRITABLE : UV_READABLE | UV_WRITABLE;
     }
     if (p->ac && (events & UV_READABLE))
         redisAsyncHandleRead(p->ac);
@@ -630,6 +630,11 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     unsigned n = 0;
     for (struct addrinfo *a = res; a; a = a->ai_next)
         n++;
+    if (!n) {
+        uv_freeaddrinfo(res);
+        rconn_lost(rc, "the host name has no address");
+        return;
+    }
     struct addrinfo *a = res;
     for (unsigned i = rc->attempts++ % n; i > 0; i--)
         a = a->ai_next;
