@@ -177,7 +177,13 @@ void http_req_reset(struct http_req *r)
     r->complete = r->too_large = r->header_overflow = r->upgrade = 0;
     r->header_bytes = 0;
     r->path = r->query = NULL;
-    llhttp_resume(&r->parser);
+    /* After an upgrade request that was refused (401, 426, answered
+     * keep-alive), llhttp stays paused for the other protocol: start over at
+     * this request boundary instead, or the next request gets a 400. */
+    if (llhttp_get_errno(&r->parser) == HPE_PAUSED_UPGRADE)
+        llhttp_init(&r->parser, HTTP_REQUEST, &settings);
+    else
+        llhttp_resume(&r->parser);
 }
 
 long http_feed(struct http_req *r, const char *data, size_t len)

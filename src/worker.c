@@ -31,6 +31,13 @@ static void free_event(struct event *ev)
     free(ev);
 }
 
+/* The backpressure low-water mark: never above the cap. */
+static size_t low_water(const struct worker *w)
+{
+    int64_t lo = w->cfg->outq_low < w->cfg->max_outq ? w->cfg->outq_low : w->cfg->max_outq;
+    return lo > 0 ? (size_t)lo : 0;
+}
+
 /* ---- the inbox ---- */
 
 void worker_post(struct worker *w, struct event *first, struct event *last)
@@ -148,6 +155,7 @@ struct write_req {
 };
 
 static void flush(struct conn *c);
+static void after_flush(struct conn *c);
 static void finish_close(struct conn *c);
 static void drop_queue(struct conn *c, int keep_started);
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b);
@@ -169,6 +177,7 @@ static void on_write(uv_write_t *req, int status)
         return;
     }
     flush(c);
+    after_flush(c);
 }
 
 /* Hands the head of the queue to uv_write, which finishes it when the socket
@@ -271,14 +280,22 @@ static void on_flush_check(uv_check_t *h)
         if (c->state == CONN_CLOSED)
             continue;
         flush(c);
-        if (c->state == CONN_WS && c->out_bytes > (size_t)cfg->max_outq) {
-            /* A slow consumer: it reconnects and syncs, nobody else waits. */
-            log_info("conn %llu: %zu bytes the kernel will not take, closing 1008", (unsigned long long)c->id,
-                     c->out_bytes);
+        if (c->state != CONN_CLOSED && c->state != CONN_CLOSING && c->out_bytes > (size_t)cfg->max_outq) {
+            /* A slow consumer: it reconnects and syncs, nobody else waits.
+             * In every state: an HTTP client that pipelines and never reads,
+             * an unauthenticated socket that pings and never reads. */
+            log_info("conn %llu: %zu bytes the kernel will not take, closing (slow consumer)",
+                     (unsigned long long)c->id, c->out_bytes);
+            if (c->state == CONN_HTTP) {
+                conn_abort(c); /* no close code in HTTP; the queue goes with the handle */
+                continue;
+            }
             drop_queue(c, 1);
             conn_close_ws(c, 1008, "slow consumer");
             flush(c);
+            continue;
         }
+        after_flush(c);
     }
 }
 
@@ -359,6 +376,16 @@ static void end_session(struct conn *c)
     c->w->handler->on_session_end(c->w->ctx, c);
 }
 
+/* The drain waiter learns that the connection is closing. */
+static void fire_drain(struct conn *c)
+{
+    void (*fn)(struct conn *, void *) = c->drain_fn;
+    if (!fn)
+        return;
+    c->drain_fn = NULL;
+    fn(c, c->drain_arg);
+}
+
 static void conn_free(struct conn *c)
 {
     struct worker *w = c->w;
@@ -397,6 +424,11 @@ void conn_abort(struct conn *c)
     end_session(c);
     c->state = CONN_CLOSED;
     uv_close((uv_handle_t *)&c->tcp, on_closed);
+    fire_drain(c);
+    if (c->gated) {
+        c->gated = 0;
+        c->w->gate.close(c->w->gate.ctx, c);
+    }
 }
 
 static void on_shutdown(uv_shutdown_t *req, int status)
@@ -418,6 +450,7 @@ static void finish_close(struct conn *c)
     end_session(c);
     c->state = CONN_CLOSING;
     c->shut = 1;
+    fire_drain(c);
     c->deadline_ms = now_ms(c->w) + LINGER_MS;
     uv_shutdown_t *req = xmalloc(sizeof *req);
     req->data = c;
@@ -450,6 +483,7 @@ void conn_close_ws(struct conn *c, uint16_t code, const char *reason)
     end_session(c); /* no more deliveries to a closing connection */
     c->state = CONN_CLOSING;
     c->deadline_ms = now_ms(c->w) + CLOSE_GRACE_MS;
+    fire_drain(c);
     /* enqueue marked it dirty: flush sends the frame, then finish_close */
 }
 
@@ -463,6 +497,13 @@ void conn_release(struct conn *c)
 /* ---- reading ---- */
 
 static size_t process(struct conn *c, uint8_t *data, size_t len);
+
+/* Whether the connection's input must wait: an HTTP answer is pending, the
+ * layer above holds it, or the out-queue is above the low-water mark. */
+static int input_paused(const struct conn *c)
+{
+    return (c->state == CONN_HTTP && c->busy) || c->held || c->throttled;
+}
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
 {
@@ -503,8 +544,9 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
         return;
     c->last_seen_ms = now_ms(c->w);
     consume_input(c, (uint8_t *)b->base, (size_t)nread);
-    /* Pipelined HTTP: wait for the answer before reading more. */
-    if (c->state == CONN_HTTP && c->busy)
+    /* Pipelined HTTP: wait for the answer before reading more. Backpressure
+     * or a hold: wait until the queue drains (after_flush) or the hold ends. */
+    if (input_paused(c))
         uv_read_stop((uv_stream_t *)&c->tcp);
 }
 
@@ -592,6 +634,7 @@ static void ws_frame(struct conn *c, const struct ws_frame *f)
 }
 
 static size_t process_frames(struct conn *c, uint8_t *data, size_t len);
+static void pump_input(struct conn *c);
 
 /* process_frames with a guard: answers given synchronously from inside it
  * must not start a second, nested pass over the same bytes. */
@@ -608,6 +651,14 @@ static size_t process_frames(struct conn *c, uint8_t *data, size_t len)
     const struct config *cfg = c->w->cfg;
     size_t off = 0;
     while (off < len) {
+        if (c->state != CONN_HTTP && c->state != CONN_WS && c->state != CONN_WS_AUTH)
+            return len; /* closing: ignore the rest */
+        if (c->held)
+            break;
+        if (c->out_bytes > low_water(c->w)) {
+            c->throttled = 1; /* the rest waits in c->in; after_flush resumes */
+            break;
+        }
         if (c->state == CONN_HTTP) {
             if (c->busy)
                 break;
@@ -662,7 +713,21 @@ void conn_http_done(struct conn *c)
     c->deadline_ms = now_ms(c->w) + c->w->cfg->header_timeout_ms;
     /* A pipelined request may be waiting in the remainder. When we are
      * inside process() (a synchronous answer) its loop continues by itself. */
-    if (c->in.len && !c->processing) {
+    pump_input(c);
+}
+
+/* Parses what waits in the remainder, then reads from the socket again,
+ * unless the input is paused (an HTTP answer pending, a hold, the queue
+ * above the low-water mark) or the worker drains. */
+static void pump_input(struct conn *c)
+{
+    if (c->processing || (c->state != CONN_HTTP && c->state != CONN_WS && c->state != CONN_WS_AUTH))
+        return;
+    c->throttled = c->out_bytes > low_water(c->w);
+    /* draining: a WebSocket frame still unread stays unread (the client
+     * resends it); a pipelined HTTP request is answered (503 if it writes) */
+    int parse = c->in.len && !(c->w->draining && c->state != CONN_HTTP);
+    if (parse && !input_paused(c)) {
         size_t used = process(c, (uint8_t *)c->in.data, c->in.len);
         if (c->state == CONN_CLOSED)
             return;
@@ -670,8 +735,58 @@ void conn_http_done(struct conn *c)
         if (!c->in.len)
             buf_dispose(&c->in);
     }
-    if (c->state == CONN_HTTP && !c->busy && !c->w->draining)
+    if (c->state != CONN_HTTP && c->state != CONN_WS && c->state != CONN_WS_AUTH)
+        return; /* closing: finish_close reads for the peer's EOF */
+    if (input_paused(c) || c->w->draining)
+        uv_read_stop((uv_stream_t *)&c->tcp);
+    else
         uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+}
+
+/* Flushed (or a write finished): below the low-water mark, the drain waiter
+ * runs and paused input resumes. */
+static void after_flush(struct conn *c)
+{
+    if (c->state == CONN_CLOSED || c->state == CONN_CLOSING || c->out_bytes > low_water(c->w))
+        return;
+    if (c->drain_fn) {
+        void (*fn)(struct conn *, void *) = c->drain_fn;
+        c->drain_fn = NULL;
+        fn(c, c->drain_arg);
+        if (c->state == CONN_CLOSED || c->state == CONN_CLOSING)
+            return;
+    }
+    if (c->throttled)
+        pump_input(c);
+}
+
+void conn_hold(struct conn *c)
+{
+    c->held = 1;
+}
+
+void conn_unhold(struct conn *c)
+{
+    if (!c->held)
+        return;
+    c->held = 0;
+    pump_input(c);
+}
+
+void conn_on_drain(struct conn *c, void (*fn)(struct conn *c, void *arg), void *arg)
+{
+    c->drain_fn = fn;
+    c->drain_arg = arg;
+    if (c->state == CONN_CLOSED || c->state == CONN_CLOSING) {
+        fire_drain(c);
+        return;
+    }
+    mark_dirty(c); /* the check at the end of this iteration looks at the queue */
+}
+
+int conn_congested(const struct conn *c)
+{
+    return c->out_bytes > low_water(c->w);
 }
 
 void conn_upgrade(struct conn *c, int64_t auth_deadline_ms)
@@ -688,6 +803,36 @@ void conn_upgrade(struct conn *c, int64_t auth_deadline_ms)
 static void free_unlisted(uv_handle_t *h)
 {
     free(h->data); /* a conn that never made it onto the worker's list */
+}
+
+/* The peer's address as a limit key: an IPv4 address (or an IPv4-mapped
+ * IPv6 one) is itself, an IPv6 address is its /64 (one subscriber's). */
+static uint64_t peer_key(uv_tcp_t *t)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    if (uv_tcp_getpeername(t, (struct sockaddr *)&ss, &len) < 0)
+        return 0;
+    if (ss.ss_family == AF_INET) {
+        const uint8_t *a = (const uint8_t *)&((struct sockaddr_in *)&ss)->sin_addr;
+        return 0xFFFF00000000ULL | (uint64_t)a[0] << 24 | (uint64_t)a[1] << 16 | (uint64_t)a[2] << 8 | a[3];
+    }
+    if (ss.ss_family == AF_INET6) {
+        const uint8_t *a = ((struct sockaddr_in6 *)&ss)->sin6_addr.s6_addr;
+        static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF};
+        uint64_t k = 0;
+        if (memcmp(a, mapped, sizeof mapped) == 0)
+            return 0xFFFF00000000ULL | (uint64_t)a[12] << 24 | (uint64_t)a[13] << 16 | (uint64_t)a[14] << 8 | a[15];
+        for (int i = 0; i < 8; i++)
+            k = k << 8 | a[i];
+        return k;
+    }
+    return 0;
+}
+
+void worker_set_gate(struct worker *w, const struct conn_gate *g)
+{
+    w->gate = *g;
 }
 
 static void on_connection(uv_stream_t *server, int status)
@@ -715,11 +860,21 @@ static void on_connection(uv_stream_t *server, int status)
     c->last_seen_ms = now_ms(w);
     c->deadline_ms = c->last_seen_ms + cfg->header_timeout_ms;
     uv_tcp_nodelay(&c->tcp, 1);
+    c->src = peer_key(&c->tcp);
     /* The cap is per worker so it needs no shared counter. */
     if (w->nconns > (size_t)(cfg->max_conns / w->nworkers + 1)) {
         log_warn("worker %d: connection cap reached, refusing", w->index);
         http_fail(c, 503, "unavailable", "too many connections");
         return;
+    }
+    if (w->gate.open) {
+        int refuse = w->gate.open(w->gate.ctx, c);
+        if (refuse) {
+            http_fail(c, refuse, refuse == 429 ? "rate_limited" : "unavailable",
+                      "too many connections from your address");
+            return;
+        }
+        c->gated = w->gate.close != NULL;
     }
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
 }

@@ -95,7 +95,13 @@ struct conn {
     uint8_t close_after_write;     /* HTTP Connection: close */
     uint8_t shut;                  /* FIN sent: lingering for the peer's */
     uint8_t dirty;                 /* on the worker's dirty list: flush this iteration */
+    uint8_t held;                  /* the layer above holds the input (conn_hold): nothing is parsed */
+    uint8_t throttled;             /* input not read: the out-queue is above PARLEY_OUTQ_LOW */
+    uint8_t gated;                 /* counted by the gate's open: its close runs at the end */
     int pending;                   /* jobs in flight holding this pointer */
+    uint64_t src;                  /* the peer's address as a key: IPv4 address, or IPv6 /64 */
+    void (*drain_fn)(struct conn *c, void *arg); /* conn_on_drain: once, then NULL */
+    void *drain_arg;
     struct buf in;                 /* unparsed remainder only; empty at rest */
     struct buf frag;               /* fragmented WS message being reassembled */
     int frag_opcode;
@@ -120,6 +126,37 @@ struct conn_handler {
     /* A connection with in_session set is closing (once). */
     void (*on_session_end)(void *ctx, struct conn *c);
 };
+
+/* Admission of new connections, set by the layer above (the core's
+ * per-address connection limit). open runs once a connection is accepted:
+ * 0 keeps it, an HTTP status (429) refuses it with that answer and a close.
+ * close runs once, when a connection that open kept is closed. */
+struct conn_gate {
+    int (*open)(void *ctx, struct conn *c);
+    void (*close)(void *ctx, struct conn *c);
+    void *ctx;
+};
+void worker_set_gate(struct worker *w, const struct conn_gate *g);
+
+/* ---- backpressure ----
+ * Input is parsed only while the connection's out-queue (what the kernel has
+ * not taken) is at or below PARLEY_OUTQ_LOW: above it the worker stops
+ * reading from the socket, and parses again once the peer has read enough.
+ * Above PARLEY_MAX_OUTQ after a flush, the connection is closed (WebSocket:
+ * 1008 `slow consumer`; HTTP: TCP close), in every state. */
+
+/* Holds c's input: no further request or frame is parsed (reading stops)
+ * until conn_unhold. For an answer produced in parts (a long sync), so the
+ * connection's next frames wait for it. */
+void conn_hold(struct conn *c);
+void conn_unhold(struct conn *c);
+/* fn runs once, on the worker: when c's out-queue is at or below the
+ * low-water mark (at the end of this loop iteration at the earliest), or when
+ * c closes (c->state is then CONN_CLOSING or CONN_CLOSED). Replaces an
+ * earlier fn that has not run. */
+void conn_on_drain(struct conn *c, void (*fn)(struct conn *c, void *arg), void *arg);
+/* 1 if c's out-queue is above the low-water mark. */
+int conn_congested(const struct conn *c);
 
 /* Queues a frame (takes a new reference). Written at the end of the loop
  * iteration with everything else queued to c, in one writev. If what the
@@ -155,6 +192,7 @@ struct worker {
     const struct config *cfg;      /* read-only */
     const struct conn_handler *handler;
     void *ctx;                     /* the layer above's per-worker state */
+    struct conn_gate gate;         /* admission of new connections (may be empty) */
     uv_loop_t loop;
     uv_tcp_t listener;
     uv_async_t wake;
