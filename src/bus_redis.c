@@ -25,6 +25,8 @@ enum {
     CONNECT_TICKS = 5,        /* health ticks to connect */
     SUB_CHUNK = 512,          /* channels per SUBSCRIBE when resubscribing */
     CHAN_MAX = 64,
+    WAKE_OPS = 1024,          /* queued operations taken per loop iteration, at most */
+    WAKE_BYTES = 1 << 20,     /* and envelope bytes */
 };
 #define BACKLOG_MAX ((size_t)64 << 20) /* unacknowledged PUBLISH bytes per shard; more: dropped */
 
@@ -954,11 +956,14 @@ static void stop(struct bus_redis *br)
     drop_postbox(&br->pb); /* the workers may be stopping: nothing more reaches them */
 }
 
+/* Takes the queue; a long one in slices (WAKE_OPS, WAKE_BYTES), the rest put
+ * back in front and the thread woken again, so the loop writes to the
+ * sockets and reads arrivals between slices. */
 static void on_wake(uv_async_t *h)
 {
     struct bus_redis *br = h->data;
     uv_mutex_lock(&br->mu);
-    struct op *op = br->head;
+    struct op *op = br->head, *last = br->tail;
     br->head = br->tail = NULL;
     int stopping = br->stopping;
     uv_mutex_unlock(&br->mu);
@@ -967,9 +972,11 @@ static void on_wake(uv_async_t *h)
         stop(br);
         return;
     }
-    while (op) {
+    size_t ops = 0, bytes = 0;
+    while (op && ops < WAKE_OPS && bytes < WAKE_BYTES) {
         struct op *next = op->next;
         if (op->kind == OP_PUBLISH) {
+            bytes += bus_redis_envelope_size(op->msg);
             send_publication(br, op->msg);
             bus_msg_unref(op->msg);
         } else {
@@ -977,6 +984,16 @@ static void on_wake(uv_async_t *h)
         }
         free(op);
         op = next;
+        ops++;
+    }
+    if (op) {
+        uv_mutex_lock(&br->mu);
+        last->next = br->head;
+        if (!br->head)
+            br->tail = last;
+        br->head = op;
+        uv_mutex_unlock(&br->mu);
+        uv_async_send(&br->wake);
     }
 }
 
