@@ -4,6 +4,7 @@
 
 #include "auth.h"
 #include "chat.h"
+#include "chat_sync.h"
 #include "config.h"
 #include "log.h"
 
@@ -104,32 +105,42 @@ static void op_send(struct chat_worker *cw, struct conn *c, const struct proto_o
         send_error(c, op->id, "rate_limited", "too many messages; slow down");
 }
 
-static void sync_read(struct read *r)
+static int cmp_pair(const void *a, const void *b)
 {
-    struct conn *c = r->conn;
-    if (c->state != CONN_WS)
-        return;
-    if (r->rc != STORE_OK) {
-        send_error(c, NULL, "internal", "sync failed");
-        return;
-    }
-    size_t i;
-    json_t *m;
-    json_array_foreach(r->result, i, m) {
-        json_object_set_new(m, "op", json_string("msg"));
-        conn_send_json(c, m);
-    }
-    json_t *reply = json_pack("{s:s,s:O}", "op", "synced", "conversations", r->extra);
-    conn_send_json(c, reply);
-    json_decref(reply);
+    const int64_t *x = a, *y = b;
+    return x[0] < y[0] ? -1 : x[0] > y[0];
 }
 
+/* since: canonical conversation ids only ("1", never "01", " 1" or "+1": one
+ * conversation, one key), each with an integer seq >= 0; anything else is
+ * ignored, as is a key repeated. The answer is produced in parts
+ * (chat_sync.c). */
 static void op_sync(struct chat_worker *cw, struct conn *c, const struct proto_op *op)
 {
-    struct read *r = chat_read(cw, READ_SYNC, c, sync_read);
-    r->user = c->user_id;
-    r->since = op->since ? json_incref(op->since) : json_object();
-    chat_read_submit(cw, r);
+    size_t n = 0, cap = op->since ? json_object_size(op->since) : 0;
+    int64_t *pairs = xmalloc((cap ? cap : 1) * 2 * sizeof *pairs);
+    const char *key;
+    json_t *v;
+    if (op->since)
+        json_object_foreach(op->since, key, v) {
+            int64_t conv;
+            if (util_parse_id(key, &conv) < 0 || !json_is_integer(v) || json_integer_value(v) < 0)
+                continue;
+            pairs[2 * n] = conv;
+            pairs[2 * n + 1] = (int64_t)json_integer_value(v);
+            n++;
+        }
+    qsort(pairs, n, 2 * sizeof *pairs, cmp_pair);
+    int64_t *conv = xmalloc((n ? n : 1) * sizeof *conv), *after = xmalloc((n ? n : 1) * sizeof *after);
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (m && conv[m - 1] == pairs[2 * i])
+            continue;
+        conv[m] = pairs[2 * i];
+        after[m++] = pairs[2 * i + 1];
+    }
+    free(pairs);
+    chat_sync(cw, c, conv, after, m);
 }
 
 static void read_answered(struct job *j)

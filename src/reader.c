@@ -58,31 +58,52 @@ void read_free(struct read *r)
     free(r);
 }
 
-/* sync: up to per_conv messages after each asked position, for each asked
- * conversation the user is in; then the summary of all of them. */
+/* One step of a sync: up to per_conv messages after each asked position,
+ * for each asked conversation the user is in, in since's order, and at most
+ * limit messages and about SYNC_STEP_BYTES of bodies in all (at least one
+ * message): it stops where either is reached, with has_more set. */
 static int run_sync(struct store *st, struct read *r, int per_conv)
 {
     json_t *msgs = json_array();
+    int left = r->limit > 0 ? r->limit : per_conv;
+    size_t bytes = 0;
     const char *key;
     json_t *v;
+    r->has_more = 0;
     json_object_foreach(r->since, key, v) {
         int64_t conv;
-        if (util_parse_i64(key, &conv) < 0 || conv <= 0 || !json_is_integer(v) || json_integer_value(v) < 0)
+        if (left <= 0 || bytes >= SYNC_STEP_BYTES) {
+            r->has_more = 1;
+            break;
+        }
+        if (util_parse_id(key, &conv) < 0 || !json_is_integer(v) || json_integer_value(v) < 0)
             continue; /* not a conversation: nothing to send for it */
-        if (store_is_member(st, conv, r->user) != STORE_OK)
+        int rc = store_is_member(st, conv, r->user);
+        if (rc == STORE_NOT_FOUND)
             continue;
-        json_t *page;
+        json_t *page = NULL;
         int more;
-        if (store_msg_page(st, conv, 0, json_integer_value(v), per_conv, &page, &more) != STORE_OK)
-            continue;
-        json_array_extend(msgs, page);
+        if (rc == STORE_OK)
+            rc = store_msg_page(st, conv, 0, json_integer_value(v), per_conv < left ? per_conv : left, &page, &more);
+        if (rc != STORE_OK) { /* the database failed: the step fails, nothing half-sent */
+            json_decref(msgs);
+            return rc;
+        }
+        size_t i;
+        json_t *m;
+        json_array_foreach(page, i, m) {
+            if (bytes >= SYNC_STEP_BYTES) {
+                r->has_more = 1;
+                break;
+            }
+            bytes += json_string_length(json_object_get(m, "body")) + 64;
+            json_array_append(msgs, m);
+            left--;
+        }
         json_decref(page);
     }
-    int rc = store_sync_summary(st, r->user, &r->extra);
-    if (rc != STORE_OK) {
-        json_decref(msgs);
-        return rc;
-    }
+    if (left <= 0)
+        r->has_more = 1; /* the last conversation read may have more */
     r->result = msgs;
     return STORE_OK;
 }
@@ -151,6 +172,9 @@ void reader_run(struct store *st, struct read *r, int per_conv)
     }
     case READ_SYNC:
         r->rc = run_sync(st, r, per_conv);
+        break;
+    case READ_SYNC_SUMMARY:
+        r->rc = store_sync_summary(st, r->user, &r->result);
         break;
     case READ_SESSION:
         r->rc = store_user_by_id(st, r->user, &r->result);

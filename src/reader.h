@@ -29,14 +29,19 @@ enum read_kind {
     READ_CONV,         /* conv, user: result = the user's view */
     READ_HISTORY,      /* conv, user (must be a member), before, after, limit: result = [msgs], has_more */
     READ_MSG,          /* conv, seq: result = that message */
-    READ_SYNC,         /* user, since: result = [msgs] (at most per_conv of each asked conversation the
-                          user is in), extra = the summary */
+    READ_SYNC,         /* user, since (canonical conversation id -> seq), limit: result = [msgs] after
+                          each asked conversation's seq the user is in, in since's order, at most
+                          per_conv of each, limit (> 0) and about SYNC_STEP_BYTES of bodies in all;
+                          has_more: it stopped there. One step of a sync (chat_sync.c) */
+    READ_SYNC_SUMMARY, /* user: result = the summary of all the user's conversations (synced) */
     READ_SESSION,      /* user: result = the user, ids = peers, ids2 = conversations, extra = their
                           summary (last seqs) */
     READ_REPAIR,       /* ids = conversations, ids2 = the seq each was delivered up to: result =
                           [msgs] after those (at most per_conv each), only for those behind */
     READ_CONV_VIEW,    /* conv: result = the shared part, pos = every member's read position */
 };
+
+#define SYNC_STEP_BYTES (256 * 1024) /* message bodies in one READ_SYNC (one step of an answer) */
 
 struct read;
 typedef void (*read_done_fn)(struct read *r);

@@ -127,3 +127,17 @@ int util_parse_i64(const char *s, int64_t *out)
     *out = v;
     return 0;
 }
+
+int util_parse_id(const char *s, int64_t *out)
+{
+    if (!s || *s < '1' || *s > '9')
+        return -1;
+    int64_t v = 0;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9' || v > ((INT64_C(1) << 53) - 1 - (*s - '0')) / 10)
+            return -1;
+        v = v * 10 + (*s - '0');
+    }
+    *out = v;
+    return 0;
+}

@@ -37,5 +37,9 @@ size_t util_utf8_chars(const char *s);
 
 /* Parses a decimal int64 that must fill the whole string; 0 or -1. */
 int util_parse_i64(const char *s, int64_t *out);
+/* A canonical id: the decimal digits of 1 to 2^53 - 1 and nothing else, no
+ * sign, no leading zero, no space ("1" yes; "01", " 1", "+1", "1.0" no):
+ * one id has one spelling. 0 or -1. */
+int util_parse_id(const char *s, int64_t *out);
 
 #endif
