@@ -46,26 +46,20 @@ struct redis {
     char pass[32];
 };
 
-static int have_redis = -1;
-
 static int redis_installed(void)
 {
-    if (have_redis < 0) {
-        have_redis = 0;
-        const char *path = getenv("PATH");
-        char dir[4096];
-        for (const char *p = path ? path : "/usr/bin:/bin"; *p;) {
-            const char *colon = strchr(p, ':');
-            size_t n = colon ? (size_t)(colon - p) : strlen(p);
-            snprintf(dir, sizeof dir, "%.*s/redis-server", (int)n, p);
-            if (access(dir, X_OK) == 0)
-                have_redis = 1;
-            p += n + (colon ? 1 : 0);
-        }
-        if (!have_redis)
-            print_message("redis-server is not installed (apt-get install redis-server): Redis tests skipped\n");
+    const char *path = getenv("PATH");
+    char file[4096];
+    for (const char *p = path ? path : "/usr/bin:/bin"; *p;) {
+        const char *colon = strchr(p, ':');
+        size_t n = colon ? (size_t)(colon - p) : strlen(p);
+        snprintf(file, sizeof file, "%.*s/redis-server", (int)n, p);
+        if (access(file, X_OK) == 0)
+            return 1;
+        p += n + (colon ? 1 : 0);
     }
-    return have_redis;
+    print_message("redis-server is not installed (apt-get install redis-server): test skipped\n");
+    return 0;
 }
 
 #define NEED_REDIS()             \
