@@ -6,7 +6,7 @@ ASAN    := build/asan
 PORT    ?= 8080
 NODE_TEST := node --test --test-reporter=spec
 
-.PHONY: all run test setup setup-test build asan build-matrix unit unit-asan e2e e2e-asan sdk browser test-asan fuzz bench clean
+.PHONY: all run test setup setup-test build asan build-matrix unit unit-asan e2e e2e-asan sdk browser test-asan fuzz bench clean cluster cluster-down test-cluster
 
 all: build
 
@@ -63,13 +63,34 @@ sdk: build
 browser: build
 	@cd tests && if ls browser/*.test.mjs >/dev/null 2>&1; then PARLEYD=$(CURDIR)/$(RELEASE)/parleyd $(NODE_TEST) browser/*.test.mjs; fi
 
+# A local cluster (scripts/cluster): Redis, PostgreSQL primary + streaming replica,
+# three nodes and HAProxy on 127.0.0.1:$(CLUSTER_PORT), under $(CLUSTER_DIR).
+CLUSTER_DIR  ?= /tmp/parley-cluster
+CLUSTER_PORT ?= 18080
+cluster: setup-test build
+	@scripts/cluster up --dir $(CLUSTER_DIR) --port $(CLUSTER_PORT)
+	@echo "open http://127.0.0.1:$(CLUSTER_PORT)/ ; scripts/cluster status|down --dir $(CLUSTER_DIR)"
+
+cluster-down:
+	@scripts/cluster down --dir $(CLUSTER_DIR)
+
+# The cluster tests against a cluster of their own (two Redis servers), started
+# and stopped here whatever the tests do.
+TEST_CLUSTER_DIR := /tmp/parley-cluster-test
+test-cluster: setup-test build
+	@scripts/cluster down --dir $(TEST_CLUSTER_DIR) >/dev/null 2>&1 || true
+	@rm -rf $(TEST_CLUSTER_DIR)
+	@PARLEY_WORKERS=2 PARLEY_SEND_RATE=0 PARLEY_SEND_BURST=0 scripts/cluster up --dir $(TEST_CLUSTER_DIR) --port 28080 --redis 2
+	@cd tests && PARLEY_CLUSTER_DIR=$(TEST_CLUSTER_DIR) $(NODE_TEST) --test-timeout=300000 cluster/*.test.mjs; \
+	  rc=$$?; cd .. && scripts/cluster down --dir $(TEST_CLUSTER_DIR) --clean >/dev/null; exit $$rc
+
 # The sanitizer half of the suite on its own (make test runs it too).
 test-asan: unit-asan e2e-asan
 
 # Everything: the gcc/clang build matrix, unit tests (normal and ASan+UBSan),
-# end-to-end against both builds, the SDK and the browser client.
+# end-to-end against both builds, the SDK, the browser client and the cluster.
 test: setup-test build asan
-	@$(MAKE) --no-print-directory -k build-matrix unit unit-asan e2e e2e-asan sdk browser
+	@$(MAKE) --no-print-directory -k build-matrix unit unit-asan e2e e2e-asan sdk browser test-cluster
 
 # Coverage-guided fuzzing of our parsers (not part of make test).
 FUZZ_SECONDS ?= 60

@@ -1,6 +1,7 @@
 /* chat: see chat.h. */
 #include "chat.h"
 
+#include "chat_limits.h"
 #include "config.h"
 #include "log.h"
 #include "presence.h"
@@ -462,6 +463,8 @@ static void core_done(struct job *j)
             break;
         case JOB_READ: {
             struct job_read *rd = &j->u.read;
+            if (!chat_read_moved(cw, rd->user, rd->conv, rd->pos))
+                break; /* that position was announced already: no fan-out */
             json_t *o = json_pack("{s:s,s:I,s:I,s:I}", "op", "read", "conv", (json_int_t)rd->conv, "user",
                                   (json_int_t)rd->user, "seq", (json_int_t)rd->pos);
             struct bus_msg *m = bus_msg_new(BUS_CONV_EVENT, rd->conv);
@@ -516,6 +519,8 @@ int chat_typing(struct chat_worker *cw, struct conn *c, int64_t conv)
 {
     if (!hub_in_conv(&cw->hub, c->user_id, conv))
         return STORE_NOT_FOUND;
+    if (!chat_typing_due(cw, c->user_id, conv))
+        return STORE_OK; /* coalesced: the last one is still showing */
     json_t *t = json_pack("{s:s,s:I,s:I}", "op", "typing", "conv", (json_int_t)conv, "user", (json_int_t)c->user_id);
     struct bus_msg *m = bus_msg_new(BUS_CONV_EVENT, conv);
     m->frame = frame_ws_json(t);
@@ -552,8 +557,13 @@ static void session_read(struct read *r)
     struct conn *c = r->conn;
     if (c->state != CONN_WS_AUTH)
         return; /* closed meanwhile */
-    if (r->rc != STORE_OK) {
-        conn_close_ws(c, 4001, r->rc == STORE_NOT_FOUND ? "unknown user" : "internal error");
+    if (r->rc == STORE_NOT_FOUND) {
+        conn_close_ws(c, 4001, "unknown user");
+        return;
+    }
+    if (r->rc != STORE_OK) { /* 1013 Try Again Later: the client reconnects with backoff */
+        conn_close_ws(c, r->rc == STORE_UNAVAILABLE ? 1013 : 1011,
+                      r->rc == STORE_UNAVAILABLE ? "database unavailable; retry" : "internal error");
         return;
     }
     c->state = CONN_WS;

@@ -9,10 +9,15 @@
 #include "chat.h"
 #include "chat_tx.h"
 #include "config.h"
+#include "chat_limits.h"
+#include "guard.h"
 #include "log.h"
 #include "presence.h"
 #include "proto.h"
 #include "reader.h"
+#include "bus_redis.h"
+#include "reader_pool.h"
+#include "store_pg.h"
 #include "store_sqlite.h"
 #include "util.h"
 #include "worker.h"
@@ -26,7 +31,9 @@
 #include <string.h>
 #include <uv.h>
 
-#define SYNC_PAGE 200 /* messages of one conversation in a sync answer */
+#define SYNC_PAGE 200     /* messages of one conversation in a sync answer */
+#define READ_THREADS 4    /* database connections for reads per node (PostgreSQL) */
+#define CHECK_MS 5000     /* cluster: each worker checks its conversations for missed messages */
 
 /* What a worker does with its connections' input: the transports, and the
  * core's end of a session. */
@@ -59,6 +66,22 @@ static void on_signal(uv_signal_t *h, int signum)
     uv_close((uv_handle_t *)&ms->sigint, NULL);
 }
 
+/* The Redis bus's link hook (on its thread): a shard is whole again after a
+ * loss, so every worker reads back what its conversations missed. */
+static void on_bus_link(void *ctx, int shard, int up)
+{
+    (void)shard;
+    if (up)
+        chat_check_all(ctx);
+}
+
+/* A reader pool's connection: the primary or the replica. */
+static int open_pg_reader(void *arg, int replica, struct store **out, char *err, size_t errlen)
+{
+    const struct config *cfg = arg;
+    return store_pg_open(replica ? cfg->db_replica_url : cfg->db_url, 0, out, err, errlen);
+}
+
 static int fail(const char *what, const char *err)
 {
     fprintf(stderr, "parleyd: %s%s%s\n", what, err && *err ? ": " : "", err ? err : "");
@@ -86,10 +109,14 @@ int main(int argc, char **argv)
      * messages (bench/: ~20% of direct-send throughput). Keep up to 64 MiB. */
     mallopt(M_TRIM_THRESHOLD, 64 << 20);
 
+    /* The store: PostgreSQL when PARLEY_DB_URL is set (migrations once per
+     * cluster, under an advisory lock), else SQLite in the data directory. */
+    const int pg = cfg.db_url[0] != 0;
     char db_path[1100];
     snprintf(db_path, sizeof db_path, "%s/parley.db", cfg.data_dir);
     struct store *wst;
-    if (store_sqlite_open(db_path, 0, &wst, err, sizeof err) != STORE_OK) /* creates and migrates */
+    if ((pg ? store_pg_open(cfg.db_url, 1, &wst, err, sizeof err)
+            : store_sqlite_open(db_path, 0, &wst, err, sizeof err)) != STORE_OK) /* creates and migrates */
         return fail("cannot open database", err);
 
     int nw = cfg.workers;
@@ -99,19 +126,40 @@ int main(int argc, char **argv)
             return fail(err, NULL);
 
     struct chat chat = {.cfg = &cfg, .workers = workers, .nworkers = nw};
-    atomic_init(&chat.hashes_running, 0);
     chat.presence = presence_new();
-    chat.bus = bus_local_new(workers, nw, chat_deliver);
-    struct writer_config wcfg = {.batch_max = cfg.batch_max, .batch_interval_ms = cfg.batch_interval_ms};
+    chat.guard = guard_new((int)cfg.max_hashes, (size_t)cfg.hash_queue);
+    /* The bus: Redis when PARLEY_REDIS_URL is set, else in-process. */
+    if (cfg.redis_url[0]) {
+        struct bus_redis_hooks hooks = {.link = on_bus_link, .ctx = &chat};
+        if (!(chat.bus = bus_redis_new(cfg.redis_url, workers, nw, chat_deliver, &hooks, err, sizeof err)))
+            return fail("cannot start the Redis bus", err);
+        chat.check_ms = CHECK_MS;
+    } else {
+        chat.bus = bus_local_new(workers, nw, chat_deliver);
+    }
+    struct writer_config wcfg = {.batch_max = cfg.batch_max, .batch_interval_ms = cfg.batch_interval_ms,
+                                 .max_queue = cfg.writer_queue};
     chat.writer = writer_new(wst, wcfg, chat_tx_run, chat.bus, workers, nw);
 
+    /* Reads: each worker's own SQLite connection, or a pool of PostgreSQL
+     * connections (primary and replica) shared by the workers. */
+    struct reader_pool *pool = NULL;
+    if (pg)
+        pool = reader_pool_new(READ_THREADS, open_pg_reader, &cfg, cfg.db_replica_url[0] != 0, SYNC_PAGE);
     struct chat_worker **cws = xcalloc((size_t)nw, sizeof *cws);
     for (int i = 0; i < nw; i++) {
-        struct store *rst;
-        if (store_sqlite_open(db_path, 1, &rst, err, sizeof err) != STORE_OK)
-            return fail("cannot open database", err);
-        cws[i] = chat_worker_new(&chat, workers[i], reader_inline_new(rst, SYNC_PAGE));
+        struct reader *rd;
+        if (pool) {
+            rd = reader_pool_handle(pool);
+        } else {
+            struct store *rst;
+            if (store_sqlite_open(db_path, 1, &rst, err, sizeof err) != STORE_OK)
+                return fail("cannot open database", err);
+            rd = reader_inline_new(rst, SYNC_PAGE);
+        }
+        cws[i] = chat_worker_new(&chat, workers[i], rd);
         worker_set_handler(workers[i], &handler, cws[i]);
+        chat_limits_attach(cws[i]); /* connections per source address */
     }
     if (writer_start(chat.writer) < 0)
         return fail("cannot start the writer thread", NULL);
@@ -128,19 +176,24 @@ int main(int argc, char **argv)
     uv_signal_start(&ms.sigint, on_signal, SIGINT);
 
     const char *host = cfg.listen_host;
-    log_info("parleyd listening on http://%s%s%s:%d/ (%d workers, data in %s)", strchr(host, ':') ? "[" : "",
-             host, strchr(host, ':') ? "]" : "", cfg.listen_port, cfg.workers, cfg.data_dir);
+    log_info("parleyd listening on http://%s%s%s:%d/ (%d workers, %s store, %s bus, data in %s)",
+             strchr(host, ':') ? "[" : "", host, strchr(host, ':') ? "]" : "", cfg.listen_port, cfg.workers,
+             pg ? (cfg.db_replica_url[0] ? "PostgreSQL with replica" : "PostgreSQL") : "SQLite",
+             cfg.redis_url[0] ? "Redis" : "in-process", cfg.data_dir);
     uv_run(loop, UV_RUN_DEFAULT);
 
     for (int i = 0; i < nw; i++)
         worker_join(workers[i]);
+    /* threads that post to the workers' inboxes end before the workers go */
+    bus_free(chat.bus);
+    reader_pool_free(pool);
     for (int i = 0; i < nw; i++)
         worker_free(workers[i]);
     for (int i = 0; i < nw; i++)
         chat_worker_free(cws[i]);
     writer_free(chat.writer);
-    bus_free(chat.bus);
     presence_free(chat.presence);
+    guard_free(chat.guard);
     free(cws);
     free(workers);
     uv_loop_close(loop);

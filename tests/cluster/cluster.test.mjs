@@ -1,0 +1,277 @@
+// The cluster, tested against itself: real Redis (two servers: conversations on both
+// shards), a real PostgreSQL primary and streaming replica, three parleyd nodes and HAProxy,
+// all started by scripts/cluster (make test-cluster starts it, runs this, stops it). Clients
+// connect through HAProxy and directly to chosen nodes. The tests run in order; each fault
+// test puts the cluster back as it found it.
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import WS from 'ws';
+import {
+  cluster, collect, dense, env, frontUrl, nodeUrl, psql, readyz, sleep, uname, user, waitFor,
+} from './helpers.mjs';
+
+let E;
+const clients = [];
+function track(c) { clients.push(c); return c; }
+
+before(() => { E = env(); });
+after(() => { for (const c of clients) { try { c.destroy(); } catch { /* gone */ } } });
+
+async function on(n, prefix) { return track(await user(nodeUrl(E, n), prefix)); }
+async function front(prefix) { return track(await user(frontUrl(E), prefix)); }
+
+// A raw WebSocket watcher: every msg frame as the server sent it (no SDK de-duplication).
+async function rawWatcher(url, token) {
+  const ws = new WS(url.replace('http', 'ws') + '/ws');
+  const frames = [];
+  await new Promise((resolve, reject) => {
+    ws.on('open', () => ws.send(JSON.stringify({ op: 'auth', token })));
+    ws.on('message', (d) => {
+      const f = JSON.parse(d.toString());
+      if (f.op === 'hello') resolve();
+      frames.push(f);
+    });
+    ws.on('error', reject);
+    setTimeout(() => reject(new Error('raw watcher: no hello')), 10000);
+  });
+  return { ws, frames, msgs: (conv) => frames.filter((f) => f.op === 'msg' && f.conv === conv).map((f) => f.seq) };
+}
+
+// Every acked seq arrived exactly once, in order, and nothing else (the SDK's view).
+function assertComplete(col, conv, acked, who) {
+  const got = col.seqs(conv);
+  const want = [...acked].sort((a, b) => a - b);
+  assert.ok(dense(want, want.length), `${who}: acked seqs are dense (${want.length})`);
+  assert.deepEqual(got.slice(0, want.length), want, `${who}: every acked message once, in order`);
+}
+
+test('users on different nodes exchange direct and group messages live, and typing crosses nodes', async () => {
+  const a = await on(1, 'a'), b = await on(2, 'b'), c = await on(3, 'c');
+  const ca = collect(a), cb = collect(b), cc = collect(c);
+  const d = await a.createDirect(b.user.id);
+  await a.send(d.id, 'hello from node 1');
+  await waitFor(() => cb.bodies(d.id).includes('hello from node 1'), 10000, 'B gets A');
+  await b.send(d.id, 'hello back from node 2');
+  await waitFor(() => ca.bodies(d.id).includes('hello back from node 2'), 10000, 'A gets B');
+
+  const g = await a.createGroup('three nodes', [b.user.id, c.user.id]);
+  await waitFor(async () => (await c.conversations()).some((x) => x.id === g.id), 10000, 'C sees the group');
+  for (const [who, cl] of [['a', a], ['b', b], ['c', c]]) await cl.send(g.id, `from ${who}`);
+  for (const col of [ca, cb, cc]) {
+    await waitFor(() => col.seqs(g.id).length === 3, 10000, 'all three messages everywhere');
+    assert.deepEqual(col.seqs(g.id), [1, 2, 3]);
+  }
+
+  const typing = [];
+  b.on('typing', (t) => typing.push(t));
+  a.typing(d.id);
+  await waitFor(() => typing.some((t) => t.conv === d.id && t.user === a.user.id), 10000, 'typing from node 1 at node 2');
+});
+
+test('three nodes send concurrently into one group: dense seqs, no duplicates, every member sees all in order', async () => {
+  const s = [await on(1, 's'), await on(2, 's'), await on(3, 's')];
+  const g = await s[0].createGroup('concurrent', [s[1].user.id, s[2].user.id]);
+  await waitFor(async () => (await s[2].conversations()).some((x) => x.id === g.id), 10000, 'group everywhere');
+  const watchers = [];
+  for (let n = 1; n <= 3; n++) watchers.push(await rawWatcher(nodeUrl(E, n), s[n - 1].session.access_token));
+  const N = 100;
+  const acks = await Promise.all(s.flatMap((cl, k) => Array.from({ length: N }, (_, i) => cl.send(g.id, `n${k + 1}-${i}`))));
+  const seqs = acks.map((x) => x.seq).sort((a, b) => a - b);
+  assert.ok(dense(seqs, 3 * N), 'the acks carry 1..300, each once');
+  for (const w of watchers) {
+    await waitFor(() => w.msgs(g.id).length >= 3 * N, 20000, 'every message at every node');
+    assert.ok(dense(w.msgs(g.id), 3 * N), 'raw frames: 1..300 once each, in order');
+    w.ws.close();
+  }
+});
+
+test('kill -9 a node while its clients send through HAProxy: they reconnect, resend and sync; nothing lost or doubled', async () => {
+  // clients through HAProxy (leastconn spreads them over the nodes), plus one member per node
+  const senders = [];
+  for (let i = 0; i < 6; i++) senders.push(await front('k'));
+  const g = await senders[0].createGroup('killed', senders.slice(1).map((x) => x.user.id));
+  const cols = senders.map((x) => collect(x));
+  await waitFor(async () => (await senders[5].conversations()).some((x) => x.id === g.id), 10000, 'group everywhere');
+  const acked = new Set();
+  let stop = false;
+  const loops = senders.map(async (cl, k) => {
+    for (let i = 0; !stop; i++) {
+      try { acked.add((await cl.send(g.id, `k${k}-${i}`)).seq); } catch { /* refused: not acked */ }
+      await sleep(20);
+    }
+  });
+  await sleep(1000);
+  cluster('kill-node', 2);
+  await sleep(2500);
+  stop = true;
+  await Promise.all(loops);
+  try {
+    for (let k = 0; k < senders.length; k++) {
+      await waitFor(() => senders[k].pending(g.id).length === 0 && senders[k].state === 'online', 30000, `sender ${k} settled`);
+    }
+    const total = acked.size;
+    assert.ok(total > 20, `messages were acked (${total})`);
+    for (let k = 0; k < senders.length; k++) {
+      await waitFor(() => cols[k].seqs(g.id).length >= total, 20000, `member ${k} has all ${total}`);
+      assertComplete(cols[k], g.id, acked, `member ${k}`);
+    }
+  } finally {
+    cluster('start-node', 2);
+  }
+});
+
+test('Redis killed for 2 s while messages flow: delivery resumes, gaps are repaired, nothing lost', async () => {
+  const a = await on(1, 'r'), b = await on(2, 'r'), c = await on(3, 'r');
+  const g = await a.createGroup('redis down', [b.user.id, c.user.id]);
+  await waitFor(async () => (await c.conversations()).some((x) => x.id === g.id), 10000, 'group everywhere');
+  const cols = [collect(a), collect(b), collect(c)];
+  const acked = new Set();
+  let stop = false;
+  const loops = [a, b, c].map(async (cl, k) => {
+    for (let i = 0; !stop; i++) {
+      try { acked.add((await cl.send(g.id, `r${k}-${i}`)).seq); } catch { /* not acked */ }
+      await sleep(25);
+    }
+  });
+  await sleep(500);
+  cluster('kill-redis', 1);
+  cluster('kill-redis', 2);
+  await sleep(2000);
+  cluster('start-redis', 1);
+  cluster('start-redis', 2);
+  await waitFor(async () => (await readyz(nodeUrl(E, 1))) === 200 && (await readyz(nodeUrl(E, 3))) === 200, 20000, 'nodes ready again');
+  await sleep(500);
+  stop = true;
+  await Promise.all(loops);
+  const total = acked.size;
+  assert.ok(total > 30, `messages were acked during the outage too (${total})`);
+  for (let k = 0; k < 3; k++) {
+    await waitFor(() => cols[k].seqs(g.id).length >= total, 30000, `member ${k} has all ${total}`);
+    assertComplete(cols[k], g.id, acked, `member ${k}`);
+  }
+});
+
+test('replica replay paused: a client that reconnects still gets everything (the primary answers)', async () => {
+  const a = await on(1, 'p'), b = await on(3, 'p');
+  const d = await a.createDirect(b.user.id);
+  await a.send(d.id, 'before the pause');
+  const cb = collect(b);
+  await waitFor(() => cb.seqs(d.id).length === 1, 10000, 'first message');
+  psql(E, 'replica', 'SELECT pg_wal_replay_pause()');
+  try {
+    b.disconnect();
+    for (let i = 0; i < 5; i++) await a.send(d.id, `while paused ${i}`);
+    b.connect();
+    await waitFor(() => cb.seqs(d.id).length === 6, 15000, 'the five messages after reconnecting');
+    assert.deepEqual(cb.seqs(d.id), [1, 2, 3, 4, 5, 6]);
+    const page = await b.history(d.id, { after: 0 });
+    assert.equal(page.messages.length, 6, 'history read forward is complete too');
+  } finally {
+    psql(E, 'replica', 'SELECT pg_wal_replay_resume()');
+  }
+});
+
+function replicaScans() {
+  return Number(psql(E, 'replica', "SELECT coalesce(sum(idx_scan + seq_scan), 0) FROM pg_stat_user_tables WHERE relname IN ('messages', 'members', 'conversations')"));
+}
+
+test('history and lists are really served by the replica; stopped, the primary serves; started, reads return to it', async () => {
+  const a = await on(1, 'h'), b = await on(2, 'h');
+  const d = await a.createDirect(b.user.id);
+  for (let i = 0; i < 3; i++) await a.send(d.id, `h${i}`);
+  await sleep(300); // let the replica replay
+  const before = replicaScans();
+  for (let i = 0; i < 20; i++) await b.history(d.id, { limit: 10 });
+  await waitFor(() => replicaScans() > before, 5000, 'replica statistics move');
+
+  cluster('stop-replica');
+  try {
+    const page = await b.history(d.id, { limit: 10 });
+    assert.equal(page.messages.length, 3, 'history with the replica down');
+    await a.send(d.id, 'replica down');
+    b.disconnect();
+    const cb = collect(b);
+    b.connect();
+    await waitFor(() => b.state === 'online', 10000, 'reconnected');
+    const list = await b.conversations();
+    assert.ok(list.some((x) => x.id === d.id && x.last_seq === 4), 'conversation list from the primary');
+  } finally {
+    cluster('start-replica');
+  }
+  await sleep(1500); // the pool tries the replica again after a second
+  await waitFor(async () => {
+    const s0 = replicaScans();
+    await b.history(d.id, { limit: 10 });
+    return replicaScans() > s0;
+  }, 20000, 'reads back on the replica');
+});
+
+test('PostgreSQL primary restarted under load: sends in the outage are refused "unavailable", none acked is lost, service resumes', async () => {
+  const a = await on(1, 'q'), b = await on(2, 'q');
+  const g = await a.createGroup('primary down', [b.user.id]);
+  await waitFor(async () => (await b.conversations()).some((x) => x.id === g.id), 10000, 'group everywhere');
+  const cb = collect(b);
+  const acked = new Set();
+  let stop = false;
+  const loop = (async () => {
+    for (let i = 0; !stop; i++) {
+      try { acked.add((await a.send(g.id, `q${i}`)).seq); } catch { /* refused */ }
+      await sleep(20);
+    }
+  })();
+  await sleep(500);
+  // a raw socket, open before the outage: its send in the outage is answered
+  // unavailable, with its id
+  const raw = new WS(nodeUrl(E, 3).replace('http', 'ws') + '/ws');
+  const errors = [];
+  await new Promise((resolve, reject) => {
+    raw.on('open', () => raw.send(JSON.stringify({ op: 'auth', token: a.session.access_token })));
+    raw.on('message', (m) => {
+      const f = JSON.parse(m.toString());
+      if (f.op === 'hello') resolve();
+      if (f.op === 'error') errors.push(f);
+    });
+    raw.on('error', reject);
+  });
+  cluster('stop-primary');
+  let sawUnavailable = false;
+  try {
+    const id = uname('x');
+    raw.send(JSON.stringify({ op: 'send', id, conv: g.id, body: 'in the outage' }));
+    await waitFor(() => errors.some((f) => f.id === id), 15000, 'an answer to the send in the outage');
+    sawUnavailable = errors.some((f) => f.code === 'unavailable' && f.id === id);
+    await waitFor(async () => (await readyz(nodeUrl(E, 1))) === 503, 5000, '/readyz fails while the primary is down');
+  } finally {
+    raw.close();
+    cluster('start-primary');
+  }
+  assert.ok(sawUnavailable, 'a send in the outage got unavailable');
+  await waitFor(async () => (await readyz(nodeUrl(E, 1))) === 200, 20000, 'ready again');
+  await sleep(1000);
+  stop = true;
+  await loop;
+  await waitFor(() => a.pending(g.id).length === 0, 30000, 'every send settled');
+  const total = acked.size;
+  assert.ok(total > 10, `messages acked (${total})`);
+  await waitFor(() => cb.seqs(g.id).length >= total, 20000, 'the other member has all');
+  assertComplete(cb, g.id, acked, 'member b');
+});
+
+test('two Redis servers: conversations on both shards, delivery across nodes on both', async () => {
+  assert.ok(E.redis_url.includes(','), 'the cluster runs with two Redis servers');
+  const a = await on(1, 't'), b = await on(3, 't');
+  const cb = collect(b);
+  const convs = [];
+  for (let i = 0; i < 6; i++) {
+    const g = await a.createGroup(`shard ${i}`, [b.user.id]);
+    convs.push(g.id);
+  }
+  for (const conv of convs) await a.send(conv, `to ${conv}`);
+  for (const conv of convs) await waitFor(() => cb.seqs(conv).length === 1, 10000, `conversation ${conv} delivered`);
+  // both Redis servers carry conversation channels
+  const { execFileSync } = await import('node:child_process');
+  for (const p of [E.redis_port_1, E.redis_port_2]) {
+    const chans = execFileSync('redis-cli', ['-p', String(p), 'PUBSUB', 'CHANNELS', '*'], { encoding: 'utf8' });
+    assert.ok(chans.split('\n').filter((x) => x.trim()).length > 1, `Redis on ${p} has conversation channels`);
+  }
+});
