@@ -477,25 +477,42 @@ static long changed(const struct call *c)
 /* ------------------------------------------------------------------ */
 /* Running statements.                                                  */
 
+/* libpq's message on one line: without its trailing newline, its inner
+ * newlines and tabs made spaces. */
+static const char *one_line(const char *msg, char *out, size_t len)
+{
+    size_t n = 0;
+
+    for (const char *p = msg; *p && n + 1 < len; p++) {
+        char ch = *p == '\n' || *p == '\t' ? ' ' : *p;
+        if (ch == ' ' && (n == 0 || out[n - 1] == ' '))
+            continue;
+        out[n++] = ch;
+    }
+    while (n && out[n - 1] == ' ')
+        n--;
+    out[n] = '\0';
+    return out;
+}
+
 static void log_result(const char *what, const PGresult *r, PGconn *conn)
 {
-    const char *msg = r ? PQresultErrorMessage(r) : PQerrorMessage(conn);
-    size_t n = strlen(msg);
+    const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    char line[512];
 
-    while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
-        n--;
-    log_error("store: %s: %.*s", what, (int)n, msg);
+    /* the server ending the session: conn_lost says it once */
+    if (state && (strncmp(state, "57P", 3) == 0 || strncmp(state, "08", 2) == 0))
+        return;
+    log_error("store: %s: %s", what, one_line(r ? PQresultErrorMessage(r) : PQerrorMessage(conn), line, sizeof line));
 }
 
 static int conn_lost(struct pg *st)
 {
-    if (!st->lost) {
-        const char *msg = st->conn ? PQerrorMessage(st->conn) : "";
-        size_t n = strlen(msg);
-        while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
-            n--;
-        log_warn("store: the PostgreSQL connection is lost (%.*s)", (int)n, msg);
-    }
+    char line[512];
+
+    if (!st->lost)
+        log_warn("store: the PostgreSQL connection is lost (%s)",
+                 one_line(st->conn ? PQerrorMessage(st->conn) : "no connection", line, sizeof line));
     st->lost = 1;
     return STORE_UNAVAILABLE;
 }

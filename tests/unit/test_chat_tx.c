@@ -1,7 +1,8 @@
-/* Unit tests of the core's membership rules (chat_tx.c) over a real
- * SQLite store: who may add, remove and promote whom, ownership passing on,
- * direct conversations, no existence leaks, the group size cap. Every test
- * runs on a fresh database in its own mkdtemp directory under /tmp. */
+/* Unit tests of the core's membership rules (chat_tx.c) over a real store,
+ * SQLite, and PostgreSQL with --pg (CTest's test_chat_tx_pg): who may add,
+ * remove and promote whom, ownership passing on, direct conversations, no
+ * existence leaks, the group size cap. Every test runs on a fresh database
+ * (store_fixture.h). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,52 +16,10 @@
 #include <cmocka.h>
 
 #include "chat_tx.h"
-#include "store_sqlite.h"
+#include "store_fixture.h"
 
-struct fx {
-    char dir[64];
-    char path[128];
-    struct store *st;
-};
-
-static int setup(void **state)
-{
-    struct fx *f = calloc(1, sizeof *f);
-    char err[256] = "";
-
-    if (!f)
-        return -1;
-    snprintf(f->dir, sizeof f->dir, "/tmp/parley-store-XXXXXX");
-    if (!mkdtemp(f->dir)) {
-        free(f);
-        return -1;
-    }
-    snprintf(f->path, sizeof f->path, "%s/parley.db", f->dir);
-    if (store_sqlite_open(f->path, 0, &f->st, err, sizeof err) != STORE_OK) {
-        fprintf(stderr, "store_open: %s\n", err);
-        rmdir(f->dir);
-        free(f);
-        return -1;
-    }
-    *state = f;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    struct fx *f = *state;
-    const char *suffixes[] = {"", "-wal", "-shm", "-journal"};
-    char p[160];
-
-    store_close(f->st);
-    for (size_t i = 0; i < sizeof suffixes / sizeof *suffixes; i++) {
-        snprintf(p, sizeof p, "%s%s", f->path, suffixes[i]);
-        unlink(p);
-    }
-    rmdir(f->dir);
-    free(f);
-    return 0;
-}
+#define setup fx_setup
+#define teardown fx_teardown
 
 /* ---- helpers ---- */
 
@@ -272,8 +231,11 @@ static void test_group_cap(void **state)
     assert_int_equal(added, 1);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    int skip_rc = fx_init(argc, argv);
+    if (skip_rc)
+        return skip_rc;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_member_add_remove, setup, teardown),
         cmocka_unit_test_setup_teardown(test_set_role, setup, teardown),

@@ -1,5 +1,9 @@
-/* Unit tests of store (SQLite): every test runs on a fresh database in its
- * own mkdtemp directory under /tmp. */
+/* Unit tests of store, on SQLite and (test_store --pg, CTest's test_store_pg)
+ * on PostgreSQL: every test runs on a fresh database (store_fixture.h). The
+ * tests of the SQLite file itself (WAL, a reader of a missing file, a reader
+ * that cannot write) are skipped on PostgreSQL; the tests of several
+ * PostgreSQL connections at once (concurrent writers, concurrent migrations,
+ * a lost connection) are skipped on SQLite. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,55 +15,14 @@
 #include <unistd.h>
 
 #include <cmocka.h>
-#include <sqlite3.h>
+#include <pthread.h>
 
 #include "migrations.h"
-#include "store_sqlite.h"
+#include "migrations_pg.h"
+#include "store_fixture.h"
 
-struct fx {
-    char dir[64];
-    char path[128];
-    struct store *st;
-};
-
-static int setup(void **state)
-{
-    struct fx *f = calloc(1, sizeof *f);
-    char err[256] = "";
-
-    if (!f)
-        return -1;
-    snprintf(f->dir, sizeof f->dir, "/tmp/parley-store-XXXXXX");
-    if (!mkdtemp(f->dir)) {
-        free(f);
-        return -1;
-    }
-    snprintf(f->path, sizeof f->path, "%s/parley.db", f->dir);
-    if (store_sqlite_open(f->path, 0, &f->st, err, sizeof err) != STORE_OK) {
-        fprintf(stderr, "store_open: %s\n", err);
-        rmdir(f->dir);
-        free(f);
-        return -1;
-    }
-    *state = f;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    struct fx *f = *state;
-    const char *suffixes[] = {"", "-wal", "-shm", "-journal"};
-    char p[160];
-
-    store_close(f->st);
-    for (size_t i = 0; i < sizeof suffixes / sizeof *suffixes; i++) {
-        snprintf(p, sizeof p, "%s%s", f->path, suffixes[i]);
-        unlink(p);
-    }
-    rmdir(f->dir);
-    free(f);
-    return 0;
-}
+#define setup fx_setup
+#define teardown fx_teardown
 
 /* ---- helpers ---- */
 
@@ -131,19 +94,11 @@ static const char *role_of(json_t *conv, int64_t user)
     return NULL;
 }
 
-
-static int64_t count_rows(const char *path, const char *sql)
+/* On the fixture's own connection: committed rows only. */
+static int64_t count_rows(struct fx *f, const char *sql)
 {
-    sqlite3 *db = NULL;
-    sqlite3_stmt *s = NULL;
-    int64_t n = -1;
-
-    assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &s, NULL), SQLITE_OK);
-    if (sqlite3_step(s) == SQLITE_ROW)
-        n = sqlite3_column_int64(s, 0);
-    sqlite3_finalize(s);
-    sqlite3_close(db);
+    int64_t n = fx_count(f, sql);
+    assert_true(n >= 0);
     return n;
 }
 
@@ -152,31 +107,35 @@ static int64_t count_rows(const char *path, const char *sql)
 static void test_migrations_idempotent(void **state)
 {
     struct fx *f = *state;
-    char err[256] = "";
+    const struct migration *m = fx_is_pg() ? migrations_pg : migrations;
+    int count = fx_is_pg() ? migrations_pg_count : migrations_count;
     json_t *u = NULL;
 
-    assert_true(migrations_count >= 1);
-    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM schema_version"), migrations_count);
-    assert_int_equal(count_rows(f->path, "SELECT max(version) FROM schema_version"),
-                     migrations[migrations_count - 1].version);
+    assert_true(count >= 1);
+    assert_int_equal(count_rows(f, "SELECT count(*) FROM schema_version"), count);
+    assert_int_equal(count_rows(f, "SELECT max(version) FROM schema_version"), m[count - 1].version);
     mkuser(f->st, "alice");
 
     /* Re-opening applies nothing twice and keeps the data. */
     store_close(f->st);
     f->st = NULL;
-    assert_int_equal(store_sqlite_open(f->path, 0, &f->st, err, sizeof err), STORE_OK);
-    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM schema_version"), migrations_count);
+    assert_int_equal(fx_open_other(f, 0, &f->st), STORE_OK);
+    assert_int_equal(count_rows(f, "SELECT count(*) FROM schema_version"), count);
     assert_int_equal(store_user_by_name(f->st, "alice", &u, NULL), STORE_OK);
     json_decref(u);
-    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM pragma_journal_mode WHERE journal_mode = 'wal'"), 1);
+    if (!fx_is_pg())
+        assert_int_equal(count_rows(f, "SELECT count(*) FROM pragma_journal_mode WHERE journal_mode = 'wal'"), 1);
 }
 
+/* SQLite only: a file that is not there. */
 static void test_readonly_needs_existing_db(void **state)
 {
     struct fx *f = *state;
     struct store *ro = (struct store *)1;
     char path[160], err[256] = "";
 
+    if (fx_is_pg())
+        skip();
     snprintf(path, sizeof path, "%s/missing.db", f->dir);
     assert_int_equal(store_sqlite_open(path, 1, &ro, err, sizeof err), STORE_ERR);
     assert_null(ro);
@@ -298,8 +257,8 @@ static void test_refresh_rotate(void **state)
     assert_int_equal(who, u);
     assert_int_equal(store_refresh_rotate(f->st, "nope", "h4", 7000, 1200, &who), STORE_NOT_FOUND);
     /* The new token lives in the same family with its own expiry. */
-    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM refresh_tokens WHERE family = 'fam1'"), 3);
-    assert_int_equal(count_rows(f->path, "SELECT expires_at FROM refresh_tokens WHERE token_hash = 'h3'"), 7000);
+    assert_int_equal(count_rows(f, "SELECT count(*) FROM refresh_tokens WHERE family = 'fam1'"), 3);
+    assert_int_equal(count_rows(f, "SELECT expires_at FROM refresh_tokens WHERE token_hash = 'h3'"), 7000);
 }
 
 static void test_refresh_reuse_revokes_family(void **state)
@@ -373,7 +332,7 @@ static void test_direct_create(void **state)
     assert_int_equal(c2, c1);
     assert_int_equal(store_conv_create_direct(f->st, a, a, 300, &c2, &created), STORE_BAD_REQUEST);
     assert_int_equal(store_conv_create_direct(f->st, a, b + 100, 300, &c2, &created), STORE_NOT_FOUND);
-    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM conversations"), 1);
+    assert_int_equal(count_rows(f, "SELECT count(*) FROM conversations"), 1);
 
     assert_int_equal(store_conv_get(f->st, c1, b, &conv), STORE_OK);
     assert_int_equal(jint(conv, "id"), c1);
@@ -444,11 +403,11 @@ static void test_group_unknown_member(void **state)
     assert_int_equal(store_conv_list(f->st, a, &list), STORE_OK);
     assert_int_equal(json_array_size(list), 0);
     json_decref(list);
-    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM conversations"), 0);
-    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM members"), 0);
+    assert_int_equal(count_rows(f, "SELECT count(*) FROM conversations"), 0);
+    assert_int_equal(count_rows(f, "SELECT count(*) FROM members"), 0);
     /* Unknown creator too. */
     assert_int_equal(store_conv_create_group(f->st, b + 60, "t", (int64_t[]){b}, 1, 100, &conv), STORE_NOT_FOUND);
-    assert_int_equal(count_rows(f->path, "SELECT count(*) FROM conversations"), 0);
+    assert_int_equal(count_rows(f, "SELECT count(*) FROM conversations"), 0);
 }
 
 static void test_conv_get_not_member(void **state)
@@ -587,11 +546,10 @@ static void test_send_batch_two_writers(void **state)
     struct fx *f = *state;
     int64_t a = mkuser(f->st, "alice"), b = mkuser(f->st, "bob"), d = 0, last = 0;
     int created;
-    char err[256];
     struct store *other;
 
     assert_int_equal(store_conv_create_direct(f->st, a, b, 100, &d, &created), STORE_OK);
-    assert_int_equal(store_sqlite_open(f->path, 0, &other, err, sizeof err), STORE_OK);
+    assert_int_equal(fx_open_other(f, 0, &other), STORE_OK);
     for (int round = 0; round < 5; round++) {
         struct store *st = round % 2 ? other : f->st;
         char id1[16], id2[16];
@@ -840,11 +798,10 @@ static void test_readonly_sees_commits(void **state)
 {
     struct fx *f = *state;
     struct store *ro = NULL;
-    char err[256] = "";
     json_t *u = NULL, *list = NULL;
     int64_t a, b, g, last = -1;
 
-    assert_int_equal(store_sqlite_open(f->path, 1, &ro, err, sizeof err), STORE_OK);
+    assert_int_equal(fx_open_other(f, 1, &ro), STORE_OK);
     a = mkuser(f->st, "alice");
     assert_int_equal(store_user_by_name(ro, "alice", &u, NULL), STORE_OK);
     json_decref(u);
@@ -864,13 +821,444 @@ static void test_readonly_sees_commits(void **state)
     assert_int_equal(json_array_size(list), 1);
     json_decref(list);
 
-    /* A reader cannot write. */
-    assert_int_equal(store_user_create(ro, "mallory", NULL, "h", 1, NULL), STORE_ERR);
+    /* An SQLite reader cannot write (query_only). A PostgreSQL reader is an
+     * ordinary connection: a replica refuses writes by itself. */
+    if (!fx_is_pg())
+        assert_int_equal(store_user_create(ro, "mallory", NULL, "h", 1, NULL), STORE_ERR);
     store_close(ro);
 }
 
-int main(void)
+/* Every answer but STORE_ERR leaves the transaction usable (PostgreSQL
+ * aborts a transaction on a failed statement: the backend must not let one
+ * fail), and the batch commits what it did. */
+static void test_answers_keep_transaction(void **state)
 {
+    struct fx *f = *state;
+    int64_t a, b, c, d = 0, g, d2 = 0, who = 0, pos = 0, conv = 0;
+    json_t *u = NULL, *msgs = NULL;
+    int created = -1, added = -1, more;
+
+    assert_int_equal(store_begin(f->st), STORE_OK);
+    a = mkuser(f->st, "alice");
+    b = mkuser(f->st, "bob");
+    c = mkuser(f->st, "carol");
+    assert_int_equal(store_user_create(f->st, "alice", NULL, "x", 1, &u), STORE_CONFLICT);
+    assert_null(u);
+    assert_int_equal(store_user_create(f->st, "Alice", NULL, "x", 1, NULL), STORE_CONFLICT);
+    assert_int_equal(store_user_by_name(f->st, "nobody", NULL, NULL), STORE_NOT_FOUND);
+    assert_int_equal(store_refresh_insert(f->st, a, "fam", "h1", 5000, 1000), STORE_OK);
+    assert_int_equal(store_refresh_insert(f->st, a, "fam", "h1", 5000, 1000), STORE_CONFLICT);
+    assert_int_equal(store_refresh_rotate(f->st, "nope", "h2", 6000, 1100, &who), STORE_NOT_FOUND);
+    assert_int_equal(store_refresh_rotate(f->st, "h1", "h2", 6000, 1100, &who), STORE_OK);
+    assert_int_equal(store_refresh_rotate(f->st, "h2", "h1", 6000, 1100, &who), STORE_CONFLICT); /* h1 taken */
+    assert_int_equal(store_refresh_rotate(f->st, "h1", "h3", 6000, 1200, &who), STORE_REUSED);
+    assert_int_equal(store_refresh_rotate(f->st, "h2", "h4", 6000, 1300, &who), STORE_EXPIRED);
+    assert_int_equal(store_conv_create_direct(f->st, a, b, 100, &d, &created), STORE_OK);
+    assert_int_equal(created, 1);
+    assert_int_equal(store_conv_create_direct(f->st, b, a, 100, &d2, &created), STORE_OK);
+    assert_int_equal(created, 0);
+    assert_int_equal(d2, d);
+    assert_int_equal(store_conv_create_direct(f->st, a, c + 100, 100, &d2, &created), STORE_NOT_FOUND);
+    assert_int_equal(store_conv_create_direct(f->st, a, a, 100, &d2, &created), STORE_BAD_REQUEST);
+    g = mkgroup(f->st, a, &b, 1, 100);
+    assert_int_equal(store_conv_create_group(f->st, a, "x", (int64_t[]){c + 100}, 1, 100, &conv), STORE_NOT_FOUND);
+    assert_int_equal(store_member_insert(f->st, g, b, ROLE_MEMBER, 100, &added), STORE_OK);
+    assert_int_equal(added, 0);
+    assert_int_equal(store_member_set_role(f->st, g, c, ROLE_ADMIN), STORE_NOT_FOUND);
+    assert_int_equal(store_member_delete(f->st, g, c, 0), STORE_NOT_FOUND);
+    assert_int_equal(store_conv_get(f->st, g, c, &u), STORE_NOT_FOUND);
+    assert_int_equal(store_member_ctx(f->st, g, c, NULL, NULL), STORE_NOT_FOUND);
+    assert_int_equal(store_read_set(f->st, g, c, 1, &pos), STORE_NOT_FOUND);
+    assert_int_equal(store_msg_page(f->st, g, 0, -1, 0, &msgs, &more), STORE_BAD_REQUEST);
+    assert_int_equal(store_msg_by_client(f->st, a, "none", NULL, NULL, NULL), STORE_NOT_FOUND);
+    struct store_send v[] = {
+        {.conv = g, .sender = a, .client_id = "k1", .body = "one", .body_len = 3},
+        {.conv = g, .sender = c, .client_id = "k2", .body = "not a member", .body_len = 12},
+        {.conv = g, .sender = a, .client_id = "k1", .body = "again", .body_len = 5},
+    };
+    assert_int_equal(store_send_batch(f->st, v, 3, 500, NULL), STORE_OK);
+    assert_int_equal(v[1].rc, STORE_NOT_FOUND);
+    assert_int_equal(v[2].dup, 1);
+    struct store_send r = {.conv = d, .sender = a, .client_id = "k1", .body = "resend", .body_len = 6};
+    assert_int_equal(store_send_batch(f->st, &r, 1, 600, NULL), STORE_OK);
+    assert_int_equal(r.dup, 1);
+    assert_int_equal(r.conv, g);
+    assert_int_equal(store_commit(f->st), STORE_OK);
+
+    assert_int_equal(count_rows(f, "SELECT count(*) FROM users"), 3);
+    assert_int_equal(count_rows(f, "SELECT count(*) FROM conversations"), 2);
+    assert_int_equal(count_rows(f, "SELECT count(*) FROM messages"), 1);
+    assert_int_equal(count_rows(f, "SELECT count(*) FROM refresh_tokens WHERE revoked_at IS NOT NULL"), 2);
+}
+
+/* One batch of many sends over several conversations: dense seqs in batch
+ * order per conversation, resends and refusals in between, exact bodies,
+ * each sender's read position at its last message. */
+static void test_send_batch_large(void **state)
+{
+    struct fx *f = *state;
+    int64_t a = mkuser(f->st, "alice"), b = mkuser(f->st, "bob"), c = mkuser(f->st, "carol"), d = 0, pos = 0;
+    int64_t convs[3], want[3] = {0, 0, 0};
+    int created;
+    enum { N = 300 };
+    struct store_send *v = calloc(N, sizeof *v);
+    char (*cid)[16] = calloc(N, sizeof *cid), (*body)[32] = calloc(N, sizeof *body);
+    struct store_batch_out out = {0};
+
+    assert_non_null(v);
+    assert_non_null(cid);
+    assert_non_null(body);
+    assert_int_equal(store_conv_create_direct(f->st, a, b, 100, &d, &created), STORE_OK);
+    convs[0] = mkgroup(f->st, a, &b, 1, 100);
+    convs[1] = d;
+    convs[2] = mkgroup(f->st, a, &c, 1, 100);
+    for (int i = 0; i < N; i++) {
+        int k = i % 3, resend = i % 50 == 49;
+        snprintf(cid[i], sizeof cid[i], "c%d", resend ? i - 3 : i);
+        int len = snprintf(body[i], sizeof body[i], "body %d", i);
+        body[i][2] = (char)(i % 2 ? 0 : 'd'); /* NUL bytes in every other body */
+        int64_t from = resend ? v[i - 3].sender : i % 7 == 6 && k == 2 ? b : a;
+        v[i] = (struct store_send){.conv = convs[k], .sender = from, .client_id = cid[i], .body = body[i],
+                                   .body_len = (size_t)len};
+    }
+    assert_int_equal(store_begin(f->st), STORE_OK);
+    assert_int_equal(store_send_batch(f->st, v, N, 5000, &out), STORE_OK);
+    assert_int_equal(store_commit(f->st), STORE_OK);
+    for (int i = 0; i < N; i++) {
+        int k = i % 3;
+        if (i % 50 == 49) { /* the resend of i - 3, same conversation: its answer */
+            assert_int_equal(v[i].rc, v[i - 3].rc);
+            assert_int_equal(v[i].dup, v[i - 3].rc == STORE_OK);
+            if (v[i].dup)
+                assert_int_equal(v[i].seq, v[i - 3].seq);
+        } else if (v[i].sender == b) { /* b is not in convs[2] */
+            assert_int_equal(v[i].rc, STORE_NOT_FOUND);
+        } else {
+            assert_int_equal(v[i].rc, STORE_OK);
+            assert_int_equal(v[i].dup, 0);
+            assert_int_equal(v[i].seq, ++want[k]);
+            assert_int_equal(v[i].ts, 5000);
+        }
+    }
+    assert_int_equal(out.n, 3);
+    store_batch_out_dispose(&out);
+    for (int k = 0; k < 3; k++) {
+        int64_t last = 0;
+        assert_int_equal(store_conv_last_seq(f->st, convs[k], &last), STORE_OK);
+        assert_int_equal(last, want[k]);
+        assert_int_equal(store_read_set(f->st, convs[k], a, 0, &pos), STORE_OK);
+        assert_int_equal(pos, want[k]);
+    }
+    /* the bodies come back byte for byte */
+    for (int i = 0; i < N; i++) {
+        json_t *msgs = NULL, *text;
+        int more;
+        if (v[i].dup || v[i].rc != STORE_OK)
+            continue;
+        assert_int_equal(store_msg_page(f->st, v[i].conv, v[i].seq + 1, -1, 1, &msgs, &more), STORE_OK);
+        assert_int_equal(json_array_size(msgs), 1);
+        text = json_object_get(json_array_get(msgs, 0), "body");
+        assert_int_equal(json_string_length(text), v[i].body_len);
+        assert_memory_equal(json_string_value(text), v[i].body, v[i].body_len);
+        json_decref(msgs);
+    }
+    free(v);
+    free(cid);
+    free(body);
+}
+
+/* ---- PostgreSQL: several connections (nodes) at once ---- */
+
+struct writer_arg {
+    struct store *st;
+    pthread_barrier_t *start;
+    int id, rounds, fails;
+    int64_t convs[2], a, b;
+    int64_t *seqs[2]; /* the seqs handed out, per conversation */
+    size_t nseq[2];
+};
+
+enum { PER_BATCH = 10 };
+
+/* Batches of PER_BATCH sends over two conversations, in the order opposite
+ * to the other writer's. */
+static void *writer_main(void *p)
+{
+    struct writer_arg *w = p;
+    char cids[PER_BATCH][32];
+
+    pthread_barrier_wait(w->start);
+    for (int r = 0; r < w->rounds; r++) {
+        struct store_send v[PER_BATCH];
+        for (int i = 0; i < PER_BATCH; i++) {
+            int k = (i < PER_BATCH / 2) ^ w->id;
+            snprintf(cids[i], sizeof cids[i], "w%d-r%d-%d", w->id, r, i);
+            v[i] = (struct store_send){.conv = w->convs[k], .sender = i % 2 ? w->a : w->b, .client_id = cids[i],
+                                       .body = cids[i], .body_len = strlen(cids[i])};
+        }
+        if (store_begin(w->st) != STORE_OK || store_send_batch(w->st, v, PER_BATCH, 1000 + r, NULL) != STORE_OK ||
+            store_commit(w->st) != STORE_OK) {
+            store_rollback(w->st);
+            w->fails++;
+            continue;
+        }
+        for (int i = 0; i < PER_BATCH; i++) {
+            int k = v[i].conv == w->convs[1];
+            if (v[i].rc != STORE_OK || v[i].dup)
+                w->fails++;
+            else
+                w->seqs[k][w->nseq[k]++] = v[i].seq;
+        }
+    }
+    return NULL;
+}
+
+static void test_pg_concurrent_writers(void **state)
+{
+    struct fx *f = *state;
+    enum { WRITERS = 2, ROUNDS = 40 };
+    struct writer_arg w[WRITERS];
+    pthread_t t[WRITERS];
+    pthread_barrier_t start;
+    int64_t a, b, convs[2];
+
+    if (!fx_is_pg())
+        skip();
+    a = mkuser(f->st, "alice");
+    b = mkuser(f->st, "bob");
+    convs[0] = mkgroup(f->st, a, &b, 1, 100);
+    convs[1] = mkgroup(f->st, b, &a, 1, 100);
+    pthread_barrier_init(&start, NULL, WRITERS);
+    for (int i = 0; i < WRITERS; i++) {
+        w[i] = (struct writer_arg){.start = &start, .id = i, .rounds = ROUNDS, .a = a, .b = b};
+        memcpy(w[i].convs, convs, sizeof convs);
+        for (int k = 0; k < 2; k++)
+            w[i].seqs[k] = calloc(ROUNDS * PER_BATCH, sizeof(int64_t));
+        assert_int_equal(fx_open_other(f, 0, &w[i].st), STORE_OK);
+    }
+    for (int i = 0; i < WRITERS; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, writer_main, &w[i]), 0);
+    for (int i = 0; i < WRITERS; i++)
+        pthread_join(t[i], NULL);
+    pthread_barrier_destroy(&start);
+
+    /* every seq of each conversation exactly once, 1..total */
+    for (int k = 0; k < 2; k++) {
+        size_t total = 0;
+        int64_t last = 0;
+        for (int i = 0; i < WRITERS; i++)
+            total += w[i].nseq[k];
+        assert_int_equal(total, WRITERS * ROUNDS * PER_BATCH / 2);
+        uint8_t *seen = calloc(total + 1, 1);
+        for (int i = 0; i < WRITERS; i++)
+            for (size_t j = 0; j < w[i].nseq[k]; j++) {
+                int64_t s = w[i].seqs[k][j];
+                assert_true(s >= 1 && s <= (int64_t)total);
+                assert_int_equal(seen[s], 0);
+                seen[s] = 1;
+            }
+        free(seen);
+        assert_int_equal(store_conv_last_seq(f->st, convs[k], &last), STORE_OK);
+        assert_int_equal(last, (int64_t)total);
+        char sql[128];
+        snprintf(sql, sizeof sql, "SELECT count(DISTINCT seq) FROM messages WHERE conv_id = %lld AND seq <= %zu",
+                 (long long)convs[k], total);
+        assert_int_equal(count_rows(f, sql), total);
+    }
+    for (int i = 0; i < WRITERS; i++) {
+        assert_int_equal(w[i].fails, 0);
+        store_close(w[i].st);
+        for (int k = 0; k < 2; k++)
+            free(w[i].seqs[k]);
+    }
+}
+
+struct opener_arg {
+    pthread_barrier_t *start;
+    struct store *st;
+    int rc;
+    char err[256];
+};
+
+static void *opener_main(void *p)
+{
+    struct opener_arg *o = p;
+    pthread_barrier_wait(o->start);
+    o->rc = store_pg_open(fx_run.url, 1, &o->st, o->err, sizeof o->err);
+    return NULL;
+}
+
+/* Nodes starting together against an empty database: the migrations run
+ * once, the others wait for them (the advisory lock). */
+static void test_pg_concurrent_migration(void **state)
+{
+    struct fx *f = *state;
+    enum { OPENERS = 3, ROUNDS = 3 };
+
+    if (!fx_is_pg())
+        skip();
+    for (int round = 0; round < ROUNDS; round++) {
+        struct opener_arg o[OPENERS];
+        pthread_t t[OPENERS];
+        pthread_barrier_t start;
+        char schema[64], sql[160];
+
+        assert_int_equal(fx_new_schema(f, schema, sizeof schema), 0);
+        fx_use_schema(schema);
+        pthread_barrier_init(&start, NULL, OPENERS);
+        for (int i = 0; i < OPENERS; i++) {
+            o[i] = (struct opener_arg){.start = &start};
+            assert_int_equal(pthread_create(&t[i], NULL, opener_main, &o[i]), 0);
+        }
+        for (int i = 0; i < OPENERS; i++)
+            pthread_join(t[i], NULL);
+        pthread_barrier_destroy(&start);
+        for (int i = 0; i < OPENERS; i++) {
+            if (o[i].rc != STORE_OK)
+                fprintf(stderr, "opener %d: %s\n", i, o[i].err);
+            assert_int_equal(o[i].rc, STORE_OK);
+        }
+        snprintf(sql, sizeof sql, "SELECT count(*) FROM %s.schema_version", schema);
+        assert_int_equal(count_rows(f, sql), migrations_pg_count);
+        /* and the schema works from any of them */
+        assert_true(mkuser(o[0].st, "alice") > 0);
+        assert_int_equal(store_user_by_name(o[OPENERS - 1].st, "alice", NULL, NULL), STORE_OK);
+        for (int i = 0; i < OPENERS; i++)
+            store_close(o[i].st);
+        snprintf(sql, sizeof sql, "DROP SCHEMA %s CASCADE", schema);
+        assert_int_equal(fx_admin_exec(f, sql), 0);
+    }
+    fx_use_schema(f->schema);
+}
+
+/* A reader needs a migrated schema. */
+static void test_pg_reader_needs_schema(void **state)
+{
+    struct fx *f = *state;
+    struct store *st = (struct store *)1;
+    char schema[64], sql[160], err[256] = "";
+
+    if (!fx_is_pg())
+        skip();
+    assert_int_equal(fx_new_schema(f, schema, sizeof schema), 0);
+    fx_use_schema(schema);
+    assert_int_equal(store_pg_open(fx_run.url, 0, &st, err, sizeof err), STORE_ERR);
+    assert_null(st);
+    assert_non_null(strstr(err, "schema_version"));
+    fx_use_schema(f->schema);
+    snprintf(sql, sizeof sql, "DROP SCHEMA %s CASCADE", schema);
+    assert_int_equal(fx_admin_exec(f, sql), 0);
+}
+
+struct direct_arg {
+    struct store *st;
+    int64_t a, b, conv;
+    int created, rc;
+};
+
+static void *direct_main(void *p)
+{
+    struct direct_arg *d = p;
+    d->rc = store_begin(d->st);
+    if (d->rc == STORE_OK)
+        d->rc = store_conv_create_direct(d->st, d->b, d->a, 200, &d->conv, &d->created);
+    if (d->rc == STORE_OK)
+        d->rc = store_commit(d->st);
+    return NULL;
+}
+
+/* Two nodes create the same direct conversation at the same moment: the
+ * second waits for the first, answers with its conversation, and leaves
+ * nothing of its own attempt. */
+static void test_pg_direct_race(void **state)
+{
+    struct fx *f = *state;
+    int64_t a, b, conv = 0;
+    int created = -1;
+    pthread_t t;
+
+    if (!fx_is_pg())
+        skip();
+    a = mkuser(f->st, "alice");
+    b = mkuser(f->st, "bob");
+    struct direct_arg d = {.a = a, .b = b, .rc = -100};
+    assert_int_equal(fx_open_other(f, 0, &d.st), STORE_OK);
+    assert_int_equal(store_begin(f->st), STORE_OK);
+    assert_int_equal(store_conv_create_direct(f->st, a, b, 100, &conv, &created), STORE_OK);
+    assert_int_equal(created, 1);
+    assert_int_equal(pthread_create(&t, NULL, direct_main, &d), 0);
+    usleep(300 * 1000); /* the other node is now waiting on the pair's key */
+    assert_int_equal(store_commit(f->st), STORE_OK);
+    pthread_join(t, NULL);
+    assert_int_equal(d.rc, STORE_OK);
+    assert_int_equal(d.created, 0);
+    assert_int_equal(d.conv, conv);
+    assert_int_equal(count_rows(f, "SELECT count(*) FROM conversations"), 1);
+    assert_int_equal(count_rows(f, "SELECT count(*) FROM members"), 2);
+    store_close(d.st);
+}
+
+/* Ends the sessions named app (pg_terminate_backend: the role may end its
+ * own) and waits until they are gone. */
+static void kill_sessions(struct fx *f, const char *app)
+{
+    char sql[256];
+
+    snprintf(sql, sizeof sql,
+             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '%s'", app);
+    assert_int_equal(count_rows(f, sql), 1);
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s'", app);
+    for (int i = 0; i < 200 && count_rows(f, sql) > 0; i++)
+        usleep(10 * 1000);
+    assert_int_equal(count_rows(f, sql), 0);
+}
+
+/* A lost connection: STORE_UNAVAILABLE, then ping reconnects; a transaction
+ * open when it was lost is reported lost, and the next one works. */
+static void test_pg_connection_lost(void **state)
+{
+    struct fx *f = *state;
+    struct store *st = NULL;
+    char app[64];
+    int64_t a;
+
+    if (!fx_is_pg())
+        skip();
+    a = mkuser(f->st, "alice");
+    snprintf(app, sizeof app, "parley-test-%ld", (long)getpid());
+    setenv("PGAPPNAME", app, 1); /* for this connection and its reconnections */
+    assert_int_equal(fx_open_other(f, 0, &st), STORE_OK);
+    assert_int_equal(store_user_exists(st, a), STORE_OK);
+    assert_int_equal(store_ping(st), STORE_OK);
+
+    kill_sessions(f, app);
+    assert_int_equal(store_user_exists(st, a), STORE_UNAVAILABLE);
+    assert_int_equal(store_user_exists(st, a), STORE_UNAVAILABLE);
+    assert_int_equal(store_ping(st), STORE_OK); /* reconnected */
+    assert_int_equal(store_user_exists(st, a), STORE_OK);
+
+    usleep(300 * 1000); /* reconnections are at least 250 ms apart */
+    assert_int_equal(store_begin(st), STORE_OK);
+    assert_true(mkuser(st, "bob") > 0);
+    kill_sessions(f, app);
+    assert_int_equal(store_user_exists(st, a), STORE_UNAVAILABLE);
+    assert_int_equal(store_ping(st), STORE_UNAVAILABLE); /* its transaction is gone */
+    assert_int_equal(store_rollback(st), STORE_OK);
+    assert_int_equal(store_ping(st), STORE_OK);
+    assert_int_equal(store_begin(st), STORE_OK);
+    assert_true(mkuser(st, "carol") > 0);
+    assert_int_equal(store_commit(st), STORE_OK);
+    assert_int_equal(store_user_by_name(f->st, "bob", NULL, NULL), STORE_NOT_FOUND);
+    assert_int_equal(store_user_by_name(f->st, "carol", NULL, NULL), STORE_OK);
+    store_close(st);
+    unsetenv("PGAPPNAME");
+}
+
+int main(int argc, char **argv)
+{
+    int skip_rc = fx_init(argc, argv);
+    if (skip_rc)
+        return skip_rc;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_migrations_idempotent, setup, teardown),
         cmocka_unit_test_setup_teardown(test_readonly_needs_existing_db, setup, teardown),
@@ -894,6 +1282,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_body_with_nul, setup, teardown),
         cmocka_unit_test_setup_teardown(test_peers_and_summary, setup, teardown),
         cmocka_unit_test_setup_teardown(test_readonly_sees_commits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_answers_keep_transaction, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_send_batch_large, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pg_concurrent_writers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pg_concurrent_migration, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pg_reader_needs_schema, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pg_direct_race, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pg_connection_lost, setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
