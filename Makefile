@@ -43,12 +43,15 @@ run: build
 
 # Reconfigure first: a tree built by `make run` before cmocka was installed
 # has no unit tests yet. --no-tests=error: zero tests is a failure, not a pass.
+# The store's tests run on SQLite and on PostgreSQL (test_*_pg): PGTMP starts a
+# throwaway PostgreSQL in the tree for the run and stops it after.
+PGTMP = $(CURDIR)/scripts/pgtmp exec $(CURDIR)/$(1)/pgtmp
 unit: setup-test build
 	@cmake -S . -B $(RELEASE) >/dev/null && ninja -C $(RELEASE) --quiet
-	@cd $(RELEASE) && ctest --output-on-failure --no-tests=error
+	@cd $(RELEASE) && $(call PGTMP,$(RELEASE)) ctest --output-on-failure --no-tests=error
 
 unit-asan: asan
-	@cd $(ASAN) && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure --no-tests=error
+	@cd $(ASAN) && ASAN_OPTIONS=detect_leaks=1 $(call PGTMP,$(ASAN)) ctest --output-on-failure --no-tests=error
 
 e2e: build
 	@cd tests && PARLEYD=$(CURDIR)/$(RELEASE)/parleyd $(NODE_TEST) e2e/*.test.mjs
