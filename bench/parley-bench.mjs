@@ -226,6 +226,14 @@ async function startServer(reuse = null) {
     PARLEY_JWT_SECRET: 'bench-secret-0123456789abcdef0123456789abcdef',
     PARLEY_SEND_RATE: '0',
     PARLEY_SEND_BURST: '0',
+    // one address, flooding on purpose: the abuse limits off (docs/SECURITY.md)
+    PARLEY_CONNS_PER_ADDR: '0',
+    PARLEY_SIGNUPS_PER_MIN: '0',
+    PARLEY_CONVS_PER_MIN: '0',
+    PARLEY_LOGIN_FAILS: '0',
+    PARLEY_READ_RATE: '0',
+    PARLEY_TYPING_MS: '0',
+    PARLEY_WRITER_QUEUE: '100000000',
     PARLEY_LOG_LEVEL: 'warn',
     ...extraEnv,
   };

@@ -6,6 +6,7 @@
 #include "accounts.h"
 #include "auth.h"
 #include "chat.h"
+#include "chat_limits.h"
 #include "config.h"
 #include "log.h"
 #include "presence.h"
@@ -40,6 +41,10 @@ static int alive(struct conn *c)
 /* Answers a store_rc (or the writer's "unavailable") as an HTTP error. */
 static void respond_rc(struct conn *c, int rc, int unavailable)
 {
+    if (unavailable == JOB_BUSY) {
+        http_respond_retry(c, 503, "unavailable", "server busy; retry shortly", 1000);
+        return;
+    }
     if (unavailable || rc == STORE_UNAVAILABLE) {
         http_respond_error(c, 503, "unavailable", "temporarily unavailable (shutting down, or the database is unreachable); retry");
         return;
@@ -339,6 +344,13 @@ static void api_create_conv(struct conn *c, struct http_req *r, int64_t uid)
     json_decref(o);
     if (err) {
         http_respond_error(c, 400, "bad_request", err);
+        job_free(j);
+        return;
+    }
+    int64_t retry;
+    if (chat_limit_conv(cw_of(c), c, &retry) < 0) {
+        http_respond_retry(c, 429, "rate_limited", "too many conversations created from your address; slow down",
+                           retry);
         job_free(j);
         return;
     }

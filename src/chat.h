@@ -29,6 +29,7 @@
 #include <jansson.h>
 #include <stdatomic.h>
 
+struct guard;
 struct presence;
 struct writer;
 
@@ -41,7 +42,7 @@ struct chat {
     int nworkers;
     int64_t check_ms;           /* > 0: every worker checks its conversations for missed messages
                                    this often (a network bus); 0: never (in-process bus) */
-    atomic_int hashes_running;  /* password hashes in the thread pool, all workers */
+    struct guard *guard;        /* admission control: limits, the password-hash queue (guard.h) */
 };
 
 struct chat_worker {

@@ -104,6 +104,8 @@ struct job_read {
     int64_t pos;           /* out: the position stored (forward only, clamped) */
 };
 
+#define JOB_BUSY 2 /* job->unavailable: the writer's queue was full (PARLEY_WRITER_QUEUE); retry shortly */
+
 struct job;
 typedef void (*job_done_fn)(struct job *j);
 
@@ -116,7 +118,8 @@ struct job {
     job_done_fn reply;     /* the transport's answer, called by the core's done after its own effects */
     void *arg;             /* the core's per-worker state */
     int rc;                /* enum store_rc */
-    int unavailable;       /* the writer was stopping: nothing was tried */
+    int unavailable;       /* nothing was tried: 1 the writer was stopping, JOB_BUSY its queue was full */
+    int kept;              /* done took the job over (it calls job_free itself, later) */
     union {
         struct job_send send;
         struct job_signup signup;

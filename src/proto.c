@@ -4,6 +4,7 @@
 
 #include "auth.h"
 #include "chat.h"
+#include "chat_limits.h"
 #include "chat_sync.h"
 #include "config.h"
 #include "log.h"
@@ -27,7 +28,9 @@ static void send_error(struct conn *c, const char *id, const char *code, const c
 
 static void send_rc_error(struct conn *c, const char *id, int rc, int unavailable)
 {
-    if (unavailable || rc == STORE_UNAVAILABLE)
+    if (unavailable == JOB_BUSY)
+        send_error(c, id, "unavailable", "server busy; retry shortly");
+    else if (unavailable || rc == STORE_UNAVAILABLE)
         send_error(c, id, "unavailable", "temporarily unavailable (shutting down, or the database is unreachable); retry");
     else if (rc == STORE_NOT_FOUND)
         send_error(c, id, "not_found", "no such conversation");
@@ -151,6 +154,14 @@ static void read_answered(struct job *j)
 
 static void op_read(struct chat_worker *cw, struct conn *c, const struct proto_op *op)
 {
+    int64_t retry;
+    int admit = chat_read_admit(cw, c->user_id, op->conv, op->seq, &retry);
+    if (admit < 0) {
+        send_error(c, NULL, "rate_limited", "too many reads; slow down");
+        return;
+    }
+    if (admit > 0)
+        return; /* at or below the position already stored: nothing would change */
     struct job *j = chat_job(cw, JOB_READ, c, read_answered);
     j->u.read.user = c->user_id;
     j->u.read.conv = op->conv;

@@ -268,10 +268,11 @@ void writer_submit(struct writer *wr, struct job *j)
 {
     j->ev.next = NULL;
     uv_mutex_lock(&wr->mu);
-    if (wr->stopping) {
+    if (wr->stopping || (wr->cfg.max_queue > 0 && wr->count >= (size_t)wr->cfg.max_queue)) {
+        int busy = !wr->stopping;
         uv_mutex_unlock(&wr->mu);
         j->rc = STORE_ERR;
-        j->unavailable = 1;
+        j->unavailable = busy ? JOB_BUSY : 1;
         worker_post(j->origin, &j->ev, &j->ev);
         return;
     }

@@ -30,6 +30,7 @@ typedef int (*writer_exec_fn)(struct store *st, struct job *j);
 struct writer_config {
     int64_t batch_max;
     int64_t batch_interval_ms;
+    int64_t max_queue;        /* jobs waiting, at most (0: no bound); more come back JOB_BUSY */
 };
 
 /* st becomes the writer's (closed by writer_free). bus and workers are
@@ -38,7 +39,9 @@ struct writer *writer_new(struct store *st, struct writer_config cfg, writer_exe
                           struct worker **workers, int nworkers);
 int writer_start(struct writer *wr);
 /* Hands a job to the writer. After writer_stop has begun, the job comes
- * back at once with rc STORE_ERR and unavailable = 1. Any thread. */
+ * back at once with rc STORE_ERR and unavailable = 1; when max_queue jobs are
+ * already waiting, with unavailable = JOB_BUSY (answered 503 + Retry-After
+ * / `unavailable`: retry shortly). Any thread. */
 void writer_submit(struct writer *wr, struct job *j);
 /* 1 while the database answers (the last batch committed, or the idle
  * ping every WRITER_PING_MS succeeded); any thread (/readyz). */

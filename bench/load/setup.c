@@ -85,6 +85,15 @@ void server_start(struct target *t, const char *bin, char **env, int nenv, int s
         setenv("PARLEY_JWT_SECRET", "bench-secret-0123456789abcdef0123456789abcdef", 1);
         setenv("PARLEY_SEND_RATE", "0", 1);
         setenv("PARLEY_SEND_BURST", "0", 1);
+        /* every generated client comes from one address and floods on purpose:
+         * the per-address and per-user abuse limits off (docs/SECURITY.md) */
+        setenv("PARLEY_CONNS_PER_ADDR", "0", 1);
+        setenv("PARLEY_SIGNUPS_PER_MIN", "0", 1);
+        setenv("PARLEY_CONVS_PER_MIN", "0", 1);
+        setenv("PARLEY_LOGIN_FAILS", "0", 1);
+        setenv("PARLEY_READ_RATE", "0", 1);
+        setenv("PARLEY_TYPING_MS", "0", 1);
+        setenv("PARLEY_WRITER_QUEUE", "100000000", 1);
         setenv("PARLEY_LOG_LEVEL", "warn", 1);
         for (int i = 0; i < nenv; i++)
             putenv(env[i]);

@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -153,5 +154,30 @@ export function rawRequest(port, text, timeoutMs = 5000) {
       }
     });
     s.on('connect', () => s.write(text));
+  });
+}
+
+// An HTTP request from a given local address (127.0.0.x: every one of them is this machine,
+// and to the server a different source address). Resolves {status, headers, body, text}.
+export function httpFrom(srv, localAddress, method, path, { body, token, timeoutMs = 15000 } = {}) {
+  return new Promise((resolve, reject) => {
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    const headers = {};
+    if (payload !== undefined) { headers['content-type'] = 'application/json'; headers['content-length'] = Buffer.byteLength(payload); }
+    if (token) headers.authorization = `Bearer ${token}`;
+    const req = http.request({ host: '127.0.0.1', port: srv.port, localAddress, method, path, headers, agent: false }, (res) => {
+      const chunks = [];
+      res.on('data', (d) => chunks.push(d));
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8');
+        let parsed = null;
+        try { parsed = text ? JSON.parse(text) : null; } catch { parsed = undefined; }
+        resolve({ status: res.statusCode, headers: res.headers, body: parsed, text });
+      });
+    });
+    req.setTimeout(timeoutMs, () => req.destroy(new Error(`${method} ${path}: no answer in ${timeoutMs} ms`)));
+    req.on('error', reject);
+    if (payload !== undefined) req.write(payload);
+    req.end();
   });
 }
