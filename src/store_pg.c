@@ -46,6 +46,7 @@ enum {
 /* The advisory lock key of the migrations: "parley" in ASCII. */
 #define MIGRATE_LOCK "140106055788921"
 #define RECONNECT_MIN_MS 250 /* between two connection attempts */
+#define IDLE_TX_TIMEOUT "60s" /* idle_in_transaction_session_timeout, unless set */
 #define MAXP 6               /* parameters of one statement, at most */
 #define MAXPEND 8            /* deferred commands, at most */
 
@@ -70,6 +71,7 @@ enum sid {
     S_RT_REVOKE_FAMILY,
     S_RT_ROTATE,
     S_RT_REVOKE,
+    S_RT_PRUNE,
     /* conversations and members */
     S_DIRECT_FIND,
     S_DIRECT_CREATE,
@@ -180,6 +182,15 @@ static const struct sdef SQL[S__COUNT] = {
     [S_RT_REVOKE] = {"revoke refresh token",
                      "UPDATE refresh_tokens SET revoked_at = $2 WHERE token_hash = $1 AND revoked_at IS NULL",
                      "ti", 0},
+    /* store.h: expired rows, families with no live token, rotations older than $2 */
+    [S_RT_PRUNE] = {"prune refresh tokens",
+                    "DELETE FROM refresh_tokens WHERE id IN (SELECT t.id FROM refresh_tokens t"
+                    " WHERE t.expires_at <= $1"
+                    " OR EXISTS (SELECT 1 FROM refresh_tokens n WHERE n.id = t.replaced_by AND n.created_at <= $2)"
+                    " OR NOT EXISTS (SELECT 1 FROM refresh_tokens l WHERE l.family = t.family"
+                    "  AND l.revoked_at IS NULL AND l.replaced_by IS NULL AND l.expires_at > $1)"
+                    " LIMIT $3)",
+                    "iii", 0},
 
     [S_DIRECT_FIND] = {"find direct conversation",
                        "SELECT conv_id FROM direct_pairs WHERE user_lo = $1 AND user_hi = $2", "ii", 0},
@@ -828,6 +839,17 @@ static PGconn *connect_db(const char *conninfo, char *err, size_t errlen)
         goto fail;
     }
     PQsetNoticeReceiver(conn, on_notice, NULL);
+    /* Unless the URL or the server chose otherwise: a node cut off in the
+     * middle of a transaction must not hold its row locks (a conversation's
+     * seq reservation) for long against the other nodes. */
+    PGresult *r = PQexec(conn, "SELECT set_config('idle_in_transaction_session_timeout', '" IDLE_TX_TIMEOUT "', false)"
+                               " WHERE current_setting('idle_in_transaction_session_timeout') = '0'");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        set_err(err, errlen, "connect", PQresultErrorMessage(r));
+        PQclear(r);
+        goto fail;
+    }
+    PQclear(r);
     return conn;
 fail:
     PQfinish(conn);
@@ -1056,16 +1078,31 @@ static int pg_savepoint(struct store *st_)
     return defer((struct pg *)st_, S_SAVEPOINT);
 }
 
+/* A savepoint nothing was done in (the job failed before any statement)
+ * is dropped, not sent. */
+static int pending_savepoint(struct pg *st)
+{
+    if (st->npend == 0 || st->pend[st->npend - 1] != S_SAVEPOINT)
+        return 0;
+    st->npend--;
+    return 1;
+}
+
 static int pg_release(struct store *st_)
 {
-    return defer((struct pg *)st_, S_RELEASE);
+    struct pg *st = (struct pg *)st_;
+
+    return pending_savepoint(st) ? STORE_OK : defer(st, S_RELEASE);
 }
 
 static int pg_rollback_to(struct store *st_)
 {
     struct pg *st = (struct pg *)st_;
-    int rc = defer(st, S_ROLLBACK_TO);
+    int rc;
 
+    if (pending_savepoint(st))
+        return STORE_OK;
+    rc = defer(st, S_ROLLBACK_TO);
     return rc ? rc : defer(st, S_RELEASE);
 }
 
@@ -1298,6 +1335,23 @@ static int pg_refresh_revoke(struct store *st_, const char *token_hash, int64_t 
     call_i64(&c, now);
     if ((rc = run1(st, &c)) == STORE_OK)
         call_done(&c);
+    return rc;
+}
+
+static int pg_refresh_prune(struct store *st_, int64_t now, int64_t rotated_before, int limit, int *deleted_out)
+{
+    struct pg *st = (struct pg *)st_;
+    struct call c;
+    int rc;
+
+    call_start(&c, S_RT_PRUNE);
+    call_i64(&c, now);
+    call_i64(&c, rotated_before);
+    call_i64(&c, limit);
+    if ((rc = run1(st, &c)) == STORE_OK) {
+        *deleted_out = (int)changed(&c);
+        call_done(&c);
+    }
     return rc;
 }
 
@@ -2162,6 +2216,7 @@ static const struct store_ops pg_ops = {
     .refresh_insert = pg_refresh_insert,
     .refresh_rotate = pg_refresh_rotate,
     .refresh_revoke = pg_refresh_revoke,
+    .refresh_prune = pg_refresh_prune,
     .conv_create_direct = pg_conv_create_direct,
     .conv_create_group = pg_conv_create_group,
     .conv_get = pg_conv_get,

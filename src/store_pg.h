@@ -21,9 +21,12 @@
  *    this batch's lookup and its insert fails the batch (STORE_ERR); the
  *    client's next resend gets the original;
  *  - multi-statement operations are atomic: each writes with one statement
- *    (data-modifying WITH), and reads that must agree (a conversation and its
- *    members) share one snapshot (REPEATABLE READ READ ONLY outside a
- *    transaction, the transaction's own inside it);
+ *    (data-modifying WITH). Reads that must agree (a conversation and its
+ *    members) share one REPEATABLE READ READ ONLY snapshot outside a
+ *    transaction (a reader); inside the writer's transaction, which is READ
+ *    COMMITTED (the seq reservation needs the latest committed last_seq),
+ *    each statement sees the writer's own writes and the latest commits of
+ *    the other nodes;
  *  - message bodies are bytea: the exact bytes, NUL bytes included.
  *
  * Round trips: statements that do not depend on each other's answers go out
@@ -31,6 +34,10 @@
  * savepoint commands are sent with the next statement, not alone. A batch of
  * sends is three round trips whatever its size (lookups and members; the
  * reservations; the multi-row insert and read positions), plus COMMIT.
+ *
+ * Sessions: a session that sets no idle_in_transaction_session_timeout
+ * gets 60 s, so a node cut off inside a transaction does not hold the row
+ * locks of its conversations against the other nodes for long.
  *
  * Connection loss: an operation on a lost connection returns
  * STORE_UNAVAILABLE. ping reconnects (a new session: statements are prepared
