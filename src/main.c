@@ -32,6 +32,7 @@
 #include <uv.h>
 
 #define SYNC_PAGE 200     /* messages of one conversation in a sync answer */
+#define PRUNE_INTERVAL_MS (10 * 60 * 1000) /* the writer deletes dead refresh tokens this often */
 #define READ_THREADS 4    /* database connections for reads per node (PostgreSQL) */
 #define CHECK_MS 5000     /* cluster: each worker checks its conversations for missed messages */
 
@@ -138,7 +139,7 @@ int main(int argc, char **argv)
         chat.bus = bus_local_new(workers, nw, chat_deliver);
     }
     struct writer_config wcfg = {.batch_max = cfg.batch_max, .batch_interval_ms = cfg.batch_interval_ms,
-                                 .max_queue = cfg.writer_queue};
+                                 .max_queue = cfg.writer_queue, .prune_interval_ms = PRUNE_INTERVAL_MS};
     chat.writer = writer_new(wst, wcfg, chat_tx_run, chat.bus, workers, nw);
 
     /* Reads: each worker's own SQLite connection, or a pool of PostgreSQL

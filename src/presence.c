@@ -1,5 +1,7 @@
 /* presence: see presence.h. A chained hash table; an entry lives while the
- * user has connections or a bucket that is not yet full again. */
+ * user has connections or a bucket that is not yet full again. Every
+ * take_token looks at a few slots and frees the entries there that hold
+ * neither (issue 8: buckets of users long gone were never freed). */
 #include "presence.h"
 
 #include "util.h"
@@ -14,12 +16,16 @@ struct entry {
     double tokens;       /* bucket level */
     int64_t refill_ms;   /* when tokens was last brought up to date */
     int bucket_used;     /* tokens was ever taken from */
+    int64_t full_ms;     /* the bucket is full again from here on */
 };
+
+#define SWEEP_SLOTS 4    /* slots each take_token looks at for idle entries */
 
 struct presence {
     uv_mutex_t mu;
     struct entry **slots;
     size_t cap, len;
+    size_t cursor;       /* the next slot the sweep looks at */
 };
 
 struct presence *presence_new(void)
@@ -70,6 +76,27 @@ static void grow(struct presence *p)
         }
     }
     free(old);
+    p->cursor = 0;
+}
+
+/* Frees, in a few slots, the entries of users with no connection whose
+ * bucket is unused or full again: forgetting them hands out nothing. */
+static void sweep_some(struct presence *p, int64_t now_ms)
+{
+    for (int i = 0; i < SWEEP_SLOTS; i++) {
+        struct entry **pe = &p->slots[p->cursor];
+        while (*pe) {
+            struct entry *e = *pe;
+            if (e->conns == 0 && (!e->bucket_used || e->full_ms <= now_ms)) {
+                *pe = e->next;
+                free(e);
+                p->len--;
+            } else {
+                pe = &e->next;
+            }
+        }
+        p->cursor = (p->cursor + 1) & (p->cap - 1);
+    }
 }
 
 static struct entry **find(struct presence *p, int64_t user)
@@ -146,6 +173,7 @@ int presence_take_token(struct presence *p, int64_t user, int64_t now_ms, int64_
     if (rate <= 0 || burst <= 0)
         return 0;
     uv_mutex_lock(&p->mu);
+    sweep_some(p, now_ms);
     struct entry *e = get_or_add(p, user);
     if (!e->bucket_used) {
         e->bucket_used = 1;
@@ -162,6 +190,15 @@ int presence_take_token(struct presence *p, int64_t user, int64_t now_ms, int64_
         rc = -1;
         *retry_ms = (int64_t)((1.0 - e->tokens) * 1000.0 / (double)rate) + 1;
     }
+    e->full_ms = now_ms + (int64_t)(((double)burst - e->tokens) * 1000.0 / (double)rate) + 1;
     uv_mutex_unlock(&p->mu);
     return rc;
+}
+
+size_t presence_size(struct presence *p)
+{
+    uv_mutex_lock(&p->mu);
+    size_t n = p->len;
+    uv_mutex_unlock(&p->mu);
+    return n;
 }

@@ -8,6 +8,7 @@
 #ifndef PARLEY_PRESENCE_H
 #define PARLEY_PRESENCE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct presence;
@@ -25,5 +26,8 @@ int presence_online(struct presence *p, int64_t user);
  * with *retry_ms the time until a token is back. rate or burst 0: always 0. */
 int presence_take_token(struct presence *p, int64_t user, int64_t now_ms, int64_t rate,
                         int64_t burst, int64_t *retry_ms);
+
+/* Entries held (tests: idle ones are freed as take_token sweeps). */
+size_t presence_size(struct presence *p);
 
 #endif

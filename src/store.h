@@ -128,6 +128,8 @@ struct store_ops {
     int (*refresh_rotate)(struct store *st, const char *old_hash, const char *new_hash, int64_t new_expires_at,
                           int64_t now, int64_t *user_id_out);
     int (*refresh_revoke)(struct store *st, const char *token_hash, int64_t now);
+    /* housekeeping (the writer, periodically); may be NULL: nothing is pruned */
+    int (*refresh_prune)(struct store *st, int64_t now, int64_t rotated_before, int limit, int *deleted_out);
 
     /* conversations and members */
     int (*conv_create_direct)(struct store *st, int64_t a, int64_t b, int64_t now, int64_t *conv_out,
@@ -230,6 +232,20 @@ static inline int store_refresh_rotate(struct store *st, const char *old_hash, c
 static inline int store_refresh_revoke(struct store *st, const char *token_hash, int64_t now)
 {
     return st->ops->refresh_revoke(st, token_hash, now);
+}
+
+/* Deletes at most limit refresh-token rows that can never serve again:
+ * expired ones; every row of a family with no live token left (logged out,
+ * revoked for reuse, abandoned); and rotated rows whose successor was issued
+ * at or before rotated_before (a reuse that old is answered as an unknown
+ * token instead of revoking the family). Rotated rows of a family in use are
+ * otherwise kept: presenting one is how theft is detected. *deleted_out gets
+ * the count (limit: call again). A backend without it deletes nothing. */
+static inline int store_refresh_prune(struct store *st, int64_t now, int64_t rotated_before, int limit,
+                                      int *deleted_out)
+{
+    *deleted_out = 0;
+    return st->ops->refresh_prune ? st->ops->refresh_prune(st, now, rotated_before, limit, deleted_out) : STORE_OK;
 }
 
 /* conversation object: {"id","kind","title","members":[{"id","username",

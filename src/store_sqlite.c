@@ -45,6 +45,7 @@ enum sid {
     S_RT_INSERT_NEXT,
     S_RT_SET_REPLACED,
     S_RT_REVOKE,
+    S_RT_PRUNE,
     S_DIRECT_FIND,
     S_DIRECT_INSERT,
     S_CONV_INSERT,
@@ -134,6 +135,13 @@ static const struct sdef SQL[S__COUNT] = {
     [S_RT_REVOKE] = {"revoke refresh token",
                      "UPDATE refresh_tokens SET revoked_at = ?2"
                      " WHERE token_hash = ?1 AND revoked_at IS NULL"},
+    [S_RT_PRUNE] = {"prune refresh tokens",
+                    "DELETE FROM refresh_tokens WHERE id IN (SELECT t.id FROM refresh_tokens t"
+                    " WHERE t.expires_at <= ?1"
+                    " OR EXISTS (SELECT 1 FROM refresh_tokens n WHERE n.id = t.replaced_by AND n.created_at <= ?2)"
+                    " OR NOT EXISTS (SELECT 1 FROM refresh_tokens l WHERE l.family = t.family"
+                    "  AND l.revoked_at IS NULL AND l.replaced_by IS NULL AND l.expires_at > ?1)"
+                    " LIMIT ?3)"},
 
     [S_DIRECT_FIND] = {"find direct conversation",
                        "SELECT conv_id FROM direct_pairs WHERE user_lo = ?1 AND user_hi = ?2"},
@@ -923,6 +931,22 @@ static int sq_refresh_revoke(struct store *st_, const char *token_hash, int64_t 
     q_text(&q, token_hash);
     q_i64(&q, now);
     return q_exec(&q);
+}
+
+static int sq_refresh_prune(struct store *st_, int64_t now, int64_t rotated_before, int limit, int *deleted_out)
+{
+    struct sq *st = (struct sq *)st_;
+    struct q q;
+
+    if (q_start(st, S_RT_PRUNE, &q))
+        return STORE_ERR;
+    q_i64(&q, now);
+    q_i64(&q, rotated_before);
+    q_i64(&q, limit);
+    int rc = q_exec(&q);
+    if (rc == STORE_OK)
+        *deleted_out = sqlite3_changes(st->db);
+    return rc;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1853,6 +1877,7 @@ static const struct store_ops sqlite_ops = {
     .refresh_insert = sq_refresh_insert,
     .refresh_rotate = sq_refresh_rotate,
     .refresh_revoke = sq_refresh_revoke,
+    .refresh_prune = sq_refresh_prune,
     .conv_create_direct = sq_conv_create_direct,
     .conv_create_group = sq_conv_create_group,
     .conv_get = sq_conv_get,

@@ -193,10 +193,38 @@ static void publish_to_bus(void *ctx, const struct job *j, struct frame *f, stru
     bus_msg_unref(m);
 }
 
+int writer_prune(struct store *st, int64_t now_ms)
+{
+    int n = 0;
+    if (store_begin(st) != STORE_OK)
+        return -1;
+    if (store_refresh_prune(st, now_ms, now_ms - WRITER_ROTATED_KEEP_MS, WRITER_PRUNE_ROWS, &n) != STORE_OK ||
+        store_commit(st) != STORE_OK) {
+        store_rollback(st);
+        return -1;
+    }
+    if (n)
+        log_info("writer: %d dead refresh tokens deleted", n);
+    return n;
+}
+
+/* Housekeeping when it is due (mutex not held): one bounded step; a full
+ * step means more is waiting, so the next one comes right after the next
+ * batch instead of an interval later. */
+static void housekeeping(struct writer *wr, uint64_t *next_ms)
+{
+    uint64_t now = uv_hrtime() / 1000000ULL;
+    if (wr->cfg.prune_interval_ms <= 0 || now < *next_ms)
+        return;
+    int n = writer_prune(wr->st, util_now_ms());
+    *next_ms = n == WRITER_PRUNE_ROWS ? now : now + (uint64_t)wr->cfg.prune_interval_ms;
+}
+
 static void writer_main(void *arg)
 {
     struct writer *wr = arg;
     struct thread_ctx t = {.wr = wr};
+    uint64_t next_prune = 0; /* at start */
     postbox_init(&t.pb, wr->workers, wr->nworkers);
 
     uv_mutex_lock(&wr->mu);
@@ -206,6 +234,7 @@ static void writer_main(void *arg)
             if (uv_cond_timedwait(&wr->cond, &wr->mu, (uint64_t)WRITER_PING_MS * 1000000ULL) != 0 && !wr->head) {
                 uv_mutex_unlock(&wr->mu);
                 atomic_store(&wr->db_ok, store_ping(wr->st) == STORE_OK);
+                housekeeping(wr, &next_prune);
                 uv_mutex_lock(&wr->mu);
             }
         }
@@ -234,6 +263,7 @@ static void writer_main(void *arg)
         writer_run_batch(wr->st, batch, wr->exec, publish_to_bus, deliver_to_postbox, &t);
         atomic_store(&wr->db_ok, store_ping(wr->st) == STORE_OK);
         postbox_flush(&t.pb); /* one wake-up per worker per batch */
+        housekeeping(wr, &next_prune);
         uv_mutex_lock(&wr->mu);
     }
     uv_mutex_unlock(&wr->mu);
