@@ -1122,6 +1122,7 @@ static const struct bus_ops redis_ops = {
     .watch = redis_watch,
     .unwatch = redis_unwatch,
     .watching = redis_watching,
+    .ready = bus_redis_ready,
     .free = redis_free,
 };
 

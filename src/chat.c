@@ -20,6 +20,7 @@
  * that arrived ahead of a gap, sorted by seq (references). */
 struct conv_order {
     int64_t delivered;
+    int check;           /* newly watched: read back once what a late subscription missed */
     struct bus_msg **held;
     size_t nheld, capheld;
 };
@@ -48,13 +49,22 @@ static void on_watch(void *ctx, int64_t conv, int on)
     }
 }
 
+static void arm_repair(struct chat_worker *cw);
+
 /* A conversation got a local member at a known point: what came before is
  * the member's sync's business. */
 static void order_baseline(struct chat_worker *cw, int64_t conv, int64_t last_seq)
 {
     struct conv_order *o = idmap_get(&cw->order, conv);
-    if (o && o->delivered < 0)
+    if (o && o->delivered < 0) {
         o->delivered = last_seq;
+        /* On a network bus the subscription to conv's channel is being made
+         * now: what was published before it took effect is read back soon. */
+        if (cw->chat->check_ms > 0) {
+            o->check = 1;
+            arm_repair(cw);
+        }
+    }
 }
 
 static void check_now(struct chat_worker *cw, int all);
@@ -314,7 +324,7 @@ static void check_now(struct chat_worker *cw, int all)
     size_t n = 0;
     IDMAP_FOREACH(&cw->order, s) {
         struct conv_order *o = s->val;
-        n += o->delivered >= 0 && (all || o->nheld);
+        n += o->delivered >= 0 && (all || o->nheld || o->check);
     }
     if (!n)
         return;
@@ -323,7 +333,8 @@ static void check_now(struct chat_worker *cw, int all)
     r->ids2 = xmalloc(n * sizeof *r->ids2);
     IDMAP_FOREACH(&cw->order, s) {
         struct conv_order *o = s->val;
-        if (o->delivered >= 0 && (all || o->nheld)) {
+        if (o->delivered >= 0 && (all || o->nheld || o->check)) {
+            o->check = 0;
             r->ids[r->n] = s->key;
             r->ids2[r->n++] = o->delivered;
         }
@@ -333,10 +344,49 @@ static void check_now(struct chat_worker *cw, int all)
     chat_read_submit(cw, r);
 }
 
+/* After a bus outage: a conversation push may have been lost, so a local
+ * user may be in a conversation this worker does not know of. The database
+ * says; such a conversation is joined with nothing delivered yet, and the
+ * check reads its messages back (the client's SDK takes them as the first
+ * words of a conversation it did not know). */
+static void membership_read(struct read *r)
+{
+    struct chat_worker *cw = r->arg;
+    if (r->rc != STORE_OK)
+        return;
+    size_t i;
+    json_t *pair;
+    int joined = 0;
+    json_array_foreach(r->result, i, pair) {
+        int64_t user = (int64_t)json_integer_value(json_array_get(pair, 0));
+        int64_t conv = (int64_t)json_integer_value(json_array_get(pair, 1));
+        if (hub_in_conv(&cw->hub, user, conv) || !hub_user(&cw->hub, user))
+            continue;
+        hub_join(&cw->hub, user, conv);
+        order_baseline(cw, conv, 0);
+        joined++;
+    }
+    if (joined)
+        log_info("worker %d: %d conversation memberships learned after a bus outage", cw->w->index, joined);
+}
+
+static void refresh_memberships(struct chat_worker *cw)
+{
+    size_t n = cw->hub.users.len;
+    if (!n)
+        return;
+    struct read *r = chat_read(cw, READ_MEMBERSHIP, NULL, membership_read);
+    r->ids = xmalloc(n * sizeof *r->ids);
+    IDMAP_FOREACH(&cw->hub.users, s)
+        r->ids[r->n++] = s->key;
+    chat_read_submit(cw, r);
+}
+
 static void run_check(struct worker *w, struct event *ev)
 {
     free(ev);
     check_now(w->ctx, 1);
+    refresh_memberships(w->ctx);
 }
 
 static void drop_check(struct event *ev)
@@ -397,12 +447,13 @@ static json_t *outside_view(int64_t conv, json_t *shared)
 
 /* After the conversation view is read: one publication carries the shared
  * body (encoded once), each member's read position, and the frame for the
- * former members in r->ids. */
+ * former members in r->ids. Then the job that changed the conversation is
+ * answered: a client's next request (a send) comes after the push, as in
+ * one process, so the push's last_seq never already counts it. */
 static void push_view_read(struct read *r)
 {
-    struct chat_worker *cw = r->arg;
-    if (r->rc != STORE_OK && r->rc != STORE_NOT_FOUND)
-        return;
+    struct job *j = r->arg;
+    struct chat_worker *cw = j->arg;
     struct bus_msg *m = bus_msg_new(BUS_CONV_PUSH, r->conv);
     if (r->rc == STORE_OK) {
         char *text = json_dumps(r->result, JSON_COMPACT); /* {"id":...} */
@@ -416,26 +467,33 @@ static void push_view_read(struct read *r)
         m->npos = r->npos;
         r->pos = NULL;
     }
-    if (r->n) {
+    if (r->n && (r->rc == STORE_OK || r->rc == STORE_NOT_FOUND)) {
         m->users = idlist_new(r->ids, r->n);
         json_t *o = outside_view(r->conv, r->rc == STORE_OK ? r->result : NULL);
         m->aux = frame_ws_json(o);
         json_decref(o);
     }
-    if (!m->frame && !m->users) {
+    if (m->frame || m->users) {
+        if (!m->frame)
+            m->frame = frame_new(0);
+        publish(cw, m);
+    } else {
         bus_msg_unref(m);
-        return;
     }
-    if (!m->frame)
-        m->frame = frame_new(0);
-    publish(cw, m);
+    if (j->reply)
+        j->reply(j);
+    job_free(j);
 }
 
-/* Pushes conv's current state to every member, and the outside view to the
- * n_gone users who just left or were removed. */
-static void push_conversation(struct chat_worker *cw, int64_t conv, const int64_t *gone, size_t n_gone)
+/* Pushes the conversation j changed to every member, and the outside view
+ * to the n_gone users who just left or were removed; then answers j (which
+ * the push keeps until then). */
+static void push_conversation(struct chat_worker *cw, struct job *j, int64_t conv, const int64_t *gone,
+                              size_t n_gone)
 {
     struct read *r = chat_read(cw, READ_CONV_VIEW, NULL, push_view_read);
+    r->arg = j;
+    j->kept = 1;
     r->conv = conv;
     if (n_gone) {
         r->ids = xmalloc(n_gone * sizeof *r->ids);
@@ -453,13 +511,17 @@ static void core_done(struct job *j)
     if (j->rc == STORE_OK) {
         switch (j->kind) {
         case JOB_CONV_CREATE:
-            if (j->u.create.created)
-                push_conversation(cw, j->u.create.conv, NULL, 0);
+            if (j->u.create.created) {
+                push_conversation(cw, j, j->u.create.conv, NULL, 0);
+                return; /* answered after the push */
+            }
             break;
         case JOB_MEMBER:
-            if (j->u.member.changed)
-                push_conversation(cw, j->u.member.conv, &j->u.member.target,
+            if (j->u.member.changed) {
+                push_conversation(cw, j, j->u.member.conv, &j->u.member.target,
                                   j->u.member.op == MEMBER_REMOVE);
+                return;
+            }
             break;
         case JOB_READ: {
             struct job_read *rd = &j->u.read;

@@ -11,7 +11,8 @@ static void job_returned(struct worker *w, struct event *ev)
     (void)w;
     if (j->done)
         j->done(j);
-    job_free(j);
+    if (!j->kept)
+        job_free(j);
 }
 
 static void job_dropped(struct event *ev)

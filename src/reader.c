@@ -135,6 +135,25 @@ static int run_repair(struct store *st, struct read *r, int per_conv)
     return STORE_OK;
 }
 
+static int run_membership(struct store *st, struct read *r)
+{
+    json_t *pairs = json_array();
+    for (size_t i = 0; i < r->n; i++) {
+        int64_t *convs;
+        size_t n;
+        int rc = store_user_convs(st, r->ids[i], &convs, &n);
+        if (rc != STORE_OK) {
+            json_decref(pairs);
+            return rc;
+        }
+        for (size_t k = 0; k < n; k++)
+            json_array_append_new(pairs, json_pack("[I,I]", (json_int_t)r->ids[i], (json_int_t)convs[k]));
+        free(convs);
+    }
+    r->result = pairs;
+    return STORE_OK;
+}
+
 void reader_run(struct store *st, struct read *r, int per_conv)
 {
     switch (r->kind) {
@@ -187,6 +206,9 @@ void reader_run(struct store *st, struct read *r, int per_conv)
         break;
     case READ_REPAIR:
         r->rc = run_repair(st, r, per_conv);
+        break;
+    case READ_MEMBERSHIP:
+        r->rc = run_membership(st, r);
         break;
     case READ_CONV_VIEW:
         r->rc = store_conv_view(st, r->conv, &r->result, &r->pos, &r->npos);

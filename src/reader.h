@@ -36,6 +36,7 @@ enum read_kind {
     READ_SYNC_SUMMARY, /* user: result = the summary of all the user's conversations (synced) */
     READ_SESSION,      /* user: result = the user, ids = peers, ids2 = conversations, extra = their
                           summary (last seqs) */
+    READ_MEMBERSHIP,   /* ids = users: result = [[user, conv], ...] for every conversation of each */
     READ_REPAIR,       /* ids = conversations, ids2 = the seq each was delivered up to: result =
                           [msgs] after those (at most per_conv each), only for those behind */
     READ_CONV_VIEW,    /* conv: result = the shared part, pos = every member's read position */

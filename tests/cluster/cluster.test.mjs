@@ -139,7 +139,7 @@ test('Redis killed for 2 s while messages flow: delivery resumes, gaps are repai
   await sleep(2000);
   cluster('start-redis', 1);
   cluster('start-redis', 2);
-  await waitFor(async () => (await readyz(nodeUrl(E, 1))) === 200 && (await readyz(nodeUrl(E, 3))) === 200, 20000, 'nodes ready again');
+  await waitFor(async () => (await readyz(nodeUrl(E, 1))) === 200 && (await readyz(nodeUrl(E, 2))) === 200 && (await readyz(nodeUrl(E, 3))) === 200, 20000, 'nodes ready again');
   await sleep(500);
   stop = true;
   await Promise.all(loops);
@@ -153,10 +153,16 @@ test('Redis killed for 2 s while messages flow: delivery resumes, gaps are repai
 
 test('replica replay paused: a client that reconnects still gets everything (the primary answers)', async () => {
   const a = await on(1, 'p'), b = await on(3, 'p');
-  const d = await a.createDirect(b.user.id);
-  await a.send(d.id, 'before the pause');
   const cb = collect(b);
-  await waitFor(() => cb.seqs(d.id).length === 1, 10000, 'first message');
+  const evs = [];
+  for (const ev of ['conversation', 'gap', 'synced', 'disconnected', 'connected', 'error']) b.on(ev, (x) => evs.push([ev, Date.now(), JSON.stringify(x).slice(0, 120)]));
+  const d = await a.createDirect(b.user.id);
+  const ack0 = await a.send(d.id, 'before the pause');
+  try {
+    await waitFor(() => cb.seqs(d.id).length === 1, 10000, 'first message');
+  } catch (e) {
+    throw new Error(`${e.message}: conv ${d.id} ack ${JSON.stringify(ack0)} b state ${b.state} events ${JSON.stringify(evs)}`);
+  }
   psql(E, 'replica', 'SELECT pg_wal_replay_pause()');
   try {
     b.disconnect();
@@ -190,7 +196,6 @@ test('history and lists are really served by the replica; stopped, the primary s
     assert.equal(page.messages.length, 3, 'history with the replica down');
     await a.send(d.id, 'replica down');
     b.disconnect();
-    const cb = collect(b);
     b.connect();
     await waitFor(() => b.state === 'online', 10000, 'reconnected');
     const list = await b.conversations();
