@@ -63,8 +63,7 @@ static void respond_rc(struct conn *c, int rc, int unavailable)
 /* The body as a JSON object, or NULL after answering 400. */
 static json_t *body_object(struct conn *c, struct http_req *r)
 {
-    json_error_t e;
-    json_t *o = json_loadb(r->body.data, r->body.len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &e);
+    json_t *o = proto_json_load(r->body.data, r->body.len);
     if (!o || !json_is_object(o)) {
         json_decref(o);
         http_respond_error(c, 400, "bad_request", "body must be a JSON object");

@@ -180,7 +180,7 @@ void http_req_reset(struct http_req *r)
     /* After an upgrade request that was refused (401, 426, answered
      * keep-alive), llhttp stays paused for the other protocol: start over at
      * this request boundary instead, or the next request gets a 400. */
-    if (llhttp_get_errno(&r->parser) == HPE_PAUSED_UPGRADE)
+    if (r->parser.upgrade || llhttp_get_errno(&r->parser) == HPE_PAUSED_UPGRADE)
         llhttp_init(&r->parser, HTTP_REQUEST, &settings);
     else
         llhttp_resume(&r->parser);

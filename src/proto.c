@@ -9,6 +9,7 @@
 #include "config.h"
 #include "log.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -211,12 +212,88 @@ static int parse_send(struct proto_op *op, size_t max_body, const char **code, c
     return 0;
 }
 
+/* The end of the number token at p (JSON grammar; p < end is '-' or a digit). */
+static const char *number_end(const char *p, const char *end)
+{
+    if (p < end && *p == '-')
+        p++;
+    while (p < end && ((*p >= '0' && *p <= '9') || *p == '.' || *p == 'e' || *p == 'E' || *p == '+' || *p == '-'))
+        p++;
+    return p;
+}
+
+/* Whether jansson can hold the number text[0..n): an integer within
+ * json_int_t, or a real that does not overflow a double. */
+static int number_fits(const char *t, size_t n)
+{
+    char buf[512];
+    if (n >= sizeof buf)
+        return 0;
+    memcpy(buf, t, n);
+    buf[n] = '\0';
+    char *e;
+    errno = 0;
+    if (!strpbrk(buf, ".eE")) {
+        (void)strtoll(buf, &e, 10);
+        return errno != ERANGE;
+    }
+    double d = strtod(buf, &e);
+    return errno != ERANGE || d == 0.0; /* underflow to 0 is what jansson does too */
+}
+
+/* A copy of text with every number jansson would refuse replaced by null
+ * (strings are skipped: their escapes are not numbers). */
+static char *nullify_big_numbers(const char *text, size_t len, size_t *out_len)
+{
+    struct buf b = {0};
+    const char *p = text, *end = text + len, *copied = text;
+    int in_str = 0;
+    while (p < end) {
+        char ch = *p;
+        if (in_str) {
+            if (ch == '\\' && p + 1 < end)
+                p++;
+            else if (ch == '"')
+                in_str = 0;
+            p++;
+        } else if (ch == '"') {
+            in_str = 1;
+            p++;
+        } else if (ch == '-' || (ch >= '0' && ch <= '9')) {
+            const char *q = number_end(p, end);
+            if (!number_fits(p, (size_t)(q - p))) {
+                buf_append(&b, copied, (size_t)(p - copied));
+                buf_append(&b, "null", 4);
+                copied = q;
+            }
+            p = q;
+        } else {
+            p++;
+        }
+    }
+    buf_append(&b, copied, (size_t)(end - copied));
+    *out_len = b.len;
+    return b.data;
+}
+
+json_t *proto_json_load(const char *text, size_t len)
+{
+    json_error_t err;
+    json_t *v = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &err);
+    if (v || json_error_code(&err) != json_error_numeric_overflow)
+        return v;
+    size_t n;
+    char *fixed = nullify_big_numbers(text, len, &n);
+    v = json_loadb(fixed, n, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &err);
+    free(fixed);
+    return v;
+}
+
 int proto_parse(const char *text, size_t len, size_t max_body, struct proto_op *op, const char **code,
                 const char **message)
 {
     memset(op, 0, sizeof *op);
-    json_error_t err;
-    op->root = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &err);
+    op->root = proto_json_load(text, len);
     if (!op->root || !json_is_object(op->root))
         BAD("malformed JSON: expected one object per frame");
     const char *name = json_string_value(json_object_get(op->root, "op"));

@@ -31,6 +31,13 @@ struct proto_op {
 int proto_parse(const char *text, size_t len, size_t max_body, struct proto_op *op, const char **code,
                 const char **message);
 void proto_op_dispose(struct proto_op *op);
+/* One JSON value from a client (a frame, an HTTP body): duplicate keys
+ * refused, NUL allowed in strings (refused by field where it matters). A
+ * number jansson cannot hold (1e400, an integer past int64) is read as null,
+ * so the field that holds it is refused by name and the rest (a send's id)
+ * still answers; no id or seq of the protocol is that large. NULL if the
+ * text is not JSON. */
+json_t *proto_json_load(const char *text, size_t len);
 /* A JSON integer id above 0, or 0 (not an integer, or not positive). */
 int64_t proto_json_id(json_t *v);
 /* The message part of a send ({"id","body"}), shared with HTTP's

@@ -158,12 +158,60 @@ static void test_refused_frames(void **state)
     }
 }
 
+/* Valid JSON that jansson cannot hold (issue 8, item 10): the number is read
+ * as null, so the field is refused by name and a send's id is echoed. */
+static void test_numbers_out_of_range(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *text, *id, *message;
+    } cases[] = {
+        {"{\"op\":\"send\",\"id\":\"a1\",\"conv\":1e400,\"body\":\"x\"}", "a1", "send needs conv: a conversation id"},
+        {"{\"op\":\"send\",\"id\":\"a2\",\"conv\":99999999999999999999999,\"body\":\"x\"}", "a2",
+         "send needs conv: a conversation id"},
+        {"{\"op\":\"send\",\"conv\":-1e999,\"id\":\"a3\",\"body\":\"1e400 is text\"}", "a3",
+         "send needs conv: a conversation id"},
+        {"{\"op\":\"read\",\"conv\":1,\"seq\":1e400}", NULL, "read needs conv and seq"},
+        {"{\"op\":\"typing\",\"conv\":18446744073709551616}", NULL, "typing needs conv"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct proto_op op;
+        const char *code, *msg = NULL;
+        assert_int_equal(proto_parse(cases[i].text, strlen(cases[i].text), 4096, &op, &code, &msg), -1);
+        assert_string_equal(code, "bad_request");
+        assert_string_equal(msg, cases[i].message);
+        if (cases[i].id)
+            assert_string_equal(op.id, cases[i].id);
+        else
+            assert_null(op.id);
+        proto_op_dispose(&op);
+    }
+    /* elsewhere in the frame it changes nothing; a body keeps its text */
+    struct proto_op op;
+    const char *code = NULL, *msg = NULL;
+    const char *ping = "{\"op\":\"ping\",\"x\":[1e400,2]}";
+    assert_int_equal(proto_parse(ping, strlen(ping), 4096, &op, &code, &msg), 0);
+    assert_int_equal(op.kind, OP_PING);
+    proto_op_dispose(&op);
+    const char *send = "{\"op\":\"send\",\"id\":\"b\",\"conv\":2,\"body\":\"1e400 \\\"9e999\\\"\",\"n\":1e400}";
+    assert_int_equal(proto_parse(send, strlen(send), 4096, &op, &code, &msg), 0);
+    assert_int_equal(op.conv, 2);
+    assert_string_equal(op.body, "1e400 \"9e999\"");
+    proto_op_dispose(&op);
+    /* not JSON stays not JSON */
+    const char *bad = "{\"op\":\"send\",\"conv\":1e400";
+    assert_int_equal(proto_parse(bad, strlen(bad), 4096, &op, &code, &msg), -1);
+    assert_string_equal(msg, "malformed JSON: expected one object per frame");
+    proto_op_dispose(&op);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_send_ok),     cmocka_unit_test(test_send_body_with_nul),
         cmocka_unit_test(test_send_errors), cmocka_unit_test(test_send_limits),
         cmocka_unit_test(test_other_ops),   cmocka_unit_test(test_refused_frames),
+        cmocka_unit_test(test_numbers_out_of_range),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
