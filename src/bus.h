@@ -34,6 +34,8 @@ enum bus_kind {
     BUS_CONV_PUSH,  /* a conversation's new state: to each member of `pos`, its own view (a head of
                        its own + the shared `frame`); to each user of `users` (former members) the
                        shared `aux` frame */
+    BUS_ALIVE,      /* a node's presence heartbeat: `users` are online there (no frame, to no
+                       connection); other nodes keep them online until it stops */
 };
 
 struct bus_msg {
@@ -41,8 +43,9 @@ struct bus_msg {
     enum bus_kind kind;
     int64_t conv;
     int64_t user;            /* BUS_PRESENCE: whose presence */
-    int64_t seq;             /* BUS_MSG: the message's seq */
-    struct frame *frame;     /* a reference (see kinds) */
+    int64_t seq;             /* BUS_MSG: the message's seq; BUS_CONV_PUSH: the conversation's last_seq;
+                                BUS_PRESENCE: 1 online, 0 offline */
+    struct frame *frame;     /* a reference (see kinds; NULL for BUS_ALIVE) */
     struct frame *aux;       /* BUS_CONV_PUSH: the whole frame for former members */
     struct idlist *users;    /* a reference or NULL (see kinds) */
     struct store_pos *pos;   /* BUS_CONV_PUSH: owned */

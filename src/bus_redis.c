@@ -151,7 +151,7 @@ struct bus_msg *bus_redis_decode(const void *data, size_t len, const char **why)
     if (p[0] != BUS_REDIS_ENVELOPE_VERSION)
         return bad(why, "unknown version");
     unsigned kind = p[1], flags = p[2];
-    if (kind > BUS_CONV_PUSH)
+    if (kind > BUS_ALIVE)
         return bad(why, "unknown kind");
     if ((flags & ~(unsigned)(F_FRAME | F_AUX | F_USERS)) || p[3])
         return bad(why, "unknown flags");
@@ -168,9 +168,11 @@ struct bus_msg *bus_redis_decode(const void *data, size_t len, const char **why)
     const uint8_t *frame = p + HDR, *aux = frame + flen, *users = aux + alen, *pos = users + (size_t)nusers * 8;
 
     /* what chat_deliver relies on, per kind */
-    if (!(flags & F_FRAME))
+    if (kind == BUS_ALIVE && (flags & (F_FRAME | F_AUX)))
+        return bad(why, "a heartbeat carries no frame");
+    if (kind != BUS_ALIVE && !(flags & F_FRAME))
         return bad(why, "no frame");
-    if (kind != BUS_CONV_PUSH && !ws_frame_ok(frame, flen))
+    if (kind != BUS_CONV_PUSH && kind != BUS_ALIVE && !ws_frame_ok(frame, flen))
         return bad(why, "frame is not one WebSocket frame");
     if (kind != BUS_CONV_PUSH && ((flags & F_AUX) || npos))
         return bad(why, "aux or positions outside a push");
@@ -180,7 +182,7 @@ struct bus_msg *bus_redis_decode(const void *data, size_t len, const char **why)
         return bad(why, "former members without their frame");
     if ((flags & F_AUX) && !ws_frame_ok(aux, alen))
         return bad(why, "aux is not one WebSocket frame");
-    if (kind != BUS_PRESENCE && conv <= 0)
+    if (kind != BUS_PRESENCE && kind != BUS_ALIVE && conv <= 0)
         return bad(why, "no conversation");
     for (uint32_t i = 0; i < nusers; i++)
         if ((int64_t)get64(users + (size_t)i * 8) <= 0)
@@ -194,8 +196,10 @@ struct bus_msg *bus_redis_decode(const void *data, size_t len, const char **why)
     m->except_conn = get64(p + 12);
     m->user = (int64_t)get64(p + 28);
     m->seq = (int64_t)get64(p + 36);
-    m->frame = frame_new(flen);
-    memcpy(m->frame->data, frame, flen);
+    if (flags & F_FRAME) {
+        m->frame = frame_new(flen);
+        memcpy(m->frame->data, frame, flen);
+    }
     if (flags & F_AUX) {
         m->aux = frame_new(alen);
         memcpy(m->aux->data, aux, alen);

@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define PRESENCE_BEAT_MS 10000              /* cluster: each node's presence heartbeat */
+#define PRESENCE_TTL_MS (3 * PRESENCE_BEAT_MS) /* another node's users stay online this long unheard */
 #define REPAIR_WAIT_MS 200 /* how long a gap waits for the missing messages before reading them */
 #define HOLD_MAX 1024      /* messages held behind a gap, per conversation and worker */
 
@@ -81,6 +83,21 @@ static void on_check_timer(uv_timer_t *t)
     check_now(t->data, 1);
 }
 
+static void publish(struct chat_worker *cw, struct bus_msg *m);
+
+/* Cluster: this node's users online, so the other nodes keep them online
+ * (and let them go if this node dies). Worker 0 only. */
+static void on_beat_timer(uv_timer_t *t)
+{
+    struct chat_worker *cw = t->data;
+    int64_t *users;
+    size_t n = presence_local_users(cw->chat->presence, &users);
+    struct bus_msg *m = bus_msg_new(BUS_ALIVE, 0);
+    m->users = idlist_new(users, n);
+    free(users);
+    publish(cw, m);
+}
+
 struct chat_worker *chat_worker_new(struct chat *ch, struct worker *w, struct reader *rd)
 {
     struct chat_worker *cw = xcalloc(1, sizeof *cw);
@@ -96,6 +113,11 @@ struct chat_worker *chat_worker_new(struct chat *ch, struct worker *w, struct re
     if (ch->check_ms > 0)
         uv_timer_start(&cw->check_timer, on_check_timer, (uint64_t)ch->check_ms, (uint64_t)ch->check_ms);
     uv_unref((uv_handle_t *)&cw->check_timer); /* never keeps the loop alive */
+    uv_timer_init(&w->loop, &cw->beat_timer);
+    cw->beat_timer.data = cw;
+    if (ch->check_ms > 0 && w->index == 0)
+        uv_timer_start(&cw->beat_timer, on_beat_timer, PRESENCE_BEAT_MS / 10, PRESENCE_BEAT_MS);
+    uv_unref((uv_handle_t *)&cw->beat_timer);
     return cw;
 }
 
@@ -197,6 +219,12 @@ static void deliver_push(struct chat_worker *cw, const struct bus_msg *m)
 static void deliver_presence(struct chat_worker *cw, const struct bus_msg *m)
 {
     struct hub *h = &cw->hub;
+    struct presence *pr = cw->chat->presence;
+    if (m->origin != cw->chat->bus->node && cw->w->index == 0) /* every worker gets it: one records it */
+        presence_remote_set(pr, m->origin, m->user, m->seq != 0, util_mono_ms() + PRESENCE_TTL_MS);
+    /* offline at one node, online at another: the user is still online */
+    if (!m->seq && presence_online_but(pr, m->user, m->origin))
+        return;
     uint32_t mark = ++h->mark;
     if (!mark)
         mark = ++h->mark; /* 0 is every user's initial mark */
@@ -422,6 +450,11 @@ void chat_deliver(struct worker *w, const struct bus_msg *m)
     }
     case BUS_PRESENCE: deliver_presence(cw, m); break;
     case BUS_CONV_PUSH: deliver_push(cw, m); break;
+    case BUS_ALIVE:
+        if (m->origin != cw->chat->bus->node && w->index == 0 && m->users)
+            presence_remote_alive(cw->chat->presence, m->origin, m->users->ids, m->users->n,
+                                  util_mono_ms() + PRESENCE_TTL_MS);
+        break;
     }
 }
 
@@ -558,8 +591,12 @@ void chat_submit(struct chat_worker *cw, struct job *j)
 int chat_send(struct chat_worker *cw, struct job *j, int64_t *retry_ms)
 {
     const struct config *cfg = cw->chat->cfg;
-    if (presence_take_token(cw->chat->presence, j->u.send.sender, util_mono_ms(), cfg->send_rate,
-                            cfg->send_burst, retry_ms) < 0) {
+    /* A user connected at k nodes sends through k buckets: each holds 1/k of
+     * the limit, so the limit holds across the cluster. */
+    int64_t k = presence_other_nodes(cw->chat->presence, j->u.send.sender) + 1;
+    int64_t rate = cfg->send_rate ? (cfg->send_rate + k - 1) / k : 0;
+    int64_t burst = cfg->send_burst ? (cfg->send_burst + k - 1) / k : 0;
+    if (presence_take_token(cw->chat->presence, j->u.send.sender, util_mono_ms(), rate, burst, retry_ms) < 0) {
         job_free(j);
         return -1;
     }
@@ -602,13 +639,14 @@ static void send_hello(struct chat_worker *cw, struct conn *c, json_t *user)
 
 static void publish_presence(struct chat_worker *cw, int64_t user, const int64_t *convs, size_t n, int online)
 {
-    if (!n)
-        return;
+    if (!n && cw->chat->check_ms <= 0)
+        return; /* nobody to tell; in a cluster the other nodes record it all the same */
     json_t *o = json_pack("{s:s,s:I,s:b}", "op", "presence", "user", (json_int_t)user, "online", online);
     struct bus_msg *m = bus_msg_new(BUS_PRESENCE, 0);
     m->frame = frame_ws_json(o);
     m->users = idlist_new(convs, n);
     m->user = user;
+    m->seq = online;
     json_decref(o);
     publish(cw, m);
 }

@@ -53,6 +53,7 @@ struct chat_worker {
     struct idmap order;         /* conv -> struct conv_order: in-order, once-only delivery */
     uv_timer_t repair_timer;    /* a gap waits this long for its missing messages, then reads them */
     uv_timer_t check_timer;     /* the periodic check (check_ms) */
+    uv_timer_t beat_timer;      /* cluster, worker 0: this node's presence heartbeat */
     int repair_armed, repair_inflight;
 };
 

@@ -4,9 +4,11 @@
  * neither (issue 8: buckets of users long gone were never freed). */
 #include "presence.h"
 
+#include "idmap.h"
 #include "util.h"
 
 #include <stdlib.h>
+#include <string.h>
 #include <uv.h>
 
 struct entry {
@@ -21,11 +23,20 @@ struct entry {
 
 #define SWEEP_SLOTS 4    /* slots each take_token looks at for idle entries */
 
+/* Cluster mode: the other nodes a user is online at, each until a
+ * deadline their heartbeats keep pushing back (a node that dies stops
+ * them, and its users fall offline here when the deadline passes). */
+struct remote {
+    size_t n;
+    struct { uint64_t node; int64_t until_ms; } v[];
+};
+
 struct presence {
     uv_mutex_t mu;
     struct entry **slots;
     size_t cap, len;
     size_t cursor;       /* the next slot the sweep looks at */
+    struct idmap remote; /* user -> struct remote */
 };
 
 struct presence *presence_new(void)
@@ -50,6 +61,9 @@ void presence_free(struct presence *p)
         }
     }
     free(p->slots);
+    IDMAP_FOREACH(&p->remote, r)
+        free(r->val);
+    idmap_dispose(&p->remote);
     uv_mutex_destroy(&p->mu);
     free(p);
 }
@@ -158,13 +172,122 @@ int presence_down(struct presence *p, int64_t user)
     return n;
 }
 
+/* Under mu: whether another node (but except) holds user online now. */
+static int remote_online(struct presence *p, int64_t user, uint64_t except, int64_t now_ms)
+{
+    struct remote *r = idmap_get(&p->remote, user);
+    for (size_t i = 0; r && i < r->n; i++)
+        if (r->v[i].node != except && r->v[i].until_ms > now_ms)
+            return 1;
+    return 0;
+}
+
 int presence_online(struct presence *p, int64_t user)
 {
+    return presence_online_but(p, user, 0);
+}
+
+int presence_online_but(struct presence *p, int64_t user, uint64_t except_node)
+{
+    int64_t now = util_mono_ms();
     uv_mutex_lock(&p->mu);
     struct entry *e = *find(p, user);
-    int online = e && e->conns > 0;
+    int online = (e && e->conns > 0) || remote_online(p, user, except_node, now);
     uv_mutex_unlock(&p->mu);
     return online;
+}
+
+int presence_other_nodes(struct presence *p, int64_t user)
+{
+    int64_t now = util_mono_ms();
+    int n = 0;
+    uv_mutex_lock(&p->mu);
+    struct remote *r = p->remote.len ? idmap_get(&p->remote, user) : NULL;
+    for (size_t i = 0; r && i < r->n; i++)
+        n += r->v[i].until_ms > now;
+    uv_mutex_unlock(&p->mu);
+    return n;
+}
+
+/* Under mu: sets (until_ms > 0) or drops node's entry for user. */
+static void remote_put(struct presence *p, uint64_t node, int64_t user, int64_t until_ms)
+{
+    struct remote *r = idmap_get(&p->remote, user);
+    size_t i = 0;
+    while (r && i < r->n && r->v[i].node != node)
+        i++;
+    if (until_ms <= 0) {
+        if (!r || i == r->n)
+            return;
+        r->v[i] = r->v[--r->n];
+        if (!r->n) {
+            idmap_del(&p->remote, user);
+            free(r);
+        }
+        return;
+    }
+    if (r && i < r->n) {
+        r->v[i].until_ms = until_ms;
+        return;
+    }
+    size_t n = r ? r->n : 0;
+    struct remote *g = xrealloc(r, sizeof *g + (n + 1) * sizeof g->v[0]);
+    g->n = n + 1;
+    g->v[n].node = node;
+    g->v[n].until_ms = until_ms;
+    if (g != r)
+        idmap_put(&p->remote, user, g);
+}
+
+void presence_remote_set(struct presence *p, uint64_t node, int64_t user, int online, int64_t until_ms)
+{
+    uv_mutex_lock(&p->mu);
+    remote_put(p, node, user, online ? until_ms : 0);
+    uv_mutex_unlock(&p->mu);
+}
+
+void presence_remote_alive(struct presence *p, uint64_t node, const int64_t *users, size_t n, int64_t until_ms)
+{
+    int64_t now = util_mono_ms();
+    uv_mutex_lock(&p->mu);
+    for (size_t i = 0; i < n; i++)
+        remote_put(p, node, users[i], until_ms);
+    /* entries past their deadline (dead nodes, missed offlines) go now */
+    int64_t *gone = NULL;
+    size_t ngone = 0;
+    IDMAP_FOREACH(&p->remote, slot) {
+        struct remote *r = slot->val;
+        for (size_t k = 0; k < r->n;)
+            if (r->v[k].until_ms <= now)
+                r->v[k] = r->v[--r->n];
+            else
+                k++;
+        if (!r->n) {
+            gone = xrealloc(gone, (ngone + 1) * sizeof *gone);
+            gone[ngone++] = slot->key;
+        }
+    }
+    for (size_t i = 0; i < ngone; i++)
+        free(idmap_del(&p->remote, gone[i]));
+    free(gone);
+    uv_mutex_unlock(&p->mu);
+}
+
+size_t presence_local_users(struct presence *p, int64_t **out)
+{
+    size_t n = 0, cap = 64;
+    int64_t *v = xmalloc(cap * sizeof *v);
+    uv_mutex_lock(&p->mu);
+    for (size_t i = 0; i < p->cap; i++)
+        for (struct entry *e = p->slots[i]; e; e = e->next)
+            if (e->conns > 0) {
+                if (n == cap)
+                    v = xrealloc(v, (cap *= 2) * sizeof *v);
+                v[n++] = e->user;
+            }
+    uv_mutex_unlock(&p->mu);
+    *out = v;
+    return n;
 }
 
 int presence_take_token(struct presence *p, int64_t user, int64_t now_ms, int64_t rate,

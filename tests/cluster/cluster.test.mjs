@@ -66,6 +66,18 @@ test('users on different nodes exchange direct and group messages live, and typi
   b.on('typing', (t) => typing.push(t));
   a.typing(d.id);
   await waitFor(() => typing.some((t) => t.conv === d.id && t.user === a.user.id), 10000, 'typing from node 1 at node 2');
+
+  // presence across nodes: B (node 2) learns A (node 1) is online, and that A left
+  const online = new Map();
+  b.on('presence', (p) => online.set(p.user, p.online));
+  const found = (await b.searchUsers(a.user.username)).find((u) => u.id === a.user.id);
+  assert.equal(found.online, true, 'node 2 knows a user of node 1 is online');
+  a.disconnect();
+  await waitFor(() => online.get(a.user.id) === false, 10000, 'A offline, seen at node 2');
+  const gone = (await c.searchUsers(a.user.username)).find((u) => u.id === a.user.id);
+  assert.equal(gone.online, false, 'node 3 knows A is offline');
+  a.connect();
+  await waitFor(() => online.get(a.user.id) === true, 10000, 'A online again, seen at node 2');
 });
 
 test('three nodes send concurrently into one group: dense seqs, no duplicates, every member sees all in order', async () => {
