@@ -576,9 +576,47 @@ static void core_done(struct job *j)
         j->reply(j);
 }
 
+/* A resend of a stored message: publish the stored message again before
+ * the original ack goes out (commit, publish, ack: a node that died between
+ * its commit and its publish leaves nobody without the message once the
+ * sender retries; receivers drop the seq if they have it). */
+static void republish_read(struct read *r)
+{
+    struct job *j = r->arg;
+    struct chat_worker *cw = j->arg;
+    if (r->rc == STORE_OK) {
+        struct bus_msg *m = bus_msg_new(BUS_MSG, r->conv);
+        m->seq = r->seq;
+        json_object_set_new(r->result, "op", json_string("msg"));
+        m->frame = frame_ws_json(r->result);
+        m->users = idlist_new(r->ids, r->n);
+        publish(cw, m);
+    }
+    if (j->reply)
+        j->reply(j);
+    job_free(j);
+}
+
+static void send_done(struct job *j)
+{
+    struct chat_worker *cw = j->arg;
+    if (j->rc != STORE_OK || !j->u.send.dup) {
+        if (j->reply)
+            j->reply(j);
+        return;
+    }
+    struct read *r = chat_read(cw, READ_REPUBLISH, NULL, republish_read);
+    r->arg = j;
+    r->conv = j->u.send.conv;
+    r->seq = j->u.send.seq;
+    r->min_seq = j->u.send.seq;
+    j->kept = 1;
+    chat_read_submit(cw, r);
+}
+
 struct job *chat_job(struct chat_worker *cw, enum job_kind kind, struct conn *c, job_done_fn reply)
 {
-    struct job *j = job_new(kind, cw->w, c, kind == JOB_SEND ? reply : core_done, cw);
+    struct job *j = job_new(kind, cw->w, c, kind == JOB_SEND ? send_done : core_done, cw);
     j->reply = reply;
     return j;
 }

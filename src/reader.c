@@ -210,6 +210,20 @@ void reader_run(struct store *st, struct read *r, int per_conv)
     case READ_MEMBERSHIP:
         r->rc = run_membership(st, r);
         break;
+    case READ_REPUBLISH: {
+        json_t *page = NULL;
+        int more;
+        r->rc = store_msg_page(st, r->conv, 0, r->seq - 1, 1, &page, &more);
+        if (r->rc == STORE_OK && json_array_size(page) == 1)
+            r->result = json_incref(json_array_get(page, 0));
+        else if (r->rc == STORE_OK)
+            r->rc = STORE_NOT_FOUND;
+        if (page)
+            json_decref(page);
+        if (r->rc == STORE_OK)
+            r->rc = store_members(st, r->conv, &r->ids, &r->n);
+        break;
+    }
     case READ_CONV_VIEW:
         r->rc = store_conv_view(st, r->conv, &r->result, &r->pos, &r->npos);
         break;

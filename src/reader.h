@@ -37,6 +37,7 @@ enum read_kind {
     READ_SESSION,      /* user: result = the user, ids = peers, ids2 = conversations, extra = their
                           summary (last seqs) */
     READ_MEMBERSHIP,   /* ids = users: result = [[user, conv], ...] for every conversation of each */
+    READ_REPUBLISH,    /* conv, seq: result = that message, ids = the conversation's members */
     READ_REPAIR,       /* ids = conversations, ids2 = the seq each was delivered up to: result =
                           [msgs] after those (at most per_conv each), only for those behind */
     READ_CONV_VIEW,    /* conv: result = the shared part, pos = every member's read position */
