@@ -83,7 +83,8 @@ TEST_CLUSTER_DIR := /tmp/parley-cluster-test
 test-cluster: setup-test build
 	@scripts/cluster down --dir $(TEST_CLUSTER_DIR) >/dev/null 2>&1 || true
 	@rm -rf $(TEST_CLUSTER_DIR)
-	@PARLEY_WORKERS=2 PARLEY_SEND_RATE=0 PARLEY_SEND_BURST=0 scripts/cluster up --dir $(TEST_CLUSTER_DIR) --port 28080 --redis 2
+	@PARLEY_WORKERS=2 PARLEY_SEND_RATE=0 PARLEY_SEND_BURST=0 PARLEY_DRAIN_DELAY_S=1 PARLEY_DRAIN_SECONDS=2 \
+	  scripts/cluster up --dir $(TEST_CLUSTER_DIR) --port 28080 --redis 2
 	@cd tests && PARLEY_CLUSTER_DIR=$(TEST_CLUSTER_DIR) $(NODE_TEST) --test-timeout=300000 cluster/*.test.mjs; \
 	  rc=$$?; cd .. && scripts/cluster down --dir $(TEST_CLUSTER_DIR) --clean >/dev/null; exit $$rc
 

@@ -62,4 +62,6 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 16384 ]; then
     echo "bench/run.sh: ulimit -n is $(ulimit -n) (hard $(ulimit -Hn)): load/conns needs 10,100; it will fail, the rest runs" >&2
   fi
 fi
+# parleyd drains for 15 s on SIGTERM by default (PARLEY_DRAIN_*): not between benchmark runs
+export PARLEY_DRAIN_DELAY_S=0 PARLEY_DRAIN_SECONDS=0
 exec node bench/compare.mjs "$@"

@@ -534,6 +534,10 @@ static void api_upgrade(struct conn *c, struct http_req *r)
         http_respond_error(c, 400, "bad_request", "expected a WebSocket upgrade");
         return;
     }
+    if (c->w->leaving || c->w->draining) { /* a load balancer places the session elsewhere */
+        http_respond_retry(c, 503, "unavailable", "this node is draining; connect again", 1000);
+        return;
+    }
     if (!r->ws_version || strcmp(r->ws_version, "13") != 0) {
         static const char body[] =
             "{\"error\":{\"code\":\"bad_request\",\"message\":\"WebSocket version 13 required\"}}";

@@ -140,7 +140,7 @@ int chat_ready(struct chat_worker *cw, const char *problems[4])
         problems[n++] = "database";
     if (!bus_ready(cw->chat->bus))
         problems[n++] = "bus";
-    if (cw->w->draining)
+    if (cw->w->draining || cw->w->leaving)
         problems[n++] = "draining";
     problems[n] = NULL;
     return n == 0;

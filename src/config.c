@@ -72,6 +72,9 @@ static const struct opt opts[] = {
     {"--typing-ms", "PARLEY_TYPING_MS", OPT_INT, OFF(typing_ms), 0, 0, 600000, "2000", "one typing fan-out per user and conversation per interval (0: all)"},
     {"--writer-queue", "PARLEY_WRITER_QUEUE", OPT_INT, OFF(writer_queue), 0, 1, 100000000, "100000", "writes waiting for the writer (more: unavailable, 503)"},
     {"--log-level", "PARLEY_LOG_LEVEL", OPT_LEVEL, 0, 0, 0, 0, "info", "debug, info, warn or error"},
+    {"--log-format", "PARLEY_LOG_FORMAT", OPT_STR, OFF(log_format), SZ(log_format), 0, 0, "text", "text, or json (one object per line)"},
+    {"--drain-delay-s", "PARLEY_DRAIN_DELAY_S", OPT_INT, OFF(drain_delay_s), 0, 0, 3600, "5", "SIGTERM: seconds of /readyz 503 while still serving (no new WebSockets)"},
+    {"--drain-seconds", "PARLEY_DRAIN_SECONDS", OPT_INT, OFF(drain_seconds), 0, 0, 3600, "10", "SIGTERM: then close WebSockets (1001) spread over this many seconds"},
     {"--redis-url", "PARLEY_REDIS_URL", OPT_STR, OFF(redis_url), SZ(redis_url), 0, 0, NULL, "cluster: Redis bus, redis://host:port[/db], comma-separated for several"},
     {"--db-url", "PARLEY_DB_URL", OPT_STR, OFF(db_url), SZ(db_url), 0, 0, NULL, "cluster: PostgreSQL primary, postgresql://user@host:port/db (instead of SQLite)"},
     {"--db-replica-url", "PARLEY_DB_REPLICA_URL", OPT_STR, OFF(db_replica_url), SZ(db_replica_url), 0, 0, NULL, "cluster: PostgreSQL streaming replica for reads (optional)"},
@@ -203,6 +206,10 @@ int config_load(struct config *cfg, int argc, char **argv, char *err, size_t err
     if (cfg->workers == 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         cfg->workers = n > 0 ? (int)(n > 64 ? 64 : n) : 1;
+    }
+    if (strcmp(cfg->log_format, "text") != 0 && strcmp(cfg->log_format, "json") != 0) {
+        snprintf(err, errlen, "PARLEY_LOG_FORMAT/--log-format: expected text or json, got '%s'", cfg->log_format);
+        return -1;
     }
     return check_cluster(cfg, err, errlen);
 }

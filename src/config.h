@@ -46,6 +46,9 @@ struct config {
     int64_t typing_ms;       /* typing fan-out interval per user and conversation; 0 = none */
     int64_t writer_queue;    /* jobs waiting for the writer */
     int log_level;           /* enum log_level */
+    char log_format[8];      /* "text" or "json" */
+    int64_t drain_delay_s;   /* SIGTERM: keep serving (not ready) this long first */
+    int64_t drain_seconds;   /* then close the WebSockets with 1001 spread over this long */
     char redis_url[512];
     char db_url[512];
     char db_replica_url[512];

@@ -8,6 +8,30 @@
 
 /* Written once by main before threads start (see log.h); read-only after. */
 static enum log_level threshold = LOG_INFO;
+static int json_lines;
+
+void log_set_json(int on)
+{
+    json_lines = on;
+}
+
+/* The message as a JSON string's content: quotes, backslashes and control
+ * characters escaped (the rest, UTF-8 included, as it is). */
+static void json_escape(char *out, size_t outlen, const char *in)
+{
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)in; *p && o + 7 < outlen; p++) {
+        if (*p == '"' || *p == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)*p;
+        } else if (*p < 0x20) {
+            o += (size_t)snprintf(out + o, outlen - o, "\\u%04x", *p);
+        } else {
+            out[o++] = (char)*p;
+        }
+    }
+    out[o] = '\0';
+}
 
 int log_level_parse(const char *s)
 {
@@ -43,7 +67,16 @@ void log_msg(enum log_level level, const char *fmt, ...)
                      tm.tm_sec, ts.tv_nsec / 1000000, tags[level]);
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
+    if (!json_lines) {
+        vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
+        va_end(ap);
+        fprintf(stderr, "%s\n", line);
+        return;
+    }
+    char msg[1024], esc[2048];
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "%s\n", line);
+    json_escape(esc, sizeof esc, msg);
+    line[n - (int)strlen(tags[level]) - 2] = '\0'; /* the timestamp alone */
+    fprintf(stderr, "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":\"%s\"}\n", line, tags[level], esc);
 }

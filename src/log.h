@@ -10,6 +10,8 @@ enum log_level { LOG_DEBUG = 0, LOG_INFO = 1, LOG_WARN = 2, LOG_ERROR = 3 };
 int log_level_parse(const char *s);
 /* Called once, before threads start. */
 void log_set_level(enum log_level level);
+/* Lines as JSON objects {"ts","level","msg"} (--log-format json); before threads start. */
+void log_set_json(int on);
 int log_enabled(enum log_level level);
 void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -48,23 +48,59 @@ struct main_state {
     struct chat *chat;
     struct worker **workers;
     int nworkers;
+    const struct config *cfg;
     uv_signal_t sigterm, sigint;
+    uv_timer_t drain_timer;     /* the graceful drain's steps */
+    int drain_step;
 };
+
+/* The end of every stop: no more reading, every job already queued commits
+ * and is answered, then the sockets close (1001) and the workers end. */
+static void stop_now(struct main_state *ms)
+{
+    for (int i = 0; i < ms->nworkers; i++)
+        worker_post_drain(ms->workers[i]);
+    writer_stop(ms->chat->writer);
+    for (int i = 0; i < ms->nworkers; i++)
+        worker_post_stop(ms->workers[i]);
+    if (!uv_is_closing((uv_handle_t *)&ms->drain_timer))
+        uv_close((uv_handle_t *)&ms->drain_timer, NULL);
+}
+
+/* The graceful drain (SIGTERM): not ready at once, serving on for
+ * drain_delay_s so the load balancer notices; then the WebSockets close
+ * with 1001 spread over drain_seconds (clients reconnect elsewhere a few at
+ * a time); then stop_now. */
+static void on_drain_timer(uv_timer_t *t)
+{
+    struct main_state *ms = t->data;
+    if (ms->drain_step++ == 0 && ms->cfg->drain_seconds > 0) {
+        log_info("drain: closing WebSockets over %lld s", (long long)ms->cfg->drain_seconds);
+        for (int i = 0; i < ms->nworkers; i++)
+            worker_post_spread_close(ms->workers[i], ms->cfg->drain_seconds * 1000);
+        uv_timer_start(t, on_drain_timer, (uint64_t)ms->cfg->drain_seconds * 1000 + 200, 0);
+        return;
+    }
+    stop_now(ms);
+}
 
 static void on_signal(uv_signal_t *h, int signum)
 {
     struct main_state *ms = h->data;
-    log_info("signal %d: draining", signum);
-    for (int i = 0; i < ms->nworkers; i++)
-        worker_post_drain(ms->workers[i]);
-    /* every job already queued commits and is answered before sockets close */
-    writer_stop(ms->chat->writer);
-    for (int i = 0; i < ms->nworkers; i++)
-        worker_post_stop(ms->workers[i]);
     /* Closing the handles restores the default action: a second signal
      * during the drain ends the process at once. */
     uv_close((uv_handle_t *)&ms->sigterm, NULL);
     uv_close((uv_handle_t *)&ms->sigint, NULL);
+    if (signum == SIGTERM && (ms->cfg->drain_delay_s > 0 || ms->cfg->drain_seconds > 0)) {
+        log_info("signal %d: draining (not ready; serving for %lld s, then closing WebSockets over %lld s)",
+                 signum, (long long)ms->cfg->drain_delay_s, (long long)ms->cfg->drain_seconds);
+        for (int i = 0; i < ms->nworkers; i++)
+            worker_post_leave(ms->workers[i]);
+        uv_timer_start(&ms->drain_timer, on_drain_timer, (uint64_t)ms->cfg->drain_delay_s * 1000, 0);
+        return;
+    }
+    log_info("signal %d: draining", signum); /* SIGINT (Ctrl-C): at once */
+    stop_now(ms);
 }
 
 /* The Redis bus's link hook (on its thread): a shard is whole again after a
@@ -99,6 +135,7 @@ int main(int argc, char **argv)
     if (rc < 0)
         return fail(err, NULL);
     log_set_level(cfg.log_level);
+    log_set_json(strcmp(cfg.log_format, "json") == 0);
     if (sodium_init() < 0)
         return fail("libsodium failed to initialize", NULL);
     if (config_load_secret(&cfg, err, sizeof err) < 0)
@@ -168,8 +205,10 @@ int main(int argc, char **argv)
         if (worker_start(workers[i]) < 0)
             return fail("cannot start a worker thread", NULL);
 
-    struct main_state ms = {.chat = &chat, .workers = workers, .nworkers = nw};
+    struct main_state ms = {.chat = &chat, .workers = workers, .nworkers = nw, .cfg = &cfg};
     uv_loop_t *loop = uv_default_loop();
+    uv_timer_init(loop, &ms.drain_timer);
+    ms.drain_timer.data = &ms;
     uv_signal_init(loop, &ms.sigterm);
     uv_signal_init(loop, &ms.sigint);
     ms.sigterm.data = ms.sigint.data = &ms;

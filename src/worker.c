@@ -125,6 +125,70 @@ void worker_post_stop(struct worker *w)
     post_simple(w, run_stop);
 }
 
+static void run_leave(struct worker *w, struct event *ev)
+{
+    free(ev);
+    w->leaving = 1;
+}
+
+void worker_post_leave(struct worker *w)
+{
+    post_simple(w, run_leave);
+}
+
+struct spread_event {
+    struct event ev;
+    int64_t spread_ms;
+};
+
+static void on_sweep(uv_timer_t *t);
+
+static void run_spread(struct worker *w, struct event *ev)
+{
+    struct spread_event *se = (struct spread_event *)ev;
+    w->leaving = 1;
+    w->spread_start_ms = now_ms(w);
+    w->spread_ms = se->spread_ms > 0 ? se->spread_ms : 1;
+    w->spread_total = w->spread_closed = 0;
+    for (struct conn *c = w->conns; c; c = c->next)
+        w->spread_total += c->state == CONN_WS || c->state == CONN_WS_AUTH;
+    free(se);
+    /* look often enough that the closes come in many small steps */
+    uv_timer_start(&w->sweep, on_sweep, 0, 100);
+}
+
+void worker_post_spread_close(struct worker *w, int64_t spread_ms)
+{
+    struct spread_event *se = xcalloc(1, sizeof *se);
+    se->ev.run = run_spread;
+    se->ev.drop = free_event;
+    se->spread_ms = spread_ms;
+    worker_post(w, &se->ev, &se->ev);
+}
+
+/* The share of the WebSockets due to be closed by now, closed with 1001:
+ * clients reconnect elsewhere a few at a time, not all at once. */
+static void spread_close(struct worker *w, int64_t now)
+{
+    int64_t elapsed = now - w->spread_start_ms;
+    size_t due = elapsed >= w->spread_ms ? w->spread_total
+                                         : (size_t)((double)w->spread_total * (double)elapsed / (double)w->spread_ms);
+    struct conn *next;
+    for (struct conn *c = w->conns; c && w->spread_closed < due; c = next) {
+        next = c->next;
+        if (c->state == CONN_WS || c->state == CONN_WS_AUTH) {
+            conn_close_ws(c, 1001, "server going away");
+            w->spread_closed++;
+        }
+    }
+    if (elapsed >= w->spread_ms) /* anything opened meanwhile too */
+        for (struct conn *c = w->conns; c; c = next) {
+            next = c->next;
+            if (c->state == CONN_WS || c->state == CONN_WS_AUTH)
+                conn_close_ws(c, 1001, "server going away");
+        }
+}
+
 static void on_wake(uv_async_t *a)
 {
     struct worker *w = a->data;
@@ -976,6 +1040,8 @@ static void on_sweep(uv_timer_t *t)
         else
             sweep_conn(w, c, now, wall);
     }
+    if (w->spread_ms && !w->stopping)
+        spread_close(w, now);
     if (w->stopping && w->nconns == 0)
         close_handles(w);
 }

@@ -61,6 +61,11 @@ void postbox_dispose(struct postbox *pb);
 /* Shutdown steps, posted by main: stop accepting and reading (1), then close
  * every connection with 1001 and end the loop (2). */
 void worker_post_drain(struct worker *w);
+/* The graceful drain before those steps (SIGTERM): leaving = the node says
+ * it is not ready and takes no new WebSocket session, but serves on; then
+ * its WebSockets are closed with 1001 spread evenly over spread_ms. */
+void worker_post_leave(struct worker *w);
+void worker_post_spread_close(struct worker *w, int64_t spread_ms);
 void worker_post_stop(struct worker *w);
 
 /* ---- connections ---- */
@@ -205,6 +210,9 @@ struct worker {
     struct conn *conns;            /* all connections (list head) */
     size_t nconns;
     uint64_t next_conn_id;
+    int leaving;                   /* SIGTERM: not ready, no new WebSocket sessions, still serving */
+    int64_t spread_start_ms, spread_ms; /* closing WebSockets evenly over spread_ms (0: not) */
+    size_t spread_total, spread_closed;
     int draining;                  /* shutdown step 1: no accepting, no reading */
     int stopping;                  /* step 2: closing every connection */
     int64_t stop_deadline_ms;      /* shutdown: abort what has not flushed by then */

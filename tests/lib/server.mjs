@@ -54,6 +54,9 @@ export async function start(opts = {}) {
     PARLEY_JWT_SECRET: 'test-secret-0123456789abcdef0123456789',
     PARLEY_WORKERS: '2',
     PARLEY_LOG_LEVEL: 'warn',
+    // SIGTERM drains at once in tests (the drain's own tests set these)
+    PARLEY_DRAIN_DELAY_S: '0',
+    PARLEY_DRAIN_SECONDS: '0',
     ...(opts.env || {}),
   };
   const child = spawn(binary(), opts.args || [], { env, stdio: ['ignore', 'inherit', 'pipe'] });
