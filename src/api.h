@@ -11,6 +11,17 @@
 #include "http.h"
 #include "worker.h"
 
+/* The tail of "/api/conversations/" (pure; the fuzz target's too): "12",
+ * "12/", "12/messages", "12/members", "12/members/5", with canonical ids
+ * only ("012", "+12" are no route). */
+struct api_route {
+    int64_t conv;
+    const char *sub;   /* "", "members", "messages", "member" (with target) */
+    int64_t target;
+    int ok;
+};
+struct api_route api_parse_conv_path(const char *p);
+
 /* ctx: the worker's struct chat_worker (conn_handler.on_request). */
 void api_handle(void *ctx, struct conn *c, struct http_req *r);
 

@@ -91,19 +91,25 @@ static int safe_path(const char *p)
     return 1;
 }
 
+int http_static_path(const char *web_dir, const char *path, char *out, size_t outlen)
+{
+    if (!safe_path(path))
+        return -1;
+    int n = snprintf(out, outlen, "%s%s%s", web_dir, path, path[strlen(path) - 1] == '/' ? "index.html" : "");
+    return n < 0 || (size_t)n >= outlen ? -1 : 0; /* cut short: another file, so none */
+}
+
 void http_serve_static(struct conn *c, const struct http_req *r, const char *web_dir)
 {
     if (r->method != HTTP_GET && r->method != HTTP_HEAD) {
         http_respond_error(c, 405, "bad_request", "method not allowed");
         return;
     }
-    const char *p = r->path;
-    if (!safe_path(p)) {
+    char full[2048];
+    if (http_static_path(web_dir, r->path, full, sizeof full) < 0) {
         http_respond_error(c, 404, "not_found", "no such file");
         return;
     }
-    char full[2048];
-    snprintf(full, sizeof full, "%s%s%s", web_dir, p, p[strlen(p) - 1] == '/' ? "index.html" : "");
     int fd = open(full, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     struct stat st;
     if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > (16 << 20)) {

@@ -21,6 +21,10 @@ void http_respond_error(struct conn *c, int status, const char *code, const char
 void http_respond_rate_limited(struct conn *c, int64_t retry_ms);
 /* An error answer with Retry-After (seconds, rounded up from retry_ms). */
 void http_respond_retry(struct conn *c, int status, const char *code, const char *message, int64_t retry_ms);
+/* The file of web_dir that path names (index.html for a path ending in
+ * '/'): 0 with it in out, or -1 when path is not a plain name under web_dir
+ * (no "..", no hidden component, only [A-Za-z0-9-_./]) or does not fit. */
+int http_static_path(const char *web_dir, const char *path, char *out, size_t outlen);
 /* Serves a file of web_dir for GET/HEAD (index.html for "/"). */
 void http_serve_static(struct conn *c, const struct http_req *r, const char *web_dir);
 
