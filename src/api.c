@@ -3,6 +3,13 @@
  * reads and writes are the core's (chat.h, accounts.h). */
 #include "api.h"
 
+#ifndef PARLEY_COMMIT
+#define PARLEY_COMMIT "unknown"
+#endif
+#ifndef PARLEY_VERSION_STR
+#define PARLEY_VERSION_STR "0.1.0"
+#endif
+
 #include "accounts.h"
 #include "auth.h"
 #include "chat.h"
@@ -14,6 +21,14 @@
 #include "respond.h"
 #include "rows.h"
 #include "ws.h"
+#include "bus_redis.h"
+#include "reader_pool.h"
+#include "writer.h"
+
+#include <dirent.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <unistd.h>
 
 #include <ctype.h>
 #include <stdlib.h>
@@ -670,11 +685,187 @@ static void api_conversations(struct conn *c, struct http_req *r, int64_t uid, c
         http_respond_error(c, 405, "bad_request", "method not allowed");
 }
 
+/* ---- metrics ---- */
+
+/* Routes as templates, never raw paths (the request counters' labels). */
+enum route_id { R_OTHER, R_STATIC, R_WS, R_HEALTH, R_READY, R_METRICS, R_SIGNUP, R_LOGIN, R_REFRESH, R_LOGOUT,
+                R_ME, R_USERS, R_CONVS, R_CONV, R_MESSAGES, R_MEMBERS, R_MEMBER, R_OPTIONS, R__N };
+static const char *const route_names[R__N] = {
+    "other", "static", "/ws", "/healthz", "/readyz", "/metrics", "/api/auth/signup", "/api/auth/login",
+    "/api/auth/refresh", "/api/auth/logout", "/api/me", "/api/users", "/api/conversations",
+    "/api/conversations/{id}", "/api/conversations/{id}/messages", "/api/conversations/{id}/members",
+    "/api/conversations/{id}/members/{user_id}", "OPTIONS"};
+_Static_assert(R__N <= WORKER_ROUTES, "every route has its counters");
+
+static int route_of(const char *p, int method)
+{
+    static const struct { const char *path; int id; } exact[] = {
+        {"/ws", R_WS}, {"/healthz", R_HEALTH}, {"/api/health", R_HEALTH}, {"/readyz", R_READY},
+        {"/metrics", R_METRICS}, {"/api/auth/signup", R_SIGNUP}, {"/api/auth/login", R_LOGIN},
+        {"/api/auth/refresh", R_REFRESH}, {"/api/auth/logout", R_LOGOUT}, {"/api/me", R_ME},
+        {"/api/users", R_USERS}, {"/api/conversations", R_CONVS}, {"/api/conversations/", R_CONVS}};
+    if (method == HTTP_OPTIONS)
+        return R_OPTIONS;
+    for (size_t i = 0; i < sizeof exact / sizeof exact[0]; i++)
+        if (strcmp(p, exact[i].path) == 0)
+            return exact[i].id;
+    if (strncmp(p, "/api/conversations/", 19) == 0) {
+        struct api_route rt = api_parse_conv_path(p + 19);
+        if (!rt.ok)
+            return R_OTHER;
+        return !*rt.sub ? R_CONV : strcmp(rt.sub, "messages") == 0 ? R_MESSAGES
+                               : strcmp(rt.sub, "members") == 0  ? R_MEMBERS
+                                                                 : R_MEMBER;
+    }
+    return strncmp(p, "/api/", 5) == 0 ? R_OTHER : R_STATIC;
+}
+
+/* Appends printf-style text to b. */
+static void out(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void out(struct buf *b, const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        buf_append(b, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+}
+
+static void family(struct buf *b, const char *name, const char *type, const char *help)
+{
+    out(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* A histogram from per-bucket counts (not cumulative) and upper bounds. */
+static void histogram(struct buf *b, const char *name, const char *help, const double *bounds, const uint64_t *counts,
+                      int nbuckets, double sum)
+{
+    family(b, name, "histogram", help);
+    uint64_t cum = 0;
+    for (int i = 0; i < nbuckets; i++) {
+        cum += counts[i];
+        if (i < nbuckets - 1)
+            out(b, "%s_bucket{le=\"%g\"} %llu\n", name, bounds[i], (unsigned long long)cum);
+        else
+            out(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
+    }
+    out(b, "%s_sum %.6f\n%s_count %llu\n", name, sum, name, (unsigned long long)cum);
+}
+
+/* The process's own figures, from /proc/self. */
+static void process_metrics(struct buf *b)
+{
+    char stat[1024];
+    FILE *f = fopen("/proc/self/stat", "r");
+    size_t n = f ? fread(stat, 1, sizeof stat - 1, f) : 0;
+    if (f)
+        fclose(f);
+    stat[n] = '\0';
+    unsigned long long ut = 0, st = 0;
+    const char *rp = strrchr(stat, ')'); /* the command name may hold spaces */
+    if (rp)
+        sscanf(rp + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st);
+    double ticks = (double)sysconf(_SC_CLK_TCK);
+    family(b, "process_cpu_seconds_total", "counter", "User and system CPU time spent, seconds.");
+    out(b, "process_cpu_seconds_total %.2f\n", (double)(ut + st) / (ticks > 0 ? ticks : 100));
+    long pages = 0;
+    f = fopen("/proc/self/statm", "r");
+    if (f) {
+        if (fscanf(f, "%*d %ld", &pages) != 1)
+            pages = 0;
+        fclose(f);
+    }
+    family(b, "process_resident_memory_bytes", "gauge", "Resident memory size, bytes.");
+    out(b, "process_resident_memory_bytes %lld\n", (long long)pages * sysconf(_SC_PAGESIZE));
+    long fds = 0;
+    DIR *d = opendir("/proc/self/fd");
+    for (struct dirent *e; d && (e = readdir(d));)
+        fds += e->d_name[0] != '.';
+    if (d)
+        closedir(d);
+    family(b, "process_open_fds", "gauge", "Open file descriptors.");
+    out(b, "process_open_fds %ld\n", fds > 0 ? fds - 1 : 0); /* less the one reading the directory */
+}
+
+static void metrics_render(struct conn *c, const struct metrics_snapshot *m)
+{
+    struct chat_worker *cw = cw_of(c);
+    struct chat *ch = cw->chat;
+    const struct config *cfg = cfg_of(c);
+    struct buf b = {0};
+    family(&b, "parley_build_info", "gauge", "Build and mode of this node (always 1).");
+    out(&b, "parley_build_info{version=\"%s\",commit=\"%s\",mode=\"%s\"} 1\n", PARLEY_VERSION_STR, PARLEY_COMMIT,
+        cfg->db_url[0] || cfg->redis_url[0] ? "cluster" : "embedded");
+    family(&b, "parley_connections", "gauge", "Open connections by state.");
+    out(&b, "parley_connections{state=\"http\"} %llu\nparley_connections{state=\"ws_unauth\"} %llu\n"
+            "parley_connections{state=\"ws\"} %llu\n",
+        (unsigned long long)m->conns_http, (unsigned long long)m->conns_ws_unauth, (unsigned long long)m->conns_ws);
+    family(&b, "parley_ws_frames_received_total", "counter", "WebSocket data frames received.");
+    out(&b, "parley_ws_frames_received_total %llu\n", (unsigned long long)m->rt.frames_in);
+    family(&b, "parley_ws_frames_sent_total", "counter", "WebSocket frames queued to clients.");
+    out(&b, "parley_ws_frames_sent_total %llu\n", (unsigned long long)m->rt.frames_out);
+    struct writer_stats ws;
+    writer_stats(ch->writer, &ws);
+    family(&b, "parley_messages_stored_total", "counter", "Messages committed by this node's writer.");
+    out(&b, "parley_messages_stored_total %llu\n", (unsigned long long)ws.messages_stored);
+    family(&b, "parley_deliveries_total", "counter", "msg frames handed to member connections (senders' own included).");
+    out(&b, "parley_deliveries_total %llu\n", (unsigned long long)m->core.deliveries);
+    histogram(&b, "parley_batch_size", "Jobs per writer transaction.", writer_batch_bounds, ws.batch_hist, WRITER_HIST,
+              ws.batch_sum);
+    histogram(&b, "parley_commit_duration_seconds", "Time of one writer transaction, begin to commit.",
+              writer_commit_bounds, ws.commit_hist, WRITER_HIST, ws.commit_sum_s);
+    histogram(&b, "parley_send_to_deliver_seconds",
+              "From a send's arrival to its frames queued to the members' connections, on the node that took it.",
+              chat_s2d_bounds, m->core.s2d, CHAT_S2D_BUCKETS, m->core.s2d_sum);
+    family(&b, "parley_http_requests_total", "counter", "HTTP answers by route template and status.");
+    for (int r = 0; r < R__N; r++)
+        for (int st = 0; st < WORKER_STATUSES; st++) {
+            if (!m->rt.http[r][st])
+                continue;
+            char status[8] = "other";
+            if (st < WORKER_STATUSES - 1)
+                snprintf(status, sizeof status, "%d", http_counted_statuses[st]);
+            out(&b, "parley_http_requests_total{route=\"%s\",status=\"%s\"} %llu\n", route_names[r], status,
+                (unsigned long long)m->rt.http[r][st]);
+        }
+    family(&b, "parley_rate_limited_total", "counter", "Requests refused by a rate or admission limit.");
+    for (int i = 0; i < LIMITED__N; i++)
+        out(&b, "parley_rate_limited_total{what=\"%s\"} %llu\n", chat_limited_names[i],
+            (unsigned long long)m->core.limited[i]);
+    family(&b, "parley_slow_consumer_closes_total", "counter", "WebSockets closed 1008 for not reading.");
+    out(&b, "parley_slow_consumer_closes_total %llu\n", (unsigned long long)m->rt.slow_closes);
+    uint64_t primary = m->core.reads, replica = 0;
+    if (ch->pool) {
+        const struct reader_pool_stats *ps = reader_pool_stats(ch->pool);
+        primary = (uint64_t)atomic_load(&ps->primary_reads);
+        replica = (uint64_t)atomic_load(&ps->replica_reads);
+    }
+    family(&b, "parley_db_reads_total", "counter", "Reads by the database that answered them.");
+    out(&b, "parley_db_reads_total{target=\"primary\"} %llu\nparley_db_reads_total{target=\"replica\"} %llu\n",
+        (unsigned long long)primary, (unsigned long long)replica);
+    struct bus_redis_stats rs;
+    bus_redis_stats(ch->bus, &rs);
+    family(&b, "parley_redis_reconnects_total", "counter", "Redis connections established again after a loss.");
+    out(&b, "parley_redis_reconnects_total %llu\n", (unsigned long long)rs.reconnects);
+    family(&b, "parley_writer_queue_depth", "gauge", "Jobs waiting for the writer.");
+    out(&b, "parley_writer_queue_depth %zu\n", ws.queue_depth);
+    process_metrics(&b);
+    http_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, b.data ? b.data : "", b.len);
+    buf_dispose(&b);
+}
+
 void api_handle(void *ctx, struct conn *c, struct http_req *r)
 {
     (void)ctx; /* c->w->ctx: the same chat_worker */
     const char *p = r->path;
     int m = r->method;
+    r->route = route_of(p, m);
+    if (strcmp(p, "/metrics") == 0 && (m == HTTP_GET || m == HTTP_HEAD)) {
+        chat_metrics_gather(cw_of(c), c, metrics_render);
+        return;
+    }
     if (m == HTTP_OPTIONS) {
         http_respond(c, 204, NULL,
                      "Access-Control-Allow-Methods: GET, POST, PATCH, DELETE, OPTIONS\r\n"

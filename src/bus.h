@@ -51,6 +51,8 @@ struct bus_msg {
     struct store_pos *pos;   /* BUS_CONV_PUSH: owned */
     size_t npos;
     uint64_t origin;         /* the publishing node (bus->node) */
+    uint64_t t0_ns;          /* BUS_MSG on its own node: when the send arrived (uv_hrtime); 0 elsewhere
+                                (not carried between nodes: clocks differ) */
     uint64_t except_conn;    /* a connection of the origin node that must not get it; 0 none */
 };
 

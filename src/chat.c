@@ -243,18 +243,41 @@ static void deliver_presence(struct chat_worker *cw, const struct bus_msg *m)
 
 /* A message to its local recipients: the members the batch saw, or (a
  * message read back by a repair) the conversation's local members. */
+const char *const chat_limited_names[LIMITED__N] = {"send", "read", "signup", "login", "conversation", "connection"};
+const double chat_s2d_bounds[CHAT_S2D_BUCKETS - 1] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                                     0.05, 0.1, 0.25, 0.5, 1};
+
+void chat_count_limited(struct chat_worker *cw, enum chat_limited what)
+{
+    cw->counters.limited[what]++;
+}
+
+static void observe_s2d(struct chat_worker *cw, uint64_t t0_ns)
+{
+    double secs = (double)(uv_hrtime() - t0_ns) / 1e9;
+    int i = 0;
+    while (i < CHAT_S2D_BUCKETS - 1 && secs > chat_s2d_bounds[i])
+        i++;
+    cw->counters.s2d[i]++;
+    cw->counters.s2d_sum += secs;
+}
+
 static void deliver_msg(struct chat_worker *cw, const struct bus_msg *m)
 {
     struct hub *h = &cw->hub;
+    size_t sent = 0;
     if (m->users) {
         for (uint32_t i = 0; i < m->users->n; i++)
-            hub_send_user(h, m->users->ids[i], m->frame, except_of(cw, m));
-        return;
+            sent += hub_send_user(h, m->users->ids[i], m->frame, except_of(cw, m));
+    } else {
+        size_t n;
+        const int64_t *users = hub_conv_users(h, m->conv, &n);
+        for (size_t i = 0; i < n; i++)
+            sent += hub_send_user(h, users[i], m->frame, except_of(cw, m));
     }
-    size_t n;
-    const int64_t *users = hub_conv_users(h, m->conv, &n);
-    for (size_t i = 0; i < n; i++)
-        hub_send_user(h, users[i], m->frame, except_of(cw, m));
+    cw->counters.deliveries += sent;
+    if (sent && m->t0_ns)
+        observe_s2d(cw, m->t0_ns); /* once per message and worker that had recipients */
 }
 
 static void arm_repair(struct chat_worker *cw)
@@ -634,7 +657,9 @@ int chat_send(struct chat_worker *cw, struct job *j, int64_t *retry_ms)
     int64_t k = presence_other_nodes(cw->chat->presence, j->u.send.sender) + 1;
     int64_t rate = cfg->send_rate ? (cfg->send_rate + k - 1) / k : 0;
     int64_t burst = cfg->send_burst ? (cfg->send_burst + k - 1) / k : 0;
+    j->u.send.arrived_ns = uv_hrtime();
     if (presence_take_token(cw->chat->presence, j->u.send.sender, util_mono_ms(), rate, burst, retry_ms) < 0) {
+        chat_count_limited(cw, LIMITED_SEND);
         job_free(j);
         return -1;
     }
@@ -649,6 +674,7 @@ struct read *chat_read(struct chat_worker *cw, enum read_kind kind, struct conn 
 
 void chat_read_submit(struct chat_worker *cw, struct read *r)
 {
+    cw->counters.reads++;
     reader_submit(cw->reader, r);
 }
 
@@ -760,4 +786,112 @@ void chat_session_end(void *ctx, struct conn *c)
     if (presence_down(cw->chat->presence, c->user_id) == 0 && !cw->w->stopping && convs)
         publish_presence(cw, c->user_id, convs->ids, convs->n, 0);
     idlist_unref(convs);
+}
+
+/* ---- /metrics: one event per worker, summed under a mutex, answered on
+ * the worker that asked ---- */
+
+struct gather {
+    uv_mutex_t mu;                    /* guards snap and pending */
+    struct metrics_snapshot snap;
+    int pending;
+    struct chat_worker *origin;
+    struct conn *c;                   /* pinned */
+    chat_metrics_fn done;
+};
+
+struct gather_event {
+    struct event ev;
+    struct gather *g;
+};
+
+static void gather_free(struct gather *g)
+{
+    conn_release(g->c);
+    uv_mutex_destroy(&g->mu);
+    free(g);
+}
+
+static void gather_answer(struct worker *w, struct event *ev)
+{
+    struct gather *g = ((struct gather_event *)ev)->g;
+    (void)w;
+    free(ev);
+    if (g->c->state == CONN_HTTP)
+        g->done(g->c, &g->snap);
+    gather_free(g);
+}
+
+static void gather_drop(struct event *ev)
+{
+    struct gather *g = ((struct gather_event *)ev)->g;
+    free(ev);
+    uv_mutex_lock(&g->mu);
+    int last = --g->pending <= 0;
+    uv_mutex_unlock(&g->mu);
+    if (last)
+        gather_free(g);
+}
+
+static void add_u64(uint64_t *dst, const uint64_t *src, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        dst[i] += src[i];
+}
+
+static void gather_run(struct worker *w, struct event *ev)
+{
+    struct gather *g = ((struct gather_event *)ev)->g;
+    struct chat_worker *cw = w->ctx;
+    uint64_t http = 0, unauth = 0, ws = 0;
+    for (struct conn *c = w->conns; c; c = c->next) {
+        http += c->state == CONN_HTTP;
+        unauth += c->state == CONN_WS_AUTH;
+        ws += c->state == CONN_WS;
+    }
+    uv_mutex_lock(&g->mu);
+    struct metrics_snapshot *s = &g->snap;
+    s->rt.frames_in += w->counters.frames_in;
+    s->rt.frames_out += w->counters.frames_out;
+    s->rt.slow_closes += w->counters.slow_closes;
+    add_u64(&s->rt.http[0][0], &w->counters.http[0][0], WORKER_ROUTES * WORKER_STATUSES);
+    s->core.deliveries += cw->counters.deliveries;
+    add_u64(s->core.limited, cw->counters.limited, LIMITED__N);
+    add_u64(s->core.s2d, cw->counters.s2d, CHAT_S2D_BUCKETS);
+    s->core.s2d_sum += cw->counters.s2d_sum;
+    s->core.reads += cw->counters.reads;
+    s->conns_http += http;
+    s->conns_ws_unauth += unauth;
+    s->conns_ws += ws;
+    s->nworkers++;
+    int last = --g->pending == 0;
+    uv_mutex_unlock(&g->mu);
+    if (!last) {
+        free(ev);
+        return;
+    }
+    /* the last worker hands the sums back to the one that asked */
+    ev->run = gather_answer;
+    ev->drop = gather_drop;
+    g->pending = 1;
+    worker_post(g->origin->w, ev, ev);
+}
+
+void chat_metrics_gather(struct chat_worker *cw, struct conn *c, chat_metrics_fn done)
+{
+    struct chat *ch = cw->chat;
+    struct gather *g = xcalloc(1, sizeof *g);
+    uv_mutex_init(&g->mu);
+    g->pending = ch->nworkers;
+    g->origin = cw;
+    g->c = c;
+    c->pending++;
+    g->done = done;
+    for (int i = 0; i < ch->nworkers; i++) {
+        struct gather_event *ge = xcalloc(1, sizeof *ge);
+        ge->ev.run = gather_run;
+        ge->ev.drop = gather_drop;
+        ge->g = g;
+        worker_post(ch->workers[i], &ge->ev, &ge->ev);
+    }
 }

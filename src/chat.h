@@ -31,6 +31,7 @@
 
 struct guard;
 struct presence;
+struct reader_pool;
 struct writer;
 
 struct chat {
@@ -38,11 +39,27 @@ struct chat {
     struct writer *writer;
     struct bus *bus;
     struct presence *presence;
+    struct reader_pool *pool;   /* cluster: the reads' connection pool (metrics); NULL: inline readers */
     struct worker **workers;    /* every worker of this node (borrowed) */
     int nworkers;
     int64_t check_ms;           /* > 0: every worker checks its conversations for missed messages
                                    this often (a network bus); 0: never (in-process bus) */
     struct guard *guard;        /* admission control: limits, the password-hash queue (guard.h) */
+};
+
+/* What the core counts per worker for /metrics: written by the worker's own
+ * thread, read by it when a scrape asks; summed over the workers then. */
+enum chat_limited { LIMITED_SEND, LIMITED_READ, LIMITED_SIGNUP, LIMITED_LOGIN, LIMITED_CONV, LIMITED_CONNS,
+                    LIMITED__N };
+extern const char *const chat_limited_names[LIMITED__N];
+#define CHAT_S2D_BUCKETS 12 /* send-to-deliver histogram, seconds; the last is +Inf */
+extern const double chat_s2d_bounds[CHAT_S2D_BUCKETS - 1];
+struct chat_counters {
+    uint64_t deliveries;                 /* msg frames queued to member connections */
+    uint64_t limited[LIMITED__N];
+    uint64_t s2d[CHAT_S2D_BUCKETS];      /* per bucket, not cumulative */
+    double s2d_sum;
+    uint64_t reads;                      /* reads submitted (an inline reader: all of them) */
 };
 
 struct chat_worker {
@@ -55,7 +72,24 @@ struct chat_worker {
     uv_timer_t check_timer;     /* the periodic check (check_ms) */
     uv_timer_t beat_timer;      /* cluster, worker 0: this node's presence heartbeat */
     int repair_armed, repair_inflight;
+    struct chat_counters counters;
 };
+
+/* Counts a refusal by a rate limit (any worker thread, its own counters). */
+void chat_count_limited(struct chat_worker *cw, enum chat_limited what);
+
+/* ---- /metrics ---- */
+struct metrics_snapshot {
+    struct worker_counters rt;           /* summed over the workers */
+    struct chat_counters core;           /* summed over the workers */
+    uint64_t conns_http, conns_ws_unauth, conns_ws;
+    int nworkers;
+};
+/* Gathers every worker's counters (each on its own thread: no lock on the
+ * hot path), then calls done on this worker with the sums, if c still waits
+ * for its answer. c is pinned meanwhile. */
+typedef void (*chat_metrics_fn)(struct conn *c, const struct metrics_snapshot *m);
+void chat_metrics_gather(struct chat_worker *cw, struct conn *c, chat_metrics_fn done);
 
 /* rd becomes the worker state's. Runs on the thread that creates the
  * workers, before they start (it initializes timers on w's loop). */

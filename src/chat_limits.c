@@ -22,7 +22,10 @@ static int gate_open(void *ctx, struct conn *c)
     int64_t max = cfg_of(cw)->conns_per_addr;
     if (max <= 0)
         return 0;
-    return guard_count(guard_of(cw), GUARD_CONNS, c->src, +1, max) < 0 ? 429 : 0;
+    if (guard_count(guard_of(cw), GUARD_CONNS, c->src, +1, max) >= 0)
+        return 0;
+    chat_count_limited(cw, LIMITED_CONNS);
+    return 429;
 }
 
 static void gate_close(void *ctx, struct conn *c)
@@ -49,12 +52,18 @@ static int per_minute(struct chat_worker *cw, enum guard_kind k, uint64_t src, i
 
 int chat_limit_signup(struct chat_worker *cw, struct conn *c, int64_t *retry_ms)
 {
-    return per_minute(cw, GUARD_SIGNUP, c->src, cfg_of(cw)->signups_per_min, retry_ms);
+    int rc = per_minute(cw, GUARD_SIGNUP, c->src, cfg_of(cw)->signups_per_min, retry_ms);
+    if (rc < 0)
+        chat_count_limited(cw, LIMITED_SIGNUP);
+    return rc;
 }
 
 int chat_limit_conv(struct chat_worker *cw, struct conn *c, int64_t *retry_ms)
 {
-    return per_minute(cw, GUARD_CONV, c->src, cfg_of(cw)->convs_per_min, retry_ms);
+    int rc = per_minute(cw, GUARD_CONV, c->src, cfg_of(cw)->convs_per_min, retry_ms);
+    if (rc < 0)
+        chat_count_limited(cw, LIMITED_CONV);
+    return rc;
 }
 
 static uint64_t account_key(struct chat_worker *cw, const char *username)
@@ -71,6 +80,8 @@ int chat_login_blocked(struct chat_worker *cw, struct conn *c, const char *usern
     if (username)
         blocked |= guard_blocked(guard_of(cw), GUARD_FAIL_ACCOUNT, account_key(cw, username), now, &b);
     *retry_ms = a > b ? a : b;
+    if (blocked)
+        chat_count_limited(cw, LIMITED_LOGIN);
     return blocked;
 }
 
@@ -98,8 +109,10 @@ int chat_read_admit(struct chat_worker *cw, int64_t user, int64_t conv, int64_t 
     const struct config *cfg = cfg_of(cw);
     int64_t now = util_mono_ms();
     if (guard_take(guard_of(cw), GUARD_READ, (uint64_t)user, 0, now, (double)cfg->read_rate,
-                   (double)cfg->read_burst, retry_ms) < 0)
+                   (double)cfg->read_burst, retry_ms) < 0) {
+        chat_count_limited(cw, LIMITED_READ);
         return -1;
+    }
     int64_t known = guard_get(guard_of(cw), GUARD_READ_POS, (uint64_t)user, (uint64_t)conv, now);
     return known >= 0 && seq <= known ? 1 : 0;
 }

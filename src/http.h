@@ -25,6 +25,7 @@ struct http_req {
     int method;              /* llhttp_method_t */
     int keep_alive;
     int upgrade;             /* Upgrade: websocket (case-insensitive) */
+    int route;               /* the transport's route index, for the request counters (0: other) */
     size_t header_bytes;
     struct buf url;          /* raw request target */
     struct buf field, value; /* the header being read */

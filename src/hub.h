@@ -58,7 +58,7 @@ void hub_leave(struct hub *h, int64_t user, int64_t conv);
 const int64_t *hub_conv_users(struct hub *h, int64_t conv, size_t *n);
 
 /* Queues f on every authenticated connection of user, except the one with
- * id except (0: none). */
-void hub_send_user(struct hub *h, int64_t user, struct frame *f, uint64_t except);
+ * id except (0: none). Returns how many got it. */
+size_t hub_send_user(struct hub *h, int64_t user, struct frame *f, uint64_t except);
 
 #endif

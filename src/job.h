@@ -39,6 +39,7 @@ struct job_send {
     size_t body_len;
     int dup;               /* out: a resend; seq/ts are the original's */
     int64_t seq, ts;       /* out */
+    uint64_t arrived_ns;   /* when the send reached the node (uv_hrtime), for send-to-deliver */
 };
 
 /* A fresh refresh token: the token itself goes only to the client; the

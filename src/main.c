@@ -184,6 +184,7 @@ int main(int argc, char **argv)
     struct reader_pool *pool = NULL;
     if (pg)
         pool = reader_pool_new(READ_THREADS, open_pg_reader, &cfg, cfg.db_replica_url[0] != 0, SYNC_PAGE);
+    chat.pool = pool;
     struct chat_worker **cws = xcalloc((size_t)nw, sizeof *cws);
     for (int i = 0; i < nw; i++) {
         struct reader *rd;

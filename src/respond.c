@@ -16,6 +16,7 @@ void http_respond(struct conn *c, int status, const char *content_type, const ch
     int keep_alive = c->http && c->http->keep_alive && !c->close_after_write && !c->w->stopping;
     int head_only = c->http && c->http->method == HTTP_HEAD;
     struct frame *f = http_response(status, content_type, extra_headers, body, len, keep_alive, head_only);
+    worker_count_http(c, status);
     if (!keep_alive)
         c->close_after_write = 1;
     conn_send(c, f);

@@ -58,6 +58,23 @@ int64_t worker_now(struct worker *w)
     return now_ms(w);
 }
 
+const int http_counted_statuses[WORKER_STATUSES] = {200, 201, 204, 304, 400, 401, 403, 404,
+                                                    405, 409, 413, 426, 429, 431, 500, 503};
+
+int http_status_index(int status)
+{
+    for (int i = 0; i < WORKER_STATUSES - 1; i++)
+        if (http_counted_statuses[i] == status)
+            return i;
+    return WORKER_STATUSES - 1;
+}
+
+void worker_count_http(struct conn *c, int status)
+{
+    int route = c->http && c->http->route > 0 && c->http->route < WORKER_ROUTES ? c->http->route : 0;
+    c->w->counters.http[route][http_status_index(status)]++;
+}
+
 void postbox_init(struct postbox *pb, struct worker **workers, int n)
 {
     pb->workers = workers;
@@ -355,6 +372,7 @@ static void on_flush_check(uv_check_t *h)
                 continue;
             }
             drop_queue(c, 1);
+            c->w->counters.slow_closes++;
             conn_close_ws(c, 1008, "slow consumer");
             flush(c);
             continue;
@@ -403,6 +421,8 @@ static void enqueue(struct conn *c, struct frame *f, int cont)
         c->out_head = it;
     c->out_tail = it;
     c->out_bytes += f->len;
+    if (!cont && c->state != CONN_HTTP)
+        c->w->counters.frames_out++;
     mark_dirty(c);
 }
 
@@ -618,6 +638,7 @@ static void http_fail(struct conn *c, int status, const char *code, const char *
 {
     c->close_after_write = 1;
     c->busy = 1;
+    worker_count_http(c, status);
     struct frame *f = http_error_response(status, code, msg, 0);
     conn_send(c, f);
     frame_unref(f);
@@ -647,6 +668,8 @@ static void ws_message(struct conn *c, int opcode, const uint8_t *p, size_t n)
 static void ws_frame(struct conn *c, const struct ws_frame *f)
 {
     const struct config *cfg = c->w->cfg;
+    if (f->opcode == WS_OP_TEXT || f->opcode == WS_OP_BINARY || f->opcode == WS_OP_CONT)
+        c->w->counters.frames_in++;
     switch (f->opcode) {
     case WS_OP_TEXT:
     case WS_OP_BINARY:

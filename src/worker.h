@@ -191,6 +191,23 @@ void conn_upgrade(struct conn *c, int64_t auth_deadline_ms);
 
 /* ---- the worker ---- */
 
+/* What a worker counts for /metrics: written only by its own thread, read
+ * by it when a scrape asks (chat_metrics_gather), so no lock or atomic. */
+#define WORKER_ROUTES 32
+#define WORKER_STATUSES 16
+struct worker_counters {
+    uint64_t frames_in, frames_out;   /* WebSocket data frames received, queued */
+    uint64_t slow_closes;             /* 1008 slow consumer */
+    uint64_t http[WORKER_ROUTES][WORKER_STATUSES]; /* answers by route and status (http_status_index) */
+};
+/* The index of a status in the counters (the last one: any other). */
+int http_status_index(int status);
+extern const int http_counted_statuses[WORKER_STATUSES];
+/* One HTTP answer of route (c->http->route) with status. */
+void worker_count_http(struct conn *c, int status);
+
+
+
 struct worker {
     int index;
     int nworkers;
@@ -217,6 +234,7 @@ struct worker {
     int stopping;                  /* step 2: closing every connection */
     int64_t stop_deadline_ms;      /* shutdown: abort what has not flushed by then */
     struct frame *ping;            /* the shared ping frame */
+    struct worker_counters counters;
     uint8_t rbuf[65536];           /* the shared read buffer */
 };
 

@@ -23,7 +23,20 @@ struct writer {
     int stopping;
     int started;
     atomic_int db_ok;         /* see writer_db_ok */
+    struct writer_stats stats; /* under mu (written once per batch) */
 };
+
+const double writer_batch_bounds[WRITER_HIST - 1] = {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000};
+const double writer_commit_bounds[WRITER_HIST - 1] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                                       0.05, 0.1, 0.25, 0.5, 1};
+
+static int bucket(const double *bounds, double v)
+{
+    int i = 0;
+    while (i < WRITER_HIST - 1 && v > bounds[i])
+        i++;
+    return i;
+}
 
 #define WRITER_PING_MS 1000   /* an idle writer checks the database this often */
 
@@ -174,6 +187,7 @@ int writer_run_batch(struct store *st, struct job *batch, writer_exec_fn exec, w
 struct thread_ctx {
     struct writer *wr;
     struct postbox pb;
+    uint64_t stored;  /* messages published by the batch being run */
 };
 
 static void deliver_to_postbox(void *ctx, struct job *j)
@@ -189,6 +203,8 @@ static void publish_to_bus(void *ctx, const struct job *j, struct frame *f, stru
     m->frame = frame_ref(f);
     m->users = idlist_ref(members);
     m->seq = j->u.send.seq;
+    m->t0_ns = j->u.send.arrived_ns;
+    t->stored++;
     bus_publish(t->wr->bus, m, &t->pb);
     bus_msg_unref(m);
 }
@@ -260,11 +276,20 @@ static void writer_main(void *arg)
         wr->count -= n;
         uv_mutex_unlock(&wr->mu);
 
-        writer_run_batch(wr->st, batch, wr->exec, publish_to_bus, deliver_to_postbox, &t);
+        uint64_t t0 = uv_hrtime();
+        t.stored = 0;
+        int njobs = writer_run_batch(wr->st, batch, wr->exec, publish_to_bus, deliver_to_postbox, &t);
+        double secs = (double)(uv_hrtime() - t0) / 1e9;
         atomic_store(&wr->db_ok, store_ping(wr->st) == STORE_OK);
         postbox_flush(&t.pb); /* one wake-up per worker per batch */
         housekeeping(wr, &next_prune);
         uv_mutex_lock(&wr->mu);
+        wr->stats.messages_stored += t.stored;
+        wr->stats.batches++;
+        wr->stats.batch_hist[bucket(writer_batch_bounds, njobs)]++;
+        wr->stats.batch_sum += njobs;
+        wr->stats.commit_hist[bucket(writer_commit_bounds, secs)]++;
+        wr->stats.commit_sum_s += secs;
     }
     uv_mutex_unlock(&wr->mu);
     postbox_dispose(&t.pb);
@@ -315,6 +340,14 @@ void writer_submit(struct writer *wr, struct job *j)
     /* wake the writer when the first job arrives, and when a batch is full */
     if (wr->count == 1 || wr->count >= (size_t)wr->cfg.batch_max)
         uv_cond_signal(&wr->cond);
+    uv_mutex_unlock(&wr->mu);
+}
+
+void writer_stats(struct writer *wr, struct writer_stats *out)
+{
+    uv_mutex_lock(&wr->mu);
+    *out = wr->stats;
+    out->queue_depth = wr->count;
     uv_mutex_unlock(&wr->mu);
 }
 

@@ -55,6 +55,19 @@ void writer_submit(struct writer *wr, struct job *j);
 /* 1 while the database answers (the last batch committed, or the idle
  * ping every WRITER_PING_MS succeeded); any thread (/readyz). */
 int writer_db_ok(struct writer *wr);
+/* For /metrics: totals since the start. Histogram bucket upper bounds are
+ * WRITER_BATCH_BOUNDS (jobs) and WRITER_COMMIT_BOUNDS (seconds); the last
+ * bucket is +Inf. Any thread. */
+#define WRITER_HIST 12
+extern const double writer_batch_bounds[WRITER_HIST - 1];
+extern const double writer_commit_bounds[WRITER_HIST - 1];
+struct writer_stats {
+    uint64_t messages_stored, batches;
+    uint64_t batch_hist[WRITER_HIST], commit_hist[WRITER_HIST]; /* per bucket, not cumulative */
+    double batch_sum, commit_sum_s;
+    size_t queue_depth;
+};
+void writer_stats(struct writer *wr, struct writer_stats *out);
 /* Commits everything already submitted, posts the results, joins the thread. */
 void writer_stop(struct writer *wr);
 void writer_free(struct writer *wr);
