@@ -125,10 +125,50 @@ static int fail(const char *what, const char *err)
     return 2;
 }
 
+/* `parleyd backup --to FILE [options]`: a consistent copy of the embedded
+ * database while the server runs (SQLite's online backup API), written
+ * beside FILE and renamed over it when complete. */
+static int backup(int argc, char **argv)
+{
+    static struct config cfg;
+    char err[512] = "";
+    const char *to = NULL;
+    char **rest = xcalloc((size_t)argc + 1, sizeof *rest);
+    int n = 0;
+    rest[n++] = argv[0];
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "--to") == 0 && i + 1 < argc)
+            to = argv[++i];
+        else if (strncmp(argv[i], "--to=", 5) == 0)
+            to = argv[i] + 5;
+        else
+            rest[n++] = argv[i];
+    }
+    int rc = config_load(&cfg, n, rest, err, sizeof err);
+    free(rest);
+    if (rc == 1)
+        return 0;
+    if (rc < 0)
+        return fail(err, NULL);
+    if (!to || !*to)
+        return fail("backup: --to FILE is required", NULL);
+    if (cfg.db_url[0])
+        return fail("backup: this node uses PostgreSQL (PARLEY_DB_URL); back it up with pg_dump or "
+                    "pg_basebackup (docs/OPERATIONS.md)", NULL);
+    char db_path[1100];
+    snprintf(db_path, sizeof db_path, "%s/parley.db", cfg.data_dir);
+    if (store_sqlite_backup(db_path, to, err, sizeof err) != STORE_OK)
+        return fail("backup failed", err);
+    printf("parleyd: backup of %s written to %s\n", db_path, to);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static struct config cfg; /* read-only once loaded; static only for its size */
     char err[512] = "";
+    if (argc > 1 && strcmp(argv[1], "backup") == 0)
+        return backup(argc, argv);
     int rc = config_load(&cfg, argc, argv, err, sizeof err);
     if (rc == 1)
         return 0;

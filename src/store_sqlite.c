@@ -14,10 +14,13 @@
 
 #include "rows.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "migrations.h"
 #include "util.h"
@@ -1921,4 +1924,71 @@ int store_sqlite_open(const char *path, int readonly, struct store **out, char *
 fail:
     sq_close(&st->base);
     return STORE_ERR;
+}
+
+/* ------------------------------------------------------------------ */
+/* Online backup.                                                       */
+
+int store_sqlite_backup(const char *path, const char *dest, char *errbuf, size_t errlen)
+{
+    char tmp[4200];
+    sqlite3 *src = NULL, *dst = NULL;
+    int rc;
+
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", dest) >= (int)sizeof tmp) {
+        set_err(errbuf, errlen, dest, "path too long");
+        return STORE_ERR;
+    }
+    unlink(tmp);
+    rc = sqlite3_open_v2(path, &src, SQLITE_OPEN_READONLY, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_open_v2(tmp, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    if (rc != SQLITE_OK) {
+        set_err(errbuf, errlen, rc == SQLITE_OK ? tmp : path, sqlite3_errstr(rc));
+        goto done;
+    }
+    sqlite3_busy_timeout(src, BUSY_TIMEOUT_MS);
+    sqlite3_backup *b = sqlite3_backup_init(dst, "main", src, "main");
+    if (!b) {
+        set_err(errbuf, errlen, "backup", sqlite3_errmsg(dst));
+        rc = SQLITE_ERROR;
+        goto done;
+    }
+    /* in steps, so the writer is never held up for long; a commit meanwhile
+     * makes SQLite restart the copy from a consistent point */
+    do {
+        rc = sqlite3_backup_step(b, 256);
+        if (rc == SQLITE_BUSY || rc == SQLITE_LOCKED)
+            sqlite3_sleep(10);
+    } while (rc == SQLITE_OK || rc == SQLITE_BUSY || rc == SQLITE_LOCKED);
+    sqlite3_backup_finish(b);
+    if (rc != SQLITE_DONE) {
+        set_err(errbuf, errlen, "backup", sqlite3_errstr(rc));
+        goto done;
+    }
+    /* the copy is a plain rollback-journal database; DELETE mode so it is
+     * one self-contained file */
+    rc = sqlite3_exec(dst, "PRAGMA journal_mode=DELETE", NULL, NULL, NULL);
+    if (rc != SQLITE_OK) {
+        set_err(errbuf, errlen, "backup", sqlite3_errmsg(dst));
+        goto done;
+    }
+    rc = SQLITE_DONE;
+done:
+    sqlite3_close(src);
+    sqlite3_close(dst);
+    if (rc != SQLITE_DONE) {
+        unlink(tmp);
+        return STORE_ERR;
+    }
+    int fd = open(tmp, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || fsync(fd) != 0 || rename(tmp, dest) != 0) {
+        set_err(errbuf, errlen, dest, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        unlink(tmp);
+        return STORE_ERR;
+    }
+    close(fd);
+    return STORE_OK;
 }

@@ -15,4 +15,9 @@
  * with a one-line reason in errbuf. Close with store_close. */
 int store_sqlite_open(const char *path, int readonly, struct store **out, char *errbuf, size_t errlen);
 
+/* A consistent copy of the database at path, taken while others use it
+ * (SQLite's online backup API), into dest: written to dest.tmp, synced,
+ * then renamed over dest. STORE_OK, or STORE_ERR with a reason in errbuf. */
+int store_sqlite_backup(const char *path, const char *dest, char *errbuf, size_t errlen);
+
 #endif
