@@ -336,7 +336,8 @@ static void deliver_in_order(struct chat_worker *cw, const struct bus_msg *m)
         }
         bus_msg_unref(o->held[k++]);
     }
-    memmove(o->held, o->held + k, (o->nheld - k) * sizeof *o->held);
+    if (k) /* held may be NULL: memmove of NULL is undefined even for 0 bytes (UBSan) */
+        memmove(o->held, o->held + k, (o->nheld - k) * sizeof *o->held);
     o->nheld -= k;
 }
 
