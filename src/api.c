@@ -862,7 +862,14 @@ void api_handle(void *ctx, struct conn *c, struct http_req *r)
     const char *p = r->path;
     int m = r->method;
     r->route = route_of(p, m);
-    if (strcmp(p, "/metrics") == 0 && (m == HTTP_GET || m == HTTP_HEAD)) {
+    /* With PARLEY_METRICS_LISTEN, /metrics lives on that address alone, and
+     * that address serves nothing else but the health checks. */
+    int own = cfg_of(c)->metrics_host[0] != 0;
+    if (c->admin && r->route != R_METRICS && r->route != R_HEALTH && r->route != R_READY) {
+        http_respond_error(c, 404, "not_found", "this address serves /metrics, /healthz and /readyz only");
+        return;
+    }
+    if (r->route == R_METRICS && (!own || c->admin) && (m == HTTP_GET || m == HTTP_HEAD)) {
         chat_metrics_gather(cw_of(c), c, metrics_render);
         return;
     }

@@ -21,7 +21,7 @@
 #define PARLEY_VERSION "0.1.0"
 #endif
 
-enum opt_type { OPT_INT, OPT_STR, OPT_LISTEN, OPT_LEVEL, OPT_SECRET };
+enum opt_type { OPT_INT, OPT_STR, OPT_LISTEN, OPT_LEVEL, OPT_SECRET, OPT_MLISTEN };
 
 struct opt {
     const char *flag;
@@ -72,6 +72,7 @@ static const struct opt opts[] = {
     {"--typing-ms", "PARLEY_TYPING_MS", OPT_INT, OFF(typing_ms), 0, 0, 600000, "2000", "one typing fan-out per user and conversation per interval (0: all)"},
     {"--writer-queue", "PARLEY_WRITER_QUEUE", OPT_INT, OFF(writer_queue), 0, 1, 100000000, "100000", "writes waiting for the writer (more: unavailable, 503)"},
     {"--log-level", "PARLEY_LOG_LEVEL", OPT_LEVEL, 0, 0, 0, 0, "info", "debug, info, warn or error"},
+    {"--metrics-listen", "PARLEY_METRICS_LISTEN", OPT_MLISTEN, 0, 0, 0, 0, NULL, "host:port serving /metrics (and health) alone; then not on the main listener"},
     {"--log-format", "PARLEY_LOG_FORMAT", OPT_STR, OFF(log_format), SZ(log_format), 0, 0, "text", "text, or json (one object per line)"},
     {"--drain-delay-s", "PARLEY_DRAIN_DELAY_S", OPT_INT, OFF(drain_delay_s), 0, 0, 3600, "5", "SIGTERM: seconds of /readyz 503 while still serving (no new WebSockets)"},
     {"--drain-seconds", "PARLEY_DRAIN_SECONDS", OPT_INT, OFF(drain_seconds), 0, 0, 3600, "10", "SIGTERM: then close WebSockets (1001) spread over this many seconds"},
@@ -84,26 +85,32 @@ static const struct opt opts[] = {
 
 static int check_cluster(const struct config *cfg, char *err, size_t errlen);
 
-static int set_listen(struct config *cfg, const char *v, char *err, size_t errlen)
+/* host:port (or [v6]:port) into host (256 bytes) and *port. */
+static int parse_hostport(const char *what, const char *v, char host[256], int *port_out, char *err, size_t errlen)
 {
     const char *colon = strrchr(v, ':');
     int64_t port;
-    if (!colon || colon == v || (size_t)(colon - v) >= sizeof cfg->listen_host ||
-        util_parse_i64(colon + 1, &port) < 0 || port < 1 || port > 65535) {
-        snprintf(err, errlen, "PARLEY_LISTEN/--listen: expected host:port (port 1-65535), got '%s'", v);
+    if (!colon || colon == v || (size_t)(colon - v) >= 256 || util_parse_i64(colon + 1, &port) < 0 || port < 1 ||
+        port > 65535) {
+        snprintf(err, errlen, "%s: expected host:port (port 1-65535), got '%s'", what, v);
         return -1;
     }
     size_t n = (size_t)(colon - v);
     /* [::1]:8080 */
     if (v[0] == '[' && colon[-1] == ']') {
-        memcpy(cfg->listen_host, v + 1, n - 2);
-        cfg->listen_host[n - 2] = '\0';
+        memcpy(host, v + 1, n - 2);
+        host[n - 2] = '\0';
     } else {
-        memcpy(cfg->listen_host, v, n);
-        cfg->listen_host[n] = '\0';
+        memcpy(host, v, n);
+        host[n] = '\0';
     }
-    cfg->listen_port = (int)port;
+    *port_out = (int)port;
     return 0;
+}
+
+static int set_listen(struct config *cfg, const char *v, char *err, size_t errlen)
+{
+    return parse_hostport("PARLEY_LISTEN/--listen", v, cfg->listen_host, &cfg->listen_port, err, errlen);
 }
 
 static int set_opt(struct config *cfg, const struct opt *o, const char *v, char *err, size_t errlen)
@@ -113,6 +120,9 @@ static int set_opt(struct config *cfg, const struct opt *o, const char *v, char 
     switch (o->type) {
     case OPT_LISTEN:
         return set_listen(cfg, v, err, errlen);
+    case OPT_MLISTEN:
+        return parse_hostport("PARLEY_METRICS_LISTEN/--metrics-listen", v, cfg->metrics_host, &cfg->metrics_port,
+                              err, errlen);
     case OPT_LEVEL:
         cfg->log_level = log_level_parse(v);
         if (cfg->log_level < 0) {

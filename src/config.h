@@ -12,6 +12,8 @@
 struct config {
     char listen_host[256];
     int listen_port;
+    char metrics_host[256];  /* PARLEY_METRICS_LISTEN: /metrics on its own address; "" = the main one */
+    int metrics_port;
     char data_dir[1024];
     char web_dir[1024];
     int workers;

@@ -936,6 +936,7 @@ static void on_connection(uv_stream_t *server, int status)
         uv_close((uv_handle_t *)&c->tcp, free_unlisted);
         return;
     }
+    c->admin = w->has_mlistener && server == (uv_stream_t *)&w->mlistener;
     c->id = ((uint64_t)w->index << 48) | ++w->next_conn_id;
     c->next = w->conns;
     if (w->conns)
@@ -967,18 +968,19 @@ static void on_connection(uv_stream_t *server, int status)
 }
 
 /* libuv 1.44 has no SO_REUSEPORT flag: make the socket by hand, then adopt it. */
-static int open_listener(struct worker *w, char *err, size_t errlen)
+/* libuv 1.44 has no SO_REUSEPORT flag: make the socket by hand, then adopt
+ * it (every worker listens on the main address: the kernel spreads them). */
+static int listen_on(struct worker *w, uv_tcp_t *handle, const char *host, int portnum, char *err, size_t errlen)
 {
-    const struct config *cfg = w->cfg;
     struct addrinfo hints = {0}, *res = NULL;
     char port[16];
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_PASSIVE;
-    snprintf(port, sizeof port, "%d", cfg->listen_port);
-    int rc = getaddrinfo(cfg->listen_host, port, &hints, &res);
+    snprintf(port, sizeof port, "%d", portnum);
+    int rc = getaddrinfo(host, port, &hints, &res);
     if (rc != 0) {
-        snprintf(err, errlen, "cannot resolve listen address %s: %s", cfg->listen_host, gai_strerror(rc));
+        snprintf(err, errlen, "cannot resolve listen address %s: %s", host, gai_strerror(rc));
         return -1;
     }
     int fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -986,29 +988,49 @@ static int open_listener(struct worker *w, char *err, size_t errlen)
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
         setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0 ||
         bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 1024) < 0) {
-        snprintf(err, errlen, "cannot listen on %s:%d: %s", cfg->listen_host, cfg->listen_port, strerror(errno));
+        snprintf(err, errlen, "cannot listen on %s:%d: %s", host, portnum, strerror(errno));
         if (fd >= 0)
             close(fd);
         freeaddrinfo(res);
         return -1;
     }
     freeaddrinfo(res);
-    uv_tcp_init(&w->loop, &w->listener);
-    w->listener.data = w;
-    if (uv_tcp_open(&w->listener, fd) < 0 ||
-        uv_listen((uv_stream_t *)&w->listener, 1024, on_connection) < 0) {
-        snprintf(err, errlen, "cannot listen on %s:%d", cfg->listen_host, cfg->listen_port);
+    uv_tcp_init(&w->loop, handle);
+    handle->data = w;
+    if (uv_tcp_open(handle, fd) < 0 || uv_listen((uv_stream_t *)handle, 1024, on_connection) < 0) {
+        snprintf(err, errlen, "cannot listen on %s:%d", host, portnum);
         return -1;
     }
     return 0;
+}
+
+static int open_listener(struct worker *w, char *err, size_t errlen)
+{
+    const struct config *cfg = w->cfg;
+    if (listen_on(w, &w->listener, cfg->listen_host, cfg->listen_port, err, errlen) < 0)
+        return -1;
+    /* /metrics on its own address: one listener, on worker 0 */
+    if (cfg->metrics_host[0] && w->index == 0) {
+        if (listen_on(w, &w->mlistener, cfg->metrics_host, cfg->metrics_port, err, errlen) < 0)
+            return -1;
+        w->has_mlistener = 1;
+    }
+    return 0;
+}
+
+static void close_listeners(struct worker *w)
+{
+    if (!uv_is_closing((uv_handle_t *)&w->listener))
+        uv_close((uv_handle_t *)&w->listener, NULL);
+    if (w->has_mlistener && !uv_is_closing((uv_handle_t *)&w->mlistener))
+        uv_close((uv_handle_t *)&w->mlistener, NULL);
 }
 
 /* ---- timeouts and heartbeats ---- */
 
 static void close_handles(struct worker *w)
 {
-    if (!uv_is_closing((uv_handle_t *)&w->listener))
-        uv_close((uv_handle_t *)&w->listener, NULL);
+    close_listeners(w);
     /* The inbox stays open (only unreferenced, so the loop can end): a
      * reader pool or bus thread may still post until main frees the worker,
      * which drops what arrived. */
@@ -1076,8 +1098,7 @@ static void on_sweep(uv_timer_t *t)
 static void begin_drain(struct worker *w)
 {
     w->draining = 1;
-    if (!uv_is_closing((uv_handle_t *)&w->listener))
-        uv_close((uv_handle_t *)&w->listener, NULL);
+    close_listeners(w);
     for (struct conn *c = w->conns; c; c = c->next)
         if (c->state == CONN_HTTP || c->state == CONN_WS || c->state == CONN_WS_AUTH)
             uv_read_stop((uv_stream_t *)&c->tcp);
@@ -1089,8 +1110,7 @@ static void begin_stop(struct worker *w)
         return;
     w->stopping = 1;
     w->stop_deadline_ms = now_ms(w) + STOP_GRACE_MS;
-    if (!uv_is_closing((uv_handle_t *)&w->listener))
-        uv_close((uv_handle_t *)&w->listener, NULL);
+    close_listeners(w);
     struct conn *next;
     for (struct conn *c = w->conns; c; c = next) {
         next = c->next;

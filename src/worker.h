@@ -100,6 +100,7 @@ struct conn {
     uint8_t close_after_write;     /* HTTP Connection: close */
     uint8_t shut;                  /* FIN sent: lingering for the peer's */
     uint8_t dirty;                 /* on the worker's dirty list: flush this iteration */
+    uint8_t admin;                 /* accepted on the metrics listener */
     uint8_t held;                  /* the layer above holds the input (conn_hold): nothing is parsed */
     uint8_t throttled;             /* input not read: the out-queue is above PARLEY_OUTQ_LOW */
     uint8_t gated;                 /* counted by the gate's open: its close runs at the end */
@@ -217,6 +218,8 @@ struct worker {
     struct conn_gate gate;         /* admission of new connections (may be empty) */
     uv_loop_t loop;
     uv_tcp_t listener;
+    uv_tcp_t mlistener;            /* PARLEY_METRICS_LISTEN, on worker 0 */
+    int has_mlistener;
     uv_async_t wake;
     uv_timer_t sweep;              /* timeouts and heartbeats, once a second */
     uv_check_t flush_check;        /* end of each loop iteration: write what was queued */

@@ -96,3 +96,21 @@ test('/metrics: the exposition format, and counters that follow the traffic', as
     await srv.stop();
   }
 });
+
+test('PARLEY_METRICS_LISTEN moves /metrics to its own address, which serves nothing else but health', async () => {
+  const { freePort } = await import('../lib/server.mjs');
+  const mport = await freePort();
+  const srv = await startServer({ PARLEY_METRICS_LISTEN: `127.0.0.1:${mport}` });
+  try {
+    assert.equal((await fetch(`${srv.url}/metrics`)).status, 404, 'not on the public listener');
+    const r = await fetch(`http://127.0.0.1:${mport}/metrics`);
+    assert.equal(r.status, 200);
+    assert.match(await r.text(), /^# HELP parley_build_info/m);
+    assert.equal((await fetch(`http://127.0.0.1:${mport}/readyz`)).status, 200);
+    assert.equal((await fetch(`http://127.0.0.1:${mport}/api/me`)).status, 404);
+    assert.equal((await fetch(`http://127.0.0.1:${mport}/`)).status, 404);
+    assert.equal((await fetch(`${srv.url}/api/health`)).status, 200);
+  } finally {
+    await srv.stop();
+  }
+});
