@@ -6,7 +6,7 @@ ASAN    := build/asan
 PORT    ?= 8080
 NODE_TEST := node --test --test-reporter=spec
 
-.PHONY: all run test setup setup-test build asan build-matrix unit unit-asan e2e e2e-asan sdk browser test-asan fuzz fuzz-smoke bench clean cluster cluster-down test-cluster
+.PHONY: all run test setup setup-test build asan build-matrix unit unit-asan e2e e2e-asan sdk browser test-asan fuzz fuzz-smoke bench bench-cluster clean cluster cluster-down test-cluster
 
 all: build
 
@@ -111,6 +111,12 @@ fuzz-smoke: setup-test
 # BENCH_ARGS: more arguments for bench/run.sh.
 bench: setup-test build
 	@bench/run.sh $(if $(BASE),--base $(BASE)) $(if $(QUICK),--quick --reps 1) $(BENCH_ARGS)
+	@$(if $(filter 0,$(CLUSTER)),true,bench/cluster.sh $(if $(QUICK),--quick) $(CLUSTER_ARGS))
+
+# The cluster's cost figures alone (bench/cluster.sh, docs/BENCHMARKS.md "Cluster: cost figures
+# and capacity model"); make bench runs them after the suite (CLUSTER=0: not).
+bench-cluster: setup-test build
+	@bench/cluster.sh $(if $(QUICK),--quick) $(CLUSTER_ARGS)
 
 clean:
 	rm -rf build

@@ -50,6 +50,7 @@ int span_eq(struct span s, const char *lit);
 
 /* /proc readings of a process (-1 when unreadable) */
 double proc_cpu_s(pid_t pid);        /* utime + stime, all threads */
+double proc_tree_cpu_s(pid_t pid);   /* the same + reaped children + live descendants */
 long proc_rss_kib(pid_t pid);        /* VmRSS */
 long proc_fd_count(pid_t pid);
 long proc_nofile_limit(pid_t pid);   /* soft "Max open files", -1 unlimited/unknown */

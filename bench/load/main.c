@@ -46,6 +46,9 @@ static void usage(FILE *f)
         "  --env KEY=VALUE        extra environment for it (repeatable)\n"
         "  --url http://127.0.0.1:PORT [--server-pid PID]   use a running server instead (loopback only;\n"
         "                         without the pid there is no server CPU or RSS)\n"
+        "  --cpu-pid PID          one more process whose CPU counts (a cluster's other nodes, Redis,\n"
+        "                         HAProxy), repeatable; --cpu-tree PID: with its children (a postmaster\n"
+        "                         and its backends). JSON: cpu_pids, all_cpu_us_per_delivery/_per_ack\n"
         "  --name LABEL           the server's name in the JSON\n"
         "\n"
         "Load and bounds:\n"
@@ -73,6 +76,8 @@ static struct {
     char **env;
     int nenv;
     pid_t server_pid;
+    pid_t cpu_pid[64];
+    int cpu_tree[64], ncpu;
     uint32_t threads, src_addrs, open_conc, setup_conc;
     double warmup, duration, drain, settle, max_seconds, rate;
     uint64_t messages;
@@ -147,7 +152,7 @@ static void parse_args(int argc, char **argv)
 {
     enum { O_SERVER = 256, O_URL, O_PID, O_NAME, O_ENV, O_THREADS, O_SRC, O_OPENC, O_SETUPC, O_WARMUP,
            O_DURATION, O_DRAIN, O_SETTLE, O_MAXS, O_RATE, O_MESSAGES, O_CONNS, O_USERS, O_GROUPS, O_MEMBERS,
-           O_PUBS, O_WINDOW, O_SENDERS, O_MAXINF, O_BODY, O_GROUP, O_QUIET, O_HELP };
+           O_PUBS, O_WINDOW, O_SENDERS, O_MAXINF, O_BODY, O_GROUP, O_QUIET, O_HELP, O_CPUPID, O_CPUTREE };
     static const struct option lo[] = {
         {"server", 1, 0, O_SERVER}, {"url", 1, 0, O_URL}, {"server-pid", 1, 0, O_PID}, {"name", 1, 0, O_NAME},
         {"env", 1, 0, O_ENV}, {"threads", 1, 0, O_THREADS}, {"src-addrs", 1, 0, O_SRC},
@@ -157,7 +162,8 @@ static void parse_args(int argc, char **argv)
         {"conns", 1, 0, O_CONNS}, {"users", 1, 0, O_USERS}, {"groups", 1, 0, O_GROUPS},
         {"members", 1, 0, O_MEMBERS}, {"publishers", 1, 0, O_PUBS}, {"window", 1, 0, O_WINDOW},
         {"senders", 1, 0, O_SENDERS}, {"max-inflight", 1, 0, O_MAXINF}, {"body-bytes", 1, 0, O_BODY},
-        {"group", 0, 0, O_GROUP}, {"quiet", 0, 0, O_QUIET}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
+        {"group", 0, 0, O_GROUP}, {"quiet", 0, 0, O_QUIET}, {"help", 0, 0, O_HELP},
+        {"cpu-pid", 1, 0, O_CPUPID}, {"cpu-tree", 1, 0, O_CPUTREE}, {0, 0, 0, 0}};
     int users_set = 0, ch;
     o.env = xcalloc((size_t)argc, sizeof *o.env);
     while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
@@ -166,6 +172,12 @@ static void parse_args(int argc, char **argv)
         case O_URL: o.url = optarg; break;
         case O_PID: o.server_pid = (pid_t)u32arg("server-pid", optarg, 1, 1u << 30); break;
         case O_NAME: o.name = optarg; break;
+        case O_CPUPID: case O_CPUTREE:
+            if (o.ncpu == 64)
+                die("at most 64 --cpu-pid/--cpu-tree");
+            o.cpu_tree[o.ncpu] = ch == O_CPUTREE;
+            o.cpu_pid[o.ncpu++] = (pid_t)u32arg(ch == O_CPUTREE ? "cpu-tree" : "cpu-pid", optarg, 1, 1u << 30);
+            break;
         case O_ENV:
             if (!strchr(optarg, '=') || optarg[0] == '=')
                 die("--env expects KEY=VALUE, got '%s'", optarg);
@@ -361,6 +373,7 @@ static void run_pool(struct setup *s, void *(*fn)(void *), uint32_t jobs, const 
 struct snap {
     uint64_t t;
     double server_cpu, client_cpu, machine;
+    double extra_cpu[64]; /* --cpu-pid / --cpu-tree */
     struct counters c;
 };
 
@@ -370,6 +383,8 @@ static void take(struct engine *e, struct snap *s)
     s->server_cpu = T.pid ? proc_cpu_s(T.pid) : -1;
     s->client_cpu = self_cpu_s();
     s->machine = machine_busy_s();
+    for (int i = 0; i < o.ncpu; i++)
+        s->extra_cpu[i] = o.cpu_tree[i] ? proc_tree_cpu_s(o.cpu_pid[i]) : proc_cpu_s(o.cpu_pid[i]);
     if (e)
         engine_sum(e, &s->c);
 }
@@ -378,6 +393,17 @@ static void take(struct engine *e, struct snap *s)
 
 static double r2(double x) { return round(x * 100) / 100; }
 static double r3(double x) { return round(x * 1000) / 1000; }
+
+/* CPU seconds of the --cpu-pid/--cpu-tree processes from a to b (the server's pid, if listed
+ * too, once); 0 without them */
+static double extra_cpu_s(const struct snap *a, const struct snap *b)
+{
+    double sum = 0;
+    for (int i = 0; i < o.ncpu; i++)
+        if (o.cpu_pid[i] != T.pid && a->extra_cpu[i] >= 0 && b->extra_cpu[i] >= 0)
+            sum += b->extra_cpu[i] - a->extra_cpu[i];
+    return sum;
+}
 
 /* progress on stderr: once a second */
 static struct {
@@ -416,6 +442,9 @@ static void progress(struct engine *e, const char *what, uint32_t nclients, int 
             n += snprintf(line + n, sizeof line - (size_t)n, " p99 %.2fms", p99 / 1e6);
         if (s.server_cpu >= 0 && prog.last.server_cpu >= 0)
             n += snprintf(line + n, sizeof line - (size_t)n, " | server %.2f cores", (s.server_cpu - prog.last.server_cpu) / dt);
+        if (o.ncpu)
+            n += snprintf(line + n, sizeof line - (size_t)n, " all %.2f",
+                          (fmax(0, s.server_cpu - prog.last.server_cpu) + extra_cpu_s(&prog.last, &s)) / dt);
     }
     uint64_t errs = G(s, err_frames) + G(s, seq_gaps) + G(s, seq_dups) + G(s, wrong_conv) + G(s, bad_frames) +
                     G(s, unexpected_close) + G(s, conn_fail);
@@ -505,7 +534,10 @@ static json_t *cpu_json(const struct snap *a, const struct snap *b)
     double mach = a->machine >= 0 && b->machine >= 0 ? b->machine - a->machine : -1;
     json_t *j = json_pack("{s:f,s:f}", "wall_s", r3(wall), "client_cpu_s", r2(cli));
     json_object_set_new(j, "server_cpu_s", srv >= 0 ? json_real(r2(srv)) : json_null());
-    json_object_set_new(j, "other_cpu_s", srv >= 0 && mach >= 0 ? json_real(r2(fmax(0, mach - srv - cli))) : json_null());
+    double ext = extra_cpu_s(a, b);
+    if (o.ncpu)
+        json_object_set_new(j, "cpu_pids_s", json_real(r3(ext)));
+    json_object_set_new(j, "other_cpu_s", (srv >= 0 || o.ncpu) && mach >= 0 ? json_real(r2(fmax(0, mach - fmax(0, srv) - ext - cli))) : json_null());
     return j;
 }
 
@@ -879,6 +911,19 @@ int main(int argc, char **argv)
         json_object_set_new(res, "server_cpu_us_per_delivery", srv >= 0 && dm ? json_real(r3(srv * 1e6 / (double)dm)) : json_null());
         json_object_set_new(res, "server_cpu_us_per_ack", srv >= 0 && am ? json_real(r3(srv * 1e6 / (double)am)) : json_null());
         json_object_set_new(res, "client_cpu_us_per_delivery", dm ? json_real(r3((b.client_cpu - a.client_cpu) * 1e6 / (double)dm)) : json_null());
+        if (o.ncpu) {
+            /* every listed process (and the server's) over the measured interval */
+            json_t *pids = json_array();
+            for (int i = 0; i < o.ncpu; i++)
+                json_array_append_new(pids, json_pack("{s:i,s:b,s:f}", "pid", (int)o.cpu_pid[i], "tree", o.cpu_tree[i],
+                                                      "cpu_s", a.extra_cpu[i] >= 0 && b.extra_cpu[i] >= 0 ? r3(b.extra_cpu[i] - a.extra_cpu[i]) : -1.0));
+            json_object_set_new(res, "cpu_pids", pids);
+            double all = fmax(0, srv) + extra_cpu_s(&a, &b);
+            json_object_set_new(res, "all_cpu_s", json_real(r3(all)));
+            json_object_set_new(res, "all_cores", json_real(r2(all / wall)));
+            json_object_set_new(res, "all_cpu_us_per_delivery", dm ? json_real(r3(all * 1e6 / (double)dm)) : json_null());
+            json_object_set_new(res, "all_cpu_us_per_ack", am ? json_real(r3(all * 1e6 / (double)am)) : json_null());
+        }
         json_t *ops = json_object();
         for (int i = 0; i < 6; i++) {
             uint64_t v = atomic_load(&end.c.other_op[i]) - atomic_load(&s_login.c.other_op[i]);

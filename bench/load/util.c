@@ -326,7 +326,8 @@ static int read_file(const char *path, char *buf, size_t cap)
     return (int)n;
 }
 
-double proc_cpu_s(pid_t pid)
+/* utime + stime (fields 14, 15), with cutime + cstime (16, 17) when reaped children count */
+static double stat_cpu_s(pid_t pid, int reaped)
 {
     char path[64], buf[2048];
     snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
@@ -336,21 +337,57 @@ double proc_cpu_s(pid_t pid)
     if (!p)
         return -1;
     /* after ") ": state(3) ppid ... utime is field 14, stime 15 (1-based) */
-    unsigned long long ut = 0, st = 0;
+    unsigned long long v[4] = {0};
     int field = 2;
-    for (char *s = p + 1; *s && field < 15;) {
+    for (char *s = p + 1; *s && field < 17;) {
         while (*s == ' ')
             s++;
         field++;
-        if (field == 14)
-            ut = strtoull(s, NULL, 10);
-        else if (field == 15)
-            st = strtoull(s, NULL, 10);
+        if (field >= 14 && field <= 17)
+            v[field - 14] = strtoull(s, NULL, 10);
         while (*s && *s != ' ')
             s++;
     }
-    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+    return (double)(v[0] + v[1] + (reaped ? v[2] + v[3] : 0)) / (double)sysconf(_SC_CLK_TCK);
 }
+
+double proc_cpu_s(pid_t pid) { return stat_cpu_s(pid, 0); }
+
+/* The process, its reaped children and its live descendants (the children files of its
+ * threads, 4 levels at most). A child that exits between two readings moves from its own
+ * line to its parent's cutime/cstime, so a difference of two readings stays right. */
+static double tree_cpu(pid_t pid, int depth)
+{
+    double cpu = stat_cpu_s(pid, 1);
+    if (cpu < 0 || depth >= 4)
+        return cpu;
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    if (!d)
+        return cpu;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (de->d_name[0] == '.')
+            continue;
+        char cpath[300], buf[8192];
+        snprintf(cpath, sizeof cpath, "/proc/%d/task/%s/children", (int)pid, de->d_name);
+        if (read_file(cpath, buf, sizeof buf) <= 0)
+            continue;
+        for (char *s = buf, *end; *s; s = end) {
+            long c = strtol(s, &end, 10);
+            if (end == s)
+                break;
+            double x = c > 0 ? tree_cpu((pid_t)c, depth + 1) : -1;
+            if (x > 0)
+                cpu += x;
+        }
+    }
+    closedir(d);
+    return cpu;
+}
+
+double proc_tree_cpu_s(pid_t pid) { return tree_cpu(pid, 0); }
 
 static long status_field(pid_t pid, const char *key)
 {
