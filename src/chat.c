@@ -539,7 +539,7 @@ static void push_view_read(struct read *r)
     }
     if (j->reply)
         j->reply(j);
-    job_free(j);
+    job_release(j);
 }
 
 /* Pushes the conversation j changed to every member, and the outside view
@@ -550,7 +550,7 @@ static void push_conversation(struct chat_worker *cw, struct job *j, int64_t con
 {
     struct read *r = chat_read(cw, READ_CONV_VIEW, NULL, push_view_read);
     r->arg = j;
-    j->kept = 1;
+    job_hold(j);
     r->conv = conv;
     if (n_gone) {
         r->ids = xmalloc(n_gone * sizeof *r->ids);
@@ -618,7 +618,7 @@ static void republish_read(struct read *r)
     }
     if (j->reply)
         j->reply(j);
-    job_free(j);
+    job_release(j);
 }
 
 static void send_done(struct job *j)
@@ -634,7 +634,7 @@ static void send_done(struct job *j)
     r->conv = j->u.send.conv;
     r->seq = j->u.send.seq;
     r->min_seq = j->u.send.seq;
-    j->kept = 1;
+    job_hold(j);
     chat_read_submit(cw, r);
 }
 

@@ -9,9 +9,20 @@ static void job_returned(struct worker *w, struct event *ev)
 {
     struct job *j = (struct job *)ev;
     (void)w;
+    job_hold(j); /* done may hold it too, and let go before it returns (an inline read) */
     if (j->done)
         j->done(j);
-    if (!j->kept)
+    job_release(j);
+}
+
+void job_hold(struct job *j)
+{
+    j->holds++;
+}
+
+void job_release(struct job *j)
+{
+    if (--j->holds <= 0)
         job_free(j);
 }
 

@@ -120,7 +120,7 @@ struct job {
     void *arg;             /* the core's per-worker state */
     int rc;                /* enum store_rc */
     int unavailable;       /* nothing was tried: 1 the writer was stopping, JOB_BUSY its queue was full */
-    int kept;              /* done took the job over (it calls job_free itself, later) */
+    int holds;             /* on the origin worker: holders of the job (job_hold/job_release) */
     union {
         struct job_send send;
         struct job_signup signup;
@@ -138,6 +138,11 @@ struct job *job_new(enum job_kind kind, struct worker *origin, struct conn *conn
 /* Pins conn for the job's life (a job built before it was known valid). */
 void job_bind(struct job *j, struct conn *conn);
 void job_free(struct job *j);
+/* On the origin worker: done may keep the job past its return (an answer
+ * that waits for a read) with job_hold, and lets it go with job_release; the
+ * last release frees it. */
+void job_hold(struct job *j);
+void job_release(struct job *j);
 /* Fills a fresh token expiring ttl_s from now. */
 void job_token_new(struct job_token *t, int64_t ttl_s);
 

@@ -199,11 +199,23 @@ int main(int argc, char **argv)
 
     int nw = cfg.workers;
     struct worker **workers = xcalloc((size_t)nw, sizeof *workers);
+    struct chat chat = {.cfg = &cfg, .workers = workers, .nworkers = nw};
+    /* The signal handlers go in before any listener opens: a SIGTERM that
+     * arrives as soon as the port answers is a drain, not the default death.
+     * (They run in uv_run below, once everything is built.) */
+    struct main_state ms = {.chat = &chat, .workers = workers, .nworkers = nw, .cfg = &cfg};
+    uv_loop_t *loop = uv_default_loop();
+    uv_timer_init(loop, &ms.drain_timer);
+    ms.drain_timer.data = &ms;
+    uv_signal_init(loop, &ms.sigterm);
+    uv_signal_init(loop, &ms.sigint);
+    ms.sigterm.data = ms.sigint.data = &ms;
+    uv_signal_start(&ms.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&ms.sigint, on_signal, SIGINT);
     for (int i = 0; i < nw; i++)
         if (!(workers[i] = worker_new(&cfg, i, nw, err, sizeof err)))
             return fail(err, NULL);
 
-    struct chat chat = {.cfg = &cfg, .workers = workers, .nworkers = nw};
     chat.presence = presence_new();
     chat.guard = guard_new((int)cfg.max_hashes, (size_t)cfg.hash_queue);
     /* The bus: Redis when PARLEY_REDIS_URL is set, else in-process. */
@@ -246,15 +258,6 @@ int main(int argc, char **argv)
         if (worker_start(workers[i]) < 0)
             return fail("cannot start a worker thread", NULL);
 
-    struct main_state ms = {.chat = &chat, .workers = workers, .nworkers = nw, .cfg = &cfg};
-    uv_loop_t *loop = uv_default_loop();
-    uv_timer_init(loop, &ms.drain_timer);
-    ms.drain_timer.data = &ms;
-    uv_signal_init(loop, &ms.sigterm);
-    uv_signal_init(loop, &ms.sigint);
-    ms.sigterm.data = ms.sigint.data = &ms;
-    uv_signal_start(&ms.sigterm, on_signal, SIGTERM);
-    uv_signal_start(&ms.sigint, on_signal, SIGINT);
 
     const char *host = cfg.listen_host;
     log_info("parleyd listening on http://%s%s%s:%d/ (%d workers, %s store, %s bus, data in %s)",
