@@ -5,6 +5,8 @@
  * network bus would subscribe by. */
 #include "bus.h"
 
+#include "idmap.h"
+
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,9 +16,8 @@ struct bus_local {
     struct worker **workers;    /* borrowed */
     int nworkers;
     bus_deliver_fn deliver;
-    uv_mutex_t mu;              /* guards the watch table */
-    struct watch { int64_t conv; int count; } *watch; /* open addressing, conv 0 = empty */
-    size_t cap, len;
+    uv_mutex_t mu;              /* guards watch */
+    struct idmap watch;         /* conv -> (intptr_t) workers watching */
 };
 
 /* One publication on its way to one worker. */
@@ -79,68 +80,12 @@ static void local_publish(struct bus *b, struct bus_msg *m, struct postbox *pb)
 
 /* ---- the watch counts (conv -> workers watching) ---- */
 
-static size_t slot_of(int64_t conv, size_t cap)
-{
-    return (size_t)(((uint64_t)conv * 0x9E3779B97F4A7C15ULL) >> 17) & (cap - 1);
-}
-
-static struct watch *find(struct bus_local *bl, int64_t conv, int insert)
-{
-    if (insert && (bl->len + 1) * 4 > bl->cap * 3) {
-        size_t old_cap = bl->cap;
-        struct watch *old = bl->watch;
-        bl->cap = old_cap ? old_cap * 2 : 64;
-        bl->watch = xcalloc(bl->cap, sizeof *bl->watch);
-        for (size_t i = 0; i < old_cap; i++) {
-            if (!old[i].conv)
-                continue;
-            size_t j = slot_of(old[i].conv, bl->cap);
-            while (bl->watch[j].conv)
-                j = (j + 1) & (bl->cap - 1);
-            bl->watch[j] = old[i];
-        }
-        free(old);
-    }
-    if (!bl->cap)
-        return NULL;
-    for (size_t i = slot_of(conv, bl->cap);; i = (i + 1) & (bl->cap - 1)) {
-        if (bl->watch[i].conv == conv)
-            return &bl->watch[i];
-        if (!bl->watch[i].conv) {
-            if (!insert)
-                return NULL;
-            bl->watch[i].conv = conv;
-            bl->watch[i].count = 0;
-            bl->len++;
-            return &bl->watch[i];
-        }
-    }
-}
-
-/* Backward-shift deletion, so there are no tombstones. */
-static void erase(struct bus_local *bl, struct watch *w)
-{
-    size_t mask = bl->cap - 1, i = (size_t)(w - bl->watch), j = i;
-    for (;;) {
-        j = (j + 1) & mask;
-        if (!bl->watch[j].conv)
-            break;
-        size_t home = slot_of(bl->watch[j].conv, bl->cap);
-        if ((i <= j) ? (home <= i || home > j) : (home <= i && home > j)) {
-            bl->watch[i] = bl->watch[j];
-            i = j;
-        }
-    }
-    bl->watch[i].conv = 0;
-    bl->len--;
-}
-
 static void local_watch(struct bus *b, int worker, int64_t conv)
 {
     struct bus_local *bl = (struct bus_local *)b;
     (void)worker;
     uv_mutex_lock(&bl->mu);
-    find(bl, conv, 1)->count++;
+    idmap_put(&bl->watch, conv, (void *)((intptr_t)idmap_get(&bl->watch, conv) + 1));
     uv_mutex_unlock(&bl->mu);
 }
 
@@ -149,9 +94,11 @@ static void local_unwatch(struct bus *b, int worker, int64_t conv)
     struct bus_local *bl = (struct bus_local *)b;
     (void)worker;
     uv_mutex_lock(&bl->mu);
-    struct watch *w = find(bl, conv, 0);
-    if (w && --w->count <= 0)
-        erase(bl, w);
+    intptr_t n = (intptr_t)idmap_get(&bl->watch, conv);
+    if (n > 1)
+        idmap_put(&bl->watch, conv, (void *)(n - 1));
+    else if (n == 1)
+        idmap_del(&bl->watch, conv);
     uv_mutex_unlock(&bl->mu);
 }
 
@@ -159,8 +106,7 @@ static int local_watching(struct bus *b, int64_t conv)
 {
     struct bus_local *bl = (struct bus_local *)b;
     uv_mutex_lock(&bl->mu);
-    struct watch *w = find(bl, conv, 0);
-    int n = w ? w->count : 0;
+    int n = (int)(intptr_t)idmap_get(&bl->watch, conv);
     uv_mutex_unlock(&bl->mu);
     return n;
 }
@@ -169,7 +115,7 @@ static void local_free(struct bus *b)
 {
     struct bus_local *bl = (struct bus_local *)b;
     uv_mutex_destroy(&bl->mu);
-    free(bl->watch);
+    idmap_dispose(&bl->watch);
     free(bl);
 }
 

@@ -154,6 +154,21 @@ static int run_membership(struct store *st, struct read *r)
     return STORE_OK;
 }
 
+/* The message r->seq of r->conv into r->result. */
+static int one_msg(struct store *st, struct read *r)
+{
+    json_t *page = NULL;
+    int more;
+    int rc = store_msg_page(st, r->conv, 0, r->seq - 1, 1, &page, &more);
+    if (rc == STORE_OK && json_array_size(page) == 1)
+        r->result = json_incref(json_array_get(page, 0));
+    else if (rc == STORE_OK)
+        rc = STORE_NOT_FOUND;
+    if (page)
+        json_decref(page);
+    return rc;
+}
+
 void reader_run(struct store *st, struct read *r, int per_conv)
 {
     switch (r->kind) {
@@ -177,18 +192,9 @@ void reader_run(struct store *st, struct read *r, int per_conv)
         if (r->rc == STORE_OK)
             r->rc = store_msg_page(st, r->conv, r->before, r->after, r->limit, &r->result, &r->has_more);
         break;
-    case READ_MSG: {
-        json_t *page = NULL;
-        int more;
-        r->rc = store_msg_page(st, r->conv, 0, r->seq - 1, 1, &page, &more);
-        if (r->rc == STORE_OK && json_array_size(page) == 1)
-            r->result = json_incref(json_array_get(page, 0));
-        else if (r->rc == STORE_OK)
-            r->rc = STORE_NOT_FOUND;
-        if (page)
-            json_decref(page);
+    case READ_MSG:
+        r->rc = one_msg(st, r);
         break;
-    }
     case READ_SYNC:
         r->rc = run_sync(st, r, per_conv);
         break;
@@ -210,20 +216,11 @@ void reader_run(struct store *st, struct read *r, int per_conv)
     case READ_MEMBERSHIP:
         r->rc = run_membership(st, r);
         break;
-    case READ_REPUBLISH: {
-        json_t *page = NULL;
-        int more;
-        r->rc = store_msg_page(st, r->conv, 0, r->seq - 1, 1, &page, &more);
-        if (r->rc == STORE_OK && json_array_size(page) == 1)
-            r->result = json_incref(json_array_get(page, 0));
-        else if (r->rc == STORE_OK)
-            r->rc = STORE_NOT_FOUND;
-        if (page)
-            json_decref(page);
+    case READ_REPUBLISH:
+        r->rc = one_msg(st, r);
         if (r->rc == STORE_OK)
             r->rc = store_members(st, r->conv, &r->ids, &r->n);
         break;
-    }
     case READ_CONV_VIEW:
         r->rc = store_conv_view(st, r->conv, &r->result, &r->pos, &r->npos);
         break;
