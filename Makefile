@@ -88,13 +88,28 @@ test-cluster: setup-test build
 	@cd tests && PARLEY_CLUSTER_DIR=$(TEST_CLUSTER_DIR) $(NODE_TEST) --test-timeout=300000 cluster/*.test.mjs; \
 	  rc=$$?; cd .. && scripts/cluster down --dir $(TEST_CLUSTER_DIR) --clean >/dev/null; exit $$rc
 
+# Installs parleyd (PREFIX/bin) and the web client (PREFIX/share/parley/web), which the
+# installed parleyd serves without --web; DESTDIR stages. From a tree of its own
+# (build/install: Release, warnings not errors), so the developer trees are untouched.
+PREFIX ?= /usr/local
+.PHONY: install deploy-check
+install: setup
+	@cmake -S . -B build/install -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX=$(PREFIX) >/dev/null
+	@ninja -C build/install --quiet parleyd-installed
+	@DESTDIR=$(DESTDIR) cmake --install build/install
+
+# The deploy bundles, checked as far as this machine can (deploy/check: YAML, haproxy -c,
+# nginx -t, and the Dockerfile's build and run steps as a script).
+deploy-check: setup-test
+	@deploy/check
+
 # The sanitizer half of the suite on its own (make test runs it too).
 test-asan: unit-asan e2e-asan
 
 # Everything: the gcc/clang build matrix, unit tests (normal and ASan+UBSan),
 # end-to-end against both builds, the SDK, the browser client and the cluster.
 test: setup-test build asan
-	@$(MAKE) --no-print-directory -k build-matrix unit unit-asan e2e e2e-asan sdk browser test-cluster fuzz-smoke
+	@$(MAKE) --no-print-directory -k build-matrix unit unit-asan e2e e2e-asan sdk browser test-cluster fuzz-smoke deploy-check
 
 # Coverage-guided fuzzing of our parsers (scripts/fuzz): each target for
 # FUZZ_SECONDS from the seed corpus of fuzz/corpus/; make test runs each for 10 s.
