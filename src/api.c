@@ -845,6 +845,8 @@ static void metrics_render(struct conn *c, const struct metrics_snapshot *m)
     family(&b, "parley_db_reads_total", "counter", "Reads by the database that answered them.");
     out(&b, "parley_db_reads_total{target=\"primary\"} %llu\nparley_db_reads_total{target=\"replica\"} %llu\n",
         (unsigned long long)primary, (unsigned long long)replica);
+    family(&b, "parley_replica_lag_seconds", "gauge", "The read replica's replay lag (0: caught up, or none).");
+    out(&b, "parley_replica_lag_seconds %.3f\n", ch->pool ? (double)reader_pool_replica_lag_ms(ch->pool) / 1000 : 0.0);
     struct bus_redis_stats rs;
     bus_redis_stats(ch->bus, &rs);
     family(&b, "parley_redis_reconnects_total", "counter", "Redis connections established again after a loss.");

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #define REPLICA_RETRY_MS 1000
+#define LAG_EVERY_MS 2000 /* how often the replica's replay lag is measured */
 
 struct reader_pool {
     reader_open_fn open;
@@ -20,6 +21,8 @@ struct reader_pool {
     int stopping;
     int replica_logged;        /* the replica's failure was logged (once per outage) */
     atomic_int replica_ok;
+    atomic_llong lag_ms;       /* the replica's replay lag, last measured */
+    atomic_llong lag_at_ms;    /* when (monotonic); a thread claims the next measure by moving it */
     struct reader_pool_stats stats;
     int nthreads;
     uv_thread_t *threads;
@@ -168,6 +171,20 @@ static void answer(struct reader_pool *p, struct pool_conns *pc, struct read *r)
         r->rc = STORE_UNAVAILABLE;
 }
 
+/* Every LAG_EVERY_MS one thread measures the replica's replay lag (for
+ * /metrics), with the connection it has. */
+static void measure_lag(struct reader_pool *p, struct pool_conns *pc)
+{
+    int64_t now = util_mono_ms();
+    long long at = atomic_load(&p->lag_at_ms);
+    if (!p->have_replica || now < at + LAG_EVERY_MS || !atomic_compare_exchange_strong(&p->lag_at_ms, &at, now))
+        return;
+    struct store *replica = get_replica(p, pc);
+    int64_t ms = 0;
+    if (replica && replica->ops->replay_lag && replica->ops->replay_lag(replica, &ms) == STORE_OK)
+        atomic_store(&p->lag_ms, ms);
+}
+
 static void pool_main(void *arg)
 {
     struct reader_pool *p = arg;
@@ -186,6 +203,7 @@ static void pool_main(void *arg)
         r->ev.next = NULL;
         answer(p, &pc, r);
         worker_post(r->origin, &r->ev, &r->ev); /* done runs on the worker that asked */
+        measure_lag(p, &pc);
         uv_mutex_lock(&p->mu);
     }
     uv_mutex_unlock(&p->mu);
@@ -245,6 +263,11 @@ void reader_pool_free(struct reader_pool *p)
 const struct reader_pool_stats *reader_pool_stats(struct reader_pool *p)
 {
     return &p->stats;
+}
+
+int64_t reader_pool_replica_lag_ms(struct reader_pool *p)
+{
+    return p->have_replica ? atomic_load(&p->lag_ms) : 0;
 }
 
 int reader_pool_replica_ok(struct reader_pool *p)

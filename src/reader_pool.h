@@ -43,6 +43,8 @@ void reader_pool_free(struct reader_pool *p);
  * the pool running). */
 struct reader *reader_pool_handle(struct reader_pool *p);
 const struct reader_pool_stats *reader_pool_stats(struct reader_pool *p);
+/* The replica's replay lag, measured every 2 s while reads come (0: none). */
+int64_t reader_pool_replica_lag_ms(struct reader_pool *p);
 /* 1 while the replica answered its last read (or none is configured). */
 int reader_pool_replica_ok(struct reader_pool *p);
 

@@ -155,6 +155,9 @@ struct store_ops {
                          int64_t *seq_out, int64_t *ts_out);
     int (*conv_last_seq)(struct store *st, int64_t conv, int64_t *last_seq_out);
     int (*conv_last_seqs)(struct store *st, const int64_t *convs, size_t n, int64_t *last_seqs_out);
+    /* A replica's replay lag in ms (0: caught up, or not a replica). NULL:
+     * the backend has no replicas. */
+    int (*replay_lag)(struct store *st, int64_t *ms_out);
     int (*read_set)(struct store *st, int64_t conv, int64_t user, int64_t seq, int64_t *pos_out);
     int (*msg_page)(struct store *st, int64_t conv, int64_t before, int64_t after, int limit, json_t **msgs_out,
                     int *has_more_out);

@@ -93,6 +93,7 @@ enum sid {
     S_MSG_BY_CLIENT,
     S_CONV_LAST_SEQ,
     S_CONV_LAST_SEQS,
+    S_REPLAY_LAG,
     S_READ_SET,
     S_MSG_BEFORE,
     S_MSG_AFTER,
@@ -266,6 +267,13 @@ static const struct sdef SQL[S__COUNT] = {
                          "SELECT conv_id, seq, created_at FROM messages WHERE sender_id = $1 AND client_id = $2",
                          "it", 0},
     [S_CONV_LAST_SEQ] = {"conversation last seq", "SELECT last_seq FROM conversations WHERE id = $1", "i", 0},
+    /* A replica's lag: 0 when it has replayed all it received (or is not a
+     * replica), else the age of the last transaction it replayed. */
+    [S_REPLAY_LAG] = {"replay lag",
+                      "SELECT CASE WHEN pg_is_in_recovery() AND pg_last_wal_receive_lsn() IS DISTINCT FROM"
+                      " pg_last_wal_replay_lsn() THEN COALESCE((EXTRACT(EPOCH FROM now() -"
+                      " pg_last_xact_replay_timestamp()) * 1000)::bigint, 0) ELSE 0::bigint END",
+                      "", 0},
     [S_CONV_LAST_SEQS] = {"conversations' last seqs",
                           "SELECT k.i, c.last_seq FROM unnest($1::bigint[]) WITH ORDINALITY AS k(id, i)"
                           " JOIN conversations c ON c.id = k.id",
@@ -1802,6 +1810,14 @@ static int pg_conv_last_seqs(struct store *st_, const int64_t *convs, size_t n, 
     return STORE_OK;
 }
 
+static int pg_replay_lag(struct store *st_, int64_t *ms_out)
+{
+    struct call c;
+
+    call_start(&c, S_REPLAY_LAG);
+    return one_i64((struct pg *)st_, &c, ms_out);
+}
+
 static int pg_read_set(struct store *st_, int64_t conv, int64_t user, int64_t seq, int64_t *pos_out)
 {
     struct call c;
@@ -2233,6 +2249,7 @@ static const struct store_ops pg_ops = {
     .msg_by_client = pg_msg_by_client,
     .conv_last_seq = pg_conv_last_seq,
     .conv_last_seqs = pg_conv_last_seqs,
+    .replay_lag = pg_replay_lag,
     .read_set = pg_read_set,
     .msg_page = pg_msg_page,
     .sync_summary = pg_sync_summary,

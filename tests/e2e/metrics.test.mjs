@@ -42,7 +42,7 @@ test('/metrics: the exposition format, and counters that follow the traffic', as
       'parley_messages_stored_total', 'parley_deliveries_total', 'parley_batch_size', 'parley_commit_duration_seconds',
       'parley_send_to_deliver_seconds', 'parley_http_requests_total', 'parley_rate_limited_total',
       'parley_slow_consumer_closes_total', 'parley_db_reads_total', 'parley_redis_reconnects_total',
-      'parley_writer_queue_depth', 'parley_build_info', 'process_cpu_seconds_total',
+      'parley_writer_queue_depth', 'parley_replica_lag_seconds', 'parley_build_info', 'process_cpu_seconds_total',
       'process_resident_memory_bytes', 'process_open_fds'];
     for (const f of required) {
       assert.ok(before.types.has(f), `TYPE for ${f}`);
