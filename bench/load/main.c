@@ -926,13 +926,14 @@ int main(int argc, char **argv)
         }
         json_t *ops = json_object();
         for (int i = 0; i < 6; i++) {
-            uint64_t v = atomic_load(&end.c.other_op[i]) - atomic_load(&s_login.c.other_op[i]);
+            uint64_t v = atomic_load(&d.c.other_op[i]) - atomic_load(&s_login.c.other_op[i]);
             if (v)
                 json_object_set_new(ops, other_op_names[i], json_integer((json_int_t)v));
         }
         json_object_set_new(res, "other_frames_by_op", ops);
         json_object_set_new(res, "login_frames", json_integer((json_int_t)login_frames));
-        json_object_set_new(res, "other_frames", json_integer((json_int_t)(G(end, frames_other) - login_frames)));
+        /* from the warm-up to the end of the drain (the close adds presence frames) */
+        json_object_set_new(res, "other_frames", json_integer((json_int_t)(G(d, frames_other) - login_frames)));
         json_object_set_new(res, "server_rss_end_kib", T.pid ? json_integer(proc_rss_kib(T.pid)) : json_null());
     }
     count_problems(e, &end);
@@ -957,7 +958,7 @@ int main(int argc, char **argv)
             json_object_set_new(ex, "signal", json_integer(WTERMSIG(st)));
         json_object_set_new(res, "server_exit", ex);
         if (alive && killed)
-            problem("server_ignored_sigterm", json_pack("{s:f}", "seconds", secs));
+            problem("server_not_stopped_15s_after_sigterm", json_pack("{s:f}", "seconds", secs));
         else if (alive && !(WIFEXITED(st) && WEXITSTATUS(st) == 0))
             problem("server_bad_exit_on_sigterm", json_pack("{s:i}", "wait_status", st));
         if (json_array_size(problems)) {
