@@ -891,12 +891,12 @@ void api_handle(void *ctx, struct conn *c, struct http_req *r)
         api_ready(c);
         return;
     }
-    if (strncmp(p, "/api/", 5) != 0) {
-        http_serve_static(c, r, cfg_of(c)->web_dir);
-        return;
-    }
     if (strcmp(p, "/api/health") == 0 || strcmp(p, "/healthz") == 0) {
         http_respond_json(c, 200, json_pack("{s:s}", "status", "ok"));
+        return;
+    }
+    if (strncmp(p, "/api/", 5) != 0) {
+        http_serve_static(c, r, cfg_of(c)->web_dir);
         return;
     }
     if (m == HTTP_POST && strncmp(p, "/api/auth/", 10) == 0) {

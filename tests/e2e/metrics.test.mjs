@@ -110,6 +110,8 @@ test('PARLEY_METRICS_LISTEN moves /metrics to its own address, which serves noth
     assert.equal((await fetch(`http://127.0.0.1:${mport}/api/me`)).status, 404);
     assert.equal((await fetch(`http://127.0.0.1:${mport}/`)).status, 404);
     assert.equal((await fetch(`${srv.url}/api/health`)).status, 200);
+    assert.equal((await fetch(`${srv.url}/healthz`)).status, 200, '/healthz on the main listener');
+    assert.equal((await fetch(`http://127.0.0.1:${mport}/healthz`)).status, 200);
   } finally {
     await srv.stop();
   }
