@@ -655,7 +655,7 @@ int chat_send(struct chat_worker *cw, struct job *j, int64_t *retry_ms)
     const struct config *cfg = cw->chat->cfg;
     /* A user connected at k nodes sends through k buckets: each holds 1/k of
      * the limit, so the limit holds across the cluster. */
-    int64_t k = presence_other_nodes(cw->chat->presence, j->u.send.sender) + 1;
+    int64_t k = cw->chat->check_ms > 0 ? presence_other_nodes(cw->chat->presence, j->u.send.sender) + 1 : 1;
     int64_t rate = cfg->send_rate ? (cfg->send_rate + k - 1) / k : 0;
     int64_t burst = cfg->send_burst ? (cfg->send_burst + k - 1) / k : 0;
     j->u.send.arrived_ns = uv_hrtime();
