@@ -3,8 +3,10 @@
 // baseline of the same run. bench/cluster.sh is the way in (make bench runs it after run.sh).
 //
 //   node bench/cluster.mjs [--quick] [--reps 3] [--only writes,cost] [--dir /tmp/parley-bench-cluster]
-//                          [--port 38080] [--out FILE.json] [--quiet-cores 0.3] [--quiet-max-wait 60]
-//                          [--max-other-cores 0.25] [--retries 1] [--budget-min 50]
+//                          [--port 21080] [--out FILE.json] [--quiet-cores 0.3] [--quiet-max-wait 20]
+//                          [--max-other-cores 0.5] [--retries 1] [--budget-min 60]
+//                          [--env KEY=VALUE ...]   (more environment for every parleyd, e.g.
+//                                                   PARLEY_BATCH_INTERVAL_MS=10)
 //
 // Group "writes": the batched write path into PostgreSQL against one insert per transaction.
 //   One parleyd (started by parley-load) with PARLEY_DB_URL on a throwaway PostgreSQL
@@ -33,8 +35,11 @@
 // most --retries times; the least disturbed attempt is kept). Figures are medians over rounds.
 // Everything runs on 127.0.0.1; everything started is stopped at the end (also on SIGINT/TERM):
 // the clusters by `scripts/cluster down --clean`, the writes PostgreSQL by `pgtmp stop`.
+// Ports: PORT..PORT+3, +100, +101, +200 (c3), +400..+401, +500, +501, +600 (c1), +700 (writes);
+// the default 21080 keeps them below the kernel's ephemeral range (32768-60999), where the
+// clients' own connections could hold one.
 import { spawn, execFileSync } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync, mkdirSync, mkdtempSync, copyFileSync, chmodSync, rmSync, appendFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync, mkdirSync, mkdtempSync, copyFileSync, chmodSync, rmSync, appendFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -48,13 +53,14 @@ const { values: opt } = parseArgs({
     quick: { type: 'boolean', default: false },
     only: { type: 'string', default: 'writes,cost' },
     dir: { type: 'string', default: '/tmp/parley-bench-cluster' },
-    port: { type: 'string', default: '38080' },
+    port: { type: 'string', default: '21080' },
     out: { type: 'string' },
     'quiet-cores': { type: 'string', default: '0.3' },
-    'quiet-max-wait': { type: 'string', default: '60' },
-    'max-other-cores': { type: 'string', default: '0.25' },
+    'quiet-max-wait': { type: 'string', default: '20' },
+    'max-other-cores': { type: 'string', default: '0.5' },
     retries: { type: 'string', default: '1' },
-    'budget-min': { type: 'string', default: '50' },
+    'budget-min': { type: 'string', default: '60' },
+    env: { type: 'string', multiple: true, default: [] },
     help: { type: 'boolean', short: 'h', default: false },
   },
 });
@@ -92,6 +98,11 @@ copyFileSync(LOAD_SRC, LOAD); chmodSync(LOAD, 0o755);
 let gitRev = null;
 try { gitRev = execFileSync('git', ['-C', root, 'describe', '--always', '--dirty'], { encoding: 'utf8' }).trim(); } catch { /* not a checkout */ }
 
+// parleyd drains for 15 s on SIGTERM by default (PARLEY_DRAIN_*): not here (the nodes and the
+// servers parley-load starts inherit this)
+process.env.PARLEY_DRAIN_DELAY_S ??= '0';
+process.env.PARLEY_DRAIN_SECONDS ??= '0';
+
 // ---------------------------------------------------------------- what we start, and stopping it
 
 const log = (s) => console.error(`cluster: ${s}`);
@@ -105,6 +116,11 @@ function cleanup() {
   if (child && child.exitCode === null) try { child.kill('SIGTERM'); } catch { /* gone */ }
   for (const d of clustersUp) {
     try { execFileSync(CLUSTER, ['down', '--dir', d, '--clean'], { stdio: ['ignore', 'ignore', 'inherit'] }); } catch (e) { log(`down ${d}: ${e.message}`); }
+    // a cluster whose `up` failed half-way: its PostgreSQL servers, if any, then the directory
+    for (const pg of ['pg-replica', 'pg-primary']) {
+      if (existsSync(path.join(d, pg, 'postmaster.pid'))) try { execFileSync(PGTMP, ['stop', path.join(d, pg)], { stdio: 'ignore' }); } catch { /* stopped */ }
+    }
+    rmSync(d, { recursive: true, force: true });
   }
   if (pgWritesUp) {
     try { execFileSync(PGTMP, ['stop', pgWritesUp], { stdio: ['ignore', 'ignore', 'inherit'] }); } catch (e) { log(`pgtmp stop ${pgWritesUp}: ${e.message}`); }
@@ -125,6 +141,13 @@ const NODE_ENV = {
   PARLEY_CONVS_PER_MIN: '0', PARLEY_LOGIN_FAILS: '0', PARLEY_READ_RATE: '0', PARLEY_TYPING_MS: '0',
   PARLEY_WRITER_QUEUE: '100000000', PARLEY_LOG_LEVEL: 'warn', PARLEY_WORKERS: '2',
 };
+for (const e of opt.env) {
+  const i = e.indexOf('=');
+  if (i < 1) throw new Error(`--env expects KEY=VALUE, got ${e}`);
+  NODE_ENV[e.slice(0, i)] = e.slice(i + 1);
+}
+// for the servers parley-load starts (the sqlite reference, the writes group)
+const EXTRA_ENV = opt.env.flatMap((e) => ['--env', e]);
 
 function clusterUp(name, port, nodes) {
   const dir = path.join(DIR, name);
@@ -133,6 +156,8 @@ function clusterUp(name, port, nodes) {
   const args = ['up', '--dir', dir, '--port', String(port), '--nodes', String(nodes)];
   log(`scripts/cluster ${args.join(' ')}`);
   clustersUp.push(dir);
+  // the primary made first, with pg_stat_statements (the replica copies its configuration)
+  pgInstrumented(path.join(dir, 'pg-primary'), port + 100);
   sh(CLUSTER, args, { env: { ...process.env, ...NODE_ENV, PARLEYD }, stdio: ['ignore', 'pipe', 'inherit'] });
   const env = Object.fromEntries(sh(CLUSTER, ['env', '--dir', dir]).split('\n').filter((l) => l.includes('='))
     .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1).replace(/^"|"$/g, '')]));
@@ -142,8 +167,38 @@ function clusterUp(name, port, nodes) {
   pids.push({ role: 'haproxy', name: 'haproxy', pid: readPid(path.join(dir, 'haproxy.pid')) });
   pids.push({ role: 'pg-primary', name: 'pg-primary', pid: readPid(path.join(dir, 'pg-primary/postmaster.pid')), tree: true });
   pids.push({ role: 'pg-replica', name: 'pg-replica', pid: readPid(path.join(dir, 'pg-replica/postmaster.pid')), tree: true });
-  return { name, dir, port, nodes, env, pids, pgdir: path.join(dir, 'pg-primary'), redisPort: Number(env.redis_port_1), cmd: `scripts/cluster ${args.join(' ')}` };
+  psql(path.join(dir, 'pg-primary'), 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements');
+  return { name, dir, port, nodes, env, pids, pgdir: path.join(dir, 'pg-primary'), replicadir: path.join(dir, 'pg-replica'), redisPort: Number(env.redis_port_1), cmd: `scripts/cluster ${args.join(' ')}` };
 }
+
+// Fresh node processes (scripts/cluster stop-node / start-node), so that memory per connection is
+// not hidden by heap that earlier cells left free; HAProxy's health check takes them back in.
+function restartNodes(cl) {
+  for (const p of cl.pids.filter((x) => x.role === 'node')) {
+    const n = p.name.replace('node', '');
+    sh(CLUSTER, ['stop-node', n, '--dir', cl.dir], { env: { ...process.env, ...NODE_ENV, PARLEYD } });
+    sh(CLUSTER, ['start-node', n, '--dir', cl.dir], { env: { ...process.env, ...NODE_ENV, PARLEYD } });
+    p.pid = readPid(path.join(cl.dir, `node-${n}.pid`));
+  }
+  // until HAProxy sees every node up again (check inter 1s, rise 2)
+  const t0 = Date.now();
+  while (Date.now() - t0 < 15000) {
+    const st = sh(CLUSTER, ['haproxy', 'show servers state nodes', '--dir', cl.dir]).split('\n').map((l) => l.split(' ')).filter((f) => /^node\d+$/.test(f[3] || ''));
+    if (st.length === cl.nodes && st.every((f) => f[5] === '2')) break; // srv_op_state 2: running
+    execFileSync('sleep', ['0.5']);
+  }
+}
+
+// initdb + start by scripts/pgtmp, then pg_stat_statements and WAL I/O timing, then stopped:
+// the next `pgtmp start` (or scripts/cluster up) runs with them.
+function pgInstrumented(dir, port) {
+  sh(PGTMP, ['start', dir, String(port)]);
+  appendFileSync(path.join(dir, 'postgresql.conf'), "\n# bench/cluster.mjs\nshared_preload_libraries = 'pg_stat_statements'\ntrack_wal_io_timing = on\n");
+  sh(PGTMP, ['stop', dir]);
+}
+const STATEMENTS = "SELECT calls, round(total_exec_time::numeric, 1), rows, regexp_replace(left(query, 100), '\\s+', ' ', 'g') FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'parley') AND query NOT LIKE '%pg_stat_statements%' AND query NOT LIKE '%pg_current_wal_lsn%' ORDER BY calls DESC LIMIT 16";
+const statements = (pgdir) => psql(pgdir, STATEMENTS).trim().split('\n').filter(Boolean).map((l) => { const [calls, ms, rows, q] = l.split('\t'); return { calls: +calls, total_ms: +ms, rows: +rows, query: q }; });
+const resetStatements = (pgdir) => psql(pgdir, 'SELECT pg_stat_statements_reset()');
 
 // A throwaway PostgreSQL for the writes group, with pg_stat_statements (statements per batch).
 function pgWritesStart() {
@@ -154,9 +209,7 @@ function pgWritesStart() {
   pgWritesUp = dir;
   const port = String(PORT + 700);
   log(`scripts/pgtmp start ${dir} ${port} (+ shared_preload_libraries = pg_stat_statements)`);
-  sh(PGTMP, ['start', dir, port]);
-  appendFileSync(path.join(dir, 'postgresql.conf'), "\n# bench/cluster.mjs\nshared_preload_libraries = 'pg_stat_statements'\ntrack_wal_io_timing = on\n");
-  sh(PGTMP, ['stop', dir]);
+  pgInstrumented(dir, port);
   const url = sh(PGTMP, ['start', dir, port]).trim();
   psql(dir, 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements');
   return { dir, url, pgdir: dir, pid: readPid(path.join(dir, 'postmaster.pid')) };
@@ -170,6 +223,9 @@ function psql(pgdir, sql) {
   const args = ['-u', 'postgres', '--', path.join(PGBIN, 'psql'), '-X', '-q', '-At', '-F', '\t', '-v', 'ON_ERROR_STOP=1', '-h', sock, '-p', port, '-U', 'postgres', '-d', 'parley', '-c', sql];
   return process.getuid() === 0 ? sh('runuser', args) : sh(args[3], args.slice(4));
 }
+// WAL writes and fsyncs with their time (track_wal_io_timing); backends report them at most
+// once a second, so over a cell of 10 s they are right to about 10%.
+const walIo = (pgdir) => { const [w, sy, wt, st] = psql(pgdir, 'SELECT wal_write, wal_sync, wal_write_time, wal_sync_time FROM pg_stat_wal').trim().split('\t').map(Number); return { wal_write: w, wal_sync: sy, wal_write_ms: wt, wal_sync_ms: st }; };
 const lsn = (pgdir) => psql(pgdir, 'SELECT pg_current_wal_lsn()').trim();
 // Write transactions (COMMIT records), records and bytes of WAL between two positions.
 function walStats(pgdir, from, to) {
@@ -200,6 +256,45 @@ function connsPerNode(cl) {
     try { out[p.name] = sh('ss', ['-Htn', 'state', 'established', `( sport = :${p.port} )`]).split('\n').filter(Boolean).length; } catch { out[p.name] = null; }
   }
   return out;
+}
+// Memory and CPU of every process of a deployment, and the kernel's TCP memory.
+function procSnap(pids) {
+  const tck = 100; // USER_HZ
+  const out = { t: Date.now(), tcp_mem_kib: null, by: {} };
+  try { out.tcp_mem_kib = Number(readFileSync('/proc/net/sockstat', 'utf8').match(/^TCP:.* mem (\d+)/m)[1]) * 4; } catch { /* none */ }
+  // the kernel's objects of a socket (root only): TCP sock, socket inode, file, epoll item
+  try {
+    out.sock_slab_kib = 0;
+    for (const m of readFileSync('/proc/slabinfo', 'utf8').matchAll(/^(TCP|TCPv6|sock_inode_cache|filp|eventpoll_epi)\s+(\d+)\s+\d+\s+(\d+)/gm)) out.sock_slab_kib += (Number(m[2]) * Number(m[3])) / 1024;
+  } catch { out.sock_slab_kib = null; }
+  const cpuOf = (pid, tree, depth = 0) => {
+    let st;
+    try { st = readFileSync(`/proc/${pid}/stat`, 'utf8'); } catch { return 0; }
+    const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
+    let c = (Number(f[11]) + Number(f[12]) + (tree ? Number(f[13]) + Number(f[14]) : 0)) / tck;
+    if (tree && depth < 4) {
+      let kids = [];
+      try { for (const t of readdirSync(`/proc/${pid}/task`)) kids = kids.concat(readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').split(' ').filter(Boolean).map(Number)); } catch { /* gone */ }
+      for (const k of kids) c += cpuOf(k, true, depth + 1);
+    }
+    return c;
+  };
+  for (const p of pids) {
+    let rss = null;
+    try { rss = Number(readFileSync(`/proc/${p.pid}/status`, 'utf8').match(/^VmRSS:\s+(\d+)/m)[1]); } catch { /* gone */ }
+    out.by[p.name] = { role: p.role, cpu_s: cpuOf(p.pid, p.tree), rss_kib: p.tree ? null : rss };
+  }
+  return out;
+}
+// parleyd's own /metrics (PARLEY_METRICS_LISTEN): writer transactions and their time.
+async function metrics(port) {
+  try {
+    const t = await (await fetch(`http://127.0.0.1:${port}/metrics`, { signal: AbortSignal.timeout(2000) })).text();
+    const g = (k) => Number((t.match(new RegExp(`^${k} (\\S+)`, 'm')) || [])[1] ?? NaN);
+    return { batches: g('parley_batch_size_count'), batch_jobs: g('parley_batch_size_sum'), tx_count: g('parley_commit_duration_seconds_count'), tx_seconds: g('parley_commit_duration_seconds_sum') };
+  } catch (e) {
+    return { error: e.message };
+  }
 }
 const delta = (a, b) => (a && b ? Object.fromEntries(Object.keys(b).filter((k) => typeof b[k] === 'number').map((k) => [k, b[k] - a[k]])) : null);
 
@@ -232,7 +327,7 @@ function runLoad(args, hooks) {
   return new Promise((resolve) => {
     child = spawn(LOAD, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '', err = '', buf = '';
-    const seen = new Set();
+    const seen = {};
     const pending = [];
     child.stdout.on('data', (d) => { out += d; });
     child.stderr.on('data', (d) => {
@@ -243,10 +338,12 @@ function runLoad(args, hooks) {
       while ((i = buf.indexOf('\n')) >= 0) {
         const line = buf.slice(0, i);
         buf = buf.slice(i + 1);
-        const m = line.match(/^\[[^\]]*\] \S+ (warmup|measure|done):/);
-        if (m && !seen.has(m[1])) {
-          seen.add(m[1]);
-          if (hooks[m[1]]) pending.push(Promise.resolve().then(hooks[m[1]]).catch((e) => log(`hook ${m[1]}: ${e.message}`)));
+        // a hook runs at the first line of its phase ('measure'), or at the n-th ('opened#2')
+        const m = line.match(/^\[[^\]]*\] \S+ (warmup|measure|done|opened):/);
+        if (m) {
+          const n = (seen[m[1]] = (seen[m[1]] || 0) + 1);
+          for (const k of n === 1 ? [m[1], `${m[1]}#1`] : [`${m[1]}#${n}`])
+            if (hooks[k]) pending.push(Promise.resolve().then(hooks[k]).catch((e) => log(`hook ${k}: ${e.message}`)));
         }
       }
     });
@@ -264,10 +361,17 @@ function runLoad(args, hooks) {
 const T = (full, quick) => (Q ? quick : full);
 const timing = ['--warmup', T('2', '1'), '--duration', T('10', '4')];
 const WRITES_ARGS = ['writes', '--senders', '50', '--window', '32', ...timing];
+const CONNS = Number(T('5000', '1000'));
+const SETTLE = Number(T('30', '12'));
 const COST_SCENARIOS = [
   // groups of 50, as in the capacity model's example; 2 publishers per group, a fixed total rate
-  { id: 'fanout', args: ['fanout', '--groups', T('2', '1'), '--members', '50', '--publishers', '2', '--rate', T('1000', '500'), ...timing] },
-  { id: 'pairs', args: ['pairs', '--users', T('100', '50'), '--rate', T('2000', '1000'), ...timing] },
+  { id: 'fanout', args: ['fanout', '--groups', T('2', '1'), '--members', '50', '--publishers', '2', '--rate', '500', ...timing] },
+  { id: 'pairs', args: ['pairs', '--users', T('100', '50'), '--rate', '1000', ...timing] },
+  // closed loop, as fast as it goes: full batches (48 senders: 16 per node)
+  { id: 'writes', args: ['writes', '--senders', '48', '--window', '32', ...timing] },
+  // idle authenticated WebSockets: memory per connection (every process and the kernel's TCP
+  // memory) and idle CPU (heartbeats) over SETTLE s; round 1 only
+  { id: 'conns', args: ['conns', '--conns', String(CONNS), '--users', '100', '--settle', String(SETTLE)], once: true },
 ];
 
 async function cell(label, args, setupHooks) {
@@ -308,49 +412,66 @@ if (groups.includes('writes')) {
     const rot = servers.map((_, i) => servers[(i + r) % servers.length]);
     for (const sv of rot) {
       if (Date.now() > deadline) break;
-      const args = [...WRITES_ARGS, '--server', PARLEYD, '--name', sv.name, ...sv.env.flatMap((e) => ['--env', e]), ...(sv.pg ? ['--cpu-tree', String(pg.pid)] : [])];
-      const hooks = sv.pg ? (s) => ({
-        warmup: () => { psql(pg.pgdir, 'SELECT pg_stat_statements_reset()'); s.lsn0 = lsn(pg.pgdir); },
-        done: () => {
-          s.lsn1 = lsn(pg.pgdir);
-          s.statements = psql(pg.pgdir, "SELECT calls, round(total_exec_time::numeric, 1), rows, regexp_replace(left(query, 90), '\\s+', ' ', 'g') FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'parley') ORDER BY calls DESC LIMIT 14")
-            .trim().split('\n').filter(Boolean).map((l) => { const [calls, ms, rows, q] = l.split('\t'); return { calls: +calls, total_ms: +ms, rows: +rows, query: q }; });
-          s.wal_io = psql(pg.pgdir, 'SELECT wal_write, wal_sync, wal_write_time, wal_sync_time FROM pg_stat_wal').trim();
-        },
-      }) : null;
+      const mport = PORT + 702;
+      const args = [...WRITES_ARGS, '--server', PARLEYD, '--name', sv.name, ...EXTRA_ENV, ...sv.env.flatMap((e) => ['--env', e]), '--env', `PARLEY_METRICS_LISTEN=127.0.0.1:${mport}`, ...(sv.pg ? ['--cpu-tree', String(pg.pid)] : [])];
+      const hooks = (s) => ({
+        warmup: async () => { s.metrics0 = await metrics(mport); if (sv.pg) { resetStatements(pg.pgdir); s.lsn0 = lsn(pg.pgdir); s.wal_io0 = walIo(pg.pgdir); } },
+        done: async () => { s.metrics1 = await metrics(mport); if (sv.pg) { s.lsn1 = lsn(pg.pgdir); s.statements = statements(pg.pgdir); s.wal_io1 = walIo(pg.pgdir); } },
+      });
       const c = await cell(`writes round ${r + 1}/${reps} ${sv.name}`, args, hooks);
       if (c.snaps.lsn0 && c.snaps.lsn1) c.wal = walStats(pg.pgdir, c.snaps.lsn0, c.snaps.lsn1);
+      if (c.snaps.wal_io0) c.wal_io = delta(c.snaps.wal_io0, c.snaps.wal_io1);
+      if (c.snaps.metrics0?.tx_count >= 0 && c.snaps.metrics1?.tx_count >= 0) c.writer = delta(c.snaps.metrics0, c.snaps.metrics1);
       runs.push({ group: 'writes', round: r + 1, scenario: 'writes', config: sv.name, ...c, cmd: c.cmd.replace(PARLEYD, PARLEYD_SRC) });
     }
   }
 }
 
 if (groups.includes('cost') && Date.now() < deadline) {
-  const cls = [clusterUp('c3', PORT, 3), clusterUp('c1', PORT + 400, 1)];
+  let cls = null;
+  try {
+    cls = [clusterUp('c3', PORT, 3), clusterUp('c1', PORT + 400, 1)];
+  } catch (e) {
+    log(`a cluster did not start: ${String(e.stderr || e.message).trim().slice(-400)}; the cost group is skipped`);
+    setup.cost_error = String(e.stderr || e.message).slice(-1000);
+  }
+  if (cls) {
   setup.cost = Object.fromEntries(cls.map((c) => [c.name, { cmd: c.cmd, dir: c.dir, port: c.port, pids: c.pids, env: c.env }]));
   const configs = [...cls.map((c) => ({ name: c.name, cl: c })), { name: 'sqlite' }];
   for (let r = 0; r < reps && Date.now() < deadline; r++) {
     for (const sc of COST_SCENARIOS) {
       const rot = configs.map((_, i) => configs[(i + r) % configs.length]);
+      if (sc.once && r > 0) continue;
       for (const cf of rot) {
         if (Date.now() > deadline) break;
         const cl = cf.cl;
+        if (cl && sc.id === 'conns') restartNodes(cl);
+        const spid = cl ? (sc.id === 'conns' ? cl.pids.find((p) => p.role === 'haproxy') : cl.pids[0]).pid : null;
         const target = cl
-          ? ['--url', `http://127.0.0.1:${cl.port}`, '--server-pid', String(cl.pids[0].pid), '--name', cf.name,
+          ? ['--url', `http://127.0.0.1:${cl.port}`, '--server-pid', String(spid), '--name', cf.name,
             ...cl.pids.flatMap((p) => [p.tree ? '--cpu-tree' : '--cpu-pid', String(p.pid)])]
-          : ['--server', PARLEYD, '--name', cf.name, '--env', 'PARLEY_WORKERS=2'];
+          : ['--server', PARLEYD, '--name', cf.name, '--env', 'PARLEY_WORKERS=2', ...EXTRA_ENV];
         const args = [...sc.args, ...target];
-        const hooks = cl ? (s) => ({
-          warmup: () => { s.lsn0 = lsn(cl.pgdir); s.redis0 = redisStats(cl.redisPort); },
-          measure: () => { s.conns = connsPerNode(cl); },
-          done: () => { s.lsn1 = lsn(cl.pgdir); s.redis1 = redisStats(cl.redisPort); },
+        // the deployment's processes; for sqlite the server parley-load starts (found by its port)
+        const procs = () => (cl ? cl.pids : []);
+        const conns = sc.id === 'conns' ? (s) => ({
+          // during the settle after the warm-up sockets closed: the idle baseline
+          'opened#1': async () => { await sleep(2000); s.idle0 = procSnap(procs()); await sleep((SETTLE - 5) * 1000); s.idle1 = procSnap(procs()); },
+          // with every connection open: memory, then idle CPU over the rest of the settle
+          'opened#2': async () => { await sleep(3000); s.open0 = procSnap(procs()); s.conns = cl ? connsPerNode(cl) : null; await sleep((SETTLE - 6) * 1000); s.open1 = procSnap(procs()); },
         }) : null;
+        const hooks = conns || (cl ? (s) => ({
+          warmup: () => { resetStatements(cl.pgdir); resetStatements(cl.replicadir); s.lsn0 = lsn(cl.pgdir); s.redis0 = redisStats(cl.redisPort); },
+          measure: () => { s.conns = connsPerNode(cl); },
+          done: () => { s.lsn1 = lsn(cl.pgdir); s.redis1 = redisStats(cl.redisPort); s.statements = statements(cl.pgdir); s.replica_statements = statements(cl.replicadir); },
+        }) : null);
         const c = await cell(`cost round ${r + 1}/${reps} ${sc.id} ${cf.name}`, args, hooks);
         if (c.snaps.lsn0 && c.snaps.lsn1) c.wal = walStats(cl.pgdir, c.snaps.lsn0, c.snaps.lsn1);
         if (c.snaps.redis0) c.redis = delta(c.snaps.redis0, c.snaps.redis1);
-        runs.push({ group: 'cost', round: r + 1, scenario: sc.id, config: cf.name, ...c, cmd: c.cmd.replace(PARLEYD, PARLEYD_SRC) });
+        runs.push({ group: 'cost', round: r + 1, scenario: sc.id, config: cf.name, ...c, cmd: c.cmd.replace(PARLEYD, PARLEYD_SRC), pids: cl ? cl.pids.map((p) => ({ ...p })) : null });
       }
     }
+  }
   }
 }
 if (Date.now() > deadline) log(`the time budget (--budget-min ${opt['budget-min']}) ran out: the remaining cells were skipped`);
@@ -374,11 +495,10 @@ function derive(c) {
   const msgs = r.acks_measured, dl = r.deliveries_measured;
   const all = (r.cpu?.server_cpu_s ?? 0) + (r.cpu?.cpu_pids_s ?? 0);
   const d = { all_cpu_s: all, all_us_per_delivery: dl ? (all * 1e6) / dl : null, all_us_per_msg: msgs ? (all * 1e6) / msgs : null, cores: all / r.cpu.wall_s, msgs, deliveries: dl, deliveries_per_msg: msgs ? dl / msgs : null };
-  const cl = setup.cost?.[c.config];
   const roles = {};
-  if (cl && r.cpu_pids) {
+  if (c.pids && r.cpu_pids) {
     for (const p of r.cpu_pids) {
-      const role = cl.pids.find((x) => x.pid === p.pid)?.role || 'other';
+      const role = c.pids.find((x) => x.pid === p.pid)?.role || 'other';
       roles[role] = (roles[role] || 0) + Math.max(0, p.cpu_s);
     }
   } else if (c.config?.startsWith('pg') && r.cpu_pids) {
@@ -394,19 +514,52 @@ function derive(c) {
     if (roles['pg-primary'] != null && d.commits_per_msg) d.pg_us_per_commit = (roles['pg-primary'] * 1e6) / (msgs * d.commits_per_msg);
     d.msgs_per_commit = 1 / d.commits_per_msg;
   }
+  if (c.writer?.tx_count > 0) {
+    d.writer_tx_ms = (c.writer.tx_seconds * 1000) / c.writer.tx_count;
+    d.writer_jobs_per_tx = c.writer.batch_jobs / c.writer.batches;
+  }
+  if (c.wal_io?.wal_sync > 0) d.fsync_ms = c.wal_io.wal_sync_ms / c.wal_io.wal_sync;
   if (c.redis?.publish != null && r.sent) {
     d.publish_per_msg = c.redis.publish / r.sent;
     if (roles.redis != null) d.redis_us_per_msg = (roles.redis * 1e6) / msgs;
   }
   return d;
 }
-for (const c of runs) c.derived = derive(c);
+// Idle connections: memory per connection by process (and the kernel's TCP buffers), and the
+// idle CPU the connections add (heartbeats), in cores per 10,000 connections.
+function deriveConns(c) {
+  const r = c.result, s = c.snaps;
+  if (!r || !s) return null;
+  const n = r.conns_open || r.conns;
+  const d = { conns: n, kib_per_conn: {}, idle_cores_per_10k: null };
+  if (s.open0 && s.idle1) {
+    const roles = {};
+    for (const [name, x] of Object.entries(s.open0.by)) {
+      const b = s.idle1.by[name];
+      if (x.rss_kib == null || b?.rss_kib == null) continue;
+      roles[x.role] = (roles[x.role] || 0) + (x.rss_kib - b.rss_kib);
+    }
+    for (const [k, v] of Object.entries(roles)) d.kib_per_conn[k] = v / n;
+    if (s.open0.tcp_mem_kib != null && s.idle1.tcp_mem_kib != null) d.kib_per_conn.kernel_tcp = (s.open0.tcp_mem_kib - s.idle1.tcp_mem_kib) / n;
+    if (s.open0.sock_slab_kib != null && s.idle1.sock_slab_kib != null) d.kib_per_conn.kernel_slab = (s.open0.sock_slab_kib - s.idle1.sock_slab_kib) / n;
+  }
+  if (d.kib_per_conn.node == null && r.kib_per_conn != null) d.kib_per_conn.node = r.kib_per_conn;
+  const sum = (x) => Object.values(x.by).reduce((t, y) => t + y.cpu_s, 0);
+  const cores = (a, b) => (sum(b) - sum(a)) / ((b.t - a.t) / 1000);
+  if (s.open0 && s.open1 && s.idle0 && s.idle1 && Object.keys(s.open0.by).length) {
+    d.idle_cores_base = cores(s.idle0, s.idle1);
+    d.idle_cores_open = cores(s.open0, s.open1);
+    d.idle_cores_per_10k = ((d.idle_cores_open - d.idle_cores_base) / n) * 10000;
+  }
+  return d;
+}
+for (const c of runs) c.derived = c.scenario === 'conns' ? deriveConns(c) : derive(c);
 
 const lines = [];
 const W = (s = '') => lines.push(s);
 W(`Parley cluster benchmark, ${started.toISOString()}: ${os.cpus().length} cores (${os.cpus()[0]?.model}), Linux ${os.release()}; median of ${reps} round(s); client and every server process share the machine.`);
 W();
-W(`parleyd: ${PARLEYD_SRC} (checkout ${gitRev}); parley-load: ${LOAD_SRC}. Everything on 127.0.0.1 under ${DIR}.`);
+W(`parleyd: ${PARLEYD_SRC} (checkout ${gitRev}); parley-load: ${LOAD_SRC}. Everything on 127.0.0.1 under ${DIR}.${opt.env.length ? ` Every parleyd with ${opt.env.join(' ')}.` : ''}`);
 const val = (grp, sc, cf, get) => median(runs.filter((x) => x.group === grp && x.scenario === sc && x.config === cf && x.result).map((x) => { try { return get(x); } catch { return null; } }));
 const perRound = (grp, sc, cf, get) => runs.filter((x) => x.group === grp && x.scenario === sc && x.config === cf).map((x) => (x.result ? fmt(get(x)) : 'FAILED') + (x.code !== 0 ? '*' : ''));
 const summary = { writes: null, cost: {} };
@@ -423,6 +576,9 @@ if (groups.includes('writes') && runs.some((x) => x.group === 'writes')) {
     ['msgs per write transaction', (x) => x.derived.msgs_per_commit],
     ['PostgreSQL CPU us per transaction', (x) => x.derived.pg_us_per_commit],
     ['WAL bytes/msg', (x) => x.derived.wal_bytes_per_msg],
+    ['writer transaction ms (begin to commit)', (x) => x.derived.writer_tx_ms],
+    ['writer jobs per transaction', (x) => x.derived.writer_jobs_per_tx],
+    ['WAL fsync ms (pg_stat_wal)', (x) => x.derived.fsync_ms],
   ];
   W();
   W(`### Writes: batched against one insert per transaction (\`parley-load ${WRITES_ARGS.join(' ')}\`)`);
@@ -467,7 +623,7 @@ if (groups.includes('cost') && runs.some((x) => x.group === 'cost')) {
     ['PG primary us per transaction', (x) => x.derived.pg_us_per_commit],
     ['PUBLISH per msg', (x) => x.derived.publish_per_msg],
   ];
-  for (const sc of COST_SCENARIOS) {
+  for (const sc of COST_SCENARIOS.filter((x) => x.id !== 'conns')) {
     W();
     W(`### Cost: \`${sc.args.join(' ')}\``);
     W();
@@ -492,6 +648,26 @@ if (groups.includes('cost') && runs.some((x) => x.group === 'cost')) {
     W();
     for (const c of cfgs) W(`- ${c}: ${runs.filter((x) => x.group === 'cost' && x.scenario === sc.id && x.config === c).map((x) => `${x.derived ? fmt(get(x)) : 'FAILED'}${x.code ? '*' : ''} (${x.other_cores ?? '-'}${x.snaps?.conns ? `; ${Object.values(x.snaps.conns).join('/')}` : ''})`).join(', ')}`);
   }
+}
+if (runs.some((x) => x.group === 'cost' && x.scenario === 'conns')) {
+  const cfgs = ['c3', 'c1', 'sqlite'];
+  const sc = COST_SCENARIOS.find((x) => x.id === 'conns');
+  const M = [
+    ['nodes KiB/conn (RSS)', (x) => x.derived.kib_per_conn.node],
+    ['HAProxy KiB/conn (RSS)', (x) => x.derived.kib_per_conn.haproxy],
+    ['kernel socket objects KiB/conn (slabinfo; 4 sockets via HAProxy, 2 direct)', (x) => x.derived.kib_per_conn.kernel_slab],
+    ['idle cores per 10k conns', (x) => x.derived.idle_cores_per_10k],
+  ];
+  W();
+  W(`### Cost: \`${sc.args.join(' ')}\` (idle connections, round 1 only)`);
+  W();
+  W(`| metric | ${cfgs.join(' | ')} | c3/c1 |`);
+  W(`|---|${cfgs.map(() => '---:').join('|')}|---:|`);
+  for (const [name, get] of M) {
+    const v = Object.fromEntries(cfgs.map((c) => [c, val('cost', 'conns', c, (x) => (x.derived ? get(x) : null))]));
+    W(`| ${name} | ${cfgs.map((c) => fmt(v[c])).join(' | ')} | ${fx(rt(v.c3, v.c1))} |`);
+  }
+  summary.cost.conns = Object.fromEntries(cfgs.map((c) => [c, runs.find((x) => x.group === 'cost' && x.scenario === 'conns' && x.config === c)?.derived ?? null]));
 }
 const bad = runs.filter((x) => x.code !== 0);
 if (bad.length) {

@@ -7,8 +7,8 @@
 #   bench/cluster.sh [--quick] [--reps N] [--only writes,cost] [--dir D] [--port P] [--out FILE.json]
 #                    (see `node bench/cluster.mjs --help`)
 #
-# Defaults: 3 rounds (--quick: 1 round, short cells), about 20 minutes (quick: 5), bounded by
-# --budget-min (50). Everything listens on 127.0.0.1, ports P..P+701 (default 38080), under
+# Defaults: 3 rounds (--quick: 1 round, short cells), about 35 minutes (quick: 12), bounded by
+# --budget-min (60). Everything listens on 127.0.0.1, ports P..P+700 (default 21080, below the ephemeral range), under
 # /tmp/parley-bench-cluster; whatever it started is stopped at the end.
 #
 # Needs: build/release/parleyd and build/release/bench/load/parley-load (make build), Node.js,
