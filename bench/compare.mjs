@@ -223,7 +223,7 @@ for (let r = 0; r < reps; r++) {
         const o = otherCores(c.result);
         if (!best || (o !== null && (otherCores(best.result) ?? Infinity) > o)) best = c;
         if (o === null || o <= maxOther || !c.result) break;
-        console.error(`compare: other processes used ${o.toFixed(2)} cores during the cell: running it again`);
+        console.error(`compare: other processes used ${o.toFixed(2)} cores during the cell${attempt < retries ? ': running it again' : ' (no retry left: kept the least disturbed attempt)'}`);
       }
       const cell = best;
       runs.push({ round: r + 1, scenario: sc.id, server: sv.name, ...cell });
