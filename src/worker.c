@@ -31,6 +31,33 @@ static void free_event(struct event *ev)
     free(ev);
 }
 
+/* Out-queue nodes come from a per-worker free list: one node per frame per
+ * recipient connection is the fan-out's commonest allocation, so a freed node
+ * is kept for the next one (at most OUTQ_FREE_MAX, the rest go back to
+ * malloc). */
+#define OUTQ_FREE_MAX 8192
+
+static struct outq_item *item_get(struct worker *w)
+{
+    struct outq_item *it = w->free_items;
+    if (!it)
+        return xmalloc(sizeof *it);
+    w->free_items = it->next;
+    w->nfree_items--;
+    return it;
+}
+
+static void item_put(struct worker *w, struct outq_item *it)
+{
+    if (w->nfree_items >= OUTQ_FREE_MAX) {
+        free(it);
+        return;
+    }
+    it->next = w->free_items;
+    w->free_items = it;
+    w->nfree_items++;
+}
+
 /* The backpressure low-water mark: never above the cap. */
 static size_t low_water(const struct worker *w)
 {
@@ -276,7 +303,7 @@ static void submit_write(struct conn *c)
         bufs[wr->n] = uv_buf_init((char *)it->frame->data + it->off, it->frame->len - it->off);
         wr->bytes += it->frame->len - it->off;
         wr->frames[wr->n++] = it->frame;
-        free(it);
+        item_put(c->w, it);
     }
     if (!c->out_head)
         c->out_tail = NULL;
@@ -306,7 +333,7 @@ static void consume(struct conn *c, size_t n)
         n -= left;
         c->out_head = it->next;
         frame_unref(it->frame);
-        free(it);
+        item_put(c->w, it);
     }
     if (!c->out_head)
         c->out_tail = NULL;
@@ -403,14 +430,14 @@ static void drop_queue(struct conn *c, int keep_started)
         struct outq_item *next = it->next;
         c->out_bytes -= it->frame->len - it->off;
         frame_unref(it->frame);
-        free(it);
+        item_put(c->w, it);
         it = next;
     }
 }
 
 static void enqueue(struct conn *c, struct frame *f, int cont)
 {
-    struct outq_item *it = xmalloc(sizeof *it);
+    struct outq_item *it = item_get(c->w);
     it->next = NULL;
     it->frame = frame_ref(f);
     it->off = 0;
@@ -1199,6 +1226,11 @@ void worker_free(struct worker *w)
         struct event *next = ev->next;
         ev->drop(ev);
         ev = next;
+    }
+    while (w->free_items) {
+        struct outq_item *it = w->free_items;
+        w->free_items = it->next;
+        free(it);
     }
     uv_mutex_destroy(&w->inbox_mu);
     frame_unref(w->ping);

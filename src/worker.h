@@ -224,6 +224,8 @@ struct worker {
     uv_timer_t sweep;              /* timeouts and heartbeats, once a second */
     uv_check_t flush_check;        /* end of each loop iteration: write what was queued */
     struct conn *dirty;            /* connections with frames queued this iteration */
+    struct outq_item *free_items;  /* spare out-queue nodes (worker.c: item_get/item_put) */
+    size_t nfree_items;
     uv_thread_t thread;
     uv_mutex_t inbox_mu;           /* guards inbox_head/tail only */
     struct event *inbox_head, *inbox_tail;
