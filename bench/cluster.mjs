@@ -96,7 +96,8 @@ const LOAD = path.join(binDir, 'parley-load');
 copyFileSync(PARLEYD_SRC, PARLEYD); chmodSync(PARLEYD, 0o755);
 copyFileSync(LOAD_SRC, LOAD); chmodSync(LOAD, 0o755);
 let gitRev = null;
-try { gitRev = execFileSync('git', ['-C', root, 'describe', '--always', '--dirty'], { encoding: 'utf8' }).trim(); } catch { /* not a checkout */ }
+// the checkout the binary was built in (a bench/base-build.sh worktree names its commit)
+try { gitRev = execFileSync('git', ['-C', path.dirname(PARLEYD_SRC), 'describe', '--always', '--dirty'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim(); } catch { /* not a checkout */ }
 
 // parleyd drains for 15 s on SIGTERM by default (PARLEY_DRAIN_*): not here (the nodes and the
 // servers parley-load starts inherit this)
