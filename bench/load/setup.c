@@ -94,6 +94,9 @@ void server_start(struct target *t, const char *bin, char **env, int nenv, int s
         setenv("PARLEY_READ_RATE", "0", 1);
         setenv("PARLEY_TYPING_MS", "0", 1);
         setenv("PARLEY_WRITER_QUEUE", "100000000", 1);
+        /* the graceful drain (15 s by default) would outlast the 15 s allowed for the exit */
+        setenv("PARLEY_DRAIN_DELAY_S", "0", 1);
+        setenv("PARLEY_DRAIN_SECONDS", "0", 1);
         /* parleyd drains for 15 s on SIGTERM by default: a benchmark's server stops at once */
         setenv("PARLEY_DRAIN_DELAY_S", "0", 1);
         setenv("PARLEY_DRAIN_SECONDS", "0", 1);
