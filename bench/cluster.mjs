@@ -128,6 +128,7 @@ function cleanup() {
     rmSync(pgWritesUp, { recursive: true, force: true });
   }
   rmSync(binDir, { recursive: true, force: true });
+  try { if (!readdirSync(DIR).length) rmSync(DIR, { recursive: true }); } catch { /* not there */ }
 }
 process.on('exit', cleanup);
 for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(sig, () => { log(`${sig}: stopping what was started`); process.exit(130); });
