@@ -7,6 +7,9 @@ import { fileURLToPath } from 'node:url';
 import WS from 'ws';
 import { ParleyClient } from '../../web/parley.js';
 
+// The same as the SDK tests': per conversation, seqs and bodies in arrival order; a sleep.
+export { collect, sleep } from '../sdk/helpers.mjs';
+
 const here = path.dirname(fileURLToPath(import.meta.url));
 const top = path.resolve(here, '../..');
 export const DIR = process.env.PARLEY_CLUSTER_DIR || '/tmp/parley-cluster-test';
@@ -71,7 +74,6 @@ export async function waitFor(pred, timeout = 15000, what = 'condition') {
   }
 }
 
-export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // A signed-up user whose SDK client is online at url.
 export async function user(url, prefix = 'c') {
@@ -81,16 +83,6 @@ export async function user(url, prefix = 'c') {
   return c;
 }
 
-// Per conversation, the seqs and bodies in the order the app got them.
-export function collect(c) {
-  const all = [];
-  c.on('message', (m) => all.push(m));
-  return {
-    all,
-    seqs: (conv) => all.filter((m) => m.conv === conv).map((m) => m.seq),
-    bodies: (conv) => all.filter((m) => m.conv === conv).map((m) => m.body),
-  };
-}
 
 export async function readyz(url) {
   try {
