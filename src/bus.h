@@ -36,6 +36,8 @@ enum bus_kind {
                        shared `aux` frame */
     BUS_ALIVE,      /* a node's presence heartbeat: `users` are online there (no frame, to no
                        connection); other nodes keep them online until it stops */
+    BUS_UPDATE,     /* a message changed (edit, delete, reaction): frame (the `update`) to every local
+                       connection of `users` (the members); seq = the change's mod */
 };
 
 struct bus_msg {
@@ -43,7 +45,8 @@ struct bus_msg {
     enum bus_kind kind;
     int64_t conv;
     int64_t user;            /* BUS_PRESENCE: whose presence */
-    int64_t seq;             /* BUS_MSG: the message's seq; BUS_CONV_PUSH: the conversation's last_seq;
+    int64_t seq;             /* BUS_MSG: the message's seq; BUS_UPDATE: its mod; BUS_CONV_PUSH: the
+                                conversation's last_seq;
                                 BUS_PRESENCE: 1 online, 0 offline */
     struct frame *frame;     /* a reference (see kinds; NULL for BUS_ALIVE) */
     struct frame *aux;       /* BUS_CONV_PUSH: the whole frame for former members */

@@ -472,6 +472,7 @@ void chat_deliver(struct worker *w, const struct bus_msg *m)
                 hub_send_user(h, users[i], m->frame, except_of(cw, m));
         break;
     }
+    case BUS_UPDATE: deliver_msg(cw, m); break; /* ordering by mod: next commit */
     case BUS_PRESENCE: deliver_presence(cw, m); break;
     case BUS_CONV_PUSH: deliver_push(cw, m); break;
     case BUS_ALIVE:

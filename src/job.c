@@ -1,6 +1,7 @@
 /* job: see job.h. */
 #include "job.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -73,6 +74,22 @@ void job_free(struct job *j)
     case JOB_SEND:
         free(j->u.send.client_id);
         free(j->u.send.body);
+        for (size_t i = 0; i < j->u.send.n_att; i++)
+            free(j->u.send.att[i]);
+        free(j->u.send.att);
+        decref(j->u.send.att_out);
+        break;
+    case JOB_CHANGE:
+        free(j->u.change.text);
+        decref(j->u.change.message);
+        break;
+    case JOB_ATTACH:
+        free(j->u.attach.name);
+        free(j->u.attach.type);
+        if (j->u.attach.tmp_path)
+            remove(j->u.attach.tmp_path); /* not taken by the store (the job failed): nothing left behind */
+        free(j->u.attach.tmp_path);
+        decref(j->u.attach.att);
         break;
     case JOB_SIGNUP:
         free(j->u.signup.display_name);
@@ -90,6 +107,8 @@ void job_free(struct job *j)
     case JOB_MEMBER:
     case JOB_READ: break;
     }
+    if (j->publish)
+        bus_msg_unref(j->publish);
     if (j->conn)
         conn_release(j->conn);
     free(j);

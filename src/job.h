@@ -13,6 +13,7 @@
 #ifndef PARLEY_JOB_H
 #define PARLEY_JOB_H
 
+#include "bus.h"
 #include "store.h"
 #include "token.h"
 #include "worker.h"
@@ -29,6 +30,8 @@ enum job_kind {
     JOB_CONV_CREATE, /* a direct or group conversation */
     JOB_MEMBER,      /* add, remove, or set the role of a member */
     JOB_READ,        /* move a read position forward */
+    JOB_CHANGE,      /* edit, delete, or react to a message (version 2) */
+    JOB_ATTACH,      /* record an uploaded file (version 2) */
 };
 
 struct job_send {
@@ -37,8 +40,13 @@ struct job_send {
     char *client_id;       /* owned */
     char *body;            /* owned, NUL-terminated, may hold NUL bytes */
     size_t body_len;
+    int64_t reply_to;      /* 0: none */
+    char **att;            /* owned, each owned: attachment ids (n_att <= STORE_MAX_ATTACH) */
+    size_t n_att;
     int dup;               /* out: a resend; seq/ts are the original's */
     int64_t seq, ts;       /* out */
+    json_t *att_out;       /* out: the attachment objects (a reference owned by the job), or NULL */
+    const char *why;       /* out: a static explanation of a BAD_REQUEST, or NULL */
     uint64_t arrived_ns;   /* when the send reached the node (uv_hrtime), for send-to-deliver */
 };
 
@@ -105,6 +113,26 @@ struct job_read {
     int64_t pos;           /* out: the position stored (forward only, clamped) */
 };
 
+struct job_change {
+    enum store_change_kind kind;
+    int64_t conv, seq, user;
+    char *text;            /* owned: the new body (EDIT, may hold NUL bytes) or the emoji (REACT_*) */
+    size_t text_len;
+    int64_t mod;           /* out: the change's mod (a no-op reaction: the message's current mod) */
+    int changed;           /* out: 0 a no-op reaction */
+    const char *why;       /* out: a static explanation of a BAD_REQUEST, or NULL */
+    json_t *message;       /* out: the message as it now is (a reference owned by the job) */
+};
+
+struct job_attach {
+    int64_t owner;
+    char *name, *type;     /* owned */
+    char *tmp_path;        /* owned: the upload, whole on disk; the store takes the file */
+    int64_t size;
+    char sha256[65];
+    json_t *att;           /* out: the attachment object (a reference owned by the job) */
+};
+
 #define JOB_BUSY 2 /* job->unavailable: the writer's queue was full (PARLEY_WRITER_QUEUE); retry shortly */
 
 struct job;
@@ -121,6 +149,9 @@ struct job {
     int rc;                /* enum store_rc */
     int unavailable;       /* nothing was tried: 1 the writer was stopping, JOB_BUSY its queue was full */
     int holds;             /* on the origin worker: holders of the job (job_hold/job_release) */
+    struct bus_msg *publish; /* NULL, or set inside the transaction (chat_tx_run): the writer publishes it
+                                after the commit, in batch order, before the jobs go back, and drops it
+                                when the batch failed or the job's rc < 0. Owned by the job. */
     union {
         struct job_send send;
         struct job_signup signup;
@@ -130,6 +161,8 @@ struct job {
         struct job_conv_create create;
         struct job_member member;
         struct job_read read;
+        struct job_change change;
+        struct job_attach attach;
     } u;
 };
 

@@ -46,6 +46,7 @@ void read_free(struct read *r)
     if (!r)
         return;
     free(r->str);
+    free(r->str2);
     decref(r->since);
     decref(r->result);
     decref(r->extra);
@@ -169,6 +170,24 @@ static int one_msg(struct store *st, struct read *r)
     return rc;
 }
 
+/* r->str holds r->n words, each NUL-terminated, one after the other. */
+static int run_search(struct store *st, struct read *r)
+{
+    if (r->conv > 0) {
+        int rc = store_is_member(st, r->conv, r->user);
+        if (rc != STORE_OK)
+            return rc;
+    }
+    const char *words[READ_SEARCH_WORDS];
+    size_t n = 0;
+    const char *p = r->str;
+    while (p && n < r->n && n < READ_SEARCH_WORDS) {
+        words[n++] = p;
+        p += strlen(p) + 1;
+    }
+    return store_search(st, r->user, r->conv, words, n, r->before, r->limit, &r->result, &r->seq);
+}
+
 void reader_run(struct store *st, struct read *r, int per_conv)
 {
     switch (r->kind) {
@@ -223,6 +242,19 @@ void reader_run(struct store *st, struct read *r, int per_conv)
         break;
     case READ_CONV_VIEW:
         r->rc = store_conv_view(st, r->conv, &r->result, &r->pos, &r->npos);
+        break;
+    case READ_CHANGES:
+        r->rc = store_is_member(st, r->conv, r->user);
+        if (r->rc == STORE_OK)
+            r->rc = store_changes_page(st, r->conv, r->after, r->limit, &r->result, &r->seq);
+        break;
+    case READ_SEARCH:
+        r->rc = run_search(st, r);
+        break;
+    case READ_ATTACHMENT:
+        r->rc = store_att_get(st, r->str, r->user, &r->result, &r->pwhash);
+        if (r->rc == STORE_OK && store_att_path(st, r->pwhash, &r->str2) != STORE_OK)
+            r->str2 = NULL;
         break;
     }
 }

@@ -41,8 +41,15 @@ enum read_kind {
     READ_REPAIR,       /* ids = conversations, ids2 = the seq each was delivered up to: result =
                           [msgs] after those (at most per_conv each), only for those behind */
     READ_CONV_VIEW,    /* conv: result = the shared part, pos = every member's read position */
+    READ_CHANGES,      /* conv, user (must be a member), after (a mod), limit: result = [msgs] with mod >
+                          after in mod order; seq = the conversation's last_mod */
+    READ_SEARCH,       /* user, conv (0: all of the user's; else must be a member), str (the words,
+                          NUL-separated, n of them), before, limit: result = [hits], seq = next cursor */
+    READ_ATTACHMENT,   /* str (id), user: result = the attachment, pwhash = its sha256, extra = NULL;
+                          str2 = a path to sendfile from, or NULL (read it with store_att_read) */
 };
 
+#define READ_SEARCH_WORDS 16 /* words of one search, at most (store_search) */
 #define SYNC_STEP_BYTES (256 * 1024) /* message bodies in one READ_SYNC (one step of an answer) */
 
 struct read;
@@ -60,6 +67,7 @@ struct read {
     int64_t user, conv, seq, before, after;
     int limit;
     char *str;              /* owned */
+    char *str2;             /* owned */
     json_t *since;          /* a reference owned by the read */
     /* answer */
     int rc;                 /* enum store_rc */

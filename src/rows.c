@@ -43,3 +43,46 @@ json_t *rows_summary(int64_t conv, int64_t last_seq, int64_t last_read_seq)
                      "last_read_seq", (json_int_t)last_read_seq, "unread",
                      (json_int_t)(last_seq > last_read_seq ? last_seq - last_read_seq : 0));
 }
+
+void rows_msg_v2(json_t *msg, struct rows_msg_v2 *x)
+{
+    if (msg && x->reply_to > 0)
+        json_object_set_new(msg, "reply_to", json_integer(x->reply_to));
+    if (msg && x->attachments && json_array_size(x->attachments))
+        json_object_set(msg, "attachments", x->attachments);
+    if (msg && x->edited_at > 0)
+        json_object_set_new(msg, "edited_at", json_integer(x->edited_at));
+    if (msg && x->deleted)
+        json_object_set_new(msg, "deleted", json_true());
+    if (msg && x->reactions && json_object_size(x->reactions))
+        json_object_set(msg, "reactions", x->reactions);
+    if (msg && x->mod > 0)
+        json_object_set_new(msg, "mod", json_integer(x->mod));
+    json_decref(x->attachments);
+    json_decref(x->reactions);
+    x->attachments = x->reactions = NULL;
+}
+
+json_t *rows_attachment(const char *id, const char *name, const char *type, int64_t size)
+{
+    return json_pack("{ss ss ss sI}", "id", id, "name", name, "type", type, "size", (json_int_t)size);
+}
+
+void rows_reaction_add(json_t *reactions, const char *emoji, int64_t user)
+{
+    json_t *users = json_object_get(reactions, emoji);
+    if (!users) {
+        users = json_array();
+        if (json_object_set_new(reactions, emoji, users) != 0)
+            return; /* not UTF-8: jansson refused the key */
+    }
+    json_array_append_new(users, json_integer(user));
+}
+
+json_t *rows_search_hit(int64_t conv, int64_t seq, int64_t from, const char *body, size_t body_len, int64_t ts)
+{
+    if (!body)
+        return NULL;
+    return json_pack("{sI sI sI ss% sI}", "conv", (json_int_t)conv, "seq", (json_int_t)seq, "from", (json_int_t)from,
+                     "body", body, body_len, "ts", (json_int_t)ts);
+}

@@ -55,11 +55,40 @@ struct store_send {
     const char *client_id;
     const char *body;      /* may hold NUL bytes */
     size_t body_len;
+    int64_t reply_to;      /* 0: none; else a seq of conv (1..last_seq, counting earlier sends of the batch) */
+    const char *const *att; /* attachment ids (n_att, at most STORE_MAX_ATTACH): the sender's own uploads
+                              not yet attached to any message; they become this message's */
+    size_t n_att;
     /* out */
-    int rc;                /* STORE_OK or STORE_NOT_FOUND (not a member, no original) */
+    int rc;                /* STORE_OK, STORE_NOT_FOUND (not a member, no original), or STORE_BAD_REQUEST
+                              (reply_to or an attachment refused: why says which) */
+    const char *why;       /* BAD_REQUEST: a static explanation */
     int dup;               /* 1: (sender, client_id) was used before: conv/seq/ts are the original's */
     int64_t seq, ts;
     int64_t orig_conv;     /* the conversation that holds the message (conv, or the original's) */
+    json_t *att_out;       /* STORE_OK, not dup, n_att > 0: the attachment objects in the order given
+                              (a new reference the caller owns); else NULL */
+};
+
+#define STORE_MAX_ATTACH 10
+
+/* A change to an existing message (PROTOCOL.md "Version 2 additions"). Each
+ * takes the conversation's next mod (UPDATE ... last_mod = last_mod + 1
+ * RETURNING, dense under concurrent writers like seqs) and records it as the
+ * message's mod. */
+enum store_change_kind {
+    CHANGE_EDIT,      /* text = the new body (may hold NUL bytes) */
+    CHANGE_DELETE,    /* erase: body "", attachments unlinked (their bytes erased once no message or
+                         pending upload refers to them), search entry gone, reactions gone, deleted */
+    CHANGE_REACT_ON,  /* text = emoji, by user: appended to that emoji's users */
+    CHANGE_REACT_OFF, /* text = emoji, by user: removed */
+};
+
+/* What the core needs to decide on a change (chat_tx.c holds the rules). */
+struct store_msg_facts {
+    int64_t sender;
+    int deleted;
+    int64_t mod;           /* the message's current mod (0: never changed) */
 };
 
 /* A conversation a batch stored messages in: its members when the batch
@@ -93,6 +122,11 @@ struct store_ops {
     int (*ping)(struct store *st);
 
     int (*begin)(struct store *st);
+    /* A commit of a transaction that erased (CHANGE_DELETE) must leave
+     * nothing of the erased text or bytes in any file of the backend's
+     * before it returns (SQLite: secure_delete, the search index rewritten
+     * without them, the WAL checkpointed and truncated, the blob files
+     * unlinked; PostgreSQL: the rows deleted, space reclaimed by vacuum). */
     int (*commit)(struct store *st);
     int (*rollback)(struct store *st);
     int (*savepoint)(struct store *st);
@@ -162,6 +196,23 @@ struct store_ops {
     int (*msg_page)(struct store *st, int64_t conv, int64_t before, int64_t after, int limit, json_t **msgs_out,
                     int *has_more_out);
     int (*sync_summary)(struct store *st, int64_t user, json_t **out);
+
+    /* ---- version 2: changes, search, attachments ---- */
+    int (*msg_facts)(struct store *st, int64_t conv, int64_t seq, struct store_msg_facts *out);
+    int (*msg_get)(struct store *st, int64_t conv, int64_t seq, json_t **msg_out);
+    int (*msg_change)(struct store *st, int64_t conv, int64_t seq, int64_t user, enum store_change_kind kind,
+                      const char *text, size_t text_len, int64_t now, int64_t *mod_out, int *changed_out);
+    int (*changes_page)(struct store *st, int64_t conv, int64_t after_mod, int limit, json_t **msgs_out,
+                        int64_t *last_mod_out);
+    int (*conv_last_mods)(struct store *st, const int64_t *convs, size_t n, int64_t *last_mods_out);
+    int (*search)(struct store *st, int64_t user, int64_t conv, const char *const *words, size_t nwords,
+                  int64_t before, int limit, json_t **results_out, int64_t *next_out);
+    int (*att_create)(struct store *st, int64_t owner, const char *name, const char *type, const char *tmp_path,
+                      int64_t size, const char *sha256_hex, int64_t now, json_t **att_out);
+    int (*att_get)(struct store *st, const char *id, int64_t user, json_t **att_out, char **sha256_out);
+    int (*att_path)(struct store *st, const char *sha256_hex, char **path_out);
+    int (*att_read)(struct store *st, const char *sha256_hex, int64_t off, void *buf, size_t len, size_t *n_out);
+    int (*att_prune)(struct store *st, int64_t created_before, int limit, int *deleted_out);
 };
 
 /* The common head of every backend's connection struct. */
@@ -365,6 +416,97 @@ static inline int store_msg_page(struct store *st, int64_t conv, int64_t before,
 static inline int store_sync_summary(struct store *st, int64_t user, json_t **out)
 {
     return st->ops->sync_summary(st, user, out);
+}
+
+/* ---- version 2: changes, search, attachments ----
+ * message objects gain, when they apply: "reply_to", "attachments"
+ * ([{"id","name","type","size"}]), "edited_at", "deleted" (true; body ""),
+ * "reactions" ({"emoji":[user ids in the order they reacted]}), "mod";
+ * conversation objects and summaries gain "last_mod". rows.c shapes them. */
+
+/* Sender, deleted flag and mod of (conv, seq): NOT_FOUND if there is none. */
+static inline int store_msg_facts(struct store *st, int64_t conv, int64_t seq, struct store_msg_facts *out)
+{
+    return st->ops->msg_facts(st, conv, seq, out);
+}
+/* The whole message as it now is (edited body, tombstone, reactions, mod). */
+static inline int store_msg_get(struct store *st, int64_t conv, int64_t seq, json_t **msg_out)
+{
+    return st->ops->msg_get(st, conv, seq, msg_out);
+}
+/* Applies a change inside the open transaction; no permission rule (the
+ * caller checked them). *changed_out 0: a reaction already there (or not
+ * there to remove): nothing written, *mod_out = the message's current mod.
+ * Else the conversation's next mod. NOT_FOUND: no such message. */
+static inline int store_msg_change(struct store *st, int64_t conv, int64_t seq, int64_t user,
+                                   enum store_change_kind kind, const char *text, size_t text_len, int64_t now,
+                                   int64_t *mod_out, int *changed_out)
+{
+    return st->ops->msg_change(st, conv, seq, user, kind, text, text_len, now, mod_out, changed_out);
+}
+/* Messages of conv with mod > after_mod in mod order, at most limit;
+ * *last_mod_out = the conversation's last_mod. NOT_FOUND: no conversation. */
+static inline int store_changes_page(struct store *st, int64_t conv, int64_t after_mod, int limit,
+                                     json_t **msgs_out, int64_t *last_mod_out)
+{
+    return st->ops->changes_page(st, conv, after_mod, limit, msgs_out, last_mod_out);
+}
+/* last_mods_out[i] = the last_mod of convs[i] (0 for an unknown one). */
+static inline int store_conv_last_mods(struct store *st, const int64_t *convs, size_t n, int64_t *last_mods_out)
+{
+    return st->ops->conv_last_mods(st, convs, n, last_mods_out);
+}
+/* Full-text search: messages of user's current conversations (conv > 0:
+ * that one only; the caller checked membership) containing every word (whole
+ * words, case- and accent-insensitive, the last one a prefix), not deleted,
+ * newest first, at most limit, older than the cursor before (0: from the
+ * newest). results: [{"conv","seq","from","body","ts"}]; *next_out the
+ * cursor of the next page, 0 on the last one. Words are plain (letters and
+ * digits, at most 64 bytes each, at most 16 words): the backend quotes them. */
+static inline int store_search(struct store *st, int64_t user, int64_t conv, const char *const *words,
+                               size_t nwords, int64_t before, int limit, json_t **results_out, int64_t *next_out)
+{
+    return st->ops->search(st, user, conv, words, nwords, before, limit, results_out, next_out);
+}
+/* Records an uploaded file, written whole to tmp_path, as attachment
+ * {"id","name","type","size"} owned by owner, not yet attached; id is a new
+ * random opaque string. Same bytes (sha256) are stored once, counted by
+ * reference. tmp_path stays the caller's (removed after the job): the
+ * backend copies or hard-links it (same file system: under the data
+ * directory). */
+static inline int store_att_create(struct store *st, int64_t owner, const char *name, const char *type,
+                                   const char *tmp_path, int64_t size, const char *sha256_hex, int64_t now,
+                                   json_t **att_out)
+{
+    return st->ops->att_create(st, owner, name, type, tmp_path, size, sha256_hex, now, att_out);
+}
+/* The attachment if user may read it (its uploader, or a member of a
+ * conversation of a message that has it); NOT_FOUND otherwise. *sha256_out
+ * (malloc'd) names its bytes for att_path / att_read. */
+static inline int store_att_get(struct store *st, const char *id, int64_t user, json_t **att_out,
+                                char **sha256_out)
+{
+    return st->ops->att_get(st, id, user, att_out, sha256_out);
+}
+/* A file holding the bytes (malloc'd path), for sendfile: a backend that
+ * keeps them elsewhere answers NOT_FOUND (use att_read). */
+static inline int store_att_path(struct store *st, const char *sha256_hex, char **path_out)
+{
+    *path_out = NULL;
+    return st->ops->att_path ? st->ops->att_path(st, sha256_hex, path_out) : STORE_NOT_FOUND;
+}
+/* Up to len bytes of the blob from off into buf (*n_out < len: the end). */
+static inline int store_att_read(struct store *st, const char *sha256_hex, int64_t off, void *buf, size_t len,
+                                 size_t *n_out)
+{
+    return st->ops->att_read(st, sha256_hex, off, buf, len, n_out);
+}
+/* Deletes at most limit uploads never attached and created before
+ * created_before (and their bytes when nothing else refers to them). */
+static inline int store_att_prune(struct store *st, int64_t created_before, int limit, int *deleted_out)
+{
+    *deleted_out = 0;
+    return st->ops->att_prune ? st->ops->att_prune(st, created_before, limit, deleted_out) : STORE_OK;
 }
 
 const char *store_role_name(enum store_role r);
