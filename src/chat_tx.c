@@ -150,8 +150,12 @@ int chat_tx_run(struct store *st, struct job *j)
     case JOB_MEMBER: return run_member(st, &j->u.member);
     case JOB_READ:
         return store_read_set(st, j->u.read.conv, j->u.read.user, j->u.read.seq, &j->u.read.pos);
-    case JOB_CHANGE:
-    case JOB_ATTACH: break; /* not yet */
+    case JOB_ATTACH: {
+        struct job_attach *a = &j->u.attach;
+        return store_att_create(st, a->owner, a->name, a->type, a->tmp_path, a->size, a->sha256, util_now_ms(),
+                                &a->att);
+    }
+    case JOB_CHANGE: break; /* not yet */
     case JOB_SEND: break; /* the writer's batched path, never here */
     }
     return STORE_ERR;
