@@ -923,9 +923,13 @@ static int setup_writer(struct sq *st, char *errbuf, size_t errlen)
         return STORE_ERR;
     /* FULL: an ack promises the message survives a crash, WAL included.
      * secure_delete: every freed cell and page is overwritten with zeros,
-     * so erased text leaves no copy in free space (see sq_commit). */
-    if (exec_const(st->db, "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA secure_delete=ON", "pragmas",
-                   errbuf, errlen))
+     * so erased text leaves no copy in free space (see sq_commit).
+     * temp_store=MEMORY: a savepoint's journal (the pages as they were
+     * before the job, erased text included) never spills to a file. */
+    if (exec_const(st->db,
+                   "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA secure_delete=ON;"
+                   " PRAGMA temp_store=MEMORY",
+                   "pragmas", errbuf, errlen))
         return STORE_ERR;
     return migrate(st, errbuf, errlen);
 }
