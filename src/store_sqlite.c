@@ -9,7 +9,13 @@
  *
  * Errors: SQLite failures are logged once, here, with the statement's
  * purpose, and become STORE_ERR. A unique-key violation is an expected answer
- * (STORE_CONFLICT) and is not logged. */
+ * (STORE_CONFLICT) and is not logged.
+ *
+ * Version 2 (migrations/002_v2.sql): how the search index is sharded so a
+ * delete can rewrite it cheaply is under "Search"; what a commit does for an
+ * erasure (optimize, secure_delete, WAL truncation, blob unlinks) is at
+ * sq_commit; attachment bytes live in <data dir>/attachments, the directory
+ * of the database file (see "Attachments"). */
 #include "store_sqlite.h"
 
 #include "rows.h"
