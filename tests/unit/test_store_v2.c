@@ -1011,7 +1011,17 @@ static void test_migrate_v1(void **state)
  * distribution (a few words in most messages, most words rare), then times
  * store_search on a reader connection: p50 / p99 / max per kind of query.
  * PARLEY_SEARCH_BENCH_DB=path keeps the database between runs (built once
- * when missing). */
+ * when missing).
+ *
+ * At 1,000,000 messages (62 shards, 195 MB, 2 shared cores under a load of
+ * ~20, so CPU time is the figure to read; 2026-12-02): one word p50 1.4-6.6
+ * ms, p99 7-14 ms of CPU (a common word stops in the newest shard, a rare
+ * one walks all 62); one conversation p50 2.5 ms; two words p50 8.7 ms, p99
+ * 22 ms; the worst case, a word and a 2-letter prefix, p50 18 ms, p99 54 ms
+ * (FTS5 expands the prefix in every shard). A delete with its shard's
+ * optimize and the WAL checkpoint: p50 33 ms wall. A prefix index
+ * (prefix='2') halved the 2-letter case but made the index 19% larger and
+ * the delete 8x slower: not kept. */
 
 static unsigned bench_rand(unsigned *s)
 {
