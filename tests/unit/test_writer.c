@@ -78,16 +78,19 @@ static void deliver(void *ctx, struct job *j)
     f->delivered[f->ndelivered++] = j;
 }
 
-static void fanout(void *ctx, const struct job *j, struct frame *fr, struct idlist *members)
+static void fanout(void *ctx, struct bus_msg *m)
 {
     struct fixture *f = ctx;
+    struct frame *fr = m->frame;
+    struct idlist *members = m->users;
+    assert_int_equal(m->kind, BUS_MSG);
     /* a server frame: FIN|TEXT, then a 7-bit, 16-bit or 64-bit length */
     assert_int_equal(fr->data[0], 0x81);
     size_t hl = (fr->data[1] & 0x7f) < 126 ? 2 : (fr->data[1] & 0x7f) == 126 ? 4 : 10;
     json_error_t e;
     json_t *o = json_loadb((const char *)fr->data + hl, fr->len - hl, JSON_ALLOW_NUL, &e);
     assert_non_null(o);
-    assert_int_equal(json_integer_value(json_object_get(o, "conv")), j->u.send.conv);
+    assert_int_equal(json_integer_value(json_object_get(o, "conv")), m->conv);
     f->fan_members[f->nfanned] = members->n;
     f->fanned[f->nfanned++] = o;
 }
