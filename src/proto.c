@@ -194,18 +194,18 @@ static int cmp_pair(const void *a, const void *b)
     return x[0] < y[0] ? -1 : x[0] > y[0];
 }
 
-/* since: canonical conversation ids only ("1", never "01", " 1" or "+1": one
- * conversation, one key), each with an integer seq >= 0; anything else is
- * ignored, as is a key repeated. The answer is produced in parts
- * (chat_sync.c). */
-static void op_sync(struct chat_worker *cw, struct conn *c, const struct proto_op *op)
+/* since (and mods): canonical conversation ids only ("1", never "01", " 1"
+ * or "+1": one conversation, one key), each with an integer >= 0; anything
+ * else is ignored, as is a key repeated. Gives the ids sorted, and the
+ * position of each (malloc'd). */
+static size_t positions(json_t *obj, int64_t **conv_out, int64_t **after_out)
 {
-    size_t n = 0, cap = op->since ? json_object_size(op->since) : 0;
+    size_t n = 0, cap = obj ? json_object_size(obj) : 0;
     int64_t *pairs = xmalloc((cap ? cap : 1) * 2 * sizeof *pairs);
     const char *key;
     json_t *v;
-    if (op->since)
-        json_object_foreach(op->since, key, v) {
+    if (obj)
+        json_object_foreach(obj, key, v) {
             int64_t conv;
             if (util_parse_id(key, &conv) < 0 || !json_is_integer(v) || json_integer_value(v) < 0)
                 continue;
@@ -223,7 +223,18 @@ static void op_sync(struct chat_worker *cw, struct conn *c, const struct proto_o
         after[m++] = pairs[2 * i + 1];
     }
     free(pairs);
-    chat_sync(cw, c, conv, after, m);
+    *conv_out = conv;
+    *after_out = after;
+    return m;
+}
+
+/* The answer is produced in parts (chat_sync.c). */
+static void op_sync(struct chat_worker *cw, struct conn *c, const struct proto_op *op)
+{
+    int64_t *conv, *after, *mconv, *mafter;
+    size_t n = positions(op->since, &conv, &after);
+    size_t mn = positions(op->mods, &mconv, &mafter);
+    chat_sync(cw, c, conv, after, n, mconv, mafter, mn);
 }
 
 static void read_answered(struct job *j)
