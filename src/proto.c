@@ -360,6 +360,45 @@ int proto_emoji_ok(const char *e, size_t len)
     return 1;
 }
 
+/* Punctuation and symbols that separate words beyond ASCII: Latin-1's,
+ * the general punctuation block, and CJK punctuation. */
+static int separator(uint32_t c)
+{
+    if (c < 0x80)
+        return !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'));
+    return space_or_control(c) || (c >= 0xa1 && c <= 0xbf) || c == 0xd7 || c == 0xf7 ||
+           (c >= 0x2000 && c <= 0x206f) || (c >= 0x3000 && c <= 0x303f) || (c >= 0xfe30 && c <= 0xfe4f) ||
+           (c >= 0xff01 && c <= 0xff0f);
+}
+
+size_t proto_search_words(const char *q, size_t len, size_t max_word, size_t max_words, struct buf *out)
+{
+    const unsigned char *p = (const unsigned char *)q;
+    size_t n = 0, i = 0;
+    if (!ws_utf8_valid(p, len))
+        return 0;
+    while (i < len && n < max_words) {
+        size_t k;
+        while (i < len && separator(utf8_next(p + i, len - i, &k)))
+            i += k;
+        size_t start = i;
+        while (i < len && !separator(utf8_next(p + i, len - i, &k)))
+            i += k;
+        if (i == start)
+            break;
+        size_t wl = i - start;
+        if (wl > max_word) { /* cut at a character boundary */
+            wl = max_word;
+            while (wl > 0 && (p[start + wl] & 0xc0) == 0x80)
+                wl--;
+        }
+        buf_append(out, q + start, wl);
+        buf_append(out, "", 1);
+        n++;
+    }
+    return n;
+}
+
 /* edit, delete, react: {"id","conv","seq"} */
 static int parse_change(struct proto_op *op, const char **code, const char **message)
 {

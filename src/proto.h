@@ -55,6 +55,11 @@ int proto_check_message(json_t *obj, size_t max_body, struct proto_op *op, const
 /* Whether an emoji (a reaction's key) is acceptable: 1-32 bytes of UTF-8
  * with no whitespace and no control characters. */
 int proto_emoji_ok(const char *e, size_t len);
+/* The words of a search query: runs of letters and digits (anything but
+ * whitespace, controls and punctuation), each cut to max_word bytes, at most
+ * max_words, appended to out NUL-terminated one after the other. Returns
+ * how many (0: none, or q is not UTF-8). */
+size_t proto_search_words(const char *q, size_t len, size_t max_word, size_t max_words, struct buf *out);
 /* The fields of an edit ({"body"}, shared with HTTP's PATCH): 0, or -1
  * with *code and *message. */
 int proto_check_edit_body(json_t *obj, size_t max_body, struct proto_op *op, const char **code,
