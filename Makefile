@@ -6,7 +6,7 @@ ASAN    := build/asan
 PORT    ?= 8080
 NODE_TEST := node --test --test-reporter=spec
 
-.PHONY: all run test setup setup-test build asan build-matrix unit unit-asan e2e e2e-asan e2e-pg e2e-v2 sdk browser test-asan fuzz fuzz-smoke bench bench-cluster clean cluster cluster-down test-cluster
+.PHONY: all run test setup setup-test build asan build-matrix unit unit-asan e2e e2e-asan e2e-pg e2e-v2 sdk browser test-asan fuzz fuzz-smoke bench bench-cluster bench-search clean cluster cluster-down test-cluster
 
 all: build
 
@@ -139,7 +139,13 @@ fuzz-smoke: setup-test
 # BENCH_ARGS: more arguments for bench/run.sh.
 bench: setup-test build
 	@bench/run.sh $(if $(BASE),--base $(BASE)) $(if $(QUICK),--quick --reps 1) $(BENCH_ARGS)
+	@$(if $(filter 0,$(SEARCH)),true,node bench/search.mjs $(if $(QUICK),--quick) $(SEARCH_ARGS))
 	@$(if $(filter 0,$(CLUSTER)),true,bench/cluster.sh $(if $(QUICK),--quick) $(CLUSTER_ARGS))
+
+# Search latency over 1,000,000 stored messages alone (bench/search.mjs, docs/BENCHMARKS.md);
+# make bench runs it after the suite (SEARCH=0: not).
+bench-search: setup-test build
+	@node bench/search.mjs $(if $(QUICK),--quick) $(SEARCH_ARGS)
 
 # The cluster's cost figures alone (bench/cluster.sh, docs/BENCHMARKS.md "Cluster: cost figures
 # and capacity model"); make bench runs them after the suite (CLUSTER=0: not).

@@ -837,10 +837,13 @@ static void on_readable(struct thr *t, struct client *c)
 static void on_phase(struct thr *t, enum phase ph)
 {
     struct engine *e = t->e;
+    int was_sending = t->sending;
     t->measuring = ph == PH_MEASURE;
     t->sending = ph == PH_WARMUP || ph == PH_MEASURE;
     t->now = now_ns() - e->cfg.t0_ns;
-    if (ph == PH_WARMUP) {
+    /* sending starts with the warm-up, or with the measurement when a thread never saw a
+     * warm-up (--warmup 0: the phase moved on before the thread looked) */
+    if (t->sending && !was_sending) {
         if (e->cfg.pub.window) {
             for (uint32_t i = 0; i < t->npubs; i++)
                 pump_window(t, t->pubs[i]);
