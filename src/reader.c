@@ -47,10 +47,13 @@ void read_free(struct read *r)
         return;
     free(r->str);
     free(r->str2);
+    free(r->mods);
     decref(r->since);
     decref(r->result);
     decref(r->extra);
     free(r->pwhash);
+    if (r->frame)
+        frame_unref(r->frame);
     free(r->ids);
     free(r->ids2);
     free(r->pos);
@@ -128,11 +131,30 @@ static int run_repair(struct store *st, struct read *r, int per_conv)
         }
     }
     free(last);
+    json_t *changed = json_array();
+    if (rc == STORE_OK && r->mods && r->n) {
+        int64_t *mods = xmalloc(r->n * sizeof *mods);
+        rc = store_conv_last_mods(st, r->ids, r->n, mods);
+        for (size_t i = 0; i < r->n && rc == STORE_OK; i++) {
+            if (r->mods[i] < 0 || mods[i] <= r->mods[i])
+                continue;
+            json_t *page;
+            int64_t last_mod;
+            rc = store_changes_page(st, r->ids[i], r->mods[i], per_conv, &page, &last_mod);
+            if (rc == STORE_OK) {
+                json_array_extend(changed, page);
+                json_decref(page);
+            }
+        }
+        free(mods);
+    }
     if (rc != STORE_OK) {
         json_decref(msgs);
+        json_decref(changed);
         return rc;
     }
     r->result = msgs;
+    r->extra = changed;
     return STORE_OK;
 }
 
@@ -256,6 +278,14 @@ void reader_run(struct store *st, struct read *r, int per_conv)
         if (r->rc == STORE_OK && store_att_path(st, r->pwhash, &r->str2) != STORE_OK)
             r->str2 = NULL;
         break;
+    case READ_ATT_CHUNK: {
+        /* read straight into the frame the worker queues: one copy, from the store */
+        size_t want = r->limit > 0 ? (size_t)r->limit : 0, n = 0;
+        r->frame = frame_new(want);
+        r->rc = store_att_read(st, r->str, r->after, r->frame->data, want, &n);
+        r->frame->len = (uint32_t)(r->rc == STORE_OK && n <= want ? n : 0);
+        break;
+    }
     }
 }
 

@@ -39,7 +39,9 @@ enum read_kind {
     READ_MEMBERSHIP,   /* ids = users: result = [[user, conv], ...] for every conversation of each */
     READ_REPUBLISH,    /* conv, seq: result = that message, ids = the conversation's members */
     READ_REPAIR,       /* ids = conversations, ids2 = the seq each was delivered up to: result =
-                          [msgs] after those (at most per_conv each), only for those behind */
+                          [msgs] after those (at most per_conv each), only for those behind; mods
+                          (NULL: none) = the mod each was delivered up to (-1: unknown, skipped):
+                          extra = [msgs] changed after those, each conversation's in mod order */
     READ_CONV_VIEW,    /* conv: result = the shared part, pos = every member's read position */
     READ_CHANGES,      /* conv, user (must be a member), after (a mod), limit: result = [msgs] with mod >
                           after in mod order; seq = the conversation's last_mod */
@@ -47,6 +49,9 @@ enum read_kind {
                           NUL-separated, n of them), before, limit: result = [hits], seq = next cursor */
     READ_ATTACHMENT,   /* str (id), user: result = the attachment, pwhash = its sha256, extra = NULL;
                           str2 = a path to sendfile from, or NULL (read it with store_att_read) */
+    READ_ATT_CHUNK,    /* str (the sha256 of an attachment's bytes), after (offset), limit (bytes, > 0):
+                          frame = up to limit bytes from there (fewer: the end); the body of a
+                          download from a store with no file to send (api_attach.c) */
 };
 
 #define READ_SEARCH_WORDS 16 /* words of one search, at most (store_search) */
@@ -75,9 +80,11 @@ struct read {
     int has_more;
     char *pwhash;           /* owned */
     int64_t *ids, *ids2;    /* owned */
+    int64_t *mods;          /* owned (READ_REPAIR) */
     size_t n, n2;
     struct store_pos *pos;  /* owned */
     size_t npos;
+    struct frame *frame;    /* READ_ATT_CHUNK: the bytes (one reference owned by the read) */
 };
 
 struct read *read_new(enum read_kind kind, struct worker *origin, struct conn *conn, read_done_fn done, void *arg);

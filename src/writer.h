@@ -31,15 +31,17 @@ struct writer_config {
     int64_t batch_max;
     int64_t batch_interval_ms;
     int64_t max_queue;        /* jobs waiting, at most (0: no bound); more come back JOB_BUSY */
-    int64_t prune_interval_ms; /* housekeeping (dead refresh tokens) this often, and at start; 0: never */
+    int64_t prune_interval_ms; /* housekeeping (dead refresh tokens, stale uploads) this often, and at start; 0: never */
 };
 
 #define WRITER_PRUNE_ROWS 1000                     /* rows one housekeeping transaction deletes */
 #define WRITER_ROTATED_KEEP_MS (7LL * 86400 * 1000) /* rotated refresh tokens are kept this long */
+#define WRITER_UPLOAD_KEEP_MS (86400LL * 1000)      /* an upload never attached to a message is kept this long */
 
 /* One housekeeping step on st (the writer's connection, outside a batch):
- * deletes up to WRITER_PRUNE_ROWS dead refresh tokens in one transaction.
- * Returns the count, or -1 when the database failed. */
+ * deletes up to WRITER_PRUNE_ROWS dead refresh tokens and up to as many
+ * uploads never attached for WRITER_UPLOAD_KEEP_MS (store_att_prune) in one
+ * transaction. Returns the larger count, or -1 when the database failed. */
 int writer_prune(struct store *st, int64_t now_ms);
 
 /* st becomes the writer's (closed by writer_free). bus and workers are
@@ -74,10 +76,11 @@ void writer_free(struct writer *wr);
 
 /* The batch itself, exposed for the unit test: runs jobs (linked by
  * ev.next) on st in one transaction, exactly as the thread does; then hands
- * each new message to publish() (may be NULL) with its frame and the
- * members the batch saw, and each job to deliver(). Returns the number of
- * jobs. */
-typedef void (*writer_publish_fn)(void *ctx, const struct job *j, struct frame *f, struct idlist *members);
+ * to publish() (may be NULL) each new message (BUS_MSG: its frame, and the
+ * members the batch saw as users), then each job's own publication
+ * (job->publish: a change's BUS_UPDATE), then each job to deliver().
+ * publish borrows m. Returns the number of jobs. */
+typedef void (*writer_publish_fn)(void *ctx, struct bus_msg *m);
 typedef void (*writer_deliver_fn)(void *ctx, struct job *j);
 int writer_run_batch(struct store *st, struct job *batch, writer_exec_fn exec, writer_publish_fn publish,
                      writer_deliver_fn deliver, void *ctx);
