@@ -623,6 +623,7 @@ static void test_attachments_bytes(void **state)
     assert_int_equal(store_att_prune(st, 2002, 10, &deleted), STORE_OK); /* x only (created 2001) */
     assert_int_equal(store_commit(st), STORE_OK);
     assert_int_equal(deleted, 1);
+    free(sha);
     assert_int_equal(store_att_get(st, x, a, &att, &sha), STORE_NOT_FOUND);
     assert_int_equal(store_att_get(st, y, b, &att, &sha), STORE_OK); /* the bytes are still y's */
     json_decref(att);
@@ -633,6 +634,7 @@ static void test_attachments_bytes(void **state)
     assert_int_equal(store_commit(st), STORE_OK);
     assert_int_equal(deleted, 1);
     assert_int_equal(store_att_read(st, sha, 0, buf, sizeof buf, &n), STORE_NOT_FOUND);
+    free(sha);
     assert_int_equal(store_att_get(st, w, c, &att, &sha), STORE_OK);
     json_decref(att);
     free(sha);
