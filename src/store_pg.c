@@ -176,10 +176,11 @@ struct sdef {
     " LEFT JOIN messages g ON g.conv_id = c.id AND g.seq = c.last_seq"
 /* A whole message of alias m, read by page_msg_json(). */
 #define MSG_COLS "m.seq, m.sender_id, m.client_id, m.body, m.created_at, " MSG_V2_COLS("m")
-/* The search vector of a body: k_txt, the body's text when it holds NUL
- * bytes (made spaces, in C), else NULL and the body itself. */
+/* The search vector of a body: TXT, the body's text when it holds NUL
+ * bytes (made spaces, in C), else NULL and the body itself; case and
+ * accents folded (parley_fold, migrations_pg/003). */
 #define TSV_OF(BODY, TXT) \
-    "to_tsvector('simple', parley_unaccent(COALESCE(" TXT ", convert_from(" BODY ", 'UTF8'))))"
+    "to_tsvector('simple', parley_fold(COALESCE(" TXT ", convert_from(" BODY ", 'UTF8'))))"
 /* The blobs of the attachments rows a data-modifying WITH deleted (CTE a,
  * with their sha256): each one's refs down by its count (row-locked until
  * the commit), and the ones at 0 named for S_BLOBS_DROP. */
