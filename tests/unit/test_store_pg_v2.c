@@ -235,6 +235,17 @@ static void test_attachments_send(void **state)
     assert_int_equal(r.dup, 1);
     assert_null(r.att_out);
     assert_int_equal(count_rows(f, "SELECT count(*) FROM attachments WHERE conv_id IS NOT NULL"), 2);
+    /* attached already: refused, and the owner is told so; anyone else is
+     * told it is unknown */
+    struct store_send q[2] = {
+        {.conv = g, .sender = a, .client_id = "s3", .body = "x", .body_len = 1, .att = xo, .n_att = 1},
+        {.conv = g, .sender = b, .client_id = "s4", .body = "x", .body_len = 1, .att = xo, .n_att = 1},
+    };
+    assert_int_equal(store_send_batch(f->st, q, 2, 6000, NULL), STORE_OK);
+    assert_int_equal(q[0].rc, STORE_BAD_REQUEST);
+    assert_string_equal(q[0].why, "attachment already attached to a message");
+    assert_int_equal(q[1].rc, STORE_BAD_REQUEST);
+    assert_string_equal(q[1].why, "unknown attachment");
 
     /* every read of the message carries them, in the order given */
     assert_int_equal(store_msg_get(f->st, g, 1, &msg), STORE_OK);
