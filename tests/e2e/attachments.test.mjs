@@ -363,3 +363,86 @@ test('default limit 10 MiB; 8 concurrent 8 MiB uploads and downloads do not grow
     await big.stop();
   }
 });
+
+// ------------------------------------------------------------------------------------------
+// Transfers that stall or stop: the idle timeout (PARLEY_HEADER_TIMEOUT_MS) counts from the
+// last progress of a body or an answer, so a slow transfer goes on, a stalled one is dropped,
+// and nothing stays open (file descriptors) or on disk (temporary files) after either.
+
+function openFds(pid) {
+  return readdirSync(`/proc/${pid}/fd`).length;
+}
+
+test('stalled and cut transfers: dropped or ended, no descriptor or temporary file left; slow ones finish', { timeout: 90000 }, async () => {
+  const s2 = await startServer({ PARLEY_HEADER_TIMEOUT_MS: '1000', PARLEY_MAX_UPLOAD: String(32 * MiB) });
+  try {
+    const pid = s2.child.pid;
+    const alice = await signup(s2);
+    const bytes = randomBytes(24 * MiB);
+    const a = await uploadOk(s2, alice, bytes, { name: 'big.bin' });
+    const small = randomBytes(2 * MiB);
+    const b = await uploadOk(s2, alice, small, { name: 'small.bin' });
+    await sleep(200);
+    const fds = openFds(pid);
+    const get = `GET /api/attachments/${a.id} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer ${alice.token}\r\n\r\n`;
+
+    // a download nobody reads: the kernel's buffers fill, no progress, dropped after the timeout
+    const stalled = net.connect(s2.port, '127.0.0.1');
+    stalled.on('error', () => {});
+    stalled.pause();
+    stalled.write(get);
+    // (the client cannot tell: its unread buffer holds the rest; the server's descriptors can)
+    await eventually(() => openFds(pid) > fds, 5000, 20);
+    assert.equal(await eventually(() => openFds(pid) <= fds, 15000, 100), true,
+      `a stalled download is dropped: descriptors ${openFds(pid)}, before ${fds}`);
+    stalled.destroy();
+
+    // a download cut short by the client
+    const cut = net.connect(s2.port, '127.0.0.1');
+    cut.on('error', () => {});
+    cut.write(get);
+    let got = 0;
+    await new Promise((r) => cut.on('data', (d) => { got += d.length; if (got > 100000) r(); }));
+    cut.destroy();
+
+    // a slow reader gets every byte: 64 KiB every 100 ms (the 1 s timeout counts from progress)
+    const slow = net.connect(s2.port, '127.0.0.1');
+    slow.on('error', () => {});
+    slow.write(`GET /api/attachments/${b.id} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer ${alice.token}\r\nConnection: close\r\n\r\n`);
+    const chunks = [];
+    await new Promise((resolve, reject) => {
+      slow.on('end', resolve);
+      slow.on('close', resolve);
+      slow.on('error', reject);
+      slow.pause();
+      const timer = setInterval(() => {
+        let n = 0;
+        for (let d; n < 65536 && (d = slow.read()) !== null;) { chunks.push(d); n += d.length; }
+        if (slow.readableEnded || slow.destroyed) clearInterval(timer);
+      }, 100);
+      slow.on('close', () => clearInterval(timer));
+    });
+    for (let d; (d = slow.read()) !== null;) chunks.push(d);
+    const all = Buffer.concat(chunks);
+    const sep = all.indexOf('\r\n\r\n');
+    assert.match(all.subarray(0, sep).toString(), /^HTTP\/1\.1 200 /);
+    assert.equal(sha256(all.subarray(sep + 4)), sha256(small), `slow reader: ${all.length - sep - 4} bytes of ${small.length}`);
+
+    // an upload that stalls mid-body: dropped, its temporary file removed
+    const up = net.connect(s2.port, '127.0.0.1');
+    up.on('error', () => {});
+    up.write(`POST /api/attachments?name=stall.bin HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer ${alice.token}\r\n`
+      + `Content-Length: ${MiB}\r\n\r\n`);
+    up.write(randomBytes(1000));
+    assert.equal(await eventually(() => tmpFiles(s2).length === 1, 5000), true, 'the stalled upload has its file');
+    await new Promise((r) => up.once('close', r));
+    assert.equal(await eventually(() => tmpFiles(s2).length === 0, 5000), true, 'and it is gone');
+
+    assert.equal(await eventually(() => openFds(pid) <= fds, 10000, 100), true,
+      `descriptors back to ${fds}: ${openFds(pid)}`);
+    // the server still serves the file whole
+    assert.equal(sha256((await download(s2, alice, a.id)).bytes), sha256(bytes));
+  } finally {
+    await s2.stop();
+  }
+});
