@@ -2754,8 +2754,11 @@ static int search_run(struct sq *st, int64_t user, int64_t conv, const char *con
         convs[0] = conv;
         nconvs = 1;
     } else {
-        if (q_start(st, S_USER_CONVS, &q) || (rc = q_ids(&q, &convs, &nconvs)) != STORE_OK)
+        if (q_start(st, S_USER_CONVS, &q))
             return STORE_ERR;
+        q_i64(&q, user);
+        if ((rc = q_ids(&q, &convs, &nconvs)) != STORE_OK)
+            return rc;
         if (!nconvs) {
             free(convs);
             return STORE_OK; /* in no conversation: nothing to find */
