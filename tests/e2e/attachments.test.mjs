@@ -294,7 +294,11 @@ test('permissions: members of a conversation where it was sent may read it; othe
   assert.equal((await download(srv, alice, a.id)).status, 200, 'the uploader still');
 });
 
-test('the same bytes uploaded twice are stored once', { timeout: 30000 }, async () => {
+test('the same bytes uploaded twice are stored once', { timeout: 30000 }, async (t) => {
+  if (process.env.PARLEY_DB_URL) {
+    t.skip('counts the files of the SQLite store; PARLEY_DB_URL is set (blobs in PostgreSQL)');
+    return;
+  }
   const alice = await signup(srv);
   const bob = await signup(srv);
   const bytes = randomBytes(70000);
@@ -382,6 +386,8 @@ test('stalled and cut transfers: dropped or ended, no descriptor or temporary fi
     const a = await uploadOk(s2, alice, bytes, { name: 'big.bin' });
     const small = randomBytes(2 * MiB);
     const b = await uploadOk(s2, alice, small, { name: 'small.bin' });
+    // warm up: every read connection of the store open (PostgreSQL opens them as reads come)
+    await Promise.all([0, 1, 2, 3, 4, 5].map(() => download(s2, alice, b.id)));
     await sleep(200);
     const fds = openFds(pid);
     const get = `GET /api/attachments/${a.id} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer ${alice.token}\r\n\r\n`;
