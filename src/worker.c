@@ -973,6 +973,8 @@ static size_t process_frames(struct conn *c, uint8_t *data, size_t len)
         if (c->state == CONN_HTTP) {
             if (c->busy)
                 break;
+            if (c->close_after_write)
+                return len; /* answered and closing (a refused body, Connection: close): the rest is not read */
             long n = http_feed(c->http, (const char *)data + off, len - off);
             if (n < 0) {
                 int st = c->http->sink_status;

@@ -116,6 +116,11 @@ test('upload: exactly PARLEY_MAX_UPLOAD bytes is taken, one byte more is 413 too
   assert.match(ans, /^HTTP\/1\.1 413 /, ans);
   assert.match(ans, /"too_large"/);
   assert.match(ans, /Connection: close/i);
+  // with its body sent at once: still exactly one answer (the body is never parsed)
+  const both = await rawExchange(srv, `POST /api/attachments?name=x HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer ${t}\r\n`
+    + `Content-Length: ${LIMIT + 1}\r\n\r\n`, Buffer.alloc(LIMIT + 1, 'GET / HTTP/1.1\r\n\r\n'));
+  assert.equal(both.match(/HTTP\/1\.1 /g).length, 1, both.slice(0, 2000));
+  assert.match(both, /^HTTP\/1\.1 413 /);
   assert.deepEqual(tmpFiles(srv), [], 'no temporary file for a refused upload');
 });
 
