@@ -199,6 +199,10 @@ static int rm_entry(const char *path, const struct stat *sb, int flag, struct FT
 static void test_writer_prunes_uploads(void **state)
 {
     struct fx *f = *state;
+    if (!f->st->ops->att_create) {
+        skip(); /* a backend without attachments yet: nothing to prune */
+        return;
+    }
     int64_t now = util_now_ms();
     char *old = upload_at(f, "an upload of two days ago", now - 2 * DAY);
     char *edge = upload_at(f, "an upload of nearly a day ago", now - WRITER_UPLOAD_KEEP_MS + 60000);
