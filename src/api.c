@@ -504,12 +504,18 @@ static void http_sent(struct job *j)
     struct job_send *s = &j->u.send;
     if (!alive(c))
         return;
+    if (j->rc == STORE_BAD_REQUEST && !j->unavailable && s->why) {
+        http_respond_error(c, 400, "bad_request", s->why);
+        return;
+    }
     if (j->rc != STORE_OK) {
         respond_rc(c, j->rc, j->unavailable);
         return;
     }
     if (!s->dup) {
         json_t *m = rows_msg(s->conv, s->seq, s->sender, s->client_id, s->body, s->body_len, s->ts);
+        struct rows_msg_v2 x = {.reply_to = s->reply_to, .attachments = s->att_out ? json_incref(s->att_out) : NULL};
+        rows_msg_v2(m, &x);
         http_respond_json(c, 201, m);
         return;
     }
@@ -538,6 +544,189 @@ static void api_send(struct conn *c, struct http_req *r, int64_t uid, int64_t co
     int64_t retry;
     if (chat_send(cw_of(c), j, &retry) < 0)
         http_respond_rate_limited(c, retry);
+}
+
+/* ---- changes: edit, delete, reactions (version 2) ---- */
+
+static void changed(struct job *j)
+{
+    struct conn *c = j->conn;
+    struct job_change *ch = &j->u.change;
+    if (!alive(c))
+        return;
+    if (j->rc == STORE_OK)
+        http_respond_json(c, 200, json_pack("{s:O}", "message", ch->message));
+    else if (j->rc == STORE_BAD_REQUEST && !j->unavailable)
+        http_respond_error(c, 400, "bad_request", ch->why ? ch->why : "not allowed on this message");
+    else if (j->rc == STORE_FORBIDDEN && !j->unavailable)
+        http_respond_error(c, 403, "forbidden", ch->kind == CHANGE_EDIT ? "only the sender may edit a message"
+                                                : "only the sender, or a group's owner or admin, may delete a message");
+    else if (j->rc == STORE_NOT_FOUND && !j->unavailable)
+        http_respond_error(c, 404, "not_found", "no such conversation or message");
+    else
+        respond_rc(c, j->rc, j->unavailable);
+}
+
+static void submit_change(struct conn *c, struct job *j)
+{
+    int64_t retry;
+    if (chat_change(cw_of(c), j, &retry) < 0)
+        http_respond_rate_limited(c, retry);
+}
+
+static void api_edit(struct conn *c, struct http_req *r, int64_t uid, int64_t conv, int64_t seq)
+{
+    json_t *o = body_object(c, r);
+    if (!o)
+        return;
+    struct proto_op m = {0};
+    const char *code, *msg;
+    if (proto_check_edit_body(o, (size_t)cfg_of(c)->max_body, &m, &code, &msg) < 0) {
+        json_decref(o);
+        http_respond_error(c, strcmp(code, "too_large") == 0 ? 413 : 400, code, msg);
+        return;
+    }
+    struct job *j = proto_change_job(cw_of(c), c, CHANGE_EDIT, uid, conv, seq, m.body, m.body_len, changed);
+    json_decref(o);
+    submit_change(c, j);
+}
+
+/* A path segment's percent-decoding into out (no '+' rule: that is the
+ * query's); -1 when it does not fit or an escape is broken. */
+static int path_decode(const char *in, char *out, size_t outlen)
+{
+    size_t o = 0;
+    for (const char *s = in; *s; s++) {
+        int ch = (unsigned char)*s;
+        if (ch == '%') {
+            unsigned v;
+            if (!s[1] || !s[2] || sscanf(s + 1, "%2x", &v) != 1 || !isxdigit((unsigned char)s[1]) ||
+                !isxdigit((unsigned char)s[2]))
+                return -1;
+            ch = (int)v;
+            s += 2;
+        }
+        if (o + 1 >= outlen)
+            return -1;
+        out[o++] = (char)ch;
+    }
+    out[o] = '\0';
+    return (int)o;
+}
+
+static void api_react(struct conn *c, int64_t uid, int64_t conv, int64_t seq, const char *enc, int on)
+{
+    char emoji[64];
+    int n = path_decode(enc, emoji, sizeof emoji);
+    if (n < 0 || !proto_emoji_ok(emoji, (size_t)n)) {
+        http_respond_error(c, 400, "bad_request",
+                           "emoji must be 1-32 bytes of UTF-8 without whitespace or control characters");
+        return;
+    }
+    submit_change(c, proto_change_job(cw_of(c), c, on ? CHANGE_REACT_ON : CHANGE_REACT_OFF, uid, conv, seq, emoji,
+                                      (size_t)n, changed));
+}
+
+static void changes_read(struct read *r)
+{
+    struct conn *c = r->conn;
+    if (!alive(c))
+        return;
+    if (r->rc != STORE_OK) {
+        respond_rc(c, r->rc, 0);
+        return;
+    }
+    http_respond_json(c, 200, json_pack("{s:O,s:I}", "messages", r->result, "last_mod", (json_int_t)r->seq));
+}
+
+static void api_changes(struct conn *c, struct http_req *r, int64_t uid, int64_t conv)
+{
+    char v[32];
+    int64_t after = 0;
+    int limit = parse_limit(r->query);
+    int arc = http_query_get(r->query, "after_mod", v, sizeof v);
+    if (limit < 0) {
+        http_respond_error(c, 400, "bad_request", "limit must be a positive integer");
+        return;
+    }
+    if (arc != HTTP_QUERY_ABSENT && (arc < 0 || util_parse_i64(v, &after) < 0 || after < 0)) {
+        http_respond_error(c, 400, "bad_request", "after_mod must be a mod (0 or more)");
+        return;
+    }
+    struct read *rd = chat_read(cw_of(c), READ_CHANGES, c, changes_read);
+    rd->user = uid;
+    rd->conv = conv;
+    rd->after = after;
+    rd->limit = limit;
+    chat_read_submit(cw_of(c), rd);
+}
+
+/* ---- search (version 2) ---- */
+
+#define SEARCH_Q_MAX 512     /* bytes of q */
+#define SEARCH_WORD_MAX 64   /* bytes of one word */
+#define SEARCH_DEFAULT 20
+#define SEARCH_MAX 100
+
+static void search_read(struct read *r)
+{
+    struct conn *c = r->conn;
+    if (!alive(c))
+        return;
+    if (r->rc != STORE_OK) {
+        respond_rc(c, r->rc, 0);
+        return;
+    }
+    json_t *next = json_null();
+    if (r->seq > 0) {
+        char t[24];
+        snprintf(t, sizeof t, "%lld", (long long)r->seq);
+        next = json_string(t);
+    }
+    http_respond_json(c, 200, json_pack("{s:O,s:o}", "results", r->result, "next", next));
+}
+
+static void api_search(struct conn *c, struct http_req *r, int64_t uid)
+{
+    char q[SEARCH_Q_MAX + 1], v[32];
+    int64_t conv = 0, before = 0, limit = SEARCH_DEFAULT;
+    int qrc = http_query_get(r->query, "q", q, sizeof q);
+    if (qrc == HTTP_QUERY_TOO_LONG) {
+        http_respond_error(c, 400, "bad_request", "q is too long (at most 512 bytes)");
+        return;
+    }
+    int rc = http_query_get(r->query, "conv", v, sizeof v);
+    if (rc != HTTP_QUERY_ABSENT && (rc < 0 || util_parse_id(v, &conv) < 0)) {
+        http_respond_error(c, 400, "bad_request", "conv must be a conversation id");
+        return;
+    }
+    rc = http_query_get(r->query, "before", v, sizeof v);
+    if (rc != HTTP_QUERY_ABSENT && (rc < 0 || util_parse_i64(v, &before) < 0 || before < 1)) {
+        http_respond_error(c, 400, "bad_request", "before must be the next cursor of an earlier page");
+        return;
+    }
+    rc = http_query_get(r->query, "limit", v, sizeof v);
+    if (rc != HTTP_QUERY_ABSENT && (rc < 0 || util_parse_i64(v, &limit) < 0 || limit < 1)) {
+        http_respond_error(c, 400, "bad_request", "limit must be a positive integer");
+        return;
+    }
+    if (limit > SEARCH_MAX)
+        limit = SEARCH_MAX;
+    struct buf words = {0};
+    size_t n = qrc == 0 ? proto_search_words(q, strlen(q), SEARCH_WORD_MAX, READ_SEARCH_WORDS, &words) : 0;
+    if (!n) {
+        buf_dispose(&words);
+        http_respond_error(c, 400, "bad_request", "q must hold at least one word");
+        return;
+    }
+    struct read *rd = chat_read(cw_of(c), READ_SEARCH, c, search_read);
+    rd->user = uid;
+    rd->conv = conv;
+    rd->before = before;
+    rd->limit = (int)limit;
+    rd->str = words.data; /* the read's now */
+    rd->n = n;
+    chat_read_submit(cw_of(c), rd);
 }
 
 /* ---- WebSocket upgrade ---- */
@@ -625,7 +814,7 @@ static int64_t path_id(const char *p, const char **end_out)
 
 struct api_route api_parse_conv_path(const char *p)
 {
-    struct api_route rt = {0, "", 0, 0};
+    struct api_route rt = {0, "", 0, NULL, 0};
     const char *end;
     int64_t id = path_id(p, &end);
     if (!id)
@@ -641,6 +830,21 @@ struct api_route api_parse_conv_path(const char *p)
     } else if (strcmp(end, "/members") == 0) {
         rt.sub = "members";
         rt.ok = 1;
+    } else if (strcmp(end, "/changes") == 0) {
+        rt.sub = "changes";
+        rt.ok = 1;
+    } else if (strncmp(end, "/messages/", 10) == 0) {
+        int64_t seq = path_id(end + 10, &end);
+        if (seq && !*end) {
+            rt.sub = "message";
+            rt.target = seq;
+            rt.ok = 1;
+        } else if (seq && strncmp(end, "/reactions/", 11) == 0 && end[11] && !strchr(end + 11, '/')) {
+            rt.sub = "reaction";
+            rt.target = seq;
+            rt.emoji = end + 11;
+            rt.ok = 1;
+        }
     } else if (strncmp(end, "/members/", 9) == 0) {
         int64_t t = path_id(end + 9, &end);
         if (t && !*end) {
@@ -681,6 +885,14 @@ static void api_conversations(struct conn *c, struct http_req *r, int64_t uid, c
         submit_member(c, uid, rt.conv, rt.target, MEMBER_REMOVE, ROLE_MEMBER);
     else if (strcmp(rt.sub, "member") == 0 && m == HTTP_PATCH)
         api_set_role(c, r, uid, rt.conv, rt.target);
+    else if (strcmp(rt.sub, "message") == 0 && m == HTTP_PATCH)
+        api_edit(c, r, uid, rt.conv, rt.target);
+    else if (strcmp(rt.sub, "message") == 0 && m == HTTP_DELETE)
+        submit_change(c, proto_change_job(cw_of(c), c, CHANGE_DELETE, uid, rt.conv, rt.target, NULL, 0, changed));
+    else if (strcmp(rt.sub, "reaction") == 0 && (m == HTTP_PUT || m == HTTP_DELETE))
+        api_react(c, uid, rt.conv, rt.target, rt.emoji, m == HTTP_PUT);
+    else if (strcmp(rt.sub, "changes") == 0 && m == HTTP_GET)
+        api_changes(c, r, uid, rt.conv);
     else
         http_respond_error(c, 405, "bad_request", "method not allowed");
 }
@@ -689,12 +901,15 @@ static void api_conversations(struct conn *c, struct http_req *r, int64_t uid, c
 
 /* Routes as templates, never raw paths (the request counters' labels). */
 enum route_id { R_OTHER, R_STATIC, R_WS, R_HEALTH, R_READY, R_METRICS, R_SIGNUP, R_LOGIN, R_REFRESH, R_LOGOUT,
-                R_ME, R_USERS, R_CONVS, R_CONV, R_MESSAGES, R_MEMBERS, R_MEMBER, R_OPTIONS, R__N };
+                R_ME, R_USERS, R_CONVS, R_CONV, R_MESSAGES, R_MEMBERS, R_MEMBER, R_OPTIONS, R_MESSAGE, R_REACTION,
+                R_CHANGES, R_SEARCH, R_ATTACHMENTS, R_ATTACHMENT, R__N };
 static const char *const route_names[R__N] = {
     "other", "static", "/ws", "/healthz", "/readyz", "/metrics", "/api/auth/signup", "/api/auth/login",
     "/api/auth/refresh", "/api/auth/logout", "/api/me", "/api/users", "/api/conversations",
     "/api/conversations/{id}", "/api/conversations/{id}/messages", "/api/conversations/{id}/members",
-    "/api/conversations/{id}/members/{user_id}", "OPTIONS"};
+    "/api/conversations/{id}/members/{user_id}", "OPTIONS", "/api/conversations/{id}/messages/{seq}",
+    "/api/conversations/{id}/messages/{seq}/reactions/{emoji}", "/api/conversations/{id}/changes", "/api/search",
+    "/api/attachments", "/api/attachments/{id}"};
 _Static_assert(R__N <= WORKER_ROUTES, "every route has its counters");
 
 static int route_of(const char *p, int method)
@@ -703,7 +918,8 @@ static int route_of(const char *p, int method)
         {"/ws", R_WS}, {"/healthz", R_HEALTH}, {"/api/health", R_HEALTH}, {"/readyz", R_READY},
         {"/metrics", R_METRICS}, {"/api/auth/signup", R_SIGNUP}, {"/api/auth/login", R_LOGIN},
         {"/api/auth/refresh", R_REFRESH}, {"/api/auth/logout", R_LOGOUT}, {"/api/me", R_ME},
-        {"/api/users", R_USERS}, {"/api/conversations", R_CONVS}, {"/api/conversations/", R_CONVS}};
+        {"/api/users", R_USERS}, {"/api/conversations", R_CONVS}, {"/api/conversations/", R_CONVS},
+        {"/api/search", R_SEARCH}, {"/api/attachments", R_ATTACHMENTS}};
     if (method == HTTP_OPTIONS)
         return R_OPTIONS;
     for (size_t i = 0; i < sizeof exact / sizeof exact[0]; i++)
@@ -713,10 +929,16 @@ static int route_of(const char *p, int method)
         struct api_route rt = api_parse_conv_path(p + 19);
         if (!rt.ok)
             return R_OTHER;
-        return !*rt.sub ? R_CONV : strcmp(rt.sub, "messages") == 0 ? R_MESSAGES
-                               : strcmp(rt.sub, "members") == 0  ? R_MEMBERS
-                                                                 : R_MEMBER;
+        return !*rt.sub                             ? R_CONV
+               : strcmp(rt.sub, "messages") == 0 ? R_MESSAGES
+               : strcmp(rt.sub, "members") == 0  ? R_MEMBERS
+               : strcmp(rt.sub, "message") == 0  ? R_MESSAGE
+               : strcmp(rt.sub, "reaction") == 0 ? R_REACTION
+               : strcmp(rt.sub, "changes") == 0  ? R_CHANGES
+                                                 : R_MEMBER;
     }
+    if (strncmp(p, "/api/attachments/", 17) == 0)
+        return R_ATTACHMENT;
     return strncmp(p, "/api/", 5) == 0 ? R_OTHER : R_STATIC;
 }
 
@@ -877,7 +1099,7 @@ void api_handle(void *ctx, struct conn *c, struct http_req *r)
     }
     if (m == HTTP_OPTIONS) {
         http_respond(c, 204, NULL,
-                     "Access-Control-Allow-Methods: GET, POST, PATCH, DELETE, OPTIONS\r\n"
+                     "Access-Control-Allow-Methods: GET, POST, PUT, PATCH, DELETE, OPTIONS\r\n"
                      "Access-Control-Allow-Headers: Authorization, Content-Type\r\n"
                      "Access-Control-Max-Age: 86400\r\n",
                      "", 0);
@@ -913,7 +1135,7 @@ void api_handle(void *ctx, struct conn *c, struct http_req *r)
             http_respond_error(c, 404, "not_found", "no such route");
         return;
     }
-    int known = strcmp(p, "/api/me") == 0 || strcmp(p, "/api/users") == 0 ||
+    int known = strcmp(p, "/api/me") == 0 || strcmp(p, "/api/users") == 0 || strcmp(p, "/api/search") == 0 ||
                 strncmp(p, "/api/conversations", 18) == 0;
     if (!known) {
         http_respond_error(c, 404, "not_found", "no such route");
@@ -926,6 +1148,8 @@ void api_handle(void *ctx, struct conn *c, struct http_req *r)
         api_me(c, uid);
     else if (strcmp(p, "/api/users") == 0 && m == HTTP_GET)
         api_users(c, r);
+    else if (strcmp(p, "/api/search") == 0 && m == HTTP_GET)
+        api_search(c, r, uid);
     else if (strncmp(p, "/api/conversations", 18) == 0 && (p[18] == '\0' || p[18] == '/'))
         api_conversations(c, r, uid, p + 18);
     else

@@ -12,12 +12,15 @@
 #include "worker.h"
 
 /* The tail of "/api/conversations/" (pure; the fuzz target's too): "12",
- * "12/", "12/messages", "12/members", "12/members/5", with canonical ids
- * only ("012", "+12" are no route). */
+ * "12/", "12/messages", "12/members", "12/members/5", "12/messages/7",
+ * "12/messages/7/reactions/<emoji>", "12/changes", with canonical ids only
+ * ("012", "+12" are no route). */
 struct api_route {
     int64_t conv;
-    const char *sub;   /* "", "members", "messages", "member" (with target) */
+    const char *sub;   /* "", "members", "messages", "member" (with target), "message" (target = its
+                          seq), "reaction" (target = the seq, emoji), "changes" */
     int64_t target;
+    const char *emoji; /* "reaction": the rest of the path, still percent-encoded */
     int ok;
 };
 struct api_route api_parse_conv_path(const char *p);

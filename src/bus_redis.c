@@ -151,7 +151,7 @@ struct bus_msg *bus_redis_decode(const void *data, size_t len, const char **why)
     if (p[0] != BUS_REDIS_ENVELOPE_VERSION)
         return bad(why, "unknown version");
     unsigned kind = p[1], flags = p[2];
-    if (kind > BUS_ALIVE)
+    if (kind > BUS_UPDATE)
         return bad(why, "unknown kind");
     if ((flags & ~(unsigned)(F_FRAME | F_AUX | F_USERS)) || p[3])
         return bad(why, "unknown flags");
@@ -176,7 +176,7 @@ struct bus_msg *bus_redis_decode(const void *data, size_t len, const char **why)
         return bad(why, "frame is not one WebSocket frame");
     if (kind != BUS_CONV_PUSH && ((flags & F_AUX) || npos))
         return bad(why, "aux or positions outside a push");
-    if ((kind == BUS_MSG || kind == BUS_PRESENCE) && !(flags & F_USERS))
+    if ((kind == BUS_MSG || kind == BUS_UPDATE || kind == BUS_PRESENCE) && !(flags & F_USERS))
         return bad(why, "no users");
     if (kind == BUS_CONV_PUSH && (flags & F_USERS) && !(flags & F_AUX))
         return bad(why, "former members without their frame");
@@ -734,7 +734,7 @@ static void send_publication(struct bus_redis *br, const struct bus_msg *m)
     }
     char chan[CHAN_MAX];
     size_t clen;
-    if (m->kind == BUS_MSG || m->kind == BUS_CONV_EVENT) {
+    if (m->kind == BUS_MSG || m->kind == BUS_UPDATE || m->kind == BUS_CONV_EVENT) {
         clen = conv_channel(sh, m->conv, chan);
     } else {
         memcpy(chan, sh->bcast, sh->bcast_len);

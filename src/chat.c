@@ -17,21 +17,33 @@
 #define REPAIR_WAIT_MS 200 /* how long a gap waits for the missing messages before reading them */
 #define HOLD_MAX 1024      /* messages held behind a gap, per conversation and worker */
 
-/* Per worker, per conversation with a local member: the seq delivered up to
- * (-1: not known yet, the next one is taken as it comes) and the messages
- * that arrived ahead of a gap, sorted by seq (references). */
-struct conv_order {
+/* One ordered stream of a conversation on a worker: the number delivered up
+ * to (-1: not known yet, the next one is taken as it comes) and the
+ * publications that arrived ahead of a gap, sorted (references). */
+struct order_stream {
     int64_t delivered;
-    int check;           /* newly watched: read back once what a late subscription missed */
     struct bus_msg **held;
     size_t nheld, capheld;
 };
 
+/* Per worker, per conversation with a local member: its messages by seq and
+ * its changes (update frames) by mod. */
+struct conv_order {
+    struct order_stream msgs, mods;
+    int check;           /* newly watched: read back once what a late subscription missed */
+};
+
+static void stream_dispose(struct order_stream *s)
+{
+    for (size_t i = 0; i < s->nheld; i++)
+        bus_msg_unref(s->held[i]);
+    free(s->held);
+}
+
 static void order_free(struct conv_order *o)
 {
-    for (size_t i = 0; i < o->nheld; i++)
-        bus_msg_unref(o->held[i]);
-    free(o->held);
+    stream_dispose(&o->msgs);
+    stream_dispose(&o->mods);
     free(o);
 }
 
@@ -40,7 +52,8 @@ static void on_watch(void *ctx, int64_t conv, int on)
     struct chat_worker *cw = ctx;
     if (on) {
         struct conv_order *o = xcalloc(1, sizeof *o);
-        o->delivered = -1;
+        o->msgs.delivered = -1;
+        o->mods.delivered = -1;
         idmap_put(&cw->order, conv, o);
         bus_watch(cw->chat->bus, cw->w->index, conv);
     } else {
@@ -55,11 +68,13 @@ static void arm_repair(struct chat_worker *cw);
 
 /* A conversation got a local member at a known point: what came before is
  * the member's sync's business. */
-static void order_baseline(struct chat_worker *cw, int64_t conv, int64_t last_seq)
+static void order_baseline(struct chat_worker *cw, int64_t conv, int64_t last_seq, int64_t last_mod)
 {
     struct conv_order *o = idmap_get(&cw->order, conv);
-    if (o && o->delivered < 0) {
-        o->delivered = last_seq;
+    if (o && o->mods.delivered < 0 && last_mod >= 0)
+        o->mods.delivered = last_mod;
+    if (o && o->msgs.delivered < 0) {
+        o->msgs.delivered = last_seq;
         /* On a network bus the subscription to conv's channel is being made
          * now: what was published before it took effect is read back soon. */
         if (cw->chat->check_ms > 0) {
@@ -203,7 +218,7 @@ static void deliver_push(struct chat_worker *cw, const struct bus_msg *m)
         if (!u)
             continue;
         hub_join(h, m->pos[i].user, m->conv);
-        order_baseline(cw, m->conv, m->seq);
+        order_baseline(cw, m->conv, m->seq, -1);
         struct frame *head = push_head(m->seq, m->pos[i].last_read_seq, m->frame->len);
         for (struct conn *c = u->head; c; c = c->unext)
             if (c->state == CONN_WS)
@@ -288,57 +303,62 @@ static void arm_repair(struct chat_worker *cw)
     uv_timer_start(&cw->repair_timer, on_repair_timer, REPAIR_WAIT_MS, 0);
 }
 
-/* Keeps o->held sorted by seq; a full hold drops the message (the repair
- * reads it back from the database). */
-static void hold(struct conv_order *o, const struct bus_msg *m)
+/* Keeps s->held sorted by seq; a full hold drops the publication (the
+ * repair reads it back from the database). */
+static void hold(struct order_stream *s, const struct bus_msg *m)
 {
-    if (o->nheld == HOLD_MAX)
+    if (s->nheld == HOLD_MAX)
         return;
-    size_t i = o->nheld;
-    while (i > 0 && o->held[i - 1]->seq > m->seq)
+    size_t i = s->nheld;
+    while (i > 0 && s->held[i - 1]->seq > m->seq)
         i--;
-    if (i > 0 && o->held[i - 1]->seq == m->seq)
+    if (i > 0 && s->held[i - 1]->seq == m->seq)
         return; /* held already */
-    if (o->nheld == o->capheld) {
-        o->capheld = o->capheld ? o->capheld * 2 : 8;
-        o->held = xrealloc(o->held, o->capheld * sizeof *o->held);
+    if (s->nheld == s->capheld) {
+        s->capheld = s->capheld ? s->capheld * 2 : 8;
+        s->held = xrealloc(s->held, s->capheld * sizeof *s->held);
     }
-    memmove(o->held + i + 1, o->held + i, (o->nheld - i) * sizeof *o->held);
-    o->held[i] = bus_msg_ref((struct bus_msg *)m);
-    o->nheld++;
+    memmove(s->held + i + 1, s->held + i, (s->nheld - i) * sizeof *s->held);
+    s->held[i] = bus_msg_ref((struct bus_msg *)m);
+    s->nheld++;
 }
 
-/* Each conversation's messages reach this worker's connections once and in
- * seq order, whatever order the bus (several nodes publishing, a repair
- * reading back) brings them in: a duplicate is dropped, a message ahead of a
- * gap waits until the gap is filled (by the bus, or by a repair). */
-static void deliver_in_order(struct chat_worker *cw, const struct bus_msg *m)
+/* Each conversation's messages (by seq) and changes (by mod) reach this
+ * worker's connections once and in order, whatever order the bus (several
+ * nodes publishing, a repair reading back) brings them in: a duplicate is
+ * dropped, one ahead of a gap waits until the gap is filled (by the bus, or
+ * by a repair). settled: m comes from a repair's read of everything after
+ * what was delivered, so nothing before it can still come (a change read
+ * back carries the newest mod of its message, and the mods it superseded
+ * never will). */
+static void deliver_in_order(struct chat_worker *cw, const struct bus_msg *m, int settled)
 {
     struct conv_order *o = idmap_get(&cw->order, m->conv);
     if (!o) { /* no local member known yet (a push on its way): as it comes */
         deliver_msg(cw, m);
         return;
     }
-    if (o->delivered >= 0 && m->seq <= o->delivered)
+    struct order_stream *s = m->kind == BUS_UPDATE ? &o->mods : &o->msgs;
+    if (s->delivered >= 0 && m->seq <= s->delivered)
         return; /* delivered already */
-    if (o->delivered >= 0 && m->seq > o->delivered + 1) {
-        hold(o, m);
+    if (s->delivered >= 0 && m->seq > s->delivered + 1 && !settled) {
+        hold(s, m);
         arm_repair(cw);
         return;
     }
     deliver_msg(cw, m);
-    o->delivered = m->seq;
+    s->delivered = m->seq;
     size_t k = 0;
-    while (k < o->nheld && o->held[k]->seq <= o->delivered + 1) {
-        if (o->held[k]->seq == o->delivered + 1) {
-            deliver_msg(cw, o->held[k]);
-            o->delivered = o->held[k]->seq;
+    while (k < s->nheld && s->held[k]->seq <= s->delivered + 1) {
+        if (s->held[k]->seq == s->delivered + 1) {
+            deliver_msg(cw, s->held[k]);
+            s->delivered = s->held[k]->seq;
         }
-        bus_msg_unref(o->held[k++]);
+        bus_msg_unref(s->held[k++]);
     }
     if (k) /* held may be NULL: memmove of NULL is undefined even for 0 bytes (UBSan) */
-        memmove(o->held, o->held + k, (o->nheld - k) * sizeof *o->held);
-    o->nheld -= k;
+        memmove(s->held, s->held + k, (s->nheld - k) * sizeof *s->held);
+    s->nheld -= k;
 }
 
 /* ---- repair: messages the bus did not bring ---- */
@@ -356,13 +376,27 @@ static void repair_read(struct read *r)
         m->seq = (int64_t)json_integer_value(json_object_get(msg, "seq"));
         json_object_set_new(msg, "op", json_string("msg"));
         m->frame = frame_ws_json(msg);
-        deliver_in_order(cw, m);
+        deliver_in_order(cw, m, 0);
+        bus_msg_unref(m);
+    }
+    /* changes: each conversation's page, in mod order, after what was delivered */
+    json_array_foreach(r->extra, i, msg) {
+        int64_t conv = (int64_t)json_integer_value(json_object_get(msg, "conv"));
+        int64_t seq = (int64_t)json_integer_value(json_object_get(msg, "seq"));
+        int64_t mod = (int64_t)json_integer_value(json_object_get(msg, "mod"));
+        json_t *u = json_pack("{s:s,s:I,s:I,s:I,s:O}", "op", "update", "conv", (json_int_t)conv, "seq",
+                              (json_int_t)seq, "mod", (json_int_t)mod, "message", msg);
+        struct bus_msg *m = bus_msg_new(BUS_UPDATE, conv);
+        m->seq = mod;
+        m->frame = frame_ws_json(u);
+        json_decref(u);
+        deliver_in_order(cw, m, 1);
         bus_msg_unref(m);
     }
     /* a gap still open (more than one page behind): read on */
     IDMAP_FOREACH(&cw->order, s) {
         struct conv_order *o = s->val;
-        if (o->nheld)
+        if (o->msgs.nheld || o->mods.nheld)
             arm_repair(cw);
     }
 }
@@ -374,23 +408,27 @@ static void check_now(struct chat_worker *cw, int all)
     if (cw->repair_inflight)
         return;
     size_t n = 0;
+#define DUE(o) ((o)->msgs.delivered >= 0 && (all || (o)->msgs.nheld || (o)->mods.nheld || (o)->check))
     IDMAP_FOREACH(&cw->order, s) {
         struct conv_order *o = s->val;
-        n += o->delivered >= 0 && (all || o->nheld || o->check);
+        n += DUE(o);
     }
     if (!n)
         return;
     struct read *r = chat_read(cw, READ_REPAIR, NULL, repair_read);
     r->ids = xmalloc(n * sizeof *r->ids);
     r->ids2 = xmalloc(n * sizeof *r->ids2);
+    r->mods = xmalloc(n * sizeof *r->mods);
     IDMAP_FOREACH(&cw->order, s) {
         struct conv_order *o = s->val;
-        if (o->delivered >= 0 && (all || o->nheld || o->check)) {
+        if (DUE(o)) {
             o->check = 0;
             r->ids[r->n] = s->key;
-            r->ids2[r->n++] = o->delivered;
+            r->mods[r->n] = o->mods.delivered;
+            r->ids2[r->n++] = o->msgs.delivered;
         }
     }
+#undef DUE
     r->n2 = r->n;
     cw->repair_inflight = 1;
     chat_read_submit(cw, r);
@@ -415,7 +453,7 @@ static void membership_read(struct read *r)
         if (hub_in_conv(&cw->hub, user, conv) || !hub_user(&cw->hub, user))
             continue;
         hub_join(&cw->hub, user, conv);
-        order_baseline(cw, conv, 0);
+        order_baseline(cw, conv, 0, 0);
         joined++;
     }
     if (joined)
@@ -462,7 +500,8 @@ void chat_deliver(struct worker *w, const struct bus_msg *m)
     struct hub *h = &cw->hub;
     switch (m->kind) {
     case BUS_MSG:
-        deliver_in_order(cw, m);
+    case BUS_UPDATE:
+        deliver_in_order(cw, m, 0);
         break;
     case BUS_CONV_EVENT: {
         size_t n;
@@ -472,7 +511,6 @@ void chat_deliver(struct worker *w, const struct bus_msg *m)
                 hub_send_user(h, users[i], m->frame, except_of(cw, m));
         break;
     }
-    case BUS_UPDATE: deliver_msg(cw, m); break; /* ordering by mod: next commit */
     case BUS_PRESENCE: deliver_presence(cw, m); break;
     case BUS_CONV_PUSH: deliver_push(cw, m); break;
     case BUS_ALIVE:
@@ -651,17 +689,37 @@ void chat_submit(struct chat_worker *cw, struct job *j)
     writer_submit(cw->chat->writer, j);
 }
 
-int chat_send(struct chat_worker *cw, struct job *j, int64_t *retry_ms)
+/* One token of user's send limit (sends and changes share it), or -1 with
+ * *retry_ms. */
+static int take_send_token(struct chat_worker *cw, int64_t user, int64_t *retry_ms)
 {
     const struct config *cfg = cw->chat->cfg;
     /* A user connected at k nodes sends through k buckets: each holds 1/k of
      * the limit, so the limit holds across the cluster. */
-    int64_t k = cw->chat->check_ms > 0 ? presence_other_nodes(cw->chat->presence, j->u.send.sender) + 1 : 1;
+    int64_t k = cw->chat->check_ms > 0 ? presence_other_nodes(cw->chat->presence, user) + 1 : 1;
     int64_t rate = cfg->send_rate ? (cfg->send_rate + k - 1) / k : 0;
     int64_t burst = cfg->send_burst ? (cfg->send_burst + k - 1) / k : 0;
-    j->u.send.arrived_ns = uv_hrtime();
-    if (presence_take_token(cw->chat->presence, j->u.send.sender, util_mono_ms(), rate, burst, retry_ms) < 0) {
+    if (presence_take_token(cw->chat->presence, user, util_mono_ms(), rate, burst, retry_ms) < 0) {
         chat_count_limited(cw, LIMITED_SEND);
+        return -1;
+    }
+    return 0;
+}
+
+int chat_send(struct chat_worker *cw, struct job *j, int64_t *retry_ms)
+{
+    j->u.send.arrived_ns = uv_hrtime();
+    if (take_send_token(cw, j->u.send.sender, retry_ms) < 0) {
+        job_free(j);
+        return -1;
+    }
+    writer_submit(cw->chat->writer, j);
+    return 0;
+}
+
+int chat_change(struct chat_worker *cw, struct job *j, int64_t *retry_ms)
+{
+    if (take_send_token(cw, j->u.change.user, retry_ms) < 0) {
         job_free(j);
         return -1;
     }
@@ -742,7 +800,8 @@ static void session_read(struct read *r)
     json_t *sum;
     json_array_foreach(r->extra, i, sum)
         order_baseline(cw, (int64_t)json_integer_value(json_object_get(sum, "conv")),
-                       (int64_t)json_integer_value(json_object_get(sum, "last_seq")));
+                       (int64_t)json_integer_value(json_object_get(sum, "last_seq")),
+                       (int64_t)json_integer_value(json_object_get(sum, "last_mod")));
     int count = presence_up(cw->chat->presence, c->user_id);
     send_hello(cw, c, r->result);
     for (i = 0; i < r->n; i++)

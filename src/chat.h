@@ -122,6 +122,11 @@ void chat_submit(struct chat_worker *cw, struct job *j);
 /* A send: 0 and submitted, or -1 when the sender's rate limit refuses it
  * (*retry_ms until a token is back; the job is freed). */
 int chat_send(struct chat_worker *cw, struct job *j, int64_t *retry_ms);
+/* A change (JOB_CHANGE: edit, delete, react): like a send, it takes a token
+ * of the sender's send limit; 0 and submitted, or -1 (*retry_ms, job freed).
+ * After the commit every member connection gets the `update` frame (the
+ * writer publishes it), then the job's reply runs. */
+int chat_change(struct chat_worker *cw, struct job *j, int64_t *retry_ms);
 /* A read of kind answered through done. */
 struct read *chat_read(struct chat_worker *cw, enum read_kind kind, struct conn *c, read_done_fn done);
 void chat_read_submit(struct chat_worker *cw, struct read *r);

@@ -11,6 +11,9 @@ struct sync_run {
     int64_t *conv, *after;  /* asked: sorted conversation ids, the seq after which to send */
     int *sent;              /* messages of each already sent */
     size_t n, next;         /* next: the first conversation not done yet */
+    int64_t *mconv, *mafter; /* changes asked: sorted conversation ids, the mod after which to send */
+    int msent;              /* updates of mconv[mnext] already sent */
+    size_t mn, mnext;
     int budget;             /* messages this answer may still send */
 };
 
@@ -21,12 +24,19 @@ static int open_ws(const struct conn *c)
     return c->state == CONN_WS;
 }
 
-static void run_free(struct sync_run *s)
+static void run_dispose(struct sync_run *s)
 {
-    struct conn *c = s->c;
     free(s->conv);
     free(s->after);
     free(s->sent);
+    free(s->mconv);
+    free(s->mafter);
+}
+
+static void run_free(struct sync_run *s)
+{
+    struct conn *c = s->c;
+    run_dispose(s);
     free(s);
     conn_unhold(c); /* the connection's next frames (may start another sync) */
     conn_release(c);
@@ -50,9 +60,7 @@ static void posted(struct worker *w, struct event *ev)
 static void dropped(struct event *ev)
 {
     struct sync_run *s = (struct sync_run *)ev;
-    free(s->conv);
-    free(s->after);
-    free(s->sent);
+    run_dispose(s);
     conn_release(s->c); /* the worker is going away: no unhold */
     free(s);
 }
@@ -152,6 +160,39 @@ static void msgs_read(struct read *r)
     yield(s);
 }
 
+/* One page of one conversation's changes: update frames in mod order. A
+ * conversation the user is not in is skipped, as in since. */
+static void changes_read(struct read *r)
+{
+    struct sync_run *s = r->arg;
+    if (!open_ws(s->c)) {
+        run_free(s);
+        return;
+    }
+    if (r->rc != STORE_OK && r->rc != STORE_NOT_FOUND) {
+        sync_error(s);
+        run_free(s);
+        return;
+    }
+    size_t i, n = r->rc == STORE_OK ? json_array_size(r->result) : 0;
+    json_t *m;
+    if (n)
+        json_array_foreach(r->result, i, m) {
+            int64_t mod = (int64_t)json_integer_value(json_object_get(m, "mod"));
+            json_t *u = json_pack("{s:s,s:I,s:O,s:I,s:O}", "op", "update", "conv", json_object_get(m, "conv"), "seq",
+                                  json_object_get(m, "seq"), "mod", (json_int_t)mod, "message", m);
+            conn_send_json(s->c, u);
+            json_decref(u);
+            s->mafter[s->mnext] = mod;
+        }
+    s->msent += (int)n;
+    if ((int)n < r->limit || s->msent >= SYNC_PER_CONV) { /* this conversation is done */
+        s->mnext++;
+        s->msent = 0;
+    }
+    yield(s);
+}
+
 static void step(struct sync_run *s)
 {
     struct chat_worker *cw = s->cw;
@@ -178,15 +219,29 @@ static void step(struct sync_run *s)
         chat_read_submit(cw, r);
         return;
     }
+    if (s->mnext < s->mn) { /* then the changes, a page at a time */
+        struct read *r = chat_read(cw, READ_CHANGES, NULL, changes_read);
+        r->arg = s;
+        r->user = s->c->user_id;
+        r->conv = s->mconv[s->mnext];
+        r->after = s->mafter[s->mnext];
+        r->limit = SYNC_PER_CONV - s->msent < SYNC_CHANGES_STEP ? SYNC_PER_CONV - s->msent : SYNC_CHANGES_STEP;
+        chat_read_submit(cw, r);
+        return;
+    }
     struct read *r = chat_read(cw, READ_SYNC_SUMMARY, NULL, summary_read);
     r->arg = s;
     r->user = s->c->user_id;
     chat_read_submit(cw, r);
 }
 
-void chat_sync(struct chat_worker *cw, struct conn *c, int64_t *conv, int64_t *after, size_t n)
+void chat_sync(struct chat_worker *cw, struct conn *c, int64_t *conv, int64_t *after, size_t n, int64_t *mconv,
+               int64_t *mafter, size_t mn)
 {
     struct sync_run *s = xcalloc(1, sizeof *s);
+    s->mconv = mconv;
+    s->mafter = mafter;
+    s->mn = mn;
     s->cw = cw;
     s->c = c;
     c->pending++;

@@ -24,11 +24,15 @@
 #define SYNC_PER_CONV 200  /* messages of one conversation in one answer (the reader's per_conv) */
 #define SYNC_TOTAL 1000    /* messages in one answer */
 #define SYNC_STEP_CONVS 64 /* conversations one step reads */
+#define SYNC_CHANGES_STEP 50 /* changed messages one step reads (of one conversation) */
 
 /* Starts the answer to a sync on an authenticated connection: conv[i] (sorted,
- * distinct, canonical ids) after seq after[i]. Takes conv and after (malloc'd;
- * NULL when n is 0). The frames: `msg`s, then `synced` (or an `error`
+ * distinct, canonical ids) after seq after[i], and the changes of mconv[i]
+ * after mod mafter[i] (version 2's "mods"). Takes the four arrays
+ * (malloc'd). The frames: `msg`s, then `update`s (each conversation's in mod
+ * order, at most SYNC_PER_CONV of one), then `synced` (or an `error`
  * `internal` `sync failed` when the database fails). */
-void chat_sync(struct chat_worker *cw, struct conn *c, int64_t *conv, int64_t *after, size_t n);
+void chat_sync(struct chat_worker *cw, struct conn *c, int64_t *conv, int64_t *after, size_t n, int64_t *mconv,
+               int64_t *mafter, size_t mn);
 
 #endif

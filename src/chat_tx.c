@@ -139,6 +139,85 @@ static int run_create(struct store *st, struct job_conv_create *c)
     return store_conv_get(st, c->conv, c->creator, &c->view);
 }
 
+/* The change rules: members only (a stranger learns nothing: NOT_FOUND);
+ * the sender edits; the sender, or a group's owner or admin, deletes; any
+ * member reacts; nothing but a delete touches a deleted message, and a
+ * second delete changes nothing. */
+int chat_tx_change_allowed(struct store *st, const struct job_change *c, struct store_msg_facts *f,
+                           const char **why_out)
+{
+    enum store_role role = ROLE_MEMBER;
+    int direct = 0, rc;
+
+    *why_out = NULL;
+    if ((rc = store_member_ctx(st, c->conv, c->user, &direct, &role)) != STORE_OK)
+        return rc;
+    if ((rc = store_msg_facts(st, c->conv, c->seq, f)) != STORE_OK)
+        return rc;
+    switch (c->kind) {
+    case CHANGE_EDIT:
+        if (f->sender != c->user)
+            return STORE_FORBIDDEN;
+        break;
+    case CHANGE_DELETE:
+        if (f->sender != c->user && (direct || role < ROLE_ADMIN))
+            return STORE_FORBIDDEN;
+        return STORE_OK;
+    case CHANGE_REACT_ON:
+    case CHANGE_REACT_OFF: break;
+    }
+    if (f->deleted) {
+        *why_out = "the message is deleted";
+        return STORE_BAD_REQUEST;
+    }
+    return STORE_OK;
+}
+
+/* {"op":"update","conv","seq","mod","message"} to every member, after the
+ * commit (the writer publishes j->publish). */
+static int publish_update(struct store *st, struct job *j)
+{
+    struct job_change *c = &j->u.change;
+    int64_t *ids;
+    size_t n;
+    int rc = store_msg_get(st, c->conv, c->seq, &c->message);
+    if (rc != STORE_OK)
+        return rc == STORE_NOT_FOUND ? STORE_ERR : rc; /* it was just changed: must be there */
+    if ((rc = store_members(st, c->conv, &ids, &n)) != STORE_OK)
+        return rc;
+    json_t *o = json_pack("{s:s,s:I,s:I,s:I,s:O}", "op", "update", "conv", (json_int_t)c->conv, "seq",
+                          (json_int_t)c->seq, "mod", (json_int_t)c->mod, "message", c->message);
+    struct bus_msg *m = bus_msg_new(BUS_UPDATE, c->conv);
+    m->frame = frame_ws_json(o);
+    m->users = idlist_new(ids, n);
+    m->seq = c->mod;
+    json_decref(o);
+    free(ids);
+    j->publish = m;
+    return STORE_OK;
+}
+
+static int run_change(struct store *st, struct job *j)
+{
+    struct job_change *c = &j->u.change;
+    struct store_msg_facts f;
+    int rc = chat_tx_change_allowed(st, c, &f, &c->why);
+    if (rc != STORE_OK)
+        return rc;
+    if (c->kind == CHANGE_DELETE && f.deleted) { /* deleted already: nothing to erase twice */
+        c->mod = f.mod;
+        c->changed = 0;
+    } else {
+        rc = store_msg_change(st, c->conv, c->seq, c->user, c->kind, c->text, c->text_len, util_now_ms(), &c->mod,
+                              &c->changed);
+        if (rc != STORE_OK)
+            return rc;
+    }
+    if (!c->changed) /* the message as it is, for an HTTP answer */
+        return store_msg_get(st, c->conv, c->seq, &c->message);
+    return publish_update(st, j);
+}
+
 int chat_tx_run(struct store *st, struct job *j)
 {
     switch (j->kind) {
@@ -155,7 +234,7 @@ int chat_tx_run(struct store *st, struct job *j)
         return store_att_create(st, a->owner, a->name, a->type, a->tmp_path, a->size, a->sha256, util_now_ms(),
                                 &a->att);
     }
-    case JOB_CHANGE: break; /* not yet */
+    case JOB_CHANGE: return run_change(st, j);
     case JOB_SEND: break; /* the writer's batched path, never here */
     }
     return STORE_ERR;

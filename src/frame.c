@@ -25,16 +25,62 @@ struct frame *frame_ws(int opcode, const void *payload, size_t len)
     return f;
 }
 
+#define FRAME_JSON_STACK 4096 /* most frames' JSON fits: encoded once, then copied */
+
 struct frame *frame_ws_json(const json_t *obj)
 {
-    /* Encode straight into the frame: ask for the length first, so the JSON
-     * text is written once, after the header, with no intermediate copy. */
-    size_t n = json_dumpb(obj, NULL, 0, JSON_COMPACT);
+    /* Encoding is the cost, copying is not: a frame that fits the stack
+     * buffer is encoded once and copied behind its header; a bigger one is
+     * measured first, then encoded straight into the frame. */
+    char tmp[FRAME_JSON_STACK];
+    size_t n = json_dumpb(obj, tmp, sizeof tmp, JSON_COMPACT);
     size_t hl = ws_header_len(n);
     struct frame *f = frame_new(hl + n);
     ws_write_header(f->data, WS_OP_TEXT, n);
-    json_dumpb(obj, (char *)f->data + hl, n, JSON_COMPACT);
+    if (n <= sizeof tmp)
+        memcpy(f->data + hl, tmp, n);
+    else
+        json_dumpb(obj, (char *)f->data + hl, n, JSON_COMPACT);
     return f;
+}
+
+size_t frame_json_str_len(const char *s, size_t n)
+{
+    size_t len = 2;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\' || c == '\b' || c == '\f' || c == '\n' || c == '\r' || c == '\t')
+            len += 2;
+        else if (c < 0x20)
+            len += 6;
+        else
+            len += 1;
+    }
+    return len;
+}
+
+uint8_t *frame_json_str_put(uint8_t *p, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    *p++ = '"';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        char e = c == '"' ? '"' : c == '\\' ? '\\' : c == '\b' ? 'b' : c == '\f' ? 'f' : c == '\n' ? 'n'
+               : c == '\r' ? 'r' : c == '\t' ? 't' : 0;
+        if (e) {
+            *p++ = '\\';
+            *p++ = (uint8_t)e;
+        } else if (c < 0x20) {
+            memcpy(p, "\\u00", 4);
+            p[4] = (uint8_t)hex[c >> 4];
+            p[5] = (uint8_t)hex[c & 15];
+            p += 6;
+        } else {
+            *p++ = c;
+        }
+    }
+    *p++ = '"';
+    return p;
 }
 
 void frame_unref(struct frame *f)

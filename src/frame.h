@@ -28,6 +28,11 @@ struct frame *frame_new(size_t len);
 struct frame *frame_ws(int opcode, const void *payload, size_t len);
 /* A WebSocket text frame holding the compact JSON encoding of obj. */
 struct frame *frame_ws_json(const json_t *obj);
+/* A JSON string literal of s[0..n) (valid UTF-8, may hold NUL bytes), for
+ * frames written by hand: its length with the quotes, and writing it at p
+ * (returns the end). Control characters are escaped, the rest is kept. */
+size_t frame_json_str_len(const char *s, size_t n);
+uint8_t *frame_json_str_put(uint8_t *p, const char *s, size_t n);
 static inline struct frame *frame_ref(struct frame *f)
 {
     atomic_fetch_add_explicit(&f->refs, 1, memory_order_relaxed);

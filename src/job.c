@@ -81,6 +81,7 @@ void job_free(struct job *j)
         break;
     case JOB_CHANGE:
         free(j->u.change.text);
+        free(j->u.change.request_id);
         decref(j->u.change.message);
         break;
     case JOB_ATTACH:

@@ -122,6 +122,7 @@ struct job_change {
     int changed;           /* out: 0 a no-op reaction */
     const char *why;       /* out: a static explanation of a BAD_REQUEST, or NULL */
     json_t *message;       /* out: the message as it now is (a reference owned by the job) */
+    char *request_id;      /* owned: the WebSocket op's id, echoed in its ack; NULL over HTTP */
 };
 
 struct job_attach {

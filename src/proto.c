@@ -8,6 +8,7 @@
 #include "chat_sync.h"
 #include "config.h"
 #include "log.h"
+#include "ws.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -25,6 +26,17 @@ static void send_error(struct conn *c, const char *id, const char *code, const c
         json_object_set_new(e, "id", json_string(id));
     conn_send_json(c, e);
     json_decref(e);
+}
+
+static void send_rc_error(struct conn *c, const char *id, int rc, int unavailable);
+
+/* A job's refusal, with its own explanation when it has one. */
+static void send_job_error(struct conn *c, const char *id, int rc, int unavailable, const char *why)
+{
+    if (rc == STORE_BAD_REQUEST && !unavailable)
+        send_error(c, id, "bad_request", why ? why : "not allowed here");
+    else
+        send_rc_error(c, id, rc, unavailable);
 }
 
 static void send_rc_error(struct conn *c, const char *id, int rc, int unavailable)
@@ -79,13 +91,73 @@ static void send_answered(struct job *j)
     if (c->state != CONN_WS)
         return; /* the client will resend after reconnecting; the id keeps it idempotent */
     if (j->rc != STORE_OK) {
-        send_rc_error(c, s->client_id, j->rc, j->unavailable);
+        send_job_error(c, s->client_id, j->rc, j->unavailable, s->why);
         return;
     }
     json_t *o = json_pack("{s:s,s:s,s:I,s:I,s:I}", "op", "ack", "id", s->client_id, "conv", (json_int_t)s->conv,
                           "seq", (json_int_t)s->seq, "ts", (json_int_t)s->ts);
     conn_send_json(c, o);
     json_decref(o);
+}
+
+/* The ack of an edit, delete or react: after the commit, and after the
+ * update frame went to every member connection (the writer published it
+ * before posting the job back). */
+static void change_answered(struct job *j)
+{
+    struct conn *c = j->conn;
+    struct job_change *ch = &j->u.change;
+    const char *id = ch->request_id;
+    if (c->state != CONN_WS)
+        return;
+    if (j->rc != STORE_OK) {
+        if (j->rc == STORE_NOT_FOUND && !j->unavailable)
+            send_error(c, id, "not_found", "no such conversation or message");
+        else if (j->rc == STORE_FORBIDDEN && !j->unavailable)
+            send_error(c, id, "forbidden", ch->kind == CHANGE_EDIT ? "only the sender may edit a message"
+                                                                 : "only the sender, or a group's owner or admin, may delete a message");
+        else
+            send_job_error(c, id, j->rc, j->unavailable, ch->why);
+        return;
+    }
+    json_t *o = json_pack("{s:s,s:s,s:I,s:I,s:I}", "op", "ack", "id", id, "conv", (json_int_t)ch->conv, "seq",
+                          (json_int_t)ch->seq, "mod", (json_int_t)ch->mod);
+    conn_send_json(c, o);
+    json_decref(o);
+}
+
+/* A change job of kind from a parsed op (owned copies). */
+struct job *proto_change_job(struct chat_worker *cw, struct conn *c, enum store_change_kind kind, int64_t user,
+                             int64_t conv, int64_t seq, const char *text, size_t text_len, job_done_fn reply)
+{
+    struct job *j = chat_job(cw, JOB_CHANGE, c, reply);
+    struct job_change *ch = &j->u.change;
+    ch->kind = kind;
+    ch->user = user;
+    ch->conv = conv;
+    ch->seq = seq;
+    if (text) {
+        ch->text = xmalloc(text_len + 1);
+        memcpy(ch->text, text, text_len);
+        ch->text[text_len] = '\0';
+        ch->text_len = text_len;
+    }
+    return j;
+}
+
+static void op_change(struct chat_worker *cw, struct conn *c, const struct proto_op *op)
+{
+    enum store_change_kind kind = op->kind == OP_EDIT     ? CHANGE_EDIT
+                                  : op->kind == OP_DELETE ? CHANGE_DELETE
+                                  : op->on                ? CHANGE_REACT_ON
+                                                          : CHANGE_REACT_OFF;
+    const char *text = op->kind == OP_EDIT ? op->body : op->kind == OP_REACT ? op->emoji : NULL;
+    size_t len = op->kind == OP_EDIT ? op->body_len : text ? strlen(text) : 0;
+    struct job *j = proto_change_job(cw, c, kind, c->user_id, op->conv, op->seq, text, len, change_answered);
+    j->u.change.request_id = xstrdup(op->id);
+    int64_t retry;
+    if (chat_change(cw, j, &retry) < 0)
+        send_error(c, op->id, "rate_limited", "too many changes; slow down");
 }
 
 /* Fills a send job from a parsed message (shared with HTTP's POST .../messages). */
@@ -98,6 +170,13 @@ void proto_fill_send(struct job *j, int64_t user, int64_t conv, const struct pro
     s->body_len = m->body_len;
     s->body = xmalloc(m->body_len + 1);
     memcpy(s->body, m->body, m->body_len + 1);
+    s->reply_to = m->reply_to;
+    s->n_att = json_array_size(m->att);
+    if (s->n_att) {
+        s->att = xmalloc(s->n_att * sizeof *s->att);
+        for (size_t i = 0; i < s->n_att; i++)
+            s->att[i] = xstrdup(json_string_value(json_array_get(m->att, i)));
+    }
 }
 
 static void op_send(struct chat_worker *cw, struct conn *c, const struct proto_op *op)
@@ -115,18 +194,18 @@ static int cmp_pair(const void *a, const void *b)
     return x[0] < y[0] ? -1 : x[0] > y[0];
 }
 
-/* since: canonical conversation ids only ("1", never "01", " 1" or "+1": one
- * conversation, one key), each with an integer seq >= 0; anything else is
- * ignored, as is a key repeated. The answer is produced in parts
- * (chat_sync.c). */
-static void op_sync(struct chat_worker *cw, struct conn *c, const struct proto_op *op)
+/* since (and mods): canonical conversation ids only ("1", never "01", " 1"
+ * or "+1": one conversation, one key), each with an integer >= 0; anything
+ * else is ignored, as is a key repeated. Gives the ids sorted, and the
+ * position of each (malloc'd). */
+static size_t positions(json_t *obj, int64_t **conv_out, int64_t **after_out)
 {
-    size_t n = 0, cap = op->since ? json_object_size(op->since) : 0;
+    size_t n = 0, cap = obj ? json_object_size(obj) : 0;
     int64_t *pairs = xmalloc((cap ? cap : 1) * 2 * sizeof *pairs);
     const char *key;
     json_t *v;
-    if (op->since)
-        json_object_foreach(op->since, key, v) {
+    if (obj)
+        json_object_foreach(obj, key, v) {
             int64_t conv;
             if (util_parse_id(key, &conv) < 0 || !json_is_integer(v) || json_integer_value(v) < 0)
                 continue;
@@ -144,7 +223,18 @@ static void op_sync(struct chat_worker *cw, struct conn *c, const struct proto_o
         after[m++] = pairs[2 * i + 1];
     }
     free(pairs);
-    chat_sync(cw, c, conv, after, m);
+    *conv_out = conv;
+    *after_out = after;
+    return m;
+}
+
+/* The answer is produced in parts (chat_sync.c). */
+static void op_sync(struct chat_worker *cw, struct conn *c, const struct proto_op *op)
+{
+    int64_t *conv, *after, *mconv, *mafter;
+    size_t n = positions(op->since, &conv, &after);
+    size_t mn = positions(op->mods, &mconv, &mafter);
+    chat_sync(cw, c, conv, after, n, mconv, mafter, mn);
 }
 
 static void read_answered(struct job *j)
@@ -190,6 +280,37 @@ int proto_check_message(json_t *obj, size_t max_body, struct proto_op *op, const
         op->id = NULL; /* not echoed: it is not a valid client id */
         BAD("id must be a string of 1-128 characters");
     }
+    json_t *rv = json_object_get(obj, "reply_to"), *av = json_object_get(obj, "attachments");
+    if (rv && !json_is_null(rv) && !(op->reply_to = proto_json_id(rv)))
+        BAD("reply_to must be the seq of a message of the conversation");
+    if (av && !json_is_null(av)) {
+        size_t i, n = json_array_size(av);
+        json_t *a;
+        if (!json_is_array(av) || n > STORE_MAX_ATTACH)
+            BAD("attachments must be an array of at most 10 attachment ids");
+        json_array_foreach(av, i, a) {
+            size_t l = json_string_length(a);
+            if (!json_is_string(a) || l < 1 || l > 64 || strlen(json_string_value(a)) != l)
+                BAD("attachments must be an array of attachment ids");
+        }
+        op->att = n ? av : NULL;
+    }
+    if (!json_is_string(bv) || (json_string_length(bv) < 1 && !op->att))
+        BAD("body must be a non-empty string (or \"\" with attachments)");
+    op->body = json_string_value(bv);
+    op->body_len = json_string_length(bv);
+    if (op->body_len > max_body) {
+        *code = "too_large";
+        *message = "body too large";
+        return -1;
+    }
+    return 0;
+}
+
+int proto_check_edit_body(json_t *obj, size_t max_body, struct proto_op *op, const char **code,
+                          const char **message)
+{
+    json_t *bv = json_object_get(obj, "body");
     if (!json_is_string(bv) || json_string_length(bv) < 1)
         BAD("body must be a non-empty string");
     op->body = json_string_value(bv);
@@ -199,6 +320,99 @@ int proto_check_message(json_t *obj, size_t max_body, struct proto_op *op, const
         *message = "body too large";
         return -1;
     }
+    return 0;
+}
+
+/* One code point of UTF-8 at p (valid: the frame was checked), its length in *n. */
+static uint32_t utf8_next(const unsigned char *p, size_t left, size_t *n)
+{
+    if (p[0] < 0x80 || left < 2) {
+        *n = 1;
+        return p[0];
+    }
+    if (p[0] < 0xe0) {
+        *n = 2;
+        return (uint32_t)(p[0] & 0x1f) << 6 | (p[1] & 0x3f);
+    }
+    if (p[0] < 0xf0 || left < 4) {
+        *n = left < 3 ? left : 3;
+        return *n < 3 ? 0 : (uint32_t)(p[0] & 0x0f) << 12 | (uint32_t)(p[1] & 0x3f) << 6 | (p[2] & 0x3f);
+    }
+    *n = 4;
+    return (uint32_t)(p[0] & 0x07) << 18 | (uint32_t)(p[1] & 0x3f) << 12 | (uint32_t)(p[2] & 0x3f) << 6 | (p[3] & 0x3f);
+}
+
+/* Unicode's White_Space and the C0/C1 controls. */
+static int space_or_control(uint32_t c)
+{
+    return c <= 0x20 || (c >= 0x7f && c <= 0xa0) || c == 0x1680 || (c >= 0x2000 && c <= 0x200a) ||
+           c == 0x2028 || c == 0x2029 || c == 0x202f || c == 0x205f || c == 0x3000 || c == 0xfeff;
+}
+
+int proto_emoji_ok(const char *e, size_t len)
+{
+    if (!e || len < 1 || len > 32 || strlen(e) != len || !ws_utf8_valid((const uint8_t *)e, len))
+        return 0;
+    const unsigned char *p = (const unsigned char *)e;
+    for (size_t i = 0, n; i < len; i += n)
+        if (space_or_control(utf8_next(p + i, len - i, &n)))
+            return 0;
+    return 1;
+}
+
+/* Punctuation and symbols that separate words beyond ASCII: Latin-1's,
+ * the general punctuation block, and CJK punctuation. */
+static int separator(uint32_t c)
+{
+    if (c < 0x80)
+        return !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'));
+    return space_or_control(c) || (c >= 0xa1 && c <= 0xbf) || c == 0xd7 || c == 0xf7 ||
+           (c >= 0x2000 && c <= 0x206f) || (c >= 0x3000 && c <= 0x303f) || (c >= 0xfe30 && c <= 0xfe4f) ||
+           (c >= 0xff01 && c <= 0xff0f);
+}
+
+size_t proto_search_words(const char *q, size_t len, size_t max_word, size_t max_words, struct buf *out)
+{
+    const unsigned char *p = (const unsigned char *)q;
+    size_t n = 0, i = 0;
+    if (!ws_utf8_valid(p, len))
+        return 0;
+    while (i < len && n < max_words) {
+        size_t k;
+        while (i < len && separator(utf8_next(p + i, len - i, &k)))
+            i += k;
+        size_t start = i;
+        while (i < len && !separator(utf8_next(p + i, len - i, &k)))
+            i += k;
+        if (i == start)
+            break;
+        size_t wl = i - start;
+        if (wl > max_word) { /* cut at a character boundary */
+            wl = max_word;
+            while (wl > 0 && (p[start + wl] & 0xc0) == 0x80)
+                wl--;
+        }
+        buf_append(out, q + start, wl);
+        buf_append(out, "", 1);
+        n++;
+    }
+    return n;
+}
+
+/* edit, delete, react: {"id","conv","seq"} */
+static int parse_change(struct proto_op *op, const char **code, const char **message)
+{
+    json_t *idv = json_object_get(op->root, "id");
+    op->id = json_string_value(idv);
+    if (!op->id || json_string_length(idv) < 1 || strlen(op->id) != json_string_length(idv) ||
+        util_utf8_chars(op->id) > 128) {
+        op->id = NULL;
+        BAD("id must be a string of 1-128 characters");
+    }
+    op->conv = int_field(op->root, "conv");
+    op->seq = int_field(op->root, "seq");
+    if (!op->conv || !op->seq)
+        BAD("needs conv and seq: the message");
     return 0;
 }
 
@@ -317,6 +531,11 @@ int proto_parse(const char *text, size_t len, size_t max_body, struct proto_op *
             BAD("since must be an object of conversation id -> seq");
         if (json_is_null(op->since))
             op->since = NULL;
+        op->mods = json_object_get(op->root, "mods");
+        if (op->mods && !json_is_object(op->mods) && !json_is_null(op->mods))
+            BAD("mods must be an object of conversation id -> mod");
+        if (json_is_null(op->mods))
+            op->mods = NULL;
         return 0;
     }
     if (strcmp(name, "read") == 0) {
@@ -333,6 +552,29 @@ int proto_parse(const char *text, size_t len, size_t max_body, struct proto_op *
         op->conv = int_field(op->root, "conv");
         if (!op->conv)
             BAD("typing needs conv");
+        return 0;
+    }
+    if (strcmp(name, "edit") == 0) {
+        op->kind = OP_EDIT;
+        if (parse_change(op, code, message) < 0)
+            return -1;
+        return proto_check_edit_body(op->root, max_body, op, code, message);
+    }
+    if (strcmp(name, "delete") == 0) {
+        op->kind = OP_DELETE;
+        return parse_change(op, code, message);
+    }
+    if (strcmp(name, "react") == 0) {
+        op->kind = OP_REACT;
+        if (parse_change(op, code, message) < 0)
+            return -1;
+        json_t *ev = json_object_get(op->root, "emoji"), *onv = json_object_get(op->root, "on");
+        op->emoji = json_string_value(ev);
+        if (!op->emoji || !proto_emoji_ok(op->emoji, json_string_length(ev)))
+            BAD("emoji must be 1-32 bytes of UTF-8 without whitespace or control characters");
+        if (!json_is_boolean(onv))
+            BAD("react needs on: true or false");
+        op->on = json_is_true(onv);
         return 0;
     }
     if (strcmp(name, "ping") == 0) {
@@ -375,6 +617,9 @@ void proto_handle(void *ctx, struct conn *c, const char *text, size_t len)
         case OP_SYNC: op_sync(cw, c, &op); break;
         case OP_READ: op_read(cw, c, &op); break;
         case OP_TYPING: op_typing(cw, c, &op); break;
+        case OP_EDIT:
+        case OP_DELETE:
+        case OP_REACT: op_change(cw, c, &op); break;
         case OP_PING: {
             json_t *p = json_pack("{s:s}", "op", "pong");
             conn_send_json(c, p);

@@ -47,6 +47,7 @@ void read_free(struct read *r)
         return;
     free(r->str);
     free(r->str2);
+    free(r->mods);
     decref(r->since);
     decref(r->result);
     decref(r->extra);
@@ -128,11 +129,30 @@ static int run_repair(struct store *st, struct read *r, int per_conv)
         }
     }
     free(last);
+    json_t *changed = json_array();
+    if (rc == STORE_OK && r->mods && r->n) {
+        int64_t *mods = xmalloc(r->n * sizeof *mods);
+        rc = store_conv_last_mods(st, r->ids, r->n, mods);
+        for (size_t i = 0; i < r->n && rc == STORE_OK; i++) {
+            if (r->mods[i] < 0 || mods[i] <= r->mods[i])
+                continue;
+            json_t *page;
+            int64_t last_mod;
+            rc = store_changes_page(st, r->ids[i], r->mods[i], per_conv, &page, &last_mod);
+            if (rc == STORE_OK) {
+                json_array_extend(changed, page);
+                json_decref(page);
+            }
+        }
+        free(mods);
+    }
     if (rc != STORE_OK) {
         json_decref(msgs);
+        json_decref(changed);
         return rc;
     }
     r->result = msgs;
+    r->extra = changed;
     return STORE_OK;
 }
 

@@ -39,7 +39,9 @@ enum read_kind {
     READ_MEMBERSHIP,   /* ids = users: result = [[user, conv], ...] for every conversation of each */
     READ_REPUBLISH,    /* conv, seq: result = that message, ids = the conversation's members */
     READ_REPAIR,       /* ids = conversations, ids2 = the seq each was delivered up to: result =
-                          [msgs] after those (at most per_conv each), only for those behind */
+                          [msgs] after those (at most per_conv each), only for those behind; mods
+                          (NULL: none) = the mod each was delivered up to (-1: unknown, skipped):
+                          extra = [msgs] changed after those, each conversation's in mod order */
     READ_CONV_VIEW,    /* conv: result = the shared part, pos = every member's read position */
     READ_CHANGES,      /* conv, user (must be a member), after (a mod), limit: result = [msgs] with mod >
                           after in mod order; seq = the conversation's last_mod */
@@ -75,6 +77,7 @@ struct read {
     int has_more;
     char *pwhash;           /* owned */
     int64_t *ids, *ids2;    /* owned */
+    int64_t *mods;          /* owned (READ_REPAIR) */
     size_t n, n2;
     struct store_pos *pos;  /* owned */
     size_t npos;

@@ -74,10 +74,11 @@ void writer_free(struct writer *wr);
 
 /* The batch itself, exposed for the unit test: runs jobs (linked by
  * ev.next) on st in one transaction, exactly as the thread does; then hands
- * each new message to publish() (may be NULL) with its frame and the
- * members the batch saw, and each job to deliver(). Returns the number of
- * jobs. */
-typedef void (*writer_publish_fn)(void *ctx, const struct job *j, struct frame *f, struct idlist *members);
+ * to publish() (may be NULL) each new message (BUS_MSG: its frame, and the
+ * members the batch saw as users), then each job's own publication
+ * (job->publish: a change's BUS_UPDATE), then each job to deliver().
+ * publish borrows m. Returns the number of jobs. */
+typedef void (*writer_publish_fn)(void *ctx, struct bus_msg *m);
 typedef void (*writer_deliver_fn)(void *ctx, struct job *j);
 int writer_run_batch(struct store *st, struct job *batch, writer_exec_fn exec, writer_publish_fn publish,
                      writer_deliver_fn deliver, void *ctx);

@@ -844,7 +844,9 @@ static struct bus_msg *sample(enum bus_kind kind)
 static void test_envelope(void **state)
 {
     (void)state;
-    for (int k = BUS_MSG; k <= BUS_CONV_PUSH; k++) {
+    static const enum bus_kind kinds[] = {BUS_MSG, BUS_CONV_EVENT, BUS_PRESENCE, BUS_CONV_PUSH, BUS_UPDATE};
+    for (size_t ki = 0; ki < sizeof kinds / sizeof kinds[0]; ki++) {
+        int k = (int)kinds[ki];
         struct bus_msg *m = sample((enum bus_kind)k);
         struct buf b;
         buf_init(&b);

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "chat_tx.h"
+#include "rows.h"
 #include "store_sqlite.h"
 #include "writer.h"
 
@@ -78,16 +79,19 @@ static void deliver(void *ctx, struct job *j)
     f->delivered[f->ndelivered++] = j;
 }
 
-static void fanout(void *ctx, const struct job *j, struct frame *fr, struct idlist *members)
+static void fanout(void *ctx, struct bus_msg *m)
 {
     struct fixture *f = ctx;
+    struct frame *fr = m->frame;
+    struct idlist *members = m->users;
+    assert_int_equal(m->kind, BUS_MSG);
     /* a server frame: FIN|TEXT, then a 7-bit, 16-bit or 64-bit length */
     assert_int_equal(fr->data[0], 0x81);
     size_t hl = (fr->data[1] & 0x7f) < 126 ? 2 : (fr->data[1] & 0x7f) == 126 ? 4 : 10;
     json_error_t e;
     json_t *o = json_loadb((const char *)fr->data + hl, fr->len - hl, JSON_ALLOW_NUL, &e);
     assert_non_null(o);
-    assert_int_equal(json_integer_value(json_object_get(o, "conv")), j->u.send.conv);
+    assert_int_equal(json_integer_value(json_object_get(o, "conv")), m->conv);
     f->fan_members[f->nfanned] = members->n;
     f->fanned[f->nfanned++] = o;
 }
@@ -296,6 +300,54 @@ static void test_large_batch(void **state)
     json_decref(page);
 }
 
+/* The hand-written msg frame holds exactly the object rows_msg +
+ * rows_msg_v2 + "op" would, for any body: every control character, quotes,
+ * backslashes, NUL, multi-byte UTF-8; with and without the version-2 fields. */
+static void test_msg_frame_matches_rows(void **state)
+{
+    (void)state;
+    char body[200];
+    size_t n = 0;
+    for (int c = 0; c < 0x20; c++)
+        body[n++] = (char)c;
+    const char *rest = "\"q\" \\ / \x7f caf\xc3\xa9 \xf0\x9f\x91\x8d end";
+    memcpy(body + n, rest, strlen(rest));
+    n += strlen(rest);
+    body[n] = '\0';
+    for (int v2 = 0; v2 < 2; v2++) {
+        struct job *j = job_new(JOB_SEND, NULL, NULL, NULL, NULL);
+        struct job_send *s = &j->u.send;
+        s->conv = 7;
+        s->seq = 123456789012LL;
+        s->sender = 42;
+        s->ts = 1700000000123LL;
+        s->client_id = strdup("id \"\\\t\xc3\xa9");
+        s->body = malloc(n + 1);
+        memcpy(s->body, body, n + 1);
+        s->body_len = n;
+        if (v2) {
+            s->reply_to = 5;
+            s->att_out = json_pack("[{ss ss ss sI}]", "id", "a\"b", "name", "x.png", "type", "image/png", "size",
+                                   (json_int_t)10);
+        }
+        struct frame *fr = writer_msg_frame(j);
+        size_t hl = (fr->data[1] & 0x7f) < 126 ? 2 : (fr->data[1] & 0x7f) == 126 ? 4 : 10;
+        json_error_t e;
+        json_t *got = json_loadb((const char *)fr->data + hl, fr->len - hl, JSON_ALLOW_NUL, &e);
+        if (!got)
+            fail_msg("not JSON: %s", e.text);
+        json_t *want = rows_msg(s->conv, s->seq, s->sender, s->client_id, s->body, s->body_len, s->ts);
+        struct rows_msg_v2 x = {.reply_to = s->reply_to, .attachments = s->att_out ? json_incref(s->att_out) : NULL};
+        rows_msg_v2(want, &x);
+        json_object_set_new(want, "op", json_string("msg"));
+        assert_true(json_equal(got, want));
+        json_decref(got);
+        json_decref(want);
+        frame_unref(fr);
+        job_free(j);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -306,6 +358,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_failing_job_rolls_back_only_itself, setup, teardown),
         cmocka_unit_test_setup_teardown(test_member_added_mid_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_large_batch, setup, teardown),
+        cmocka_unit_test(test_msg_frame_matches_rows),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
