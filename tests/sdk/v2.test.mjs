@@ -40,7 +40,7 @@ function collectUpdates(c) {
   return all;
 }
 
-test('edit, react and delete over the socket: acks with dense mods, update events on both sides', async () => {
+test('edit, react and delete over the socket: acks with dense mods, update events on both sides', { timeout: 30000 }, async () => {
   const { a, b, conv } = await pair();
   const ua = collectUpdates(a);
   const ub = collectUpdates(b);
@@ -85,7 +85,7 @@ test('edit, react and delete over the socket: acks with dense mods, update event
   assert.equal(page.messages.find((m) => m.seq === m2.seq).deleted, true);
 });
 
-test('refusals: edit of another user\'s message, bad emoji, editing a deleted message, empty edit', async () => {
+test('refusals: edit of another user\'s message, bad emoji, editing a deleted message, empty edit', { timeout: 30000 }, async () => {
   const { a, b, conv } = await pair();
   const m1 = await a.send(conv, 'mine');
   await assert.rejects(b.edit(conv, m1.seq, 'not yours'), { code: 'forbidden' });
@@ -98,7 +98,7 @@ test('refusals: edit of another user\'s message, bad emoji, editing a deleted me
   await assert.rejects(b.react(conv, m1.seq, '👍'), { code: 'bad_request' });
 });
 
-test('ops over HTTP while the socket is down; /changes pages the changes', async () => {
+test('ops over HTTP while the socket is down; /changes pages the changes', { timeout: 30000 }, async () => {
   const { a, b, conv } = await pair();
   const sb = states(b);
   const m1 = await a.send(conv, 'typo hre');
@@ -115,7 +115,7 @@ test('ops over HTTP while the socket is down; /changes pages the changes', async
   assert.deepEqual((await b.changes(conv, { afterMod: 2 })).messages, []);
 });
 
-test('a reply carries reply_to to every member', async () => {
+test('a reply carries reply_to to every member', { timeout: 30000 }, async () => {
   const { a, b, conv } = await pair();
   const mb = collect(b);
   const q = await a.send(conv, 'question?');
@@ -127,7 +127,7 @@ test('a reply carries reply_to to every member', async () => {
   await assert.rejects(b.send(conv, 'to nothing', { replyTo: 999 }), { code: 'bad_request' });
 });
 
-test('attachments: upload with progress, send, download with the token, Range, strangers refused', async () => {
+test('attachments: upload with progress, send, download with the token, Range, strangers refused', { timeout: 30000 }, async () => {
   const { a, b, conv } = await pair();
   const mb = collect(b);
   const bytes = new Uint8Array(200 * 1024);
@@ -171,7 +171,7 @@ test('attachments: upload with progress, send, download with the token, Range, s
   assert.ok(ack.seq >= 1);
 });
 
-test('search: whole words, accents, prefix, paging with next, one conversation', async () => {
+test('search: whole words, accents, prefix, paging with next, one conversation', { timeout: 30000 }, async () => {
   const { a, b, conv } = await pair();
   const other = await a.createGroup('elsewhere', []);
   const word = `zebra${Date.now().toString(36)}`;
@@ -201,7 +201,7 @@ test('search: whole words, accents, prefix, paging with next, one conversation',
   await assert.rejects(b.search(word, { conv: other.id }), { code: 'not_found' });
 });
 
-test('offline, then back: the sync with mods brings every message to its current state', async () => {
+test('offline, then back: the sync with mods brings every message to its current state', { timeout: 30000 }, async () => {
   const { a, b, conv } = await pair();
   const sb = states(b);
   const m = [];
@@ -234,7 +234,7 @@ test('offline, then back: the sync with mods brings every message to its current
   assert.equal(sent.length, 3);
 });
 
-test('a missed update frame (mod skips ahead) triggers a sync that repairs it', async () => {
+test('a missed update frame (mod skips ahead) triggers a sync that repairs it', { timeout: 30000 }, async () => {
   let swallow = false;
   const tap = tapSocket({ incoming: (f) => swallow && f.op === 'update' && f.mod === 2 });
   const { a, b, conv } = await pair({}, { WebSocket: tap.TapSocket });
@@ -256,7 +256,7 @@ test('a missed update frame (mod skips ahead) triggers a sync that repairs it', 
   assert.equal(sb.get(conv, m2.seq).body, 'two, edited');
 });
 
-test('an op in flight when the socket dies is sent again after the reconnect', async () => {
+test('an op in flight when the socket dies is sent again after the reconnect', { timeout: 30000 }, async () => {
   let drop = false;
   const tap = tapSocket({ outgoing: (f, sock) => { if (drop && f.op === 'edit') { drop = false; setTimeout(() => sock.kill(), 0); return true; } return false; } });
   const { a, b, conv } = await pair({ WebSocket: tap.TapSocket });
