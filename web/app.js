@@ -899,9 +899,11 @@ async function jumpTo(conv, seq) {
   if (!S.convs.has(conv)) return false;
   if (S.active !== conv) openConv(conv);
   const v = view(conv);
-  for (let i = 0; i < 100 && !v.msgs.has(seq); i++) {
+  // a load in flight would scroll to the bottom when it lands: let it land first
+  for (let i = 0; i < 100; i++) {
     if (v.loadingP) { await v.loadingP; continue; }
     if (!v.loaded) { await loadHistory(conv, { initial: true }); continue; }
+    if (v.msgs.has(seq)) break;
     const oldest = v.msgs.size ? Math.min(...v.msgs.keys()) : Infinity;
     if (!v.hasMore || oldest <= seq) break;
     await loadHistory(conv);
@@ -1157,7 +1159,7 @@ function searchRow(r, q) {
     type: 'button', class: 'search-result', 'data-testid': 'search-result', dataset: { conv: String(r.conv), seq: String(r.seq) },
     'aria-label': `${who} in ${where}, ${listTime(r.ts)}: ${body}`,
   }, el('span', { class: 'sr-head' }, el('span', { class: 'sr-where', text: where }), el('time', { class: 'sr-time', text: listTime(r.ts) })),
-  el('span', { class: 'sr-who', text: who }), text);
+  r.from === S.me.id || !c || c.kind === 'group' ? el('span', { class: 'sr-who', text: r.from === S.me.id ? 'You' : who }) : null, text);
   btn.addEventListener('click', async () => {
     if (!S.convs.has(r.conv)) { try { upsertConv(await client.conversation(r.conv)); renderConvList(); } catch { toast('That conversation is gone.'); return; } }
     jumpTo(r.conv, r.seq);

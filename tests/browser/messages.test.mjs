@@ -271,6 +271,9 @@ test('screenshots at desktop and phone width; long press opens the menu on touch
   await a.page.getByTestId('message-search').press('Escape');
 
   await b.page.setViewportSize(SCREEN_PHONE);
+  await b.page.getByTestId('back').click(); // at phone width the list and the conversation take turns
+  await b.page.getByTestId('conv-list').waitFor();
+  await screenshot(b.page, 'v2-list-phone.png');
   await openConv(b, 'Ann');
   await screenshot(b.page, 'v2-conversation-phone.png');
   // a long press (touch) opens the menu as a sheet
