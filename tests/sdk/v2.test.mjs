@@ -268,3 +268,18 @@ test('an op in flight when the socket dies is sent again after the reconnect', {
   await waitFor(() => sb.get(conv, m1.seq) && sb.get(conv, m1.seq).body === 'fixed', 5000, 'b sees the edit');
   assert.ok(tap.sockets.length >= 2, 'it reconnected');
 });
+
+test('in a group the owner deletes a member\'s message; a member cannot delete the owner\'s', { timeout: 30000 }, async () => {
+  const owner = track(await signedUp(srv, {}, 'o'));
+  const member = track(await signedUp(srv, {}, 'm'));
+  const g = await owner.createGroup('crew', [member.user.id]);
+  await waitFor(() => member.cursor(g.id) !== undefined, 5000, 'member knows the group');
+  const seen = states(member);
+  const mine = await owner.send(g.id, 'from the owner');
+  const theirs = await member.send(g.id, 'from a member');
+  await assert.rejects(member.deleteMessage(g.id, mine.seq), { code: 'forbidden' });
+  const d = await owner.deleteMessage(g.id, theirs.seq);
+  assert.equal(d.mod, 1);
+  await waitFor(() => seen.get(g.id, theirs.seq) && seen.get(g.id, theirs.seq).deleted, 5000, 'the member sees the tombstone');
+  assert.equal(seen.get(g.id, theirs.seq).body, '');
+});
