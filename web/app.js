@@ -731,7 +731,9 @@ function fillMessage(node, m, c) {
   if (deleted) node.dataset.deleted = 'true'; else delete node.dataset.deleted;
   const body = node.querySelector('.msg-body');
   body.textContent = deleted ? 'Message deleted' : m.body;
-  body.hidden = !deleted && !m.body;
+  const editing = node.querySelector('.msg-edit');
+  if (editing && deleted) { editing.remove(); node.classList.remove('editing'); } // nothing left to edit
+  body.hidden = (!deleted && !m.body) || (!!editing && !deleted);
   node.querySelector('.msg-edited').hidden = deleted || !m.edited_at;
   if (m.edited_at) node.querySelector('.msg-edited').title = `Edited ${fmtFull.format(new Date(m.edited_at))}`;
   // the quote of the message this one answers

@@ -136,6 +136,10 @@ test('attach an image and a file: progress, inline image, download chip', { time
 
   // drag and drop a file onto the conversation, with upload progress shown
   const big = Buffer.alloc(3 * 1024 * 1024, 7);
+  await b.page.evaluate(() => {
+    window.__progress = [];
+    window.parley.on('upload_progress', (p) => window.__progress.push([p.loaded, p.total]));
+  });
   await b.page.evaluate((b64) => {
     const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
     const dt = new DataTransfer();
@@ -146,6 +150,10 @@ test('attach an image and a file: progress, inline image, download chip', { time
   }, big.toString('base64'));
   await b.page.locator('[data-testid="attach-item"][data-name="dropped.bin"]').waitFor();
   await b.page.locator('[data-testid="attach-item"][data-state="done"]').waitFor();
+  const progress = await b.page.evaluate(() => window.__progress);
+  assert.deepEqual(progress[0], [0, big.length]);
+  assert.deepEqual(progress.at(-1), [big.length, big.length]);
+  assert.ok(progress.every(([l], i) => i === 0 || l >= progress[i - 1][0]), 'progress only grows');
   await b.page.getByTestId('composer').press('Enter'); // an attachment alone: no text needed
   await message(a.page, 'dropped.bin', 'att-name').waitFor();
   assert.equal(await message(a.page, 'dropped.bin', 'att-name').getByTestId('att-size').textContent(), '3.0 MB');
