@@ -836,7 +836,9 @@ function openMenu(button, m) {
   const mw = menu.offsetWidth;
   const mh = menu.offsetHeight;
   if (window.matchMedia('(min-width: 760px)').matches) {
-    let left = Math.min(window.innerWidth - mw - 8, Math.max(8, r.right - mw));
+    // open toward the middle of the conversation: leftward from own messages, rightward from others'
+    const want = m.from === S.me.id ? r.right - mw : r.left;
+    const left = Math.min(window.innerWidth - mw - 8, Math.max(8, want));
     let top = r.bottom + 4;
     if (top + mh > window.innerHeight - 8) top = Math.max(8, r.top - mh - 4);
     menu.style.left = `${left}px`;

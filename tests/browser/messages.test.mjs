@@ -259,6 +259,29 @@ test('desktop notifications: asked for with the button only, shown for conversat
   assert.equal(await d.page.evaluate(() => window.__notes.shown.length), 1);
 });
 
+test('in a group the owner deletes a member\'s message; the member may not delete the owner\'s', { timeout: 120000 }, async () => {
+  const bid = await b.page.evaluate(() => window.parley.user.id);
+  await a.page.evaluate((id) => window.parley.createGroup('Crew', [id]), bid);
+  await openConv(a, 'Crew');
+  await send(a, 'owner speaking');
+  await openConv(b, 'Crew');
+  await send(b, 'member speaking');
+  await waitBodies(a.page, ['owner speaking', 'member speaking']);
+  await message(b.page, 'owner speaking').hover();
+  await message(b.page, 'owner speaking').getByTestId('msg-menu-button').click();
+  await b.page.getByTestId('menu-reply').waitFor();
+  assert.equal(await b.page.getByTestId('menu-delete').count(), 0);
+  await b.page.keyboard.press('Escape');
+  await message(a.page, 'member speaking').hover();
+  await message(a.page, 'member speaking').getByTestId('msg-menu-button').click();
+  await a.page.getByTestId('menu-delete').waitFor();
+  assert.equal(await a.page.getByTestId('menu-edit').count(), 0); // not the owner's to edit
+  await a.page.getByTestId('menu-delete').click();
+  await a.page.getByTestId('delete-confirm').click();
+  await waitBodies(b.page, ['owner speaking', 'Message deleted']);
+  await waitBodies(a.page, ['owner speaking', 'Message deleted']);
+});
+
 // quickUser in a context made beforehand (to install init scripts first).
 async function quickUserIn(u, prefix, display) {
   const orig = env.open;
