@@ -13,6 +13,7 @@
 DO $do$
 DECLARE
     s name;
+    c name;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'unaccent') THEN
         IF EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'public') THEN
@@ -28,9 +29,18 @@ BEGIN
     END IF;
     SELECT n.nspname INTO s FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
      WHERE e.extname = 'unaccent';
+    -- Case is folded here too, by a Unicode-aware collation: to_tsvector folds
+    -- with the database's LC_CTYPE, which in a "C" database (initdb
+    -- --no-locale) folds ASCII only, and Ж would not find ж.
+    SELECT collname INTO c FROM pg_collation
+     WHERE collname IN ('und-x-icu', 'C.utf8', 'C.UTF-8') AND collencoding IN (-1, 6)
+     ORDER BY collname = 'und-x-icu' DESC, collname LIMIT 1;
     EXECUTE format('CREATE FUNCTION parley_unaccent(text) RETURNS text'
                    ' LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS %L',
-                   format('SELECT %I.unaccent(%L::regdictionary, $1)', s, quote_ident(s) || '.unaccent'));
+                   CASE WHEN c IS NULL
+                        THEN format('SELECT %I.unaccent(%L::regdictionary, $1)', s, quote_ident(s) || '.unaccent')
+                        ELSE format('SELECT lower(%I.unaccent(%L::regdictionary, $1) COLLATE %I)', s,
+                                    quote_ident(s) || '.unaccent', c) END);
 END
 $do$;
 

@@ -2140,6 +2140,21 @@ fail:
  * once per conversation (atomic under BEGIN IMMEDIATE, see conv_set_last).
  * A failed insert does not abort an SQLite transaction, so this is safe
  * here; a backend where it would (PostgreSQL) looks resends up first. */
+struct pos_key {
+    int64_t conv, sender;
+    size_t i;
+};
+
+static int cmp_pos_key(const void *a, const void *b)
+{
+    const struct pos_key *x = a, *y = b;
+    if (x->conv != y->conv)
+        return x->conv < y->conv ? -1 : 1;
+    if (x->sender != y->sender)
+        return x->sender < y->sender ? -1 : 1;
+    return x->i < y->i ? -1 : x->i > y->i;
+}
+
 static int sq_send_batch(struct store *st_, struct store_send *v, size_t n, int64_t now,
                          struct store_batch_out *out)
 {
@@ -2235,20 +2250,24 @@ static int sq_send_batch(struct store *st_, struct store_send *v, size_t n, int6
     for (size_t k = 0; k < b.n && rc == STORE_OK; k++)
         if (b.v[k].count)
             rc = conv_set_last(st, b.v[k].conv, b.v[k].next - 1, now);
-    /* each sender's read position moves to its last new message */
-    for (size_t i = n; i-- > 0 && rc == STORE_OK;) {
-        if (fresh[i] != SEND_NEW)
+    /* each sender's read position moves to its last new message: the new
+     * sends sorted by (conv, sender, index), the last of each run */
+    size_t nnew = 0;
+    struct pos_key *pk = xmalloc((n ? n : 1) * sizeof *pk);
+    for (size_t i = 0; i < n; i++)
+        if (fresh[i] == SEND_NEW)
+            pk[nnew++] = (struct pos_key){v[i].conv, v[i].sender, i};
+    qsort(pk, nnew, sizeof *pk, cmp_pos_key);
+    for (size_t k = 0; k < nnew && rc == STORE_OK; k++) {
+        if (k + 1 < nnew && pk[k + 1].conv == pk[k].conv && pk[k + 1].sender == pk[k].sender)
             continue;
-        int later = 0;
-        for (size_t k = i + 1; k < n && !later; k++)
-            later = fresh[k] == SEND_NEW && v[k].conv == v[i].conv && v[k].sender == v[i].sender;
-        if (later)
-            continue;
+        const struct store_send *m = &v[pk[k].i];
         int64_t pos;
-        int r = sq_read_set(st_, v[i].conv, v[i].sender, v[i].seq, &pos);
+        int r = sq_read_set(st_, m->conv, m->sender, m->seq, &pos);
         if (r != STORE_OK && r != STORE_NOT_FOUND)
             rc = STORE_ERR;
     }
+    free(pk);
     for (size_t i = 0; i < n; i++) {
         if (first[i] == i)
             continue;
