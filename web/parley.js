@@ -661,6 +661,7 @@ export class ParleyClient {
   /** Save an attachment as a file (browser): fetched with the token, then offered as a download. */
   async download(att) {
     const a0 = typeof att === 'string' ? { id: att } : att;
+    if (!globalThis.document) throw new ParleyError('internal', 'download() needs a browser page: use attachmentBlob()');
     const url = await this.objectUrl(a0.id);
     const a = globalThis.document.createElement('a');
     a.href = url;
