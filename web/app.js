@@ -1473,7 +1473,11 @@ function wireClient() {
     const v = view(conv);
     // the whole message as it now is; one this view does not hold yet waits for its msg
     if (v.msgs.has(seq)) addMessage({ ...message, conv, seq }, { render: false });
-    else laterStates.set(`${conv}:${seq}`, { ...message, conv, seq });
+    else {
+      laterStates.set(`${conv}:${seq}`, { ...message, conv, seq });
+      // bounded: a view that loads later gets current states from history anyway
+      if (laterStates.size > 500) laterStates.delete(laterStates.keys().next().value);
+    }
     const c = S.convs.get(conv);
     if (c && c.last_message && c.last_message.seq === seq) { c.last_message = { ...c.last_message, ...message }; renderConvList(); }
     if (S.active === conv) {
