@@ -87,11 +87,12 @@ export async function start(opts = {}) {
   // The line that tells the port is logged at info; debug shows it too.
   if (env.PARLEY_LOG_LEVEL !== 'debug') env.PARLEY_LOG_LEVEL = 'info';
   const child = spawn(binary(), opts.args || [], { env, stdio: ['ignore', 'inherit', 'pipe'] });
-  const out = { text: '', onData: null };
+  const out = { text: '', onData: null, watchers: new Set() };
   child.stderr.on('data', (d) => {
     out.text += d;
     if (process.env.PARLEY_TEST_VERBOSE) process.stderr.write(d);
     if (out.onData) out.onData();
+    for (const w of [...out.watchers]) w();
   });
   const checkSanitizers = () => {
     const m = /(ERROR: (Address|Leak)Sanitizer|runtime error:)[^\n]*/.exec(out.text);
@@ -117,6 +118,23 @@ export async function start(opts = {}) {
     child,
     exited,
     get stderr() { return out.text; },
+    // Resolves the match of re in the server's log (level info) once a line matches, from
+    // the start of the log on: an event the server reports, waited for instead of polling.
+    waitForLog(re, timeoutMs = 10000) {
+      return new Promise((resolve, reject) => {
+        let timer;
+        const check = () => {
+          const m = re.exec(out.text);
+          if (!m) return;
+          clearTimeout(timer);
+          out.watchers.delete(check);
+          resolve(m);
+        };
+        timer = setTimeout(() => { out.watchers.delete(check); reject(new Error(`no log line matching ${re} within ${timeoutMs} ms: ${out.text.slice(-1000)}`)); }, timeoutMs);
+        out.watchers.add(check);
+        check();
+      });
+    },
     // Graceful stop; resolves {code, sig}. Removes the data dir unless keep.
     // Throws if the server reported a sanitizer error (ASan, LSan, UBSan):
     // under `make test-asan` that is how a leak or UB fails the suite.
