@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import {
   startServer, http, signupMany, uniq, assertError, createGroup, getConv, openSocket, closeAll, sleep,
 } from './helpers.mjs';
+import { rawWebSocket } from './abuse.mjs';
 
 let srv;
 before(async () => { srv = await startServer({ PARLEY_SEND_RATE: '1', PARLEY_SEND_BURST: '3' }); });
@@ -94,4 +95,32 @@ test('frames: a message fragmented into frames under 64 KiB each but over it in 
     assert.ok(!conn.log.some((x) => x.id === 'frag-big'), 'no answer to the oversized message');
     assert.equal((await getConv(srv, f, g.id)).last_seq, 1, 'only the message that fit was stored');
   } finally { await conn.close(); }
+});
+
+test('frames: a frame header that announces more than 64 KiB is refused (1009) before any of its payload is sent', async () => {
+  const [u] = await signupMany(srv, 1, 'hdr');
+  const s = await rawWebSocket(srv.port, u.token);
+  try {
+    // a masked text frame header announcing 1 MiB, then nothing: the server must not wait
+    const head = Buffer.alloc(14);
+    head[0] = 0x81; head[1] = 0x80 | 127; head.writeBigUInt64BE(1n << 20n, 2); // bytes 10-13: the mask
+    s.write(head);
+    const bytes = await new Promise((resolve, reject) => {
+      const chunks = [];
+      const t = setTimeout(() => reject(new Error('not closed within 5 s')), 5000);
+      s.on('data', (d) => chunks.push(d));
+      s.on('close', () => { clearTimeout(t); resolve(Buffer.concat(chunks)); });
+      s.resume();
+    });
+    // skip the hello and presence frames; the last frame is the close frame
+    let i = 0; let close = null;
+    while (i < bytes.length) {
+      const op = bytes[i] & 0x0f; let len = bytes[i + 1] & 0x7f; let off = i + 2;
+      if (len === 126) { len = bytes.readUInt16BE(off); off += 2; } else if (len === 127) { len = Number(bytes.readBigUInt64BE(off)); off += 8; }
+      if (op === 0x8) close = bytes.subarray(off, off + len);
+      i = off + len;
+    }
+    assert.ok(close, `a close frame: ${bytes.toString('latin1').slice(-80)}`);
+    assert.deepEqual([close.readUInt16BE(0), close.subarray(2).toString()], [1009, 'frame too big']);
+  } finally { s.destroy(); }
 });
