@@ -11,6 +11,7 @@
 #endif
 
 #include "accounts.h"
+#include "api_attach.h"
 #include "auth.h"
 #include "chat.h"
 #include "chat_limits.h"
@@ -926,7 +927,7 @@ static void api_conversations(struct conn *c, struct http_req *r, int64_t uid, c
 /* Routes as templates, never raw paths (the request counters' labels). */
 enum route_id { R_OTHER, R_STATIC, R_WS, R_HEALTH, R_READY, R_METRICS, R_SIGNUP, R_LOGIN, R_REFRESH, R_LOGOUT,
                 R_ME, R_USERS, R_CONVS, R_CONV, R_MESSAGES, R_MEMBERS, R_MEMBER, R_OPTIONS, R_MESSAGE, R_REACTION,
-                R_CHANGES, R_SEARCH, R_ATTACHMENTS, R_ATTACHMENT, R__N };
+                R_CHANGES, R_SEARCH, R_ATTACH, R_ATTACHMENT, R__N };
 static const char *const route_names[R__N] = {
     "other", "static", "/ws", "/healthz", "/readyz", "/metrics", "/api/auth/signup", "/api/auth/login",
     "/api/auth/refresh", "/api/auth/logout", "/api/me", "/api/users", "/api/conversations",
@@ -943,12 +944,14 @@ static int route_of(const char *p, int method)
         {"/metrics", R_METRICS}, {"/api/auth/signup", R_SIGNUP}, {"/api/auth/login", R_LOGIN},
         {"/api/auth/refresh", R_REFRESH}, {"/api/auth/logout", R_LOGOUT}, {"/api/me", R_ME},
         {"/api/users", R_USERS}, {"/api/conversations", R_CONVS}, {"/api/conversations/", R_CONVS},
-        {"/api/search", R_SEARCH}, {"/api/attachments", R_ATTACHMENTS}};
+        {"/api/search", R_SEARCH}, {"/api/attachments", R_ATTACH}, {"/api/attachments/", R_ATTACH}};
     if (method == HTTP_OPTIONS)
         return R_OPTIONS;
     for (size_t i = 0; i < sizeof exact / sizeof exact[0]; i++)
         if (strcmp(p, exact[i].path) == 0)
             return exact[i].id;
+    if (strncmp(p, "/api/attachments/", 17) == 0)
+        return R_ATTACHMENT;
     if (strncmp(p, "/api/conversations/", 19) == 0) {
         struct api_route rt = api_parse_conv_path(p + 19);
         if (!rt.ok)
@@ -961,8 +964,6 @@ static int route_of(const char *p, int method)
                : strcmp(rt.sub, "changes") == 0  ? R_CHANGES
                                                  : R_MEMBER;
     }
-    if (strncmp(p, "/api/attachments/", 17) == 0)
-        return R_ATTACHMENT;
     return strncmp(p, "/api/", 5) == 0 ? R_OTHER : R_STATIC;
 }
 
@@ -1104,6 +1105,16 @@ static void metrics_render(struct conn *c, const struct metrics_snapshot *m)
     buf_dispose(&b);
 }
 
+int api_body_start(void *ctx, struct conn *c, struct http_req *r, struct http_sink *sink)
+{
+    (void)ctx;
+    if (!c->admin && (strcmp(r->path, "/api/attachments") == 0 || strcmp(r->path, "/api/attachments/") == 0)) {
+        r->route = R_ATTACH;
+        return api_attach_body_start(c, r, sink);
+    }
+    return 0; /* every other body is read whole (PARLEY_MAX_HTTP_BODY) */
+}
+
 void api_handle(void *ctx, struct conn *c, struct http_req *r)
 {
     (void)ctx; /* c->w->ctx: the same chat_worker */
@@ -1157,6 +1168,10 @@ void api_handle(void *ctx, struct conn *c, struct http_req *r)
             api_logout(c, r);
         else
             http_respond_error(c, 404, "not_found", "no such route");
+        return;
+    }
+    if (r->route == R_ATTACH || r->route == R_ATTACHMENT) {
+        api_attach_handle(c, r);
         return;
     }
     int known = strcmp(p, "/api/me") == 0 || strcmp(p, "/api/users") == 0 || strcmp(p, "/api/search") == 0 ||

@@ -179,7 +179,7 @@ static void changes_read(struct read *r)
     if (n)
         json_array_foreach(r->result, i, m) {
             int64_t mod = (int64_t)json_integer_value(json_object_get(m, "mod"));
-            json_t *u = json_pack("{s:s,s:I,s:O,s:I,s:O}", "op", "update", "conv", json_object_get(m, "conv"), "seq",
+            json_t *u = json_pack("{s:s,s:O,s:O,s:I,s:O}", "op", "update", "conv", json_object_get(m, "conv"), "seq",
                                   json_object_get(m, "seq"), "mod", (json_int_t)mod, "message", m);
             conn_send_json(s->c, u);
             json_decref(u);

@@ -5,6 +5,7 @@
  * down in order: stop accepting and reading, flush the writer (acks go out),
  * close every socket with 1001, exit 0. */
 #include "api.h"
+#include "api_attach.h"
 #include "bus.h"
 #include "chat.h"
 #include "chat_tx.h"
@@ -40,6 +41,7 @@
  * core's end of a session. */
 static const struct conn_handler handler = {
     .on_request = api_handle,
+    .on_body_start = api_body_start,
     .on_message = proto_handle,
     .on_session_end = chat_session_end,
 };
@@ -179,6 +181,8 @@ int main(int argc, char **argv)
     if (sodium_init() < 0)
         return fail("libsodium failed to initialize", NULL);
     if (config_load_secret(&cfg, err, sizeof err) < 0)
+        return fail(err, NULL);
+    if (api_attach_prepare(&cfg, err, sizeof err) < 0) /* <data>/attachments/tmp, emptied */
         return fail(err, NULL);
     signal(SIGPIPE, SIG_IGN);
     /* Threads other than main get their own malloc arenas, which glibc shrinks

@@ -82,8 +82,10 @@ static struct store *get_replica(struct reader_pool *p, struct pool_conns *pc)
 }
 
 /* The conversations a read must see complete, with the seq each must reach
- * (the read's min_seq): a sync's asked conversations, a history page read
- * forward, a read that names its min_seq. 0 when any replica state will do. */
+ * (the read's min_seq): a sync's asked conversations, a history page (its
+ * messages' current state: every committed change), a read that names its
+ * min_seq. 0 when any replica state will do. Search, changes and
+ * attachments never read the replica (a delete must leave them at once). */
 static size_t complete_convs(const struct read *r, int64_t *convs, size_t max)
 {
     size_t n = 0;
@@ -95,7 +97,7 @@ static size_t complete_convs(const struct read *r, int64_t *convs, size_t max)
             if (n < max && util_parse_i64(key, &conv) == 0 && conv > 0)
                 convs[n++] = conv;
         }
-    } else if ((r->kind == READ_HISTORY && r->after >= 0) || r->min_seq > 0) {
+    } else if (r->kind == READ_HISTORY || r->min_seq > 0) {
         convs[n++] = r->conv;
     }
     return n;
@@ -128,6 +130,18 @@ static int replica_fresh(struct store *primary, struct store *replica, const str
         if (have[i] < need[i])
             return 0;
     }
+    /* Messages come back in their current state: a replica that has not
+     * replayed the last change (a delete above all) must not show the old
+     * text to the user who just changed it. */
+    if (store_conv_last_mods(primary, convs, n, need) != STORE_OK)
+        return 0;
+    if (store_conv_last_mods(replica, convs, n, have) != STORE_OK) {
+        *failed = 1;
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (have[i] < need[i])
+            return 0;
     return 1;
 }
 
