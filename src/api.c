@@ -320,6 +320,29 @@ static void created(struct job *j)
     http_respond_json(c, j->u.create.created ? 201 : 200, json_incref(j->u.create.view));
 }
 
+static int cmp_id(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* How many different ids other than self: sorted on a copy, O(n log n) for the
+ * at most a few thousand ids a 64 KiB body holds. */
+static size_t distinct_others(const int64_t *ids, size_t n, int64_t self)
+{
+    if (n == 0)
+        return 0;
+    int64_t *v = xmalloc(n * sizeof *v);
+    memcpy(v, ids, n * sizeof *v);
+    qsort(v, n, sizeof *v, cmp_id);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (v[i] != self && (i == 0 || v[i] != v[i - 1]))
+            k++;
+    free(v);
+    return k;
+}
+
 static void api_create_conv(struct conn *c, struct http_req *r, int64_t uid)
 {
     json_t *o = body_object(c, r);
@@ -343,8 +366,6 @@ static void api_create_conv(struct conn *c, struct http_req *r, int64_t uid)
             err = "title must be 1-128 characters";
         else if (members && !json_is_array(members))
             err = "members must be an array of user ids";
-        else if (json_array_size(members) + 1 > (size_t)cfg_of(c)->max_group)
-            err = "too many members";
         else {
             cc->title = xstrdup(title);
             cc->n_members = json_array_size(members);
@@ -352,6 +373,9 @@ static void api_create_conv(struct conn *c, struct http_req *r, int64_t uid)
             for (size_t i = 0; i < cc->n_members && !err; i++)
                 if (!(cc->members[i] = proto_json_id(json_array_get(members, i))))
                     err = "members must be an array of user ids";
+            /* the limit counts people: duplicates and the creator's own id are ignored */
+            if (!err && distinct_others(cc->members, cc->n_members, uid) + 1 > (size_t)cfg_of(c)->max_group)
+                err = "too many members";
         }
     } else {
         err = "kind must be \"direct\" or \"group\"";

@@ -91,9 +91,10 @@ static int parse_hostport(const char *what, const char *v, char host[256], int *
 {
     const char *colon = strrchr(v, ':');
     int64_t port;
-    if (!colon || colon == v || (size_t)(colon - v) >= 256 || util_parse_i64(colon + 1, &port) < 0 || port < 1 ||
+    if (!colon || colon == v || (size_t)(colon - v) >= 256 || util_parse_i64(colon + 1, &port) < 0 || port < 0 ||
         port > 65535) {
-        snprintf(err, errlen, "%s: expected host:port (port 1-65535), got '%s'", what, v);
+        /* port 0: the kernel picks one (tests), logged at startup */
+        snprintf(err, errlen, "%s: expected host:port (port 0-65535), got '%s'", what, v);
         return -1;
     }
     size_t n = (size_t)(colon - v);

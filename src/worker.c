@@ -1403,6 +1403,21 @@ struct worker *worker_new(const struct config *cfg, int index, int nworkers, cha
     return w;
 }
 
+int worker_bound_port(struct worker *w, int metrics)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    if (metrics && !w->has_mlistener)
+        return -1;
+    if (uv_tcp_getsockname(metrics ? &w->mlistener : &w->listener, (struct sockaddr *)&ss, &len) < 0)
+        return -1;
+    if (ss.ss_family == AF_INET)
+        return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    if (ss.ss_family == AF_INET6)
+        return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    return -1;
+}
+
 void worker_set_handler(struct worker *w, const struct conn_handler *h, void *ctx)
 {
     w->handler = h;

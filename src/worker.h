@@ -274,6 +274,9 @@ struct worker {
  * before worker_start. */
 struct worker *worker_new(const struct config *cfg, int index, int nworkers, char *err, size_t errlen);
 void worker_set_handler(struct worker *w, const struct conn_handler *h, void *ctx);
+/* The port the listener (metrics: the /metrics listener, worker 0 only) is
+ * bound to, or -1: what port 0 in the configuration became. */
+int worker_bound_port(struct worker *w, int metrics);
 /* Starts the thread. */
 int worker_start(struct worker *w);
 void worker_join(struct worker *w);
