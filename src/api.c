@@ -237,15 +237,25 @@ static void api_logout(struct conn *c, struct http_req *r)
 
 /* A read answered as 200 with its result, wrapped as {key: result} when the
  * read's str names a key, or as the error of its rc. */
-static void read_answered(struct read *r)
+/* A read's connection when it still waits and the read succeeded; NULL
+ * when it is gone or the failure was answered here. */
+static struct conn *read_answerable(struct read *r)
 {
     struct conn *c = r->conn;
     if (!alive(c))
-        return;
+        return NULL;
     if (r->rc != STORE_OK) {
         respond_rc(c, r->rc, 0);
-        return;
+        return NULL;
     }
+    return c;
+}
+
+static void read_answered(struct read *r)
+{
+    struct conn *c = read_answerable(r);
+    if (!c)
+        return;
     json_t *o = json_incref(r->result);
     http_respond_json(c, 200, r->str ? json_pack("{s:o}", r->str, o) : o);
 }
@@ -473,13 +483,9 @@ static void api_set_role(struct conn *c, struct http_req *r, int64_t uid, int64_
 
 static void history_read(struct read *r)
 {
-    struct conn *c = r->conn;
-    if (!alive(c))
+    struct conn *c = read_answerable(r);
+    if (!c)
         return;
-    if (r->rc != STORE_OK) {
-        respond_rc(c, r->rc, 0);
-        return;
-    }
     http_respond_json(c, 200, json_pack("{s:O,s:b}", "messages", r->result, "has_more", r->has_more));
 }
 
@@ -654,13 +660,9 @@ static void api_react(struct conn *c, int64_t uid, int64_t conv, int64_t seq, co
 
 static void changes_read(struct read *r)
 {
-    struct conn *c = r->conn;
-    if (!alive(c))
+    struct conn *c = read_answerable(r);
+    if (!c)
         return;
-    if (r->rc != STORE_OK) {
-        respond_rc(c, r->rc, 0);
-        return;
-    }
     http_respond_json(c, 200, json_pack("{s:O,s:I}", "messages", r->result, "last_mod", (json_int_t)r->seq));
 }
 
@@ -695,13 +697,9 @@ static void api_changes(struct conn *c, struct http_req *r, int64_t uid, int64_t
 
 static void search_read(struct read *r)
 {
-    struct conn *c = r->conn;
-    if (!alive(c))
+    struct conn *c = read_answerable(r);
+    if (!c)
         return;
-    if (r->rc != STORE_OK) {
-        respond_rc(c, r->rc, 0);
-        return;
-    }
     json_t *next = json_null();
     if (r->seq > 0) {
         char t[24];

@@ -2132,9 +2132,10 @@ static int pg_conv_last_seq(struct store *st_, int64_t conv, int64_t *last_seq_o
     return one_i64((struct pg *)st_, &c, last_seq_out);
 }
 
-static int pg_conv_last_seqs(struct store *st_, const int64_t *convs, size_t n, int64_t *out)
+/* One counter of each of convs (statement stmt answers (ordinal, value)
+ * rows), 0 for an unknown conversation, in one round trip. */
+static int conv_counters(struct pg *st, enum sid stmt, const int64_t *convs, size_t n, int64_t *out)
 {
-    struct pg *st = (struct pg *)st_;
     struct call c;
     struct buf b;
     int rc;
@@ -2143,7 +2144,7 @@ static int pg_conv_last_seqs(struct store *st_, const int64_t *convs, size_t n, 
         out[i] = 0;
     if (!n)
         return STORE_OK;
-    call_start(&c, S_CONV_LAST_SEQS);
+    call_start(&c, stmt);
     arr_of_ids(&b, convs, n);
     call_buf(&c, &b);
     if ((rc = run1(st, &c)) != STORE_OK)
@@ -2155,6 +2156,11 @@ static int pg_conv_last_seqs(struct store *st_, const int64_t *convs, size_t n, 
     }
     call_done(&c);
     return STORE_OK;
+}
+
+static int pg_conv_last_seqs(struct store *st_, const int64_t *convs, size_t n, int64_t *out)
+{
+    return conv_counters((struct pg *)st_, S_CONV_LAST_SEQS, convs, n, out);
 }
 
 static int pg_replay_lag(struct store *st_, int64_t *ms_out)
@@ -2951,27 +2957,7 @@ static int pg_changes_page(struct store *st_, int64_t conv, int64_t after_mod, i
 
 static int pg_conv_last_mods(struct store *st_, const int64_t *convs, size_t n, int64_t *out)
 {
-    struct pg *st = (struct pg *)st_;
-    struct call c;
-    struct buf b;
-    int rc;
-
-    for (size_t i = 0; i < n; i++)
-        out[i] = 0;
-    if (!n)
-        return STORE_OK;
-    call_start(&c, S_CONV_LAST_MODS);
-    arr_of_ids(&b, convs, n);
-    call_buf(&c, &b);
-    if ((rc = run1(st, &c)) != STORE_OK)
-        return rc;
-    for (int i = 0; i < rows(&c); i++) {
-        int64_t k = col_i64(c.res, i, 0);
-        if (k >= 1 && (size_t)k <= n)
-            out[k - 1] = col_i64(c.res, i, 1);
-    }
-    call_done(&c);
-    return STORE_OK;
+    return conv_counters((struct pg *)st_, S_CONV_LAST_MODS, convs, n, out);
 }
 
 /* ------------------------------------------------------------------ */

@@ -17,6 +17,7 @@
 
 #include "chat_tx.h"
 #include "store_fixture.h"
+#include "test_json.h"
 
 #define setup fx_setup
 #define teardown fx_teardown
@@ -44,36 +45,6 @@ static int64_t mkgroup(struct store *st, int64_t owner, const int64_t *members, 
     return conv;
 }
 
-
-static int64_t jint(json_t *o, const char *key)
-{
-    json_t *v = json_object_get(o, key);
-
-    assert_non_null(v);
-    assert_true(json_is_integer(v));
-    return json_integer_value(v);
-}
-
-static const char *jstr(json_t *o, const char *key)
-{
-    json_t *v = json_object_get(o, key);
-
-    assert_non_null(v);
-    assert_true(json_is_string(v));
-    return json_string_value(v);
-}
-
-/* The role of user in a conversation object, or NULL. */
-static const char *role_of(json_t *conv, int64_t user)
-{
-    json_t *members = json_object_get(conv, "members"), *m;
-    size_t i;
-
-    json_array_foreach(members, i, m)
-        if (jint(m, "id") == user)
-            return jstr(m, "role");
-    return NULL;
-}
 
 static const char *role_in(struct store *st, int64_t conv, int64_t viewer, int64_t user)
 {

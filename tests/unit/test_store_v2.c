@@ -22,6 +22,7 @@
 
 #include "migrations.h"
 #include "store_fixture.h"
+#include "test_json.h"
 
 /* ---- fixture: the store's, plus a directory for upload files ---- */
 
@@ -117,24 +118,6 @@ static int64_t mkgroup(struct store *st, int64_t owner, const int64_t *members, 
 
     assert_int_equal(store_conv_create_group(st, owner, "room", members, n, 1000, &conv), STORE_OK);
     return conv;
-}
-
-static int64_t jint(json_t *o, const char *key)
-{
-    json_t *v = json_object_get(o, key);
-
-    assert_non_null(v);
-    assert_true(json_is_integer(v));
-    return json_integer_value(v);
-}
-
-static const char *jstr(json_t *o, const char *key)
-{
-    json_t *v = json_object_get(o, key);
-
-    assert_non_null(v);
-    assert_true(json_is_string(v));
-    return json_string_value(v);
 }
 
 /* One send in a batch of its own: its rc (and *seq). */
