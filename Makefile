@@ -122,7 +122,7 @@ test-asan: unit-asan e2e-asan
 # Everything: the gcc/clang build matrix, unit tests (normal and ASan+UBSan),
 # end-to-end against both builds, the SDK, the browser client and the cluster.
 test: setup-test build asan
-	@$(MAKE) --no-print-directory -k build-matrix unit unit-asan e2e e2e-asan sdk browser test-cluster fuzz-smoke deploy-check
+	@$(MAKE) --no-print-directory -k build-matrix unit unit-asan e2e e2e-asan e2e-pg sdk browser test-cluster fuzz-smoke deploy-check
 
 # Coverage-guided fuzzing of our parsers (scripts/fuzz): each target for
 # FUZZ_SECONDS from the seed corpus of fuzz/corpus/; make test runs each for 10 s.

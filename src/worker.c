@@ -973,6 +973,8 @@ static size_t process_frames(struct conn *c, uint8_t *data, size_t len)
         if (c->state == CONN_HTTP) {
             if (c->busy)
                 break;
+            if (c->close_after_write)
+                return len; /* answered and closing (a refused body, Connection: close): the rest is not read */
             long n = http_feed(c->http, (const char *)data + off, len - off);
             if (n < 0) {
                 int st = c->http->sink_status;
@@ -1313,6 +1315,19 @@ static void on_sweep(uv_timer_t *t)
     struct worker *w = t->data;
     uv_update_time(&w->loop);
     int64_t now = now_ms(w), wall = util_now_ms();
+    /* The loop itself was held up (a long synchronous step, an overloaded
+     * machine): bytes that arrived meanwhile are not read yet, and the
+     * timeouts would blame their connections. Such a round only notes the
+     * time and the next one judges, after the input was read; one round at
+     * most, so a loop that is always late still times connections out. */
+    int64_t every = (int64_t)uv_timer_get_repeat(t);
+    int late = w->last_sweep_ms && now - w->last_sweep_ms > 2 * every + 250;
+    w->last_sweep_ms = now;
+    if (late && !w->sweep_deferred && !w->stopping) {
+        w->sweep_deferred = 1;
+        return;
+    }
+    w->sweep_deferred = 0;
     struct conn *next;
     for (struct conn *c = w->conns; c; c = next) {
         next = c->next;

@@ -247,6 +247,8 @@ struct worker {
     int has_mlistener;
     uv_async_t wake;
     uv_timer_t sweep;              /* timeouts and heartbeats, once a second */
+    int64_t last_sweep_ms;         /* when the sweep last ran (a late one defers its verdicts once) */
+    int sweep_deferred;
     uv_check_t flush_check;        /* end of each loop iteration: write what was queued */
     struct conn *dirty;            /* connections with frames queued this iteration */
     struct outq_item *free_items;  /* spare out-queue nodes (worker.c: item_get/item_put) */

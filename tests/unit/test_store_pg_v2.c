@@ -18,6 +18,7 @@
 #include <pthread.h>
 #include <sodium.h>
 
+#include "migrations_pg.h"
 #include "store_fixture.h"
 
 #define setup fx_setup
@@ -234,6 +235,17 @@ static void test_attachments_send(void **state)
     assert_int_equal(r.dup, 1);
     assert_null(r.att_out);
     assert_int_equal(count_rows(f, "SELECT count(*) FROM attachments WHERE conv_id IS NOT NULL"), 2);
+    /* attached already: refused, and the owner is told so; anyone else is
+     * told it is unknown */
+    struct store_send q[2] = {
+        {.conv = g, .sender = a, .client_id = "s3", .body = "x", .body_len = 1, .att = xo, .n_att = 1},
+        {.conv = g, .sender = b, .client_id = "s4", .body = "x", .body_len = 1, .att = xo, .n_att = 1},
+    };
+    assert_int_equal(store_send_batch(f->st, q, 2, 6000, NULL), STORE_OK);
+    assert_int_equal(q[0].rc, STORE_BAD_REQUEST);
+    assert_string_equal(q[0].why, "attachment already attached to a message");
+    assert_int_equal(q[1].rc, STORE_BAD_REQUEST);
+    assert_string_equal(q[1].why, "unknown attachment");
 
     /* every read of the message carries them, in the order given */
     assert_int_equal(store_msg_get(f->st, g, 1, &msg), STORE_OK);
@@ -571,6 +583,20 @@ static void test_search(void **state)
     assert_int_equal(json_array_size(res), 1);
     json_decref(res);
 
+    /* case beyond ASCII, whatever the database's locale (scripts/pgtmp's is
+     * "C"): Cyrillic and Greek, final sigma included */
+    send1(f->st, g, b, "c6", "встреча в Москве ΟΔΟΣ");
+    const char *w8[] = {"МОСКВЕ", "встреча"}, *w9[] = {"οδοσ"}, *w10[] = {"Οδός"};
+    assert_int_equal(store_search(f->st, a, 0, w8, 2, 0, 10, &res, &next), STORE_OK);
+    assert_int_equal(json_array_size(res), 1);
+    json_decref(res);
+    assert_int_equal(store_search(f->st, a, 0, w9, 1, 0, 10, &res, &next), STORE_OK);
+    assert_int_equal(json_array_size(res), 1);
+    json_decref(res);
+    assert_int_equal(store_search(f->st, a, 0, w10, 1, 0, 10, &res, &next), STORE_OK);
+    assert_int_equal(json_array_size(res), 1);
+    json_decref(res);
+
     /* one conversation; pages with the cursor */
     assert_int_equal(store_search(f->st, b, h, w1, 1, 0, 10, &res, &next), STORE_OK);
     assert_int_equal(json_array_size(res), 1);
@@ -602,6 +628,65 @@ static void test_search(void **state)
     assert_int_equal(store_search(f->st, b, 0, NULL, 0, 0, 10, &res, &next), STORE_OK);
     assert_int_equal(json_array_size(res), 0);
     json_decref(res);
+}
+
+/* ---- a version-1 database ---- */
+
+/* Messages stored under 001 alone get ids in time order and search vectors
+ * (a body with a NUL byte included) when the later migrations run. */
+static void test_migrate_v1(void **state)
+{
+    struct fx *f = *state;
+    char schema[64], sql[256];
+    struct store *st = NULL;
+    json_t *res, *msg;
+    int64_t next;
+
+    assert_int_equal(fx_new_schema(f, schema, sizeof schema), 0);
+    snprintf(sql, sizeof sql, "SET search_path = %s", schema);
+    assert_int_equal(fx_admin_exec(f, sql), 0);
+    assert_int_equal(fx_admin_exec(f, migrations_pg[0].sql), 0);
+    assert_int_equal(fx_admin_exec(f, "CREATE TABLE schema_version (version integer PRIMARY KEY, name text NOT NULL,"
+                                      " applied_at bigint NOT NULL);"
+                                      "INSERT INTO schema_version VALUES (1, '001_init', 0);"
+                                      "INSERT INTO users(username, display_name, password_hash, created_at)"
+                                      " VALUES ('alice', 'alice', 'x', 0);"
+                                      "INSERT INTO conversations(kind, created_by, created_at, last_seq, last_activity)"
+                                      " VALUES ('group', 1, 0, 3, 0);"
+                                      "INSERT INTO members VALUES (1, 1, 'owner', 0, 0);"
+                                      "INSERT INTO messages VALUES (1, 2, 1, 'b', '\\x6869006361666521'::bytea, 20),"
+                                      " (1, 1, 1, 'a', convert_to('Café Москва', 'UTF8'), 10),"
+                                      " (1, 3, 1, 'c', convert_to('last', 'UTF8'), 30)"),
+                     0);
+    fx_use_schema(schema);
+    char err[256] = "";
+    assert_int_equal(store_pg_open(fx_run.url, 1, &st, err, sizeof err), STORE_OK);
+    assert_int_equal(fx_count(f, "SELECT max(version) FROM schema_version"),
+                     migrations_pg[migrations_pg_count - 1].version);
+    assert_int_equal(fx_count(f, "SELECT id FROM messages WHERE seq = 2"), 2);
+
+    const char *w1[] = {"cafe"}, *w2[] = {"МОСКВА"};
+    assert_int_equal(store_search(st, 1, 0, w1, 1, 0, 10, &res, &next), STORE_OK);
+    assert_int_equal(json_array_size(res), 2); /* "hi\0cafe!" and "Café Москва" */
+    assert_int_equal(jint(json_array_get(res, 0), "seq"), 2);
+    json_decref(res);
+    assert_int_equal(store_search(st, 1, 0, w2, 1, 0, 10, &res, &next), STORE_OK);
+    assert_int_equal(json_array_size(res), 1);
+    json_decref(res);
+    /* new messages number on after the old ones */
+    send1(st, 1, 1, "d", "cafe again");
+    assert_int_equal(store_search(st, 1, 0, w1, 1, 0, 1, &res, &next), STORE_OK);
+    assert_int_equal(jint(json_array_get(res, 0), "seq"), 4);
+    json_decref(res);
+    assert_int_equal(store_msg_get(st, 1, 1, &msg), STORE_OK);
+    assert_null(json_object_get(msg, "mod"));
+    json_decref(msg);
+    store_close(st);
+    snprintf(sql, sizeof sql, "DROP SCHEMA %s CASCADE", schema);
+    assert_int_equal(fx_admin_exec(f, sql), 0);
+    snprintf(sql, sizeof sql, "SET search_path = %s", f->schema);
+    assert_int_equal(fx_admin_exec(f, sql), 0);
+    fx_use_schema(f->schema);
 }
 
 /* ---- several connections changing one conversation ---- */
@@ -723,6 +808,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_delete_erases, setup, teardown),
         cmocka_unit_test_setup_teardown(test_change_in_transaction, setup, teardown),
         cmocka_unit_test_setup_teardown(test_search, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_migrate_v1, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mods_dense_two_connections, setup, teardown),
     };
 
