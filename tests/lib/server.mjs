@@ -3,8 +3,12 @@
 //
 // The binary comes from $PARLEYD (the Makefile sets it to the release or the
 // ASan build); extra environment (PARLEY_*) can be passed per server.
+// $PARLEYD_WRAPPER, when set, is a command line the server runs under (split on
+// spaces: `make test-valgrind` sets it to valgrind with its options), and
+// $PARLEY_TEST_TIME_SCALE multiplies the waits here and in the e2e helpers (a
+// server under valgrind is 20-50x slower).
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -14,6 +18,14 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 
 export function binary() {
   return process.env.PARLEYD || path.join(root, 'build/release/parleyd');
+}
+
+// The factor for every bounded wait of the suite (1 unless PARLEY_TEST_TIME_SCALE).
+export const TIME_SCALE = Math.max(1, Number(process.env.PARLEY_TEST_TIME_SCALE) || 1);
+
+function command(args) {
+  const wrap = (process.env.PARLEYD_WRAPPER || '').split(' ').filter(Boolean);
+  return wrap.length ? [wrap[0], [...wrap.slice(1), binary(), ...args]] : [binary(), args];
 }
 
 export async function freePort() {
@@ -59,7 +71,8 @@ export async function start(opts = {}) {
     PARLEY_DRAIN_SECONDS: '0',
     ...(opts.env || {}),
   };
-  const child = spawn(binary(), opts.args || [], { env, stdio: ['ignore', 'inherit', 'pipe'] });
+  const [cmd, argv] = command(opts.args || []);
+  const child = spawn(cmd, argv, { env, stdio: ['ignore', 'inherit', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (d) => {
     stderr += d;
@@ -68,9 +81,17 @@ export async function start(opts = {}) {
   const checkSanitizers = () => {
     const m = /(ERROR: (Address|Leak)Sanitizer|runtime error:)[^\n]*/.exec(stderr);
     if (m) throw new Error(`parleyd reported a sanitizer error: ${m[0]}\n${stderr.slice(-4000)}`);
+    // The wrapper's own report ($PARLEYD_WRAPPER_LOG, %p: the pid; valgrind's
+    // --log-file), read once the process has exited: any error fails the stop.
+    const tpl = process.env.PARLEYD_WRAPPER_LOG;
+    if (!tpl || child.exitCode === null) return;
+    let log = '';
+    try { log = readFileSync(tpl.replace('%p', String(child.pid)), 'utf8'); } catch { return; }
+    const e = /ERROR SUMMARY: ([1-9]\d*) errors?/.exec(log);
+    if (e) throw new Error(`parleyd under ${process.env.PARLEYD_WRAPPER.split(' ')[0]}: ${e[0]}\n${log.slice(-4000)}`);
   };
   const exited = new Promise((resolve) => child.once('exit', (code, sig) => resolve({ code, sig })));
-  await waitForPort(port, child, 20000);
+  await waitForPort(port, child, 20000 * TIME_SCALE);
   const srv = {
     port,
     url: `http://127.0.0.1:${port}`,

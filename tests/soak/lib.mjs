@@ -1,0 +1,143 @@
+// Shared pieces of the fault and soak runs (tests/soak): HTTP with retries for the setup,
+// history reads, the server's RSS and metrics, and small statistics. Servers come from
+// tests/lib/server.mjs; all traffic goes to 127.0.0.1; every wait is bounded.
+import { readFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+export const SECRET = 'soak-secret-0a1b2c3d4e5f60718293a4b5c6d7e8f9';
+
+// http(srv, method, path, {token, body, timeoutMs}) -> {status, body, text, headers}
+export async function http(srv, method, path, { token, body, timeoutMs = 15000 } = {}) {
+  const headers = {};
+  if (body !== undefined) headers['content-type'] = 'application/json';
+  if (token) headers.authorization = `Bearer ${token}`;
+  const res = await fetch(srv.url + path, {
+    method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+    signal: AbortSignal.timeout(timeoutMs),
+  });
+  const text = await res.text();
+  let parsed = null;
+  try { parsed = text ? JSON.parse(text) : null; } catch { parsed = undefined; }
+  return { status: res.status, body: parsed, text, headers: res.headers };
+}
+
+// The same, retried on 503/429 (after Retry-After) for up to `forMs`: setup traffic only.
+export async function httpRetry(srv, method, path, opts = {}, forMs = 120000) {
+  const until = Date.now() + forMs;
+  for (;;) {
+    const r = await http(srv, method, path, opts);
+    if ((r.status !== 503 && r.status !== 429) || Date.now() > until) return r;
+    await sleep(1000 * (Number(r.headers.get('retry-after')) || 0.2));
+  }
+}
+
+export function need(cond, what) {
+  if (!cond) throw new Error(what);
+}
+
+// n users, `conc` signups at a time: [{id, username, token}]
+export async function signupMany(srv, n, prefix, conc = 4) {
+  const out = new Array(n);
+  let next = 0;
+  const tag = randomBytes(3).toString('hex');
+  const one = async () => {
+    for (let i = next++; i < n; i = next++) {
+      const username = `${prefix}${tag}${i}`;
+      const r = await httpRetry(srv, 'POST', '/api/auth/signup', { body: { username, password: `pw-${username}` } });
+      need(r.status === 201, `signup ${username}: ${r.status} ${r.text}`);
+      out[i] = { id: r.body.user.id, username, token: r.body.access_token };
+    }
+  };
+  await Promise.all(Array.from({ length: conc }, one));
+  return out;
+}
+
+export async function createGroup(srv, owner, memberIds, title) {
+  const r = await httpRetry(srv, 'POST', '/api/conversations', {
+    token: owner.token, body: { kind: 'group', title, members: memberIds },
+  });
+  need(r.status === 201, `create group ${title}: ${r.status} ${r.text}`);
+  return r.body.id;
+}
+
+// A conversation's whole history, oldest first (paging backwards with `before`).
+export async function fullHistory(srv, token, conv) {
+  const out = [];
+  let before;
+  for (let guard = 0; guard < 100000; guard++) {
+    const q = before === undefined ? 'limit=200' : `before=${before}&limit=200`;
+    const r = await http(srv, 'GET', `/api/conversations/${conv}/messages?${q}`, { token, timeoutMs: 30000 });
+    need(r.status === 200, `history of ${conv}: ${r.status} ${r.text}`);
+    out.push(...r.body.messages);
+    if (!r.body.has_more || r.body.messages.length === 0) break;
+    before = r.body.messages[r.body.messages.length - 1].seq;
+  }
+  return out.reverse();
+}
+
+// The resident set of a process, in KiB (null once it is gone).
+export function rssKiB(pid) {
+  try {
+    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) : null;
+  } catch { return null; }
+}
+
+// One counter (summed over its label sets) from the server's /metrics.
+export async function metric(srv, name) {
+  const r = await http(srv, 'GET', '/metrics');
+  if (r.status !== 200) return null;
+  let sum = null;
+  for (const line of r.text.split('\n')) {
+    if (line.startsWith(name) && (line[name.length] === ' ' || line[name.length] === '{')) {
+      sum = (sum || 0) + Number(line.slice(line.lastIndexOf(' ') + 1));
+    }
+  }
+  return sum;
+}
+
+// Least-squares slope of y over x.
+export function slope(xs, ys) {
+  const n = xs.length;
+  if (n < 2) return 0;
+  const mx = xs.reduce((a, b) => a + b, 0) / n;
+  const my = ys.reduce((a, b) => a + b, 0) / n;
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < n; i++) { num += (xs[i] - mx) * (ys[i] - my); den += (xs[i] - mx) ** 2; }
+  return den ? num / den : 0;
+}
+
+export function quantile(sorted, q) {
+  if (!sorted.length) return 0;
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+}
+
+// Checks one conversation's stored history against what was acked in it:
+// {found, missing, dups, holes, mismatched}. acked: [{from, id, seq, body}]
+export function checkStored(hist, acked) {
+  let holes = 0;
+  let expect = 1;
+  for (const m of hist) {
+    if (m.seq !== expect) holes += Math.abs(m.seq - expect);
+    expect = m.seq + 1;
+  }
+  const byKey = new Map();
+  let dups = 0;
+  for (const m of hist) {
+    const k = `${m.from}/${m.id}`;
+    if (byKey.has(k)) dups++;
+    else byKey.set(k, m);
+  }
+  let found = 0;
+  let missing = 0;
+  let mismatched = 0;
+  for (const a of acked) {
+    const m = byKey.get(`${a.from}/${a.id}`);
+    if (!m) { missing++; continue; }
+    found++;
+    if (m.seq !== a.seq || m.body !== a.body) mismatched++;
+  }
+  return { found, missing, dups, holes, mismatched };
+}
