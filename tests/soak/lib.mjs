@@ -2,7 +2,9 @@
 // history reads, the server's RSS and metrics, and small statistics. Servers come from
 // tests/lib/server.mjs; all traffic goes to 127.0.0.1; every wait is bounded.
 import { readFileSync } from 'node:fs';
-import { randomBytes } from 'node:crypto';
+import { createHmac, randomBytes } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
+import path from 'node:path';
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 export const SECRET = 'soak-secret-0a1b2c3d4e5f60718293a4b5c6d7e8f9';
@@ -140,4 +142,31 @@ export function checkStored(hist, acked) {
     if (m.seq !== a.seq || m.body !== a.body) mismatched++;
   }
   return { found, missing, dups, holes, mismatched };
+}
+
+// An HS256 access token for a user, as parleyd issues them (signed with SECRET).
+export function accessToken(id, username, ttlS) {
+  const b64 = (x) => Buffer.from(JSON.stringify(x)).toString('base64url');
+  const now = Math.floor(Date.now() / 1000);
+  const head = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ sub: String(id), name: username, iat: now, exp: now + ttlS })}`;
+  return `${head}.${createHmac('sha256', SECRET).update(head).digest('base64url')}`;
+}
+
+// n users written straight into a stopped SQLite server's database, all with the password
+// hash of user 1 (a real signup): a signup costs an argon2id hash, a second or more each on a
+// busy machine, and the soak is not about signups. Returns [{id, username, token}].
+export function seedUsers(dataDir, n, prefix, ttlS) {
+  const db = path.join(dataDir, 'parley.db');
+  const sql = `WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < ${n})
+    INSERT INTO users (username, display_name, password_hash, created_at)
+    SELECT '${prefix}' || i, 'soak user ' || i, (SELECT password_hash FROM users ORDER BY id LIMIT 1),
+           CAST(strftime('%s', 'now') AS INTEGER) * 1000 FROM k;
+    SELECT id, username FROM users WHERE username LIKE '${prefix}%' ORDER BY id;`;
+  const out = execFileSync('sqlite3', ['-batch', '-cmd', '.timeout 10000', db, sql], { encoding: 'utf8', timeout: 60000 });
+  const users = out.trim().split('\n').map((l) => {
+    const [id, username] = l.split('|');
+    return { id: Number(id), username, token: accessToken(Number(id), username, ttlS) };
+  });
+  need(users.length === n, `seeded ${users.length} users of ${n}`);
+  return users;
 }
