@@ -18,7 +18,7 @@
 // server's RSS is sampled every 5 s; its slope over the second half must stay under
 // SOAK_RSS_SLOPE_MAX MiB/min.
 import { randomBytes, randomInt } from 'node:crypto';
-import { readFileSync, rmSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import WebSocket from 'ws';
 import { start } from '../lib/server.mjs';
 import {
@@ -107,16 +107,24 @@ class Client {
     this.lastLive = new Map();
     const ws = new WebSocket(S.srv.wsUrl, {
       headers: { authorization: `Bearer ${this.user.token}` }, perMessageDeflate: false,
-      localAddress: srcAddr(this.i), handshakeTimeout: 20000,
+      localAddress: srcAddr(this.i), handshakeTimeout: 60000,
     });
     this.ws = ws;
-    ws.on('error', () => {});
-    ws.on('message', (d) => this.onFrame(JSON.parse(d.toString())));
+    let err = '';
+    ws.on('error', (e) => { err = e.message; });
+    ws.on('message', (d) => { this.lastRx = Date.now(); this.onFrame(JSON.parse(d.toString())); });
     ws.on('close', (code) => {
       if (this.ws !== ws) return;
+      const wasOpen = this.open;
       this.open = false;
       this.ws = null;
-      if (!this.closing) { S.st.serverCloses[code] = (S.st.serverCloses[code] || 0) + 1; }
+      if (!this.closing && wasOpen) {
+        S.st.serverCloses[code] = (S.st.serverCloses[code] || 0) + 1;
+        S.st.ledger.sample(`client ${this.i} closed ${code} by the server after ${Date.now() - this.openedAt} ms open, ${Date.now() - this.lastRx} ms after its last frame; ${this.pending.size} unacked; ${err}`);
+      } else if (!this.closing) {
+        const why = /Unexpected server response: \d+/.exec(err)?.[0] || err || `close ${code}`;
+        S.st.connectFailures[why] = (S.st.connectFailures[why] || 0) + 1;
+      }
       this.closing = false;
       if (this.wantUp) setTimeout(() => { if (this.wantUp && !this.ws) this.connect(); }, randomInt(100, 2000));
     });
@@ -150,6 +158,7 @@ class Client {
     switch (f.op) {
       case 'hello':
         this.open = true;
+        this.openedAt = Date.now();
         st.connects++;
         this.sync();
         // resend what was not acked, with the same ids (the protocol's retry)
@@ -272,7 +281,7 @@ async function slowReader(S, user, maxMs) {
   S.slowWaiters.delete(user.id);
   ws._socket.resume();
   if (!serverClosed && !told) { ws.terminate(); await closed; return S.stopping ? 'stopped' : 'not-closed'; }
-  const code = await Promise.race([closed, sleep(30000).then(() => 'no-close-after-reading')]);
+  const code = await Promise.race([closed, sleep(90000).then(() => 'no-close-after-reading')]);
   ws.terminate();
   S.st.slowSecs.push((Date.now() - t0) / 1000);
   return String(code);
@@ -310,21 +319,21 @@ const ACTS = {
       '{"op":"send","id":"big","conv":1e400,"body":"x"}', '{"op":"read","conv":"x"}', '"just a string"'];
     for (const b of bad) ws.send(b);
     ws.send('{"op":"ping"}');
-    const ok = await waitFor(() => ws.frames.some((f) => f.op === 'pong'), 15000);
+    const ok = await waitFor(() => ws.frames.some((f) => f.op === 'pong'), 60000);
     const errors = ws.frames.filter((f) => f.op === 'error').length;
     return ok && errors === bad.length && ws.readyState === WebSocket.OPEN;
   },
   async oversized(S, ws) {
     ws.send('{"op":"send","id":"x","conv":1,"body":"' + 'y'.repeat(70000) + '"}');
-    return (await Promise.race([ws.closedP, sleep(15000)])) === 1009;
+    return (await Promise.race([ws.closedP, sleep(60000)])) === 1009;
   },
   async badUtf8(S, ws) {
     ws.send(Buffer.from([0x7b, 0xff, 0xfe, 0x7d]), { binary: false });
-    return (await Promise.race([ws.closedP, sleep(15000)])) === 1007;
+    return (await Promise.race([ws.closedP, sleep(60000)])) === 1007;
   },
   async binary(S, ws) {
     ws.send(Buffer.from('{"op":"ping"}'), { binary: true });
-    return waitFor(() => ws.frames.some((f) => f.op === 'error' && f.code === 'bad_request'), 15000);
+    return waitFor(() => ws.frames.some((f) => f.op === 'error' && f.code === 'bad_request'), 60000);
   },
   async pingFlood(S, ws) {
     ws._socket.pause(); // and never reads the pongs
@@ -337,26 +346,27 @@ const ACTS = {
   async readFlood(S, ws, conv) {
     for (let j = 0; j < 500; j++) ws.send(JSON.stringify({ op: 'read', conv, seq: j + 1 }));
     ws.send('{"op":"ping"}');
-    await waitFor(() => ws.frames.some((f) => f.op === 'pong'), 20000);
+    await waitFor(() => ws.frames.some((f) => f.op === 'pong'), 60000);
     return ws.frames.some((f) => f.op === 'error' && f.code === 'rate_limited');
   },
   async typingFlood(S, ws, conv) {
     for (let j = 0; j < 2000; j++) ws.send(JSON.stringify({ op: 'typing', conv }));
     ws.send('{"op":"ping"}');
-    return waitFor(() => ws.frames.some((f) => f.op === 'pong'), 20000);
+    return waitFor(() => ws.frames.some((f) => f.op === 'pong'), 60000);
   },
   async syncKeys(S, ws, conv) {
     const before = ws.frames.length;
     ws.send(JSON.stringify({ op: 'sync', since: { [conv]: 0, [`0${conv}`]: 0, [`+${conv}`]: 0, [` ${conv}`]: 0, [`00${conv}`]: 0 } }));
     const from = before;
-    const ok = await waitFor(() => ws.frames.some((f) => f.op === 'synced'), 30000);
+    const ok = await waitFor(() => ws.frames.some((f) => f.op === 'synced'), 60000);
     const seqs = ws.frames.slice(from).filter((f) => f.op === 'msg' && f.conv === conv).map((f) => f.seq);
     return ok && new Set(seqs).size === seqs.length && seqs.length <= 250; // one answer, not five
   },
   async badLogins(S, ws, conv, user) {
     const seen = [];
     for (let j = 0; j < 12; j++) {
-      const r = await http(S.srv, 'POST', '/api/auth/login', { body: { username: user.username, password: 'wrong-password' } });
+      let r;
+      try { r = await http(S.srv, 'POST', '/api/auth/login', { body: { username: user.username, password: 'wrong-password' }, timeoutMs: 60000 }); } catch (e) { seen.push(e.name); break; }
       seen.push(r.status);
       if (r.status === 429) return true;
       if (r.status !== 401 && r.status !== 503) break;
@@ -392,13 +402,13 @@ export async function soak({ log = () => {} } = {}) {
   const st = {
     ledger: new Ledger(), ackLat: [], sent: 0, acks: 0, resent: 0, deliveries: 0, syncs: 0, connects: 0, kills: 0, closes: 0,
     syncRepeats: 0, repeatsAfterSync: 0, orderViolations: 0, liveGaps: 0, strayAcks: 0, foreign: 0, badErrors: 0, readLimited: 0,
-    retryErrors: {}, serverCloses: {}, slowOutcomes: {}, slowSecs: [], hostile: {}, hostileTyping: new Map(), rss: [],
+    retryErrors: {}, serverCloses: {}, connectFailures: {}, slowOutcomes: {}, slowSecs: [], hostile: {}, hostileTyping: new Map(), rss: [],
   };
   const res = { cfg, st, ok: false, problems: [] };
   const ttl = Math.ceil(cfg.minutes * 60 * 2 + 3600);
   const env = {
     PARLEY_JWT_SECRET: SECRET, PARLEY_SIGNUPS_PER_MIN: '0', PARLEY_CONVS_PER_MIN: '0', PARLEY_WORKERS: '2',
-    PARLEY_ACCESS_TTL_S: String(ttl), PARLEY_MAX_OUTQ: String(cfg.maxOutq),
+    PARLEY_ACCESS_TTL_S: String(ttl), PARLEY_MAX_OUTQ: String(cfg.maxOutq), PARLEY_LOG_LEVEL: 'info',
   };
   // One real signup (its password hash is everyone's), then the users straight into the
   // database while the server is stopped; tokens signed with the server's secret.
@@ -567,6 +577,7 @@ export async function soak({ log = () => {} } = {}) {
     const lat = [...st.ackLat].sort((a, b) => a - b);
     res.ackLatency = { p50: quantile(lat, 0.5), p99: quantile(lat, 0.99), max: lat[lat.length - 1] || 0 };
     const stop = await srv.stop({ keep: true });
+    writeFileSync(new URL('./last-server.log', import.meta.url), srv.stderr);
     rmSync(srv.dataDir, { recursive: true, force: true });
     if (stop.code !== 0) res.problems.push(`parleyd exited ${JSON.stringify(stop)} on SIGTERM`);
   } catch (e) {
@@ -583,8 +594,8 @@ export async function soak({ log = () => {} } = {}) {
   if (st.orderViolations || st.liveGaps) res.problems.push(`${st.orderViolations} live frames out of order, ${st.liveGaps} live gaps`);
   if (res.unknown || res.historyMismatch) res.problems.push(`${res.unknown} seqs never seen, ${res.historyMismatch} history differences`);
   if (st.badErrors || st.strayAcks) res.problems.push(`${st.badErrors} unexpected error frames, ${st.strayAcks} stray acks to well-behaved clients`);
-  const unasked = Object.entries(st.serverCloses);
-  if (unasked.length) res.problems.push(`well-behaved clients closed by the server: ${JSON.stringify(st.serverCloses)}`);
+  if (Object.keys(st.serverCloses).length) res.problems.push(`well-behaved clients closed by the server: ${JSON.stringify(st.serverCloses)}`);
+  if (Object.keys(st.connectFailures).length) res.problems.push(`well-behaved connections that failed to open: ${JSON.stringify(st.connectFailures)}`);
   // Every slow reader must be closed by the server, as a slow consumer: the server's count of
   // 1008 closes equals the slow readers' closes (no well-behaved client was closed at all).
   // Whether the 1008 frame itself is read depends on reading within the server's 5 s close
@@ -623,7 +634,7 @@ export function soakReport(res) {
     `| seqs never seen / history differences (HTTP, 6 conversations) | ${res.unknown ?? '-'} / ${res.historyMismatch ?? '-'} |`,
     `| ack latency p50 / p99 / max (ms); this process's worst event-loop lag | ${res.ackLatency ? `${res.ackLatency.p50} / ${res.ackLatency.p99} / ${res.ackLatency.max}` : '-'}; ${res.lagMax ?? '-'} ms |`,
     `| retried sends (error code: count) | ${JSON.stringify(st.retryErrors)} |`,
-    `| well-behaved clients closed by the server | ${JSON.stringify(st.serverCloses)} |`,
+    `| well-behaved clients closed by the server (code: count) / connections that failed to open | ${JSON.stringify(st.serverCloses)} / ${JSON.stringify(st.connectFailures)} |`,
     `| slow readers: outcomes (close code read by the client: count; 1006: closed, the 1008 frame not read in the server's 5 s grace), seconds to close p50 / max | ${JSON.stringify(st.slowOutcomes)}, ${f(quantile([...st.slowSecs].sort((a, b) => a - b), 0.5))} / ${f(Math.max(0, ...st.slowSecs))}; server's slow-consumer closes: ${res.slowMetric ?? '-'}; most unsent bytes in the server's kernel socket: ${st.slowKernelMax ?? '-'} |`,
     `| hostile acts (as documented / not) | ${Object.entries(st.hostile).map(([k, o]) => `${k} ${o.ok}/${o.unexpected}`).join(', ')} |`,
     `| typing frames from one hostile user in one conversation, max (bound) | ${res.typingMax ?? '-'} (${res.typingBound ?? '-'}) |`,
