@@ -365,8 +365,13 @@ const ACTS = {
   async badLogins(S, ws, conv, user) {
     const seen = [];
     for (let j = 0; j < 12; j++) {
+      // A network error is retried once: with this process's event loop late by seconds, the
+      // client may reuse a pooled keep-alive connection the server has just closed as idle.
       let r;
-      try { r = await http(S.srv, 'POST', '/api/auth/login', { body: { username: user.username, password: 'wrong-password' }, timeoutMs: 60000 }); } catch (e) { seen.push(e.name); break; }
+      for (let a = 0; a < 2 && !r; a++) {
+        try { r = await http(S.srv, 'POST', '/api/auth/login', { body: { username: user.username, password: 'wrong-password' }, timeoutMs: 60000 }); } catch (e) { seen.push(`${e.name}:${e.cause?.code || e.cause?.message || e.message}`); }
+      }
+      if (!r) break;
       seen.push(r.status);
       if (r.status === 429) return true;
       if (r.status !== 401 && r.status !== 503) break;
