@@ -16,7 +16,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
 import { start } from '../lib/server.mjs';
-import { SECRET, http, sleep, need, signupMany, createGroup, fullHistory, checkStored } from './lib.mjs';
+import { SECRET, http, sleep, need, signupMany, seedUsers, createGroup, fullHistory, checkStored } from './lib.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -50,8 +50,8 @@ const envFor = (pgUrl) => ({
 });
 
 // The users and groups of a run: each user in two groups.
-async function populate(srv, tag) {
-  const users = await signupMany(srv, USERS, tag);
+async function populate(srv, tag, seeded = null) {
+  const users = seeded || await signupMany(srv, USERS, tag);
   const convsOf = users.map(() => []);
   const convs = [];
   for (let g = 0; g < GROUPS; g++) {
@@ -64,12 +64,23 @@ async function populate(srv, tag) {
 }
 
 // Signing up costs a password hash each (argon2id, deliberately slow): the SQLite runs
-// start from copies of one data directory made once, with its users and groups.
+// start from copies of one data directory made once, its users written into the database
+// (lib.mjs seedUsers) and its groups created over HTTP.
 export async function sqliteTemplate() {
-  const srv = await start({ env: envFor(null) });
-  const pop = await populate(srv, 'k');
-  await srv.stop({ keep: true });
-  return { dir: srv.dataDir, ...pop };
+  let srv = await start({ env: envFor(null) });
+  try {
+    await signupMany(srv, 1, 'first');
+    await srv.stop({ keep: true });
+    const users = seedUsers(srv.dataDir, USERS, 'k', 86400);
+    srv = await srv.restart();
+    const pop = await populate(srv, 'k', users);
+    await srv.stop({ keep: true });
+    return { dir: srv.dataDir, ...pop };
+  } catch (e) {
+    await srv.stop({ keep: true }).catch(() => {});
+    rmSync(srv.dataDir, { recursive: true, force: true });
+    throw e;
+  }
 }
 
 // One run: returns its figures; `ok` says whether every check held. template: from
@@ -87,6 +98,7 @@ export async function crashRun({ rep, pgUrl = null, template = null, log = () =>
   dataDir = srv.dataDir;
   try {
     const { users, convs, convsOf } = template || await populate(srv, `k${rep}x`);
+    await Promise.all(users.map((u) => http(srv, 'GET', '/api/me', { token: u.token }).then((m) => need(m.status === 200, `token of ${u.username}: ${m.status}`))));
     r.setupSecs = (Date.now() - t0) / 1000;
     const sockets = await Promise.all(users.map((u) => openWs(srv, u.token)));
 

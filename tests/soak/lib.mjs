@@ -46,7 +46,8 @@ export async function signupMany(srv, n, prefix, conc = 4) {
   const one = async () => {
     for (let i = next++; i < n; i = next++) {
       const username = `${prefix}${tag}${i}`;
-      const r = await httpRetry(srv, 'POST', '/api/auth/signup', { body: { username, password: `pw-${username}` } });
+      // a password hash takes seconds on a loaded machine: a long wait, not a failure
+      const r = await httpRetry(srv, 'POST', '/api/auth/signup', { body: { username, password: `pw-${username}` }, timeoutMs: 120000 });
       need(r.status === 201, `signup ${username}: ${r.status} ${r.text}`);
       out[i] = { id: r.body.user.id, username, token: r.body.access_token };
     }

@@ -29,9 +29,12 @@ let ok = true;
 if (doCrash) {
   const reps = Number(process.env.CRASH_REPS || 20);
   const runs = [];
-  const template = await sqliteTemplate();
-  for (let rep = 1; rep <= reps; rep++) runs.push(await boundedRun({ rep, template, log }));
-  rmSync(template.dir, { recursive: true, force: true });
+  let template = null;
+  try { template = await sqliteTemplate(); } catch (e) {
+    runs.push({ rep: 0, store: 'SQLite', ok: false, problems: [`setup failed: ${e.message}`] });
+  }
+  for (let rep = 1; template && rep <= reps; rep++) runs.push(await boundedRun({ rep, template, log }));
+  if (template) rmSync(template.dir, { recursive: true, force: true });
   if (process.env.CRASH_PG !== '0') {
     try {
       runs.push(await withPostgres((pgUrl) => boundedRun({ rep: 1, pgUrl, log })));
