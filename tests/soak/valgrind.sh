@@ -32,7 +32,7 @@ cd "$top/tests" && PARLEYD=$bin PARLEYD_WRAPPER="valgrind $opts" PARLEYD_WRAPPER
 rc=$?
 t1=$(date +%s)
 grep -E '^ℹ (tests|pass|fail|cancelled|duration_ms)' "$dir/suite.log"
-[ $rc = 0 ] || { echo "--- failing tests:"; grep -E '^\s*✖' "$dir/suite.log" | sort -u | head -40; }
+[ $rc = 0 ] || { echo "--- failing tests:"; grep -E '^✖ ' "$dir/suite.log" | grep -v '^✖ failing tests' | sort -u | head -40; }
 
 logs=$(ls "$dir"/vg.*.log 2>/dev/null | wc -l)
 done_logs=$(grep -l 'ERROR SUMMARY' "$dir"/vg.*.log 2>/dev/null | wc -l)
