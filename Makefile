@@ -6,7 +6,7 @@ ASAN    := build/asan
 PORT    ?= 8080
 NODE_TEST := node --test --test-reporter=spec
 
-.PHONY: all run test setup setup-test build asan build-matrix unit unit-asan e2e e2e-asan sdk browser test-asan fuzz fuzz-smoke bench bench-cluster clean cluster cluster-down test-cluster
+.PHONY: all run test setup setup-test build asan build-matrix unit unit-asan e2e e2e-asan e2e-pg e2e-v2 sdk browser test-asan fuzz fuzz-smoke bench bench-cluster bench-search clean cluster cluster-down test-cluster
 
 all: build
 
@@ -59,6 +59,19 @@ e2e: build
 e2e-asan: asan
 	@cd tests && PARLEYD=$(CURDIR)/$(ASAN)/parleyd ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 $(NODE_TEST) e2e/*.test.mjs
+
+# The version-2 end-to-end files (tests/e2e/v2-*.test.mjs) on the PostgreSQL store: a throwaway
+# PostgreSQL (scripts/pgtmp, its own directory) for the run; every parleyd of the run uses it
+# through PARLEY_DB_URL, each in a fresh schema (tests/e2e/v2-helpers.mjs). `make e2e` runs
+# the same files on SQLite; `make e2e-v2` runs them on both stores, SQLite first.
+V2_E2E := e2e/v2-*.test.mjs
+e2e-pg: setup-test build
+	@cd tests && PARLEYD=$(CURDIR)/$(RELEASE)/parleyd $(CURDIR)/scripts/pgtmp exec $(CURDIR)/$(RELEASE)/pgtmp-e2e \
+	  sh -c 'PARLEY_E2E_PG_URL=$$PARLEY_TEST_PG_URL exec $(NODE_TEST) $(V2_E2E)'
+
+e2e-v2: build
+	@cd tests && PARLEYD=$(CURDIR)/$(RELEASE)/parleyd $(NODE_TEST) $(V2_E2E); rc=$$?; \
+	  $(MAKE) --no-print-directory -C $(CURDIR) e2e-pg || rc=1; exit $$rc
 
 sdk: build
 	@cd tests && if ls sdk/*.test.mjs >/dev/null 2>&1; then PARLEYD=$(CURDIR)/$(RELEASE)/parleyd $(NODE_TEST) sdk/*.test.mjs; fi
@@ -121,7 +134,7 @@ test-asan: unit-asan e2e-asan
 # Everything: the gcc/clang build matrix, unit tests (normal and ASan+UBSan),
 # end-to-end against both builds, the SDK, the browser client and the cluster.
 test: setup-test build asan
-	@$(MAKE) --no-print-directory -k build-matrix unit unit-asan e2e e2e-asan sdk browser test-cluster fuzz-smoke deploy-check
+	@$(MAKE) --no-print-directory -k build-matrix unit unit-asan e2e e2e-asan e2e-pg sdk browser test-cluster fuzz-smoke deploy-check
 
 # Coverage-guided fuzzing of our parsers (scripts/fuzz): each target for
 # FUZZ_SECONDS from the seed corpus of fuzz/corpus/; make test runs each for 10 s.
@@ -138,7 +151,13 @@ fuzz-smoke: setup-test
 # BENCH_ARGS: more arguments for bench/run.sh.
 bench: setup-test build
 	@bench/run.sh $(if $(BASE),--base $(BASE)) $(if $(QUICK),--quick --reps 1) $(BENCH_ARGS)
+	@$(if $(filter 0,$(SEARCH)),true,node bench/search.mjs $(if $(QUICK),--quick) $(SEARCH_ARGS))
 	@$(if $(filter 0,$(CLUSTER)),true,bench/cluster.sh $(if $(QUICK),--quick) $(CLUSTER_ARGS))
+
+# Search latency over 1,000,000 stored messages alone (bench/search.mjs, docs/BENCHMARKS.md);
+# make bench runs it after the suite (SEARCH=0: not).
+bench-search: setup-test build
+	@node bench/search.mjs $(if $(QUICK),--quick) $(SEARCH_ARGS)
 
 # The cluster's cost figures alone (bench/cluster.sh, docs/BENCHMARKS.md "Cluster: cost figures
 # and capacity model"); make bench runs them after the suite (CLUSTER=0: not).

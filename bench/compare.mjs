@@ -11,6 +11,7 @@
 //
 // Scenarios. --suite load (the default): the C load generator, bench/load/parley-load ($PARLEY_LOAD,
 // else build/release/bench/load/parley-load): load/writes, load/writes-group, load/fanout,
+// load/fanout-react and load/fanout-edit (protocol version 2: update frames; parleyd only),
 // load/pairs, load/conns. --suite node: the Node.js generator bench/parley-bench.mjs, as before:
 // send-throughput/group, send-throughput/direct, fanout, idle-memory. --only picks from both.
 // --quick: smaller sizes and 3 s measurements (with --base and no --servers: parleyd and
@@ -120,6 +121,8 @@ const ALL_SERVERS = [
 ];
 
 const Q = opt.quick;
+// The servers that speak protocol version 2 (edit, delete, react, update frames).
+const V2_SERVERS = ['parleyd', 'parleyd-notrim'];
 // Sizes are modest on purpose: the machine this was written on has 2 cores, shared by the
 // server and the load generator.
 // tool 'load': bench/load/parley-load (C), measured over a fixed time after a warm-up;
@@ -130,6 +133,11 @@ const ALL_SCENARIOS = [
   { id: 'load/writes', tool: 'load', suite: 'load', args: ['writes', '--senders', '50', '--window', '32', ...timing] },
   { id: 'load/writes-group', tool: 'load', suite: 'load', args: ['writes', '--group', '--senders', '50', '--window', '32', ...timing] },
   { id: 'load/fanout', tool: 'load', suite: 'load', args: ['fanout', '--groups', '1', '--members', T('1000', '200'), '--publishers', '4', '--window', '8', ...timing] },
+  // Protocol version 2: the same group, the same publishers and window, but each publisher
+  // changes a message of its own instead of sending new ones, and every member connection gets
+  // an update frame (the whole message) per change. parleyd only: the baselines speak version 1.
+  { id: 'load/fanout-react', tool: 'load', suite: 'load', v2: true, args: ['fanout', '--op', 'react', '--groups', '1', '--members', T('1000', '200'), '--publishers', '4', '--window', '8', ...timing] },
+  { id: 'load/fanout-edit', tool: 'load', suite: 'load', v2: true, args: ['fanout', '--op', 'edit', '--groups', '1', '--members', T('1000', '200'), '--publishers', '4', '--window', '8', ...timing] },
   { id: 'load/pairs', tool: 'load', suite: 'load', args: ['pairs', '--users', T('400', '100'), '--rate', T('4000', '2000'), ...timing] },
   { id: 'load/conns', tool: 'load', suite: 'load', args: ['conns', '--conns', T('10000', '2000'), '--users', '100'] },
   { id: 'send-throughput/group', tool: 'node', suite: 'node', args: ['send-throughput', '--mode', 'group', '--senders', '50', '--window', '32', '--messages', Q ? '4000' : '20000'] },
@@ -212,7 +220,7 @@ const runs = [];
 console.error(`compare: ${reps} round(s) x ${scenarios.length} scenario(s); servers: ${servers.map((s) => s.name).join(', ')}`);
 for (let r = 0; r < reps; r++) {
   for (const sc of scenarios) {
-    const svs = servers.filter((s) => !s.only || s.only.test(sc.id));
+    const svs = servers.filter((s) => (!s.only || s.only.test(sc.id)) && (!sc.v2 || V2_SERVERS.includes(s.name)));
     const rot = svs.map((_, i) => svs[(i + r) % svs.length]);
     for (const sv of rot) {
       let best = null;
@@ -276,6 +284,20 @@ const METRICS = {
     ['e2e p99 ms', (r) => r.latency_ms?.p99, 'lower'],
     ['e2e p99.9 ms', (r) => r.latency_ms?.p999, 'lower'],
     ['server CPU us/delivery', (r) => r.server_cpu_us_per_delivery, 'lower'],
+  ],
+  // update frames: e2e latency only for edits (their body carries the send time)
+  'load/fanout-react': [
+    ['delivered updates/s', (r) => r.deliveries_per_s, 'higher'],
+    ['ack p50 ms', (r) => r.ack_latency_ms?.p50, 'lower'],
+    ['server CPU us/delivery', (r) => r.server_cpu_us_per_delivery, 'lower'],
+    ['server CPU us/change', (r) => r.server_cpu_us_per_ack, 'lower'],
+  ],
+  'load/fanout-edit': [
+    ['delivered updates/s', (r) => r.deliveries_per_s, 'higher'],
+    ['e2e p50 ms', (r) => r.latency_ms?.p50, 'lower'],
+    ['e2e p99 ms', (r) => r.latency_ms?.p99, 'lower'],
+    ['server CPU us/delivery', (r) => r.server_cpu_us_per_delivery, 'lower'],
+    ['server CPU us/change', (r) => r.server_cpu_us_per_ack, 'lower'],
   ],
   'load/pairs': [
     ['e2e p50 ms', (r) => r.latency_ms?.p50, 'lower'],

@@ -11,6 +11,7 @@
 #endif
 
 #include "accounts.h"
+#include "api_attach.h"
 #include "auth.h"
 #include "chat.h"
 #include "chat_limits.h"
@@ -319,6 +320,29 @@ static void created(struct job *j)
     http_respond_json(c, j->u.create.created ? 201 : 200, json_incref(j->u.create.view));
 }
 
+static int cmp_id(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* How many different ids other than self: sorted on a copy, O(n log n) for the
+ * at most a few thousand ids a 64 KiB body holds. */
+static size_t distinct_others(const int64_t *ids, size_t n, int64_t self)
+{
+    if (n == 0)
+        return 0;
+    int64_t *v = xmalloc(n * sizeof *v);
+    memcpy(v, ids, n * sizeof *v);
+    qsort(v, n, sizeof *v, cmp_id);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (v[i] != self && (i == 0 || v[i] != v[i - 1]))
+            k++;
+    free(v);
+    return k;
+}
+
 static void api_create_conv(struct conn *c, struct http_req *r, int64_t uid)
 {
     json_t *o = body_object(c, r);
@@ -342,8 +366,6 @@ static void api_create_conv(struct conn *c, struct http_req *r, int64_t uid)
             err = "title must be 1-128 characters";
         else if (members && !json_is_array(members))
             err = "members must be an array of user ids";
-        else if (json_array_size(members) + 1 > (size_t)cfg_of(c)->max_group)
-            err = "too many members";
         else {
             cc->title = xstrdup(title);
             cc->n_members = json_array_size(members);
@@ -351,6 +373,9 @@ static void api_create_conv(struct conn *c, struct http_req *r, int64_t uid)
             for (size_t i = 0; i < cc->n_members && !err; i++)
                 if (!(cc->members[i] = proto_json_id(json_array_get(members, i))))
                     err = "members must be an array of user ids";
+            /* the limit counts people: duplicates and the creator's own id are ignored */
+            if (!err && distinct_others(cc->members, cc->n_members, uid) + 1 > (size_t)cfg_of(c)->max_group)
+                err = "too many members";
         }
     } else {
         err = "kind must be \"direct\" or \"group\"";
@@ -902,7 +927,7 @@ static void api_conversations(struct conn *c, struct http_req *r, int64_t uid, c
 /* Routes as templates, never raw paths (the request counters' labels). */
 enum route_id { R_OTHER, R_STATIC, R_WS, R_HEALTH, R_READY, R_METRICS, R_SIGNUP, R_LOGIN, R_REFRESH, R_LOGOUT,
                 R_ME, R_USERS, R_CONVS, R_CONV, R_MESSAGES, R_MEMBERS, R_MEMBER, R_OPTIONS, R_MESSAGE, R_REACTION,
-                R_CHANGES, R_SEARCH, R_ATTACHMENTS, R_ATTACHMENT, R__N };
+                R_CHANGES, R_SEARCH, R_ATTACH, R_ATTACHMENT, R__N };
 static const char *const route_names[R__N] = {
     "other", "static", "/ws", "/healthz", "/readyz", "/metrics", "/api/auth/signup", "/api/auth/login",
     "/api/auth/refresh", "/api/auth/logout", "/api/me", "/api/users", "/api/conversations",
@@ -919,12 +944,14 @@ static int route_of(const char *p, int method)
         {"/metrics", R_METRICS}, {"/api/auth/signup", R_SIGNUP}, {"/api/auth/login", R_LOGIN},
         {"/api/auth/refresh", R_REFRESH}, {"/api/auth/logout", R_LOGOUT}, {"/api/me", R_ME},
         {"/api/users", R_USERS}, {"/api/conversations", R_CONVS}, {"/api/conversations/", R_CONVS},
-        {"/api/search", R_SEARCH}, {"/api/attachments", R_ATTACHMENTS}};
+        {"/api/search", R_SEARCH}, {"/api/attachments", R_ATTACH}, {"/api/attachments/", R_ATTACH}};
     if (method == HTTP_OPTIONS)
         return R_OPTIONS;
     for (size_t i = 0; i < sizeof exact / sizeof exact[0]; i++)
         if (strcmp(p, exact[i].path) == 0)
             return exact[i].id;
+    if (strncmp(p, "/api/attachments/", 17) == 0)
+        return R_ATTACHMENT;
     if (strncmp(p, "/api/conversations/", 19) == 0) {
         struct api_route rt = api_parse_conv_path(p + 19);
         if (!rt.ok)
@@ -937,8 +964,6 @@ static int route_of(const char *p, int method)
                : strcmp(rt.sub, "changes") == 0  ? R_CHANGES
                                                  : R_MEMBER;
     }
-    if (strncmp(p, "/api/attachments/", 17) == 0)
-        return R_ATTACHMENT;
     return strncmp(p, "/api/", 5) == 0 ? R_OTHER : R_STATIC;
 }
 
@@ -1080,6 +1105,16 @@ static void metrics_render(struct conn *c, const struct metrics_snapshot *m)
     buf_dispose(&b);
 }
 
+int api_body_start(void *ctx, struct conn *c, struct http_req *r, struct http_sink *sink)
+{
+    (void)ctx;
+    if (!c->admin && (strcmp(r->path, "/api/attachments") == 0 || strcmp(r->path, "/api/attachments/") == 0)) {
+        r->route = R_ATTACH;
+        return api_attach_body_start(c, r, sink);
+    }
+    return 0; /* every other body is read whole (PARLEY_MAX_HTTP_BODY) */
+}
+
 void api_handle(void *ctx, struct conn *c, struct http_req *r)
 {
     (void)ctx; /* c->w->ctx: the same chat_worker */
@@ -1133,6 +1168,10 @@ void api_handle(void *ctx, struct conn *c, struct http_req *r)
             api_logout(c, r);
         else
             http_respond_error(c, 404, "not_found", "no such route");
+        return;
+    }
+    if (r->route == R_ATTACH || r->route == R_ATTACHMENT) {
+        api_attach_handle(c, r);
         return;
     }
     int known = strcmp(p, "/api/me") == 0 || strcmp(p, "/api/users") == 0 || strcmp(p, "/api/search") == 0 ||

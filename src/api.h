@@ -27,5 +27,8 @@ struct api_route api_parse_conv_path(const char *p);
 
 /* ctx: the worker's struct chat_worker (conn_handler.on_request). */
 void api_handle(void *ctx, struct conn *c, struct http_req *r);
+/* conn_handler.on_body_start: uploads (POST /api/attachments) are streamed
+ * to disk (api_attach.h); every other body is buffered as before. */
+int api_body_start(void *ctx, struct conn *c, struct http_req *r, struct http_sink *sink);
 
 #endif

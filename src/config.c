@@ -52,6 +52,7 @@ static const struct opt opts[] = {
     {"--max-body", "PARLEY_MAX_BODY", OPT_INT, OFF(max_body), 0, 1, 1 << 20, "4096", "message body bytes after JSON decoding"},
     {"--max-frame", "PARLEY_MAX_FRAME", OPT_INT, OFF(max_frame), 0, 1024, 16 << 20, "65536", "WebSocket message bytes (larger: close 1009)"},
     {"--max-http-body", "PARLEY_MAX_HTTP_BODY", OPT_INT, OFF(max_http_body), 0, 1024, 16 << 20, "65536", "HTTP request body bytes (larger: 413)"},
+    {"--max-upload", "PARLEY_MAX_UPLOAD", OPT_INT, OFF(max_upload), 0, 1, 1LL << 30, "10485760", "attachment upload bytes, streamed to <data>/attachments (larger: 413)"},
     {"--heartbeat-ms", "PARLEY_HEARTBEAT_MS", OPT_INT, OFF(heartbeat_ms), 0, 100, 3600000, "25000", "WebSocket ping interval; silent for two intervals: closed"},
     {"--auth-timeout-ms", "PARLEY_AUTH_TIMEOUT_MS", OPT_INT, OFF(auth_timeout_ms), 0, 100, 600000, "10000", "time allowed for a first-frame auth"},
     {"--header-timeout-ms", "PARLEY_HEADER_TIMEOUT_MS", OPT_INT, OFF(header_timeout_ms), 0, 100, 600000, "10000", "time allowed for a request's headers, and idle keep-alive"},
@@ -90,9 +91,10 @@ static int parse_hostport(const char *what, const char *v, char host[256], int *
 {
     const char *colon = strrchr(v, ':');
     int64_t port;
-    if (!colon || colon == v || (size_t)(colon - v) >= 256 || util_parse_i64(colon + 1, &port) < 0 || port < 1 ||
+    if (!colon || colon == v || (size_t)(colon - v) >= 256 || util_parse_i64(colon + 1, &port) < 0 || port < 0 ||
         port > 65535) {
-        snprintf(err, errlen, "%s: expected host:port (port 1-65535), got '%s'", what, v);
+        /* port 0: the kernel picks one (tests), logged at startup */
+        snprintf(err, errlen, "%s: expected host:port (port 0-65535), got '%s'", what, v);
         return -1;
     }
     size_t n = (size_t)(colon - v);

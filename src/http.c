@@ -75,6 +75,14 @@ static int on_header_value_complete(llhttp_t *p)
         keep(&r->ws_version, &r->value);
     else if (strcasecmp(f, "if-none-match") == 0)
         keep(&r->if_none_match, &r->value);
+    else if (strcasecmp(f, "content-type") == 0)
+        keep(&r->content_type, &r->value);
+    else if (strcasecmp(f, "range") == 0)
+        keep(&r->range, &r->value);
+    else if (strcasecmp(f, "if-range") == 0)
+        keep(&r->if_range, &r->value);
+    else if (strcasecmp(f, "expect") == 0 && r->value.data && strcasecmp(r->value.data, "100-continue") == 0)
+        r->expect_continue = 1;
     else if (strcasecmp(f, "upgrade") == 0 && r->value.data && strcasecmp(r->value.data, "websocket") == 0)
         r->upgrade = 1;
     r->field.len = r->value.len = 0;
@@ -85,19 +93,84 @@ static int on_header_value_complete(llhttp_t *p)
     return 0;
 }
 
+static int over_max_body(struct http_req *r)
+{
+    return r->content_length >= 0 && (uint64_t)r->content_length > r->max_body;
+}
+
 static int on_headers_complete(llhttp_t *p)
 {
     struct http_req *r = req_of(p);
-    if (p->flags & F_CONTENT_LENGTH && p->content_length > r->max_body) {
+    r->method = llhttp_get_method(p);
+    r->keep_alive = llhttp_should_keep_alive(p);
+    r->chunked = (p->flags & F_CHUNKED) != 0;
+    r->content_length = p->flags & F_CONTENT_LENGTH && !r->chunked ? (int64_t)p->content_length : -1;
+    if (!r->url.data)
+        buf_append(&r->url, "/", 1);
+    char *q = strchr(r->url.data, '?');
+    if (q) {
+        *q = '\0';
+        r->query = q + 1;
+    } else {
+        r->query = "";
+    }
+    r->path = r->url.data;
+    int has_body = r->chunked || r->content_length > 0;
+    if (r->notify_body && has_body && !r->upgrade) {
+        r->at_body = 1; /* the owner decides before a byte of the body is read */
+        return HPE_PAUSED;
+    }
+    if (over_max_body(r)) {
         r->too_large = 1;
         return -1;
     }
+    r->in_body = has_body;
     return 0;
+}
+
+int http_body_continue(struct http_req *r, int stream)
+{
+    r->at_body = 0;
+    if (!stream) {
+        r->sink.write = NULL;
+        if (over_max_body(r)) {
+            r->too_large = 1;
+            return -1;
+        }
+    }
+    r->in_body = 1;
+    llhttp_resume(&r->parser);
+    return 0;
+}
+
+void *http_req_take_sink(struct http_req *r)
+{
+    void *arg = r->sink.arg;
+    memset(&r->sink, 0, sizeof r->sink);
+    return arg;
+}
+
+void http_req_drop_sink(struct http_req *r)
+{
+    if (!r)
+        return;
+    struct http_sink s = r->sink;
+    memset(&r->sink, 0, sizeof r->sink);
+    if (s.arg && s.discard)
+        s.discard(s.arg);
 }
 
 static int on_body(llhttp_t *p, const char *at, size_t n)
 {
     struct http_req *r = req_of(p);
+    if (r->sink.write) {
+        int st = r->sink.write(r->sink.arg, at, n);
+        if (st) {
+            r->sink_status = st;
+            return -1;
+        }
+        return 0;
+    }
     if (r->body.len + n > r->max_body) {
         r->too_large = 1;
         return -1;
@@ -110,18 +183,8 @@ static int on_message_complete(llhttp_t *p)
 {
     struct http_req *r = req_of(p);
     r->complete = 1;
-    r->method = llhttp_get_method(p);
+    r->in_body = 0;
     r->keep_alive = llhttp_should_keep_alive(p);
-    if (!r->url.data)
-        buf_append(&r->url, "/", 1);
-    char *q = strchr(r->url.data, '?');
-    if (q) {
-        *q = '\0';
-        r->query = q + 1;
-    } else {
-        r->query = "";
-    }
-    r->path = r->url.data;
     if (!r->body.data)
         buf_append(&r->body, "", 0);
     return HPE_PAUSED; /* one request at a time: the answer may be asynchronous */
@@ -142,6 +205,7 @@ struct http_req *http_req_new(size_t max_body)
     struct http_req *r = xcalloc(1, sizeof *r);
     llhttp_init(&r->parser, HTTP_REQUEST, &settings);
     r->max_body = max_body;
+    r->content_length = -1;
     return r;
 }
 
@@ -151,13 +215,18 @@ static void clear_fields(struct http_req *r)
     free(r->ws_key);
     free(r->ws_version);
     free(r->if_none_match);
+    free(r->content_type);
+    free(r->range);
+    free(r->if_range);
     r->authorization = r->ws_key = r->ws_version = r->if_none_match = NULL;
+    r->content_type = r->range = r->if_range = NULL;
 }
 
 void http_req_free(struct http_req *r)
 {
     if (!r)
         return;
+    http_req_drop_sink(r);
     clear_fields(r);
     buf_dispose(&r->url);
     buf_dispose(&r->field);
@@ -168,6 +237,7 @@ void http_req_free(struct http_req *r)
 
 void http_req_reset(struct http_req *r)
 {
+    http_req_drop_sink(r);
     clear_fields(r);
     /* an idle keep-alive connection should not hold request-sized buffers */
     buf_dispose(&r->url);
@@ -175,6 +245,8 @@ void http_req_reset(struct http_req *r)
     buf_dispose(&r->value);
     buf_dispose(&r->body);
     r->complete = r->too_large = r->header_overflow = r->upgrade = 0;
+    r->at_body = r->in_body = r->expect_continue = r->chunked = r->sink_status = 0;
+    r->content_length = -1;
     r->header_bytes = 0;
     r->path = r->query = NULL;
     /* After an upgrade request that was refused (401, 426, answered
@@ -193,7 +265,7 @@ long http_feed(struct http_req *r, const char *data, size_t len)
     llhttp_errno_t e = llhttp_execute(&r->parser, data, len);
     if (e == HPE_OK)
         return (long)len;
-    if ((e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) && r->complete)
+    if ((e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) && (r->complete || r->at_body))
         return (long)(llhttp_get_error_pos(&r->parser) - data);
     log_debug("http: parse error %s (%s)", llhttp_errno_name(e), llhttp_get_error_reason(&r->parser));
     return -1;
@@ -249,6 +321,7 @@ const char *http_status_text(int status)
     case 200: return "OK";
     case 201: return "Created";
     case 204: return "No Content";
+    case 206: return "Partial Content";
     case 304: return "Not Modified";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
@@ -256,12 +329,15 @@ const char *http_status_text(int status)
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
     case 409: return "Conflict";
+    case 411: return "Length Required";
     case 413: return "Payload Too Large";
+    case 416: return "Range Not Satisfiable";
     case 426: return "Upgrade Required";
     case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";
     case 503: return "Service Unavailable";
+    case 507: return "Insufficient Storage";
     default: return "Unknown";
     }
 }
@@ -269,25 +345,33 @@ const char *http_status_text(int status)
 struct frame *http_response(int status, const char *content_type, const char *extra_headers, const void *body,
                            size_t len, int keep_alive, int head_only)
 {
-    char head[1024];
-    int hl = snprintf(head, sizeof head,
-                      "HTTP/1.1 %d %s\r\n"
-                      "Content-Length: %zu\r\n"
-                      "%s%s%s"
-                      "Access-Control-Allow-Origin: *\r\n"
-                      "X-Content-Type-Options: nosniff\r\n"
-                      "%s"
-                      "Connection: %s\r\n\r\n",
-                      status, http_status_text(status), len, content_type ? "Content-Type: " : "",
-                      content_type ? content_type : "", content_type ? "\r\n" : "",
-                      extra_headers ? extra_headers : "", keep_alive ? "keep-alive" : "close");
-    if (hl < 0 || (size_t)hl >= sizeof head)
-        hl = (int)strlen(head);
+    static const char fmt[] = "HTTP/1.1 %d %s\r\n"
+                              "Content-Length: %zu\r\n"
+                              "%s%s%s"
+                              "Access-Control-Allow-Origin: *\r\n"
+                              "X-Content-Type-Options: nosniff\r\n"
+                              "%s"
+                              "Connection: %s\r\n\r\n";
+#define HTTP_RESPONSE_ARGS                                                                                     \
+    status, http_status_text(status), len, content_type ? "Content-Type: " : "", content_type ? content_type : "", \
+        content_type ? "\r\n" : "", extra_headers ? extra_headers : "", keep_alive ? "keep-alive" : "close"
+    char small[1024];
+    char *head = small;
+    int hl = snprintf(small, sizeof small, fmt, HTTP_RESPONSE_ARGS);
+    if (hl < 0)
+        hl = 0;
+    if ((size_t)hl >= sizeof small) { /* long extra headers (a Content-Disposition with a long name) */
+        head = xmalloc((size_t)hl + 1);
+        snprintf(head, (size_t)hl + 1, fmt, HTTP_RESPONSE_ARGS);
+    }
+#undef HTTP_RESPONSE_ARGS
     size_t blen = head_only ? 0 : len;
     struct frame *f = frame_new((size_t)hl + blen);
     memcpy(f->data, head, (size_t)hl);
     if (blen)
         memcpy(f->data + hl, body, blen);
+    if (head != small)
+        free(head);
     return f;
 }
 

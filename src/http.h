@@ -16,6 +16,18 @@
 
 #define HTTP_MAX_HEADER_BYTES 16384
 
+/* Where a streamed request body goes (http_body_continue). write takes each
+ * piece as it arrives: 0, or an HTTP status to answer instead (the rest of
+ * the body is not read and the connection closes). discard frees arg when
+ * the request ends before the layer above took the sink back with
+ * http_req_take_sink (the peer went away mid-body, a malformed body, a
+ * refused piece): nothing of a half-received body may stay behind. */
+struct http_sink {
+    int (*write)(void *arg, const char *data, size_t len);
+    void (*discard)(void *arg);
+    void *arg;
+};
+
 struct http_req {
     llhttp_t parser;         /* parser.data == the struct conn */
     size_t max_body;
@@ -26,6 +38,14 @@ struct http_req {
     int keep_alive;
     int upgrade;             /* Upgrade: websocket (case-insensitive) */
     int route;               /* the transport's route index, for the request counters (0: other) */
+    int notify_body;         /* set by the owner: pause when the headers of a request with a body are in */
+    int at_body;             /* paused there: http_body_continue decides how the body is read */
+    int in_body;             /* reading a body (after the headers, before the end) */
+    int expect_continue;     /* Expect: 100-continue */
+    int64_t content_length;  /* -1: none (no body, or chunked) */
+    int chunked;             /* Transfer-Encoding: chunked */
+    struct http_sink sink;   /* a streamed body's destination (arg NULL: the body is buffered) */
+    int sink_status;         /* the sink refused a piece: answer this status */
     size_t header_bytes;
     struct buf url;          /* raw request target */
     struct buf field, value; /* the header being read */
@@ -34,7 +54,10 @@ struct http_req {
     char *ws_key;
     char *ws_version;
     char *if_none_match;
-    /* split out of url at completion (point into url.data) */
+    char *content_type;
+    char *range;
+    char *if_range;
+    /* split out of url once the headers are in (point into url.data) */
     const char *path;
     const char *query;       /* "" when none */
 };
@@ -48,6 +71,20 @@ void http_req_reset(struct http_req *r);
  * completed and the parser paused: the rest belongs to the next request, or,
  * after an upgrade, to the WebSocket), or -1 on a malformed request. */
 long http_feed(struct http_req *r, const char *data, size_t len);
+
+/* With notify_body set, http_feed also stops (at_body set, returning what it
+ * consumed) when the headers of a request with a body are complete, before
+ * any of the body is read: method, path, query and the headers are valid.
+ * The owner then calls this: stream 0 buffers the body in r->body (-1 when
+ * Content-Length is over max_body: answer 413), stream 1 sends every piece
+ * to r->sink (filled by the caller), whatever its size. Then feeding goes
+ * on. */
+int http_body_continue(struct http_req *r, int stream);
+/* The streamed body's sink arg, now the caller's (NULL if there is none):
+ * after the request completed, the layer above takes it back. */
+void *http_req_take_sink(struct http_req *r);
+/* Discards a streamed body not taken back (see struct http_sink). */
+void http_req_drop_sink(struct http_req *r);
 
 #define HTTP_QUERY_ABSENT (-1)
 #define HTTP_QUERY_TOO_LONG (-2)

@@ -5,6 +5,7 @@
  * down in order: stop accepting and reading, flush the writer (acks go out),
  * close every socket with 1001, exit 0. */
 #include "api.h"
+#include "api_attach.h"
 #include "bus.h"
 #include "chat.h"
 #include "chat_tx.h"
@@ -40,6 +41,7 @@
  * core's end of a session. */
 static const struct conn_handler handler = {
     .on_request = api_handle,
+    .on_body_start = api_body_start,
     .on_message = proto_handle,
     .on_session_end = chat_session_end,
 };
@@ -180,6 +182,8 @@ int main(int argc, char **argv)
         return fail("libsodium failed to initialize", NULL);
     if (config_load_secret(&cfg, err, sizeof err) < 0)
         return fail(err, NULL);
+    if (api_attach_prepare(&cfg, err, sizeof err) < 0) /* <data>/attachments/tmp, emptied */
+        return fail(err, NULL);
     signal(SIGPIPE, SIG_IGN);
     /* Threads other than main get their own malloc arenas, which glibc shrinks
      * (madvise) whenever their free top passes the trim threshold: with the
@@ -212,9 +216,17 @@ int main(int argc, char **argv)
     ms.sigterm.data = ms.sigint.data = &ms;
     uv_signal_start(&ms.sigterm, on_signal, SIGTERM);
     uv_signal_start(&ms.sigint, on_signal, SIGINT);
-    for (int i = 0; i < nw; i++)
+    for (int i = 0; i < nw; i++) {
         if (!(workers[i] = worker_new(&cfg, i, nw, err, sizeof err)))
             return fail(err, NULL);
+        /* Port 0: the first worker's listener got a port from the kernel; the
+         * others share it (SO_REUSEPORT), and the log line below tells it. */
+        if (i == 0 && cfg.listen_port == 0 && (cfg.listen_port = worker_bound_port(workers[0], 0)) < 0)
+            return fail("cannot read the bound port", NULL);
+        if (i == 0 && cfg.metrics_host[0] && cfg.metrics_port == 0 &&
+            (cfg.metrics_port = worker_bound_port(workers[0], 1)) < 0)
+            return fail("cannot read the bound port", NULL);
+    }
 
     chat.presence = presence_new();
     chat.guard = guard_new((int)cfg.max_hashes, (size_t)cfg.hash_queue);
@@ -259,6 +271,10 @@ int main(int argc, char **argv)
             return fail("cannot start a worker thread", NULL);
 
 
+    /* before the main line, which tells the harness that every listener is up */
+    if (cfg.metrics_host[0])
+        log_info("parleyd metrics listening on http://%s%s%s:%d/metrics", strchr(cfg.metrics_host, ':') ? "[" : "",
+                 cfg.metrics_host, strchr(cfg.metrics_host, ':') ? "]" : "", cfg.metrics_port);
     const char *host = cfg.listen_host;
     log_info("parleyd listening on http://%s%s%s:%d/ (%d workers, %s store, %s bus, data in %s)",
              strchr(host, ':') ? "[" : "", host, strchr(host, ':') ? "]" : "", cfg.listen_port, cfg.workers,

@@ -52,6 +52,8 @@ void read_free(struct read *r)
     decref(r->result);
     decref(r->extra);
     free(r->pwhash);
+    if (r->frame)
+        frame_unref(r->frame);
     free(r->ids);
     free(r->ids2);
     free(r->pos);
@@ -276,6 +278,14 @@ void reader_run(struct store *st, struct read *r, int per_conv)
         if (r->rc == STORE_OK && store_att_path(st, r->pwhash, &r->str2) != STORE_OK)
             r->str2 = NULL;
         break;
+    case READ_ATT_CHUNK: {
+        /* read straight into the frame the worker queues: one copy, from the store */
+        size_t want = r->limit > 0 ? (size_t)r->limit : 0, n = 0;
+        r->frame = frame_new(want);
+        r->rc = store_att_read(st, r->str, r->after, r->frame->data, want, &n);
+        r->frame->len = (uint32_t)(r->rc == STORE_OK && n <= want ? n : 0);
+        break;
+    }
     }
 }
 

@@ -49,6 +49,9 @@ enum read_kind {
                           NUL-separated, n of them), before, limit: result = [hits], seq = next cursor */
     READ_ATTACHMENT,   /* str (id), user: result = the attachment, pwhash = its sha256, extra = NULL;
                           str2 = a path to sendfile from, or NULL (read it with store_att_read) */
+    READ_ATT_CHUNK,    /* str (the sha256 of an attachment's bytes), after (offset), limit (bytes, > 0):
+                          frame = up to limit bytes from there (fewer: the end); the body of a
+                          download from a store with no file to send (api_attach.c) */
 };
 
 #define READ_SEARCH_WORDS 16 /* words of one search, at most (store_search) */
@@ -81,6 +84,7 @@ struct read {
     size_t n, n2;
     struct store_pos *pos;  /* owned */
     size_t npos;
+    struct frame *frame;    /* READ_ATT_CHUNK: the bytes (one reference owned by the read) */
 };
 
 struct read *read_new(enum read_kind kind, struct worker *origin, struct conn *conn, read_done_fn done, void *arg);

@@ -27,11 +27,16 @@
 #include "util.h"
 
 #include <endian.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <libpq-fe.h>
 #include <limits.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 /* Type OIDs (catalog/pg_type_d.h is a server header). */
 enum {
@@ -47,7 +52,7 @@ enum {
 #define MIGRATE_LOCK "140106055788921"
 #define RECONNECT_MIN_MS 250 /* between two connection attempts */
 #define IDLE_TX_TIMEOUT "60s" /* idle_in_transaction_session_timeout, unless set */
-#define MAXP 6               /* parameters of one statement, at most */
+#define MAXP 10              /* parameters of one statement, at most */
 #define MAXPEND 8            /* deferred commands, at most */
 
 enum sid {
@@ -106,6 +111,34 @@ enum sid {
     S_CONV_ADVANCE,
     S_MSG_INSERT_MANY,
     S_READ_SET_MANY,
+    /* version 2 in send_batch */
+    S_BATCH_LAST_SEQS,
+    S_BATCH_ATTS,
+    S_BATCH_ATTACHED,
+    S_ATTACH_MANY,
+    /* version 2: changes */
+    S_MSG_FACTS,
+    S_MSG_GET,
+    S_CONV_LOCK,
+    S_CHANGE_EDIT,
+    S_CHANGE_DELETE,
+    S_CHANGE_REACT_ON,
+    S_CHANGE_REACT_OFF,
+    S_BLOBS_DROP,
+    S_CHANGES,
+    S_CONV_LAST_MOD,
+    S_CONV_LAST_MODS,
+    /* version 2: search */
+    S_SEARCH_USER,
+    S_SEARCH_CONV,
+    /* version 2: attachments */
+    S_BLOB_REF,
+    S_ATT_INSERT,
+    S_CHUNK_INSERT,
+    S_ATT_GET,
+    S_BLOB_SIZE,
+    S_ATT_READ,
+    S_ATT_PRUNE,
     S__COUNT
 };
 
@@ -120,14 +153,44 @@ struct sdef {
 
 #define USER_COLS "u.id, u.username, u.display_name, u.created_at"
 #define MEMBER_COLS "u.id, u.username, u.display_name, m.role"
-/* The conversation row: the conversation, the viewer's read position and
- * the last message (NULLs when there is none). Read by conv_json(). */
+/* The version-2 state of the message of alias M, read by msg_v2_json():
+ * reply_to, edited_at, deleted, mod, then its attachments as one JSON array
+ * in their order and its reactions as one JSON array of [emoji, user] in the
+ * order they were made. Each list is a correlated subquery inside the
+ * page's one statement (an index probe, no round trip), made only when the
+ * message can have one: attachments when it was sent with some (n_att),
+ * reactions when it was ever changed (mod). */
+#define MSG_V2_COLS(M)                                                                             \
+    M ".reply_to, " M ".edited_at, " M ".deleted, " M ".mod,"                                      \
+    " CASE WHEN " M ".n_att > 0 THEN (SELECT json_agg(json_build_object('id', a.id, 'name', a.name," \
+    " 'type', a.type, 'size', a.size) ORDER BY a.pos) FROM attachments a"                          \
+    " WHERE a.conv_id = " M ".conv_id AND a.seq = " M ".seq) END,"                                 \
+    " CASE WHEN " M ".mod > 0 THEN (SELECT json_agg(json_build_array(r.emoji, r.user_id) ORDER BY r.id)" \
+    " FROM reactions r WHERE r.conv_id = " M ".conv_id AND r.seq = " M ".seq) END"
+/* The conversation row: the conversation, the viewer's read position, its
+ * last_mod and the last message (NULLs when there is none). Read by
+ * conv_json(). */
 #define CONV_SELECT                                                                      \
-    "SELECT c.id, c.kind, c.title, c.last_seq, c.created_at, m.last_read_seq,"           \
-    " g.sender_id, g.client_id, g.body, g.created_at"                                    \
+    "SELECT c.id, c.kind, c.title, c.last_seq, c.created_at, m.last_read_seq, c.last_mod," \
+    " g.sender_id, g.client_id, g.body, g.created_at, " MSG_V2_COLS("g")                  \
     " FROM members m JOIN conversations c ON c.id = m.conv_id"                           \
     " LEFT JOIN messages g ON g.conv_id = c.id AND g.seq = c.last_seq"
-#define MSG_COLS "seq, sender_id, client_id, body, created_at"
+/* A whole message of alias m, read by page_msg_json(). */
+#define MSG_COLS "m.seq, m.sender_id, m.client_id, m.body, m.created_at, " MSG_V2_COLS("m")
+/* The search vector of a body: TXT, the body's text when it holds NUL
+ * bytes (made spaces, in C), else NULL and the body itself; case and
+ * accents folded (parley_fold, migrations_pg/003). */
+#define TSV_OF(BODY, TXT) \
+    "to_tsvector('simple', parley_fold(COALESCE(" TXT ", convert_from(" BODY ", 'UTF8'))))"
+/* The blobs of the attachments rows a data-modifying WITH deleted (CTE a,
+ * with their sha256): each one's refs down by its count (row-locked until
+ * the commit), and the ones at 0 named for S_BLOBS_DROP. */
+#define BLOBS_UNREF                                                                                  \
+    " b AS (UPDATE blobs SET refs = blobs.refs - x.n FROM (SELECT sha256, count(*) AS n FROM a GROUP BY sha256) x" \
+    " WHERE blobs.sha256 = x.sha256 RETURNING blobs.sha256, blobs.refs)"
+#define BLOBS_ZERO "(SELECT string_agg(sha256, ',') FROM b WHERE refs <= 0)"
+#define CHUNK 262144 /* bytes of a blob_chunks row */
+#define CHUNK_SQL "262144"
 
 static const struct sdef SQL[S__COUNT] = {
     [S_BEGIN] = {"begin transaction", "BEGIN ISOLATION LEVEL READ COMMITTED", "", F_UNNAMED},
@@ -285,20 +348,20 @@ static const struct sdef SQL[S__COUNT] = {
                     " WHERE conv_id = $1 AND user_id = $2 RETURNING last_read_seq",
                     "iii", 0},
     [S_MSG_BEFORE] = {"messages before",
-                      "SELECT " MSG_COLS " FROM messages WHERE conv_id = $1 AND seq < $2"
-                      " ORDER BY seq DESC LIMIT $3",
+                      "SELECT " MSG_COLS " FROM messages m WHERE m.conv_id = $1 AND m.seq < $2"
+                      " ORDER BY m.seq DESC LIMIT $3",
                       "iii", 0},
     [S_MSG_AFTER] = {"messages after",
-                     "SELECT " MSG_COLS " FROM messages WHERE conv_id = $1 AND seq > $2"
-                     " ORDER BY seq ASC LIMIT $3",
+                     "SELECT " MSG_COLS " FROM messages m WHERE m.conv_id = $1 AND m.seq > $2"
+                     " ORDER BY m.seq ASC LIMIT $3",
                      "iii", 0},
     [S_SYNC_SUMMARY] = {"sync summary",
-                        "SELECT c.id, c.last_seq, m.last_read_seq FROM members m"
+                        "SELECT c.id, c.last_seq, m.last_read_seq, c.last_mod FROM members m"
                         " JOIN conversations c ON c.id = m.conv_id WHERE m.user_id = $1 ORDER BY c.id",
                         "i", 0},
     [S_CONV_SHARED] = {"conversation for a push",
-                       "SELECT c.id, c.kind, c.title, c.last_seq, c.created_at, 0::bigint,"
-                       " g.sender_id, g.client_id, g.body, g.created_at FROM conversations c"
+                       "SELECT c.id, c.kind, c.title, c.last_seq, c.created_at, 0::bigint, c.last_mod,"
+                       " g.sender_id, g.client_id, g.body, g.created_at, " MSG_V2_COLS("g") " FROM conversations c"
                        " LEFT JOIN messages g ON g.conv_id = c.id AND g.seq = c.last_seq WHERE c.id = $1",
                        "i", 0},
     [S_MEMBER_POS] = {"read positions of members",
@@ -320,13 +383,16 @@ static const struct sdef SQL[S__COUNT] = {
                         " last_activity = GREATEST(last_activity, $3) WHERE id = $1 RETURNING last_seq",
                         "iii", 0},
     /* One statement for every message of the batch (docs/BENCHMARKS.md:
-     * faster than one pipelined INSERT per message). */
+     * faster than one pipelined INSERT per message), with its search
+     * vector; reply_to 0 is none. */
     [S_MSG_INSERT_MANY] = {"insert messages",
-                           "INSERT INTO messages(conv_id, seq, sender_id, client_id, body, created_at)"
-                           " SELECT k.conv, k.seq, k.sender, k.cid, k.body, $6 FROM"
-                           " unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::bytea[])"
-                           " AS k(conv, seq, sender, cid, body)",
-                           "IIITBi", 0},
+                           "INSERT INTO messages(conv_id, seq, sender_id, client_id, body, created_at, reply_to,"
+                           " n_att, tsv)"
+                           " SELECT k.conv, k.seq, k.sender, k.cid, k.body, $6, NULLIF(k.reply_to, 0), k.n_att, "
+                           TSV_OF("k.body", "k.txt") " FROM"
+                           " unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::bytea[], $7::bigint[],"
+                           " $8::bigint[], $9::text[]) AS k(conv, seq, sender, cid, body, reply_to, n_att, txt)",
+                           "IIITBiIIT", 0},
     /* Each sender's position to its last new message of the batch (one
      * row per (conv, sender); the seqs were just reserved, so they are
      * within last_seq). */
@@ -335,6 +401,166 @@ static const struct sdef SQL[S__COUNT] = {
                          " FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS k(conv, usr, seq)"
                          " WHERE m.conv_id = k.conv AND m.user_id = k.usr",
                          "III", 0},
+
+    /* send_batch, version 2: the last seqs a reply_to is checked against
+     * (a lower bound of the ones the reservation will see: seqs only grow);
+     * the uploads the batch names that are not attached yet, locked so that
+     * no other writer attaches or prunes them before this transaction ends
+     * (in id order: two batches lock them in the same order; one attached
+     * meanwhile drops out after the wait); and, without a lock, the ones
+     * attached already (a delete locks those: never waited for here, so a
+     * send and a delete cannot deadlock on them). */
+    [S_BATCH_LAST_SEQS] = {"last seqs of the batch's conversations",
+                           "SELECT id, last_seq FROM conversations WHERE id = ANY($1)", "I", 0},
+    [S_BATCH_ATTS] = {"attachments of the batch",
+                      "SELECT id, owner_id, name, type, size FROM attachments"
+                      " WHERE id = ANY($1) AND conv_id IS NULL ORDER BY id FOR UPDATE",
+                      "T", 0},
+    [S_BATCH_ATTACHED] = {"attached attachments of the batch",
+                          "SELECT id, owner_id FROM attachments WHERE id = ANY($1) AND conv_id IS NOT NULL", "T", 0},
+    [S_ATTACH_MANY] = {"attach uploads",
+                       "UPDATE attachments a SET conv_id = k.conv, seq = k.seq, pos = k.pos"
+                       " FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) AS k(id, conv, seq, pos)"
+                       " WHERE a.id = k.id",
+                       "TIII", 0},
+
+    [S_MSG_FACTS] = {"message facts", "SELECT sender_id, deleted, mod FROM messages WHERE conv_id = $1 AND seq = $2",
+                     "ii", 0},
+    [S_MSG_GET] = {"get message", "SELECT " MSG_COLS " FROM messages m WHERE m.conv_id = $1 AND m.seq = $2", "ii", 0},
+    /* A change first locks its conversation's row (the lock the mod's
+     * UPDATE takes anyway), so the statement after it, a new snapshot in
+     * READ COMMITTED, sees the message as the last change of any node left
+     * it, and decides on that: whether there is anything to change, and
+     * only then the next mod. */
+    [S_CONV_LOCK] = {"lock conversation", "SELECT 1 FROM conversations WHERE id = $1 FOR NO KEY UPDATE", "i", 0},
+    /* Each change: (deleted, mod) of the message as it was, and the new mod
+     * (NULL: nothing changed); no row: no such message. */
+    [S_CHANGE_EDIT] = {"edit message",
+                       "WITH t AS (SELECT deleted, mod FROM messages WHERE conv_id = $1 AND seq = $2),"
+                       " c AS (UPDATE conversations SET last_mod = last_mod + 1"
+                       "  WHERE id = $1 AND EXISTS (SELECT 1 FROM t WHERE NOT deleted) RETURNING last_mod),"
+                       " u AS (UPDATE messages m SET body = $3, tsv = " TSV_OF("$3", "$4") ","
+                       "  edited_at = $5, mod = c.last_mod FROM c WHERE m.conv_id = $1 AND m.seq = $2 RETURNING m.mod)"
+                       " SELECT t.deleted, t.mod, (SELECT mod FROM u) FROM t",
+                       "iibti", 0},
+    /* The erasure (PROTOCOL.md): body '' and no search vector, no edit
+     * history to erase (none is kept), reactions and attachments rows
+     * deleted, their blobs' refs down (the ones at 0 go in S_BLOBS_DROP, in
+     * the same transaction). PostgreSQL keeps the old row versions in the
+     * table's pages until vacuum reclaims them: no query finds them from
+     * the commit on, and (auto)vacuum removes the bytes from the files
+     * later; WAL holds them until it is recycled. That is the documented
+     * erasure of cluster mode. */
+    [S_CHANGE_DELETE] = {"delete message",
+                         "WITH t AS (SELECT deleted, mod FROM messages WHERE conv_id = $1 AND seq = $2),"
+                         " c AS (UPDATE conversations SET last_mod = last_mod + 1"
+                         "  WHERE id = $1 AND EXISTS (SELECT 1 FROM t WHERE NOT deleted) RETURNING last_mod),"
+                         " u AS (UPDATE messages m SET body = ''::bytea, tsv = NULL, deleted = true, n_att = 0,"
+                         "  mod = c.last_mod FROM c WHERE m.conv_id = $1 AND m.seq = $2 RETURNING m.mod),"
+                         " r AS (DELETE FROM reactions WHERE conv_id = $1 AND seq = $2 AND EXISTS (SELECT 1 FROM u)),"
+                         " a AS (DELETE FROM attachments WHERE conv_id = $1 AND seq = $2 AND EXISTS (SELECT 1 FROM u)"
+                         "  RETURNING sha256),"
+                         BLOBS_UNREF
+                         " SELECT t.deleted, t.mod, (SELECT mod FROM u), " BLOBS_ZERO " FROM t",
+                         "ii", 0},
+    /* Already there (the unique key): nothing inserted, no mod. */
+    [S_CHANGE_REACT_ON] = {"add reaction",
+                           "WITH t AS (SELECT deleted, mod FROM messages WHERE conv_id = $1 AND seq = $2),"
+                           " i AS (INSERT INTO reactions(conv_id, seq, user_id, emoji) SELECT $1, $2, $3, $4 FROM t"
+                           "  WHERE NOT t.deleted ON CONFLICT DO NOTHING RETURNING 1),"
+                           " c AS (UPDATE conversations SET last_mod = last_mod + 1"
+                           "  WHERE id = $1 AND EXISTS (SELECT 1 FROM i) RETURNING last_mod),"
+                           " u AS (UPDATE messages m SET mod = c.last_mod FROM c"
+                           "  WHERE m.conv_id = $1 AND m.seq = $2 RETURNING m.mod)"
+                           " SELECT t.deleted, t.mod, (SELECT mod FROM u) FROM t",
+                           "iiit", 0},
+    [S_CHANGE_REACT_OFF] = {"remove reaction",
+                            "WITH t AS (SELECT deleted, mod FROM messages WHERE conv_id = $1 AND seq = $2),"
+                            " d AS (DELETE FROM reactions WHERE conv_id = $1 AND seq = $2 AND user_id = $3"
+                            "  AND emoji = $4 RETURNING 1),"
+                            " c AS (UPDATE conversations SET last_mod = last_mod + 1"
+                            "  WHERE id = $1 AND EXISTS (SELECT 1 FROM d) RETURNING last_mod),"
+                            " u AS (UPDATE messages m SET mod = c.last_mod FROM c"
+                            "  WHERE m.conv_id = $1 AND m.seq = $2 RETURNING m.mod)"
+                            " SELECT t.deleted, t.mod, (SELECT mod FROM u) FROM t",
+                            "iiit", 0},
+    /* The blobs whose last reference this transaction dropped (BLOBS_ZERO;
+     * still row-locked by it, so no upload took a new reference since), and
+     * their chunks by cascade. */
+    [S_BLOBS_DROP] = {"drop unreferenced blobs",
+                      "DELETE FROM blobs WHERE sha256 = ANY(string_to_array($1, ',')) AND refs <= 0", "t", 0},
+    /* mod > 0 as well as > $2: what lets the partial index messages_mod
+     * serve a generic plan. */
+    [S_CHANGES] = {"changes",
+                   "SELECT " MSG_COLS " FROM messages m WHERE m.conv_id = $1 AND m.mod > 0 AND m.mod > $2"
+                   " ORDER BY m.mod LIMIT $3",
+                   "iii", 0},
+    [S_CONV_LAST_MOD] = {"conversation last mod", "SELECT last_mod FROM conversations WHERE id = $1", "i", 0},
+    [S_CONV_LAST_MODS] = {"conversations' last mods",
+                          "SELECT k.i, c.last_mod FROM unnest($1::bigint[]) WITH ORDINALITY AS k(id, i)"
+                          " JOIN conversations c ON c.id = k.id",
+                          "I", 0},
+
+    /* The search (store.h): parley_tsquery (002_v2.sql) quotes the words;
+     * deleted messages have no vector. Unnamed: planned with the words'
+     * query, whose selectivity decides between the GIN index (the matches
+     * ANDed with the user's conversations' rows from the primary key, then
+     * sorted) and messages_id backwards (words in most messages: the newest
+     * rows until the page is full). The conversations are an array (an
+     * InitPlan), not a join: on 1,000,000 messages the planner made the
+     * join a nested loop that ran the GIN scan once per conversation of the
+     * user (7x slower than one scan ANDed with the primary key's rows). */
+    [S_SEARCH_USER] = {"search",
+                       "SELECT m.id, m.conv_id, m.seq, m.sender_id, m.body, m.created_at FROM messages m"
+                       " WHERE m.tsv @@ parley_tsquery($2) AND NOT m.deleted AND m.id < $3"
+                       " AND m.conv_id = ANY(ARRAY(SELECT conv_id FROM members WHERE user_id = $1))"
+                       " ORDER BY m.id DESC LIMIT $4",
+                       "iTii", F_UNNAMED},
+    [S_SEARCH_CONV] = {"search a conversation",
+                       "SELECT m.id, m.conv_id, m.seq, m.sender_id, m.body, m.created_at FROM messages m"
+                       " WHERE m.tsv @@ parley_tsquery($2) AND NOT m.deleted AND m.id < $3 AND m.conv_id = $1"
+                       " ORDER BY m.id DESC LIMIT $4",
+                       "iTii", F_UNNAMED},
+
+    /* One more reference to the bytes, or the first: refs = 1 says the
+     * chunks are to be written (a blob row lives only with refs > 0; its
+     * row lock makes an upload of the same bytes wait for a delete that
+     * drops them, then insert them afresh). */
+    [S_BLOB_REF] = {"reference blob",
+                    "INSERT INTO blobs(sha256, size, refs) VALUES ($1, $2, 1)"
+                    " ON CONFLICT (sha256) DO UPDATE SET refs = blobs.refs + 1 RETURNING refs",
+                    "ti", 0},
+    [S_ATT_INSERT] = {"insert attachment",
+                      "INSERT INTO attachments(id, owner_id, name, type, size, sha256, created_at)"
+                      " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                      "tittiti", 0},
+    [S_CHUNK_INSERT] = {"insert blob chunk", "INSERT INTO blob_chunks(sha256, n, data) VALUES ($1, $2, $3)", "tib",
+                        0},
+    [S_ATT_GET] = {"get attachment",
+                   "SELECT a.id, a.name, a.type, a.size, a.sha256 FROM attachments a WHERE a.id = $1"
+                   " AND (a.owner_id = $2 OR EXISTS (SELECT 1 FROM members m WHERE m.conv_id = a.conv_id"
+                   " AND m.user_id = $2))",
+                   "ti", 0},
+    [S_BLOB_SIZE] = {"blob size", "SELECT size FROM blobs WHERE sha256 = $1", "t", 0},
+    /* The bytes [$2, $2 + $3) from the chunks they fall in, each cut on
+     * the server to its part of the range (from the TOAST slices it needs:
+     * EXTERNAL storage). */
+    [S_ATT_READ] = {"read blob",
+                    "SELECT n, substring(data FROM (greatest($2, n * " CHUNK_SQL "::bigint) - n * " CHUNK_SQL
+                    "::bigint + 1)::integer FOR (least($2 + $3, (n + 1) * " CHUNK_SQL
+                    "::bigint) - greatest($2, n * " CHUNK_SQL "::bigint))::integer)"
+                    " FROM blob_chunks WHERE sha256 = $1 AND n >= $2 / " CHUNK_SQL " AND n <= ($2 + $3 - 1) / "
+                    CHUNK_SQL " ORDER BY n",
+                    "tii", 0},
+    /* Uploads never attached, oldest first; one a send is attaching right
+     * now is locked by it and skipped. Their blobs lose a reference. */
+    [S_ATT_PRUNE] = {"prune attachments",
+                     "WITH a AS (DELETE FROM attachments WHERE conv_id IS NULL AND id IN (SELECT id FROM attachments"
+                     "  WHERE conv_id IS NULL AND created_at < $1 ORDER BY created_at LIMIT $2"
+                     "  FOR UPDATE SKIP LOCKED) RETURNING sha256),"
+                     BLOBS_UNREF
+                     " SELECT (SELECT count(*) FROM a), " BLOBS_ZERO,
+                     "ii", 0},
 };
 
 struct pg {
@@ -364,7 +590,7 @@ struct call {
     int prep; /* run: a Parse was sent for it */
 };
 
-static const int BINARY[MAXP] = {1, 1, 1, 1, 1, 1};
+static const int BINARY[MAXP] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
 
 static void call_start(struct call *c, enum sid id)
 {
@@ -394,6 +620,13 @@ static void call_text(struct call *c, const char *s)
     call_bytes(c, s, s ? strlen(s) : 0);
 }
 
+/* Takes p (malloc'd, n bytes), freed by call_done. */
+static void call_own(struct call *c, char *p, size_t n)
+{
+    c->own[c->np] = p;
+    call_bytes(c, p, n);
+}
+
 /* Takes b's bytes (an array built with arr_*). */
 static void call_buf(struct call *c, struct buf *b)
 {
@@ -417,6 +650,47 @@ static void calls_done(struct call *c, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         call_done(&c[i]);
+}
+
+/* Whether p[0..n) is text PostgreSQL takes: valid UTF-8 (no overlong
+ * forms, surrogates or code points past U+10FFFF) without NUL. A parameter
+ * it would refuse must not reach it: the failed statement would abort the
+ * writer's transaction. */
+static int utf8_ok(const char *p, size_t n)
+{
+    const unsigned char *s = (const unsigned char *)p;
+    size_t i = 0;
+
+    while (i < n) {
+        unsigned char c = s[i];
+        size_t k;
+        uint32_t cp;
+        if (c == 0)
+            return 0;
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        if (c >= 0xC2 && c <= 0xDF)
+            k = 1, cp = c & 0x1F;
+        else if (c >= 0xE0 && c <= 0xEF)
+            k = 2, cp = c & 0x0F;
+        else if (c >= 0xF0 && c <= 0xF4)
+            k = 3, cp = c & 0x07;
+        else
+            return 0;
+        if (n - i <= k)
+            return 0;
+        for (size_t j = 1; j <= k; j++) {
+            if ((s[i + j] & 0xC0) != 0x80)
+                return 0;
+            cp = cp << 6 | (s[i + j] & 0x3F);
+        }
+        if ((k == 2 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) || (k == 3 && (cp < 0x10000 || cp > 0x10FFFF)))
+            return 0;
+        i += k + 1;
+    }
+    return 1;
 }
 
 /* ---- one-dimensional arrays in PostgreSQL's binary format ---- */
@@ -450,6 +724,25 @@ static void arr_bytes(struct buf *b, const char *p, size_t n)
 {
     put32(b, (uint32_t)n);
     buf_append(b, p, n);
+}
+
+static void arr_null(struct buf *b)
+{
+    uint32_t flag = htobe32(1);
+    put32(b, UINT32_MAX); /* length -1 */
+    memcpy(b->data + 4, &flag, 4); /* the header's "has NULLs" */
+}
+
+/* The text of a body for the search vector: the body with each NUL byte
+ * made a space (text cannot hold NUL; a NUL separates words like a
+ * space). */
+static void arr_text_nonul(struct buf *b, const char *p, size_t n)
+{
+    put32(b, (uint32_t)n);
+    buf_reserve(b, n);
+    for (size_t i = 0; i < n; i++)
+        b->data[b->len + i] = p[i] ? p[i] : ' ';
+    b->len += n;
 }
 
 /* ---- results ---- */
@@ -770,15 +1063,69 @@ static json_t *msg_json(const PGresult *r, int row, int64_t conv, int64_t seq, i
                     (size_t)PQgetlength(r, row, col + 2), col_i64(r, row, col + 3));
 }
 
+/* A JSON column (json_agg); NULL for SQL NULL or what jansson refuses. */
+static json_t *col_json(const PGresult *r, int row, int col)
+{
+    if (PQgetisnull(r, row, col))
+        return NULL;
+    return json_loadb(PQgetvalue(r, row, col), (size_t)PQgetlength(r, row, col), 0, NULL);
+}
+
+/* Adds the MSG_V2_COLS at col to msg (a rows_msg object); msg NULL: nothing.
+ * Returns msg, or NULL (msg freed) when a list does not parse. */
+static json_t *msg_v2_json(json_t *msg, const PGresult *r, int row, int col)
+{
+    struct rows_msg_v2 x = {
+        .reply_to = col_i64(r, row, col),
+        .edited_at = col_i64(r, row, col + 1),
+        .deleted = col_i64(r, row, col + 2) != 0,
+        .mod = col_i64(r, row, col + 3),
+    };
+    int bad = 0;
+
+    if (!msg)
+        return NULL;
+    if (!PQgetisnull(r, row, col + 4) && !(x.attachments = col_json(r, row, col + 4)))
+        bad = 1;
+    if (!PQgetisnull(r, row, col + 5)) {
+        json_t *pairs = col_json(r, row, col + 5), *p;
+        size_t i;
+        bad |= !pairs;
+        x.reactions = json_object();
+        json_array_foreach(pairs, i, p) {
+            const char *emoji = json_string_value(json_array_get(p, 0));
+            if (emoji)
+                rows_reaction_add(x.reactions, emoji, (int64_t)json_integer_value(json_array_get(p, 1)));
+        }
+        json_decref(pairs);
+    }
+    rows_msg_v2(bad ? NULL : msg, &x);
+    if (bad) {
+        json_decref(msg);
+        return NULL;
+    }
+    return msg;
+}
+
+/* A whole message: sender_id, client_id, body, created_at at col, then its
+ * MSG_V2_COLS. */
+static json_t *msg_full_json(const PGresult *r, int row, int64_t conv, int64_t seq, int col)
+{
+    return msg_v2_json(msg_json(r, row, conv, seq, col), r, row, col + 4);
+}
+
 /* The shared part of a CONV_SELECT row, with an empty "members" array. */
 static json_t *conv_shared_json(const PGresult *r, int row)
 {
     int64_t id = col_i64(r, row, 0), last_seq = col_i64(r, row, 3);
-    json_t *last = NULL;
+    json_t *last = NULL, *o;
 
-    if (last_seq > 0 && !PQgetisnull(r, row, 6) && !(last = msg_json(r, row, id, last_seq, 6)))
+    if (last_seq > 0 && !PQgetisnull(r, row, 7) && !(last = msg_full_json(r, row, id, last_seq, 7)))
         return NULL;
-    return rows_conv_shared(id, col_text(r, row, 1), col_text(r, row, 2), last_seq, last, col_i64(r, row, 4));
+    o = rows_conv_shared(id, col_text(r, row, 1), col_text(r, row, 2), last_seq, last, col_i64(r, row, 4));
+    if (o)
+        json_object_set_new(o, "last_mod", json_integer(col_i64(r, row, 6)));
+    return o;
 }
 
 static json_t *conv_json(const PGresult *r, int row)
@@ -1829,9 +2176,10 @@ static int pg_read_set(struct store *st_, int64_t conv, int64_t user, int64_t se
     return one_i64((struct pg *)st_, &c, pos_out);
 }
 
+/* A MSG_COLS row. */
 static json_t *page_msg_json(const PGresult *r, int row, int64_t conv)
 {
-    return msg_json(r, row, conv, col_i64(r, row, 0), 1);
+    return msg_full_json(r, row, conv, col_i64(r, row, 0), 1);
 }
 
 static int pg_msg_page(struct store *st_, int64_t conv, int64_t before, int64_t after, int limit, json_t **msgs_out,
@@ -1875,7 +2223,10 @@ static int pg_msg_page(struct store *st_, int64_t conv, int64_t before, int64_t 
 
 static json_t *summary_json(const PGresult *r, int row, int col)
 {
-    return rows_summary(col_i64(r, row, col), col_i64(r, row, col + 1), col_i64(r, row, col + 2));
+    json_t *o = rows_summary(col_i64(r, row, col), col_i64(r, row, col + 1), col_i64(r, row, col + 2));
+    if (o)
+        json_object_set_new(o, "last_mod", json_integer(col_i64(r, row, col + 3)));
+    return o;
 }
 
 static int pg_sync_summary(struct store *st_, int64_t user, json_t **out)
@@ -1945,6 +2296,7 @@ struct bconv {
     int64_t conv;
     struct idlist *members;
     int64_t count, next;
+    int64_t last_seq; /* as read before the reservation (only when a send of the batch has a reply_to) */
 };
 
 static int cmp_bconv(const void *a, const void *b)
@@ -1966,23 +2318,68 @@ static int bconv_has(const struct bconv *c, int64_t user)
 
 enum { SEND_NEW = 1 };
 
-/* Lookups and members (one round trip): fills the dups, and *convs_out
- * with the conversations of the batch's first occurrences, each with its
- * members, sorted by id. */
-static int batch_read(struct pg *st, struct store_send *v, size_t n, const size_t *first, struct bconv **convs_out,
-                      size_t *nconv_out)
+/* An upload named by a send of the batch: S_BATCH_ATTS (not attached,
+ * row-locked) or S_BATCH_ATTACHED. */
+struct batt {
+    const char *id; /* into the result */
+    int row;        /* its row in S_BATCH_ATTS's result (not attached) */
+    int64_t owner;
+    int attached;
+    size_t taken;   /* 0, or 1 + the index of the send that takes it */
+};
+
+static int cmp_batt(const void *a, const void *b)
 {
-    size_t k = 0, nconv = 0;
+    return strcmp(((const struct batt *)a)->id, ((const struct batt *)b)->id);
+}
+
+static struct batt *batt_find(struct batt *v, size_t n, const char *id)
+{
+    struct batt key = {.id = id};
+    return id && n ? bsearch(&key, v, n, sizeof *v, cmp_batt) : NULL;
+}
+
+/* What batch_read learns beyond the dups: the conversations (sorted, with
+ * their members and, when a send replies, their last seqs) and the uploads
+ * the sends name (sorted by id; res kept for their names). */
+struct bread {
+    struct bconv *bv;
+    size_t nconv;
+    PGresult *atts, *attached;
+    struct batt *att;
+    size_t natt;
+};
+
+static void bread_dispose(struct bread *b)
+{
+    for (size_t k = 0; k < b->nconv; k++)
+        idlist_unref(b->bv[k].members);
+    free(b->bv);
+    PQclear(b->atts);
+    PQclear(b->attached);
+    free(b->att);
+}
+
+/* Lookups and members (one round trip), plus the last seqs when a send has
+ * a reply_to and the named uploads when a send has attachments: fills the
+ * dups and *br. */
+static int batch_read(struct pg *st, struct store_send *v, size_t n, const size_t *first, struct bread *br)
+{
+    size_t k = 0, nconv = 0, nids = 0;
     size_t *pos = xmalloc((n ? n : 1) * sizeof *pos); /* lookup position -> index in v */
     int64_t *ids = xmalloc((n ? n : 1) * sizeof *ids);
-    struct buf senders, cids, convs;
-    struct call c[2];
+    int need_seqs = 0;
+    struct buf senders, cids, convs, attids;
+    struct call c[5];
+    int nc = 2, cs = -1, ca = -1;
     int rc;
 
     for (size_t i = 0; i < n; i++)
         if (first[i] == i) {
             pos[k++] = i;
             ids[nconv++] = v[i].conv;
+            need_seqs |= v[i].reply_to != 0;
+            nids += v[i].att ? v[i].n_att : 0;
         }
     nconv = sort_unique(ids, nconv);
     arr_start(&senders, OID_INT8, k);
@@ -1998,7 +2395,33 @@ static int batch_read(struct pg *st, struct store_send *v, size_t n, const size_
     call_buf(&c[0], &cids);
     call_start(&c[1], S_BATCH_MEMBERS);
     call_buf(&c[1], &convs);
-    rc = run(st, c, 2, 0);
+    if (need_seqs) {
+        cs = nc++;
+        call_start(&c[cs], S_BATCH_LAST_SEQS);
+        arr_of_ids(&convs, ids, nconv);
+        call_buf(&c[cs], &convs);
+    }
+    if (nids) {
+        /* an id that is not text (invalid UTF-8) is left out: unknown */
+        size_t m = 0;
+        ca = nc++;
+        for (size_t j = 0; j < k; j++)
+            for (size_t a = 0; v[pos[j]].att && a < v[pos[j]].n_att; a++)
+                m += v[pos[j]].att[a] && utf8_ok(v[pos[j]].att[a], strlen(v[pos[j]].att[a]));
+        arr_start(&attids, OID_TEXT, m);
+        for (size_t j = 0; j < k; j++)
+            for (size_t a = 0; v[pos[j]].att && a < v[pos[j]].n_att; a++) {
+                const char *id = v[pos[j]].att[a];
+                if (id && utf8_ok(id, strlen(id)))
+                    arr_bytes(&attids, id, strlen(id));
+            }
+        call_start(&c[ca], S_BATCH_ATTS);
+        call_start(&c[ca + 1], S_BATCH_ATTACHED);
+        call_bytes(&c[ca + 1], attids.data, attids.len); /* the same array: c[ca] frees it */
+        call_buf(&c[ca], &attids);
+        nc++;
+    }
+    rc = run(st, c, (size_t)nc, 0);
     if (rc == STORE_OK) {
         for (int r = 0; r < rows(&c[0]); r++) {
             int64_t j = col_i64(c[0].res, r, 0);
@@ -2024,13 +2447,82 @@ static int batch_read(struct pg *st, struct store_send *v, size_t n, const size_
             bv[j].members = idlist_new(uids, cnt);
         }
         free(uids);
-        *convs_out = bv;
-        *nconv_out = nconv;
-        calls_done(c, 2);
+        for (int i = 0; cs >= 0 && i < rows(&c[cs]); i++) {
+            struct bconv *b = bconv_find(bv, nconv, col_i64(c[cs].res, i, 0));
+            if (b)
+                b->last_seq = col_i64(c[cs].res, i, 1);
+        }
+        br->bv = bv;
+        br->nconv = nconv;
+        if (ca >= 0) {
+            int na = rows(&c[ca]), nb = rows(&c[ca + 1]);
+            br->atts = c[ca].res;
+            br->attached = c[ca + 1].res;
+            c[ca].res = c[ca + 1].res = NULL;
+            br->att = xcalloc((size_t)(na + nb) + 1, sizeof *br->att);
+            for (int i = 0; i < na; i++)
+                br->att[i] = (struct batt){.id = col_text(br->atts, i, 0), .row = i, .owner = col_i64(br->atts, i, 1)};
+            for (int i = 0; i < nb; i++)
+                br->att[na + i] = (struct batt){.id = col_text(br->attached, i, 0), .row = -1,
+                                                .owner = col_i64(br->attached, i, 1), .attached = 1};
+            br->natt = (size_t)(na + nb);
+            qsort(br->att, br->natt, sizeof *br->att, cmp_batt);
+        }
+        calls_done(c, (size_t)nc);
     }
     free(pos);
     free(ids);
     return rc;
+}
+
+/* The version-2 checks of send i (store.h), before anything of it is
+ * written: its reply_to within 1..last_seq counting the batch's earlier new
+ * messages of the conversation; its uploads the sender's own, not attached,
+ * not taken by an earlier send of the batch, each named once. STORE_OK
+ * with the uploads taken, or BAD_REQUEST with why and none taken. */
+static int check_v2(const struct store_send *m, size_t i, const struct bconv *c, struct bread *br, const char **why)
+{
+    *why = NULL;
+    if (m->reply_to < 0 || m->reply_to > c->last_seq + c->count)
+        *why = "reply_to is not a message of the conversation";
+    else if (m->n_att > STORE_MAX_ATTACH || (m->n_att && !m->att))
+        *why = "too many attachments";
+    for (size_t j = 0; !*why && j < m->n_att; j++) {
+        struct batt *a = batt_find(br->att, br->natt, m->att[j]);
+        if (!a || a->owner != m->sender)
+            *why = "unknown attachment";
+        else if (a->taken == i + 1)
+            *why = "an attachment is listed twice";
+        else if (a->attached || a->taken)
+            *why = "attachment already attached to a message";
+        else
+            a->taken = i + 1;
+    }
+    if (!*why)
+        return STORE_OK;
+    for (size_t j = 0; j < br->natt; j++)
+        if (br->att[j].taken == i + 1)
+            br->att[j].taken = 0;
+    return STORE_BAD_REQUEST;
+}
+
+/* The attachment objects of a new send, in the order given. */
+static json_t *att_out_json(const struct store_send *m, struct bread *br)
+{
+    json_t *arr = json_array();
+
+    for (size_t j = 0; j < m->n_att; j++) {
+        struct batt *a = batt_find(br->att, br->natt, m->att[j]);
+        json_t *o = a && a->row >= 0 ? rows_attachment(a->id, col_text(br->atts, a->row, 2),
+                                                       col_text(br->atts, a->row, 3), col_i64(br->atts, a->row, 4))
+                                     : NULL;
+        if (!o) {
+            json_decref(arr);
+            return NULL;
+        }
+        json_array_append_new(arr, o);
+    }
+    return arr;
 }
 
 /* One UPDATE ... RETURNING per conversation with new messages, in
@@ -2071,17 +2563,22 @@ static int batch_reserve(struct pg *st, struct bconv *bv, size_t nconv, int64_t 
     return rc;
 }
 
-/* The new messages (one multi-row INSERT) and each sender's read position
- * (one multi-row UPDATE), in one round trip. */
+/* The new messages (one multi-row INSERT), each sender's read position
+ * (one multi-row UPDATE) and, when sends have attachments, the uploads
+ * attached (one multi-row UPDATE), in one round trip. */
 static int batch_write(struct pg *st, struct store_send *v, size_t n, const uint8_t *fresh, int64_t now)
 {
-    struct buf convs, seqs, senders, cids, bodies, rconv, ruser, rseq;
-    size_t nnew = 0, nread = 0;
-    struct call c[2];
+    struct buf convs, seqs, senders, cids, bodies, replies, natts, txts, rconv, ruser, rseq;
+    struct buf aid, aconv, aseq, apos;
+    size_t nnew = 0, nread = 0, natt = 0;
+    struct call c[3];
     int rc;
 
     for (size_t i = 0; i < n; i++)
-        nnew += fresh[i] == SEND_NEW;
+        if (fresh[i] == SEND_NEW) {
+            nnew++;
+            natt += v[i].n_att;
+        }
     /* each sender's last new message per conversation */
     uint8_t *last = xcalloc(n ? n : 1, 1);
     for (size_t i = n; i-- > 0;) {
@@ -2100,21 +2597,44 @@ static int batch_write(struct pg *st, struct store_send *v, size_t n, const uint
     arr_start(&senders, OID_INT8, nnew);
     arr_start(&cids, OID_TEXT, nnew);
     arr_start(&bodies, OID_BYTEA, nnew);
+    arr_start(&replies, OID_INT8, nnew);
+    arr_start(&natts, OID_INT8, nnew);
+    arr_start(&txts, OID_TEXT, nnew);
     arr_start(&rconv, OID_INT8, nread);
     arr_start(&ruser, OID_INT8, nread);
     arr_start(&rseq, OID_INT8, nread);
+    arr_start(&aid, OID_TEXT, natt);
+    arr_start(&aconv, OID_INT8, natt);
+    arr_start(&aseq, OID_INT8, natt);
+    arr_start(&apos, OID_INT8, natt);
     for (size_t i = 0; i < n; i++) {
         if (fresh[i] != SEND_NEW)
             continue;
+        const char *body = v[i].body ? v[i].body : "";
+        size_t len = v[i].body ? v[i].body_len : 0;
         arr_i64(&convs, v[i].conv);
         arr_i64(&seqs, v[i].seq);
         arr_i64(&senders, v[i].sender);
         arr_bytes(&cids, v[i].client_id, strlen(v[i].client_id));
-        arr_bytes(&bodies, v[i].body ? v[i].body : "", v[i].body ? v[i].body_len : 0);
+        arr_bytes(&bodies, body, len);
+        arr_i64(&replies, v[i].reply_to);
+        arr_i64(&natts, (int64_t)v[i].n_att);
+        /* the text of the search vector: the body itself unless it holds
+         * NUL bytes (the common case sends it once) */
+        if (len && memchr(body, 0, len))
+            arr_text_nonul(&txts, body, len);
+        else
+            arr_null(&txts);
         if (last[i]) {
             arr_i64(&rconv, v[i].conv);
             arr_i64(&ruser, v[i].sender);
             arr_i64(&rseq, v[i].seq);
+        }
+        for (size_t j = 0; j < v[i].n_att; j++) {
+            arr_bytes(&aid, v[i].att[j], strlen(v[i].att[j]));
+            arr_i64(&aconv, v[i].conv);
+            arr_i64(&aseq, v[i].seq);
+            arr_i64(&apos, (int64_t)j);
         }
     }
     free(last);
@@ -2125,88 +2645,623 @@ static int batch_write(struct pg *st, struct store_send *v, size_t n, const uint
     call_buf(&c[0], &cids);
     call_buf(&c[0], &bodies);
     call_i64(&c[0], now);
+    call_buf(&c[0], &replies);
+    call_buf(&c[0], &natts);
+    call_buf(&c[0], &txts);
     call_start(&c[1], S_READ_SET_MANY);
     call_buf(&c[1], &rconv);
     call_buf(&c[1], &ruser);
     call_buf(&c[1], &rseq);
+    call_start(&c[2], S_ATTACH_MANY);
+    call_buf(&c[2], &aid);
+    call_buf(&c[2], &aconv);
+    call_buf(&c[2], &aseq);
+    call_buf(&c[2], &apos);
     /* A unique-key failure here is the one race that fails a batch: another
      * node stored the same (sender, client id) after our lookup. The
      * client's next resend gets the original. */
-    rc = run(st, c, 2, 0);
-    calls_done(c, 2);
+    rc = run(st, c, natt ? 3 : 2, 0);
+    if (rc == STORE_OK)
+        calls_done(c, natt ? 3 : 2);
+    if (!natt)
+        call_done(&c[2]);
     return rc;
 }
 
 /* See store.h and store_pg.h: lookups and members first (nothing fails on
  * a unique key in the normal course), then one reservation per
- * conversation, then the inserts and read positions: three round trips. */
+ * conversation, then the inserts and read positions: three round trips.
+ * The version-2 checks (reply_to, attachments) are made in C, in the
+ * batch's order, on what the first round trip read: no statement of the
+ * batch can fail on them. */
 static int pg_send_batch(struct store *st_, struct store_send *v, size_t n, int64_t now,
                          struct store_batch_out *out)
 {
     struct pg *st = (struct pg *)st_;
     size_t *first = xmalloc((n ? n : 1) * sizeof *first);
     uint8_t *fresh = xcalloc(n ? n : 1, 1);
-    struct bconv *bv = NULL;
-    size_t nconv = 0, nnew = 0;
+    struct bread br = {0};
+    size_t nnew = 0;
     int rc;
 
     find_batch_resends(v, n, first);
     for (size_t i = 0; i < n; i++) {
         v[i].dup = 0;
         v[i].rc = STORE_OK;
+        v[i].why = NULL;
+        v[i].att_out = NULL;
         if (!v[i].client_id)
             v[i].client_id = "";
     }
-    rc = n ? batch_read(st, v, n, first, &bv, &nconv) : STORE_OK;
+    rc = n ? batch_read(st, v, n, first, &br) : STORE_OK;
     for (size_t i = 0; i < n && rc == STORE_OK; i++) {
         struct store_send *m = &v[i];
         if (first[i] != i || m->dup)
             continue;
-        struct bconv *c = bconv_find(bv, nconv, m->conv);
+        struct bconv *c = bconv_find(br.bv, br.nconv, m->conv);
         if (!c || !bconv_has(c, m->sender)) {
             m->rc = STORE_NOT_FOUND;
             continue;
         }
+        if ((m->reply_to || m->n_att) && (m->rc = check_v2(m, i, c, &br, &m->why)) != STORE_OK)
+            continue;
         fresh[i] = SEND_NEW;
         c->count++;
         nnew++;
     }
     if (rc == STORE_OK && nnew)
-        rc = batch_reserve(st, bv, nconv, now);
+        rc = batch_reserve(st, br.bv, br.nconv, now);
     if (rc == STORE_OK && nnew) {
         for (size_t i = 0; i < n; i++) {
             if (fresh[i] != SEND_NEW)
                 continue;
-            struct bconv *c = bconv_find(bv, nconv, v[i].conv);
+            struct bconv *c = bconv_find(br.bv, br.nconv, v[i].conv);
             v[i].seq = c->next++;
             v[i].ts = now;
         }
         rc = batch_write(st, v, n, fresh, now);
     }
+    for (size_t i = 0; i < n && rc == STORE_OK; i++)
+        if (fresh[i] == SEND_NEW && v[i].n_att && !(v[i].att_out = att_out_json(&v[i], &br)))
+            rc = log_json(SQL[S_BATCH_ATTS].what);
     for (size_t i = 0; i < n; i++) {
         if (first[i] == i)
             continue;
         const struct store_send *o = &v[first[i]];
         v[i].rc = o->rc;
+        v[i].why = o->why;
         v[i].dup = o->rc == STORE_OK;
         v[i].conv = o->rc == STORE_OK ? o->conv : v[i].conv;
         v[i].seq = o->seq;
         v[i].ts = o->ts;
     }
     if (rc == STORE_OK && out) {
-        for (size_t k = 0; k < nconv; k++) {
-            if (!bv[k].count)
+        for (size_t k = 0; k < br.nconv; k++) {
+            if (!br.bv[k].count)
                 continue;
             out->v = xrealloc(out->v, (out->n + 1) * sizeof *out->v);
-            out->v[out->n].conv = bv[k].conv;
-            out->v[out->n++].members = idlist_ref(bv[k].members);
+            out->v[out->n].conv = br.bv[k].conv;
+            out->v[out->n++].members = idlist_ref(br.bv[k].members);
         }
     }
-    for (size_t k = 0; k < nconv; k++)
-        idlist_unref(bv[k].members);
-    free(bv);
+    bread_dispose(&br);
     free(first);
     free(fresh);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Version 2: changes.                                                  */
+
+/* An operation of several statements called outside a transaction (a test,
+ * a tool) runs in one of its own: *own says to end it. */
+static int own_begin(struct pg *st, int *own)
+{
+    *own = !st->in_tx;
+    return *own ? pg_begin(&st->base) : STORE_OK;
+}
+
+static int own_end(struct pg *st, int own, int rc)
+{
+    if (!own)
+        return rc;
+    if (rc == STORE_OK)
+        return pg_commit(&st->base);
+    pg_rollback(&st->base);
+    return rc;
+}
+
+static int pg_msg_facts(struct store *st_, int64_t conv, int64_t seq, struct store_msg_facts *out)
+{
+    struct pg *st = (struct pg *)st_;
+    struct call c;
+    int rc;
+
+    call_start(&c, S_MSG_FACTS);
+    call_i64(&c, conv);
+    call_i64(&c, seq);
+    if ((rc = run1(st, &c)) != STORE_OK)
+        return rc;
+    if (!rows(&c)) {
+        rc = STORE_NOT_FOUND;
+    } else {
+        out->sender = col_i64(c.res, 0, 0);
+        out->deleted = col_i64(c.res, 0, 1) != 0;
+        out->mod = col_i64(c.res, 0, 2);
+    }
+    call_done(&c);
+    return rc;
+}
+
+static int pg_msg_get(struct store *st_, int64_t conv, int64_t seq, json_t **msg_out)
+{
+    struct pg *st = (struct pg *)st_;
+    struct call c;
+    int rc;
+
+    *msg_out = NULL;
+    call_start(&c, S_MSG_GET);
+    call_i64(&c, conv);
+    call_i64(&c, seq);
+    if ((rc = run1(st, &c)) != STORE_OK)
+        return rc;
+    if (!rows(&c))
+        rc = STORE_NOT_FOUND;
+    else if (!(*msg_out = page_msg_json(c.res, 0, conv)))
+        rc = log_json(SQL[S_MSG_GET].what);
+    call_done(&c);
+    return rc;
+}
+
+/* Drops the blobs named in zero (BLOBS_ZERO: NULL when none). */
+static int blobs_drop(struct pg *st, const char *zero)
+{
+    struct call c;
+    int rc;
+
+    if (!zero)
+        return STORE_OK;
+    call_start(&c, S_BLOBS_DROP);
+    call_text(&c, zero);
+    if ((rc = run1(st, &c)) == STORE_OK)
+        call_done(&c);
+    return rc;
+}
+
+/* See store.h. One round trip: the conversation's row lock, then the change
+ * (S_CHANGE_*), which decides on the message as it is under that lock; a
+ * delete that dropped a blob's last reference takes a second one. A change
+ * the message's state refuses (editing or reacting to a deleted message)
+ * is BAD_REQUEST, decided before anything is written; deleting a deleted
+ * message changes nothing (*changed_out 0, its mod). */
+static int pg_msg_change(struct store *st_, int64_t conv, int64_t seq, int64_t user, enum store_change_kind kind,
+                         const char *text, size_t text_len, int64_t now, int64_t *mod_out, int *changed_out)
+{
+    struct pg *st = (struct pg *)st_;
+    struct call c[2];
+    char *zero = NULL;
+    int rc, own;
+
+    *mod_out = 0;
+    *changed_out = 0;
+    if (kind != CHANGE_DELETE && (!text || (kind != CHANGE_EDIT && (!text_len || memchr(text, 0, text_len))) ||
+                                  !utf8_ok(text, text_len)))
+        return STORE_BAD_REQUEST;
+    call_start(&c[0], S_CONV_LOCK);
+    call_i64(&c[0], conv);
+    switch (kind) {
+    case CHANGE_EDIT:
+        call_start(&c[1], S_CHANGE_EDIT);
+        call_i64(&c[1], conv);
+        call_i64(&c[1], seq);
+        call_bytes(&c[1], text_len ? text : "", text_len);
+        if (text_len && memchr(text, 0, text_len)) {
+            char *t = xmalloc(text_len);
+            for (size_t i = 0; i < text_len; i++)
+                t[i] = text[i] ? text[i] : ' ';
+            call_own(&c[1], t, text_len);
+        } else {
+            call_bytes(&c[1], NULL, 0);
+        }
+        call_i64(&c[1], now);
+        break;
+    case CHANGE_DELETE:
+        call_start(&c[1], S_CHANGE_DELETE);
+        call_i64(&c[1], conv);
+        call_i64(&c[1], seq);
+        break;
+    case CHANGE_REACT_ON:
+    case CHANGE_REACT_OFF:
+        call_start(&c[1], kind == CHANGE_REACT_ON ? S_CHANGE_REACT_ON : S_CHANGE_REACT_OFF);
+        call_i64(&c[1], conv);
+        call_i64(&c[1], seq);
+        call_i64(&c[1], user);
+        call_bytes(&c[1], text, text_len);
+        break;
+    default:
+        return STORE_BAD_REQUEST;
+    }
+    if ((rc = own_begin(st, &own)) != STORE_OK) {
+        calls_done(c, 2);
+        return rc;
+    }
+    if ((rc = run(st, c, 2, 0)) != STORE_OK)
+        return own_end(st, own, rc);
+    if (!rows(&c[0]) || !rows(&c[1])) {
+        rc = STORE_NOT_FOUND;
+    } else if (!PQgetisnull(c[1].res, 0, 2)) {
+        *mod_out = col_i64(c[1].res, 0, 2);
+        *changed_out = 1;
+        if (kind == CHANGE_DELETE && !PQgetisnull(c[1].res, 0, 3))
+            zero = xstrdup(col_text(c[1].res, 0, 3));
+    } else if (col_i64(c[1].res, 0, 0) && (kind == CHANGE_EDIT || kind == CHANGE_REACT_ON)) {
+        rc = STORE_BAD_REQUEST; /* deleted: nothing was written */
+    } else {
+        *mod_out = col_i64(c[1].res, 0, 1);
+    }
+    calls_done(c, 2);
+    if (rc == STORE_OK)
+        rc = blobs_drop(st, zero);
+    free(zero);
+    return own_end(st, own, rc);
+}
+
+static int pg_changes_page(struct store *st_, int64_t conv, int64_t after_mod, int limit, json_t **msgs_out,
+                           int64_t *last_mod_out)
+{
+    struct pg *st = (struct pg *)st_;
+    struct call c[2];
+    json_t *msgs;
+    int rc = STORE_OK;
+
+    *msgs_out = NULL;
+    *last_mod_out = 0;
+    if (limit < 1)
+        return STORE_BAD_REQUEST;
+    call_start(&c[0], S_CHANGES);
+    call_i64(&c[0], conv);
+    call_i64(&c[0], after_mod);
+    call_i64(&c[0], limit);
+    call_start(&c[1], S_CONV_LAST_MOD);
+    call_i64(&c[1], conv);
+    /* one snapshot: last_mod agrees with the page */
+    if ((rc = run(st, c, 2, RUN_SNAPSHOT)) != STORE_OK)
+        return rc;
+    if (!rows(&c[1])) {
+        calls_done(c, 2);
+        return STORE_NOT_FOUND;
+    }
+    msgs = json_array();
+    for (int i = 0; i < rows(&c[0]) && rc == STORE_OK; i++) {
+        json_t *m = page_msg_json(c[0].res, i, conv);
+        if (!m)
+            rc = log_json(SQL[S_CHANGES].what);
+        else
+            json_array_append_new(msgs, m);
+    }
+    *last_mod_out = col_i64(c[1].res, 0, 0);
+    calls_done(c, 2);
+    if (rc != STORE_OK) {
+        json_decref(msgs);
+        return rc;
+    }
+    *msgs_out = msgs;
+    return STORE_OK;
+}
+
+static int pg_conv_last_mods(struct store *st_, const int64_t *convs, size_t n, int64_t *out)
+{
+    struct pg *st = (struct pg *)st_;
+    struct call c;
+    struct buf b;
+    int rc;
+
+    for (size_t i = 0; i < n; i++)
+        out[i] = 0;
+    if (!n)
+        return STORE_OK;
+    call_start(&c, S_CONV_LAST_MODS);
+    arr_of_ids(&b, convs, n);
+    call_buf(&c, &b);
+    if ((rc = run1(st, &c)) != STORE_OK)
+        return rc;
+    for (int i = 0; i < rows(&c); i++) {
+        int64_t k = col_i64(c.res, i, 0);
+        if (k >= 1 && (size_t)k <= n)
+            out[k - 1] = col_i64(c.res, i, 1);
+    }
+    call_done(&c);
+    return STORE_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* Version 2: search.                                                   */
+
+/* See store.h: the words go to parley_tsquery as one text[] parameter
+ * (002_v2.sql quotes each as a lexeme); nothing of them is SQL. The cursor
+ * is messages.id: the page is id < before, newest first, one row more than
+ * the limit telling whether there is a next page. */
+static int pg_search(struct store *st_, int64_t user, int64_t conv, const char *const *words, size_t nwords,
+                     int64_t before, int limit, json_t **results_out, int64_t *next_out)
+{
+    struct pg *st = (struct pg *)st_;
+    json_t *res;
+    struct call c;
+    struct buf w;
+    size_t k = 0;
+    int rc = STORE_OK, n;
+
+    *results_out = NULL;
+    *next_out = 0;
+    if (limit < 1)
+        return STORE_BAD_REQUEST;
+    for (size_t i = 0; i < nwords; i++)
+        if (!words[i] || !*words[i] || !utf8_ok(words[i], strlen(words[i])))
+            return STORE_BAD_REQUEST;
+    res = json_array();
+    if (!nwords) {
+        *results_out = res;
+        return STORE_OK;
+    }
+    arr_start(&w, OID_TEXT, nwords);
+    for (size_t i = 0; i < nwords; i++)
+        arr_bytes(&w, words[i], strlen(words[i]));
+    call_start(&c, conv > 0 ? S_SEARCH_CONV : S_SEARCH_USER);
+    call_i64(&c, conv > 0 ? conv : user);
+    call_buf(&c, &w);
+    call_i64(&c, before > 0 ? before : INT64_MAX);
+    call_i64(&c, (int64_t)limit + 1);
+    if ((rc = run1(st, &c)) != STORE_OK) {
+        json_decref(res);
+        return rc;
+    }
+    n = rows(&c);
+    for (int i = 0; i < n && i < limit && rc == STORE_OK; i++) {
+        json_t *o = rows_search_hit(col_i64(c.res, i, 1), col_i64(c.res, i, 2), col_i64(c.res, i, 3),
+                                    col_text(c.res, i, 4), (size_t)PQgetlength(c.res, i, 4), col_i64(c.res, i, 5));
+        if (!o)
+            rc = log_json(SQL[c.id].what);
+        else
+            json_array_append_new(res, o);
+        k = (size_t)i;
+    }
+    if (rc == STORE_OK && n > limit)
+        *next_out = col_i64(c.res, (int)k, 0);
+    call_done(&c);
+    if (rc != STORE_OK) {
+        json_decref(res);
+        return rc;
+    }
+    *results_out = res;
+    return STORE_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* Version 2: attachments.                                              */
+
+#define ATT_ID_BYTES 16
+#define CHUNKS_PER_TRIP 4 /* chunk inserts per round trip: 1 MiB of buffers at most */
+
+/* Streams the file into blob_chunks, CHUNKS_PER_TRIP chunks per round trip:
+ * memory bounded whatever its size. STORE_BAD_REQUEST when the file is not
+ * size bytes (logged). */
+static int write_chunks(struct pg *st, int fd, const char *sha256, int64_t size)
+{
+    struct call c[CHUNKS_PER_TRIP];
+    int64_t done = 0, n = 0;
+    int rc = STORE_OK;
+
+    while (rc == STORE_OK && done < size) {
+        size_t k = 0;
+        while (k < CHUNKS_PER_TRIP && done < size) {
+            size_t want = (size_t)(size - done < CHUNK ? size - done : CHUNK), got = 0;
+            char *p = xmalloc(want);
+            while (got < want) {
+                ssize_t r = read(fd, p + got, want - got);
+                if (r < 0 && errno == EINTR)
+                    continue;
+                if (r <= 0)
+                    break;
+                got += (size_t)r;
+            }
+            if (got < want) {
+                free(p);
+                log_error("store: %s: the upload's file is shorter than its size", SQL[S_CHUNK_INSERT].what);
+                rc = STORE_BAD_REQUEST;
+                break;
+            }
+            call_start(&c[k], S_CHUNK_INSERT);
+            call_text(&c[k], sha256);
+            call_i64(&c[k], n++);
+            call_own(&c[k++], p, want);
+            done += (int64_t)want;
+        }
+        if (rc != STORE_OK) {
+            calls_done(c, k);
+            break;
+        }
+        if ((rc = run(st, c, k, 0)) == STORE_OK)
+            calls_done(c, k);
+    }
+    return rc;
+}
+
+/* See store.h: a new attachments row, and one more reference to its bytes,
+ * which are copied into blob_chunks only when no attachment holds them yet
+ * (the same bytes are stored once). One round trip, plus the chunks'. */
+static int pg_att_create(struct store *st_, int64_t owner, const char *name, const char *type, const char *tmp_path,
+                         int64_t size, const char *sha256_hex, int64_t now, json_t **att_out)
+{
+    struct pg *st = (struct pg *)st_;
+    unsigned char raw[ATT_ID_BYTES];
+    char id[sodium_base64_ENCODED_LEN(ATT_ID_BYTES, sodium_base64_VARIANT_URLSAFE_NO_PADDING)];
+    struct call c[2];
+    struct stat sb;
+    json_t *att;
+    int rc, own, fd, fresh;
+
+    *att_out = NULL;
+    if (!name || !type || !sha256_hex || size < 0 || !utf8_ok(name, strlen(name)) ||
+        !utf8_ok(type, strlen(type)) || !utf8_ok(sha256_hex, strlen(sha256_hex)))
+        return STORE_BAD_REQUEST;
+    if ((fd = open(tmp_path, O_RDONLY | O_CLOEXEC)) < 0 || fstat(fd, &sb) != 0 || sb.st_size != size) {
+        log_error("store: %s: %s: %s", SQL[S_ATT_INSERT].what, tmp_path,
+                  fd < 0 ? strerror(errno) : "not the upload's size");
+        if (fd >= 0)
+            close(fd);
+        return STORE_BAD_REQUEST;
+    }
+    if (sodium_init() < 0) {
+        close(fd);
+        return STORE_ERR;
+    }
+    randombytes_buf(raw, sizeof raw);
+    sodium_bin2base64(id, sizeof id, raw, sizeof raw, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    if (!(att = rows_attachment(id, name, type, size))) {
+        close(fd);
+        return STORE_BAD_REQUEST;
+    }
+    call_start(&c[0], S_BLOB_REF);
+    call_text(&c[0], sha256_hex);
+    call_i64(&c[0], size);
+    call_start(&c[1], S_ATT_INSERT);
+    call_text(&c[1], id);
+    call_i64(&c[1], owner);
+    call_text(&c[1], name);
+    call_text(&c[1], type);
+    call_i64(&c[1], size);
+    call_text(&c[1], sha256_hex);
+    call_i64(&c[1], now);
+    if ((rc = own_begin(st, &own)) != STORE_OK) {
+        calls_done(c, 2);
+    } else if ((rc = run(st, c, 2, 0)) == STORE_OK) {
+        fresh = col_i64(c[0].res, 0, 0) == 1;
+        if (changed(&c[1]) != 1) {
+            log_error("store: %s: the new id is taken", SQL[S_ATT_INSERT].what);
+            rc = STORE_ERR;
+        }
+        calls_done(c, 2);
+        if (rc == STORE_OK && fresh)
+            rc = write_chunks(st, fd, sha256_hex, size);
+    }
+    close(fd);
+    rc = own_end(st, own, rc);
+    if (rc != STORE_OK) {
+        json_decref(att);
+        return rc;
+    }
+    *att_out = att;
+    return STORE_OK;
+}
+
+static int pg_att_get(struct store *st_, const char *id, int64_t user, json_t **att_out, char **sha256_out)
+{
+    struct pg *st = (struct pg *)st_;
+    struct call c;
+    int rc;
+
+    *att_out = NULL;
+    if (sha256_out)
+        *sha256_out = NULL;
+    if (!id || !utf8_ok(id, strlen(id)))
+        return STORE_NOT_FOUND;
+    call_start(&c, S_ATT_GET);
+    call_text(&c, id);
+    call_i64(&c, user);
+    if ((rc = run1(st, &c)) != STORE_OK)
+        return rc;
+    if (!rows(&c)) {
+        rc = STORE_NOT_FOUND;
+    } else if (!(*att_out = rows_attachment(col_text(c.res, 0, 0), col_text(c.res, 0, 1), col_text(c.res, 0, 2),
+                                            col_i64(c.res, 0, 3)))) {
+        rc = log_json(SQL[S_ATT_GET].what);
+    } else if (sha256_out) {
+        *sha256_out = xstrdup(col_text(c.res, 0, 4));
+    }
+    call_done(&c);
+    return rc;
+}
+
+/* The range's chunks (each cut to its part on the server) and the blob's
+ * size, in one snapshot. NOT_FOUND: no such blob (deleted meanwhile). */
+static int pg_att_read(struct store *st_, const char *sha256_hex, int64_t off, void *buf, size_t len, size_t *n_out)
+{
+    struct pg *st = (struct pg *)st_;
+    struct call c[2];
+    int64_t size, end, want;
+    size_t got = 0;
+    int rc;
+
+    *n_out = 0;
+    if (!sha256_hex || off < 0 || !utf8_ok(sha256_hex, strlen(sha256_hex)))
+        return STORE_NOT_FOUND;
+    if (len > INT32_MAX)
+        len = INT32_MAX;
+    call_start(&c[0], S_BLOB_SIZE);
+    call_text(&c[0], sha256_hex);
+    call_start(&c[1], S_ATT_READ);
+    call_text(&c[1], sha256_hex);
+    call_i64(&c[1], off);
+    call_i64(&c[1], (int64_t)(len ? len : 1));
+    if ((rc = run(st, c, 2, RUN_SNAPSHOT)) != STORE_OK)
+        return rc;
+    if (!rows(&c[0])) {
+        calls_done(c, 2);
+        return STORE_NOT_FOUND;
+    }
+    size = col_i64(c[0].res, 0, 0);
+    end = off + (int64_t)len < size ? off + (int64_t)len : size;
+    want = end > off ? end - off : 0;
+    for (int i = 0; i < rows(&c[1]) && rc == STORE_OK; i++) {
+        int64_t n = col_i64(c[1].res, i, 0), at = n * CHUNK > off ? n * CHUNK - off : 0;
+        size_t piece = (size_t)PQgetlength(c[1].res, i, 1);
+        if (at != (int64_t)got || got + piece > (size_t)want) {
+            rc = STORE_ERR; /* a chunk missing or of the wrong size */
+            break;
+        }
+        memcpy((char *)buf + got, PQgetvalue(c[1].res, i, 1), piece);
+        got += piece;
+    }
+    if (rc == STORE_OK && got != (size_t)want)
+        rc = STORE_ERR;
+    if (rc == STORE_ERR)
+        log_error("store: %s: blob %s: its chunks do not make its size", SQL[S_ATT_READ].what, sha256_hex);
+    calls_done(c, 2);
+    if (rc == STORE_OK)
+        *n_out = got;
+    return rc;
+}
+
+/* Deletes at most limit never-attached uploads created before
+ * created_before, and the blobs that loses their last reference. */
+static int pg_att_prune(struct store *st_, int64_t created_before, int limit, int *deleted_out)
+{
+    struct pg *st = (struct pg *)st_;
+    struct call c;
+    char *zero = NULL;
+    int rc, own;
+
+    *deleted_out = 0;
+    if (limit < 1)
+        return STORE_OK;
+    call_start(&c, S_ATT_PRUNE);
+    call_i64(&c, created_before);
+    call_i64(&c, limit);
+    if ((rc = own_begin(st, &own)) != STORE_OK) {
+        call_done(&c);
+        return rc;
+    }
+    if ((rc = run1(st, &c)) == STORE_OK) {
+        *deleted_out = (int)col_i64(c.res, 0, 0);
+        if (!PQgetisnull(c.res, 0, 1))
+            zero = xstrdup(col_text(c.res, 0, 1));
+        call_done(&c);
+        rc = blobs_drop(st, zero);
+        free(zero);
+    }
+    rc = own_end(st, own, rc);
+    if (rc != STORE_OK)
+        *deleted_out = 0;
     return rc;
 }
 
@@ -2253,6 +3308,17 @@ static const struct store_ops pg_ops = {
     .read_set = pg_read_set,
     .msg_page = pg_msg_page,
     .sync_summary = pg_sync_summary,
+    .msg_facts = pg_msg_facts,
+    .msg_get = pg_msg_get,
+    .msg_change = pg_msg_change,
+    .changes_page = pg_changes_page,
+    .conv_last_mods = pg_conv_last_mods,
+    .search = pg_search,
+    .att_create = pg_att_create,
+    .att_get = pg_att_get,
+    .att_path = NULL, /* the bytes live in blob_chunks: att_read */
+    .att_read = pg_att_read,
+    .att_prune = pg_att_prune,
 };
 
 int store_pg_open(const char *conninfo_or_url, int migrate_now, struct store **out, char *err, size_t errlen)

@@ -29,11 +29,40 @@
  *    the other nodes;
  *  - message bodies are bytea: the exact bytes, NUL bytes included.
  *
+ * Version 2 (migrations_pg/002, 003):
+ *  - mods stay dense per conversation across writers: a change first locks
+ *    its conversation's row (FOR NO KEY UPDATE), then one statement decides
+ *    on the message as the last change left it and only when something
+ *    changes takes UPDATE conversations SET last_mod = last_mod + 1
+ *    RETURNING; a no-op reaction writes nothing;
+ *  - send_batch checks reply_to and attachments in C on what its first round
+ *    trip read (the uploads not attached yet row-locked), so no statement
+ *    of the batch fails on them and a refused send writes nothing;
+ *  - message objects carry their current state from the same statement that
+ *    reads them (reactions and attachments as correlated subqueries: no
+ *    round trip per message);
+ *  - attachment bytes live in blobs/blob_chunks (256 KiB chunks, stored once
+ *    per sha256 and counted by reference): att_create streams the file in,
+ *    att_read reads a range out, both in bounded memory; att_path has no
+ *    file to give;
+ *  - erasure: a delete sets the body to '' and the search vector to NULL and
+ *    deletes the reactions, the attachments rows and the blobs they held the
+ *    last reference to, in the writer's transaction. From its commit no
+ *    query finds any of it; the dead row versions stay in the table and
+ *    index files until (auto)vacuum reclaims their space, and in WAL until
+ *    it is recycled: the erasure cluster mode documents (PROTOCOL.md);
+ *  - search: a tsvector column kept by the statements that write the body
+ *    (simple configuration, case folded with ICU, accents removed), a GIN
+ *    index, the words quoted into a tsquery on the server (parley_tsquery),
+ *    newest first by messages.id, the cursor.
+ *
  * Round trips: statements that do not depend on each other's answers go out
  * together in libpq's pipeline mode; begin and the writer's per-job
  * savepoint commands are sent with the next statement, not alone. A batch of
  * sends is three round trips whatever its size (lookups and members; the
- * reservations; the multi-row insert and read positions), plus COMMIT.
+ * reservations; the multi-row insert and read positions), plus COMMIT;
+ * replies and attachments add statements to those round trips, not round
+ * trips. A change is one round trip (a delete that drops a blob, two).
  *
  * Sessions: a session that sets no idle_in_transaction_session_timeout
  * gets 60 s, so a node cut off inside a transaction does not hold the row

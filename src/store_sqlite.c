@@ -9,7 +9,13 @@
  *
  * Errors: SQLite failures are logged once, here, with the statement's
  * purpose, and become STORE_ERR. A unique-key violation is an expected answer
- * (STORE_CONFLICT) and is not logged. */
+ * (STORE_CONFLICT) and is not logged.
+ *
+ * Version 2 (migrations/002_v2.sql): how the search index is sharded so a
+ * delete can rewrite it cheaply is under "Search"; what a commit does for an
+ * erasure (optimize, secure_delete, WAL truncation, blob unlinks) is at
+ * sq_commit; attachment bytes live in <data dir>/attachments, the directory
+ * of the database file (see "Attachments"). */
 #include "store_sqlite.h"
 
 #include "rows.h"
@@ -20,6 +26,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "migrations.h"
@@ -75,6 +83,40 @@ enum sid {
     S_SYNC_SUMMARY,
     S_CONV_SHARED,
     S_MEMBER_POS,
+    /* version 2 */
+    S_MAX_ID,
+    S_MSG_FACTS,
+    S_MSG_ONE,
+    S_MSG_OLD,
+    S_MOD_NEXT,
+    S_MSG_EDIT,
+    S_MSG_ERASE,
+    S_MSG_REACTED,
+    S_REACT_ADD,
+    S_REACT_DEL,
+    S_REACT_DEL_MSG,
+    S_REACT_RANGE,
+    S_REACT_LIST,
+    S_ATT_RANGE,
+    S_ATT_LIST,
+    S_ATT_OF_MSG,
+    S_ATT_DELETE,
+    S_ATT_CHECK,
+    S_ATT_ATTACH,
+    S_ATT_ROW,
+    S_ATT_INSERT,
+    S_ATT_GET,
+    S_ATT_PENDING_OLD,
+    S_BLOB_REF,
+    S_BLOB_UNREF,
+    S_BLOB_DELETE,
+    S_BLOB_EXISTS,
+    S_CHANGES,
+    S_CONV_LAST_MOD,
+    S_SHARD_KNOWN,
+    S_SHARD_ADD,
+    S_SHARDS,
+    S_BACKFILL,
     S__COUNT
 };
 
@@ -88,12 +130,20 @@ struct sdef {
 #define MEMBER_COLS "u.id, u.username, u.display_name, m.role"
 /* The conversation row: the conversation, the viewer's read position and
  * the last message (NULLs when there is none). Read by conv_json(). */
+/* The version 2 state of a message (read by mv2_read), after its version 1
+ * columns. */
+#define V2_COLS(t)                                                                                 \
+    "coalesce(" t "reply_to, 0), coalesce(" t "edited_at, 0), " t "deleted, " t "mod, " t "n_react, " \
+    t "n_att"
 #define CONV_SELECT                                                                      \
     "SELECT c.id, c.kind, c.title, c.last_seq, c.created_at, m.last_read_seq,"           \
-    " g.sender_id, g.client_id, g.body, g.created_at"                                    \
+    " g.sender_id, g.client_id, g.body, g.created_at, " V2_COLS("g.") ", c.last_mod"       \
     " FROM members m JOIN conversations c ON c.id = m.conv_id"                           \
     " LEFT JOIN messages g ON g.conv_id = c.id AND g.seq = c.last_seq"
-#define MSG_COLS "seq, sender_id, client_id, body, created_at"
+#define CONV_V2_COL 10   /* the first V2_COLS column of a conversation row */
+#define CONV_LAST_MOD 16 /* c.last_mod */
+#define MSG_COLS "seq, sender_id, client_id, body, created_at, " V2_COLS("")
+#define MSG_V2_COL 5
 
 static const struct sdef SQL[S__COUNT] = {
     [S_BEGIN] = {"begin transaction", "BEGIN IMMEDIATE"},
@@ -192,8 +242,8 @@ static const struct sdef SQL[S__COUNT] = {
                          " WHERE sender_id = ?1 AND client_id = ?2"},
     [S_CONV_LAST_SEQ] = {"conversation last seq", "SELECT last_seq FROM conversations WHERE id = ?1"},
     [S_MSG_INSERT] = {"insert message",
-                      "INSERT INTO messages(conv_id, seq, sender_id, client_id, body, created_at)"
-                      " VALUES (?1, ?2, ?3, ?4, ?5, ?6)"},
+                      "INSERT INTO messages(conv_id, seq, sender_id, client_id, body, created_at, id, reply_to, n_att)"
+                      " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, nullif(?8, 0), ?9)"},
     [S_CONV_ADVANCE] = {"advance conversation",
                         "UPDATE conversations SET last_seq = ?2,"
                         " last_activity = max(last_activity, ?3) WHERE id = ?1"},
@@ -210,20 +260,120 @@ static const struct sdef SQL[S__COUNT] = {
                      "SELECT " MSG_COLS " FROM messages WHERE conv_id = ?1 AND seq > ?2"
                      " ORDER BY seq ASC LIMIT ?3"},
     [S_SYNC_SUMMARY] = {"sync summary",
-                        "SELECT c.id, c.last_seq, m.last_read_seq FROM members m"
+                        "SELECT c.id, c.last_seq, m.last_read_seq, c.last_mod FROM members m"
                         " JOIN conversations c ON c.id = m.conv_id WHERE m.user_id = ?1 ORDER BY c.id"},
     [S_CONV_SHARED] = {"conversation for a push",
                        "SELECT c.id, c.kind, c.title, c.last_seq, c.created_at, 0,"
-                       " g.sender_id, g.client_id, g.body, g.created_at FROM conversations c"
+                       " g.sender_id, g.client_id, g.body, g.created_at, " V2_COLS("g.") ", c.last_mod"
+                       " FROM conversations c"
                        " LEFT JOIN messages g ON g.conv_id = c.id AND g.seq = c.last_seq WHERE c.id = ?1"},
     [S_MEMBER_POS] = {"read positions of members",
                       "SELECT user_id, last_read_seq FROM members WHERE conv_id = ?1 ORDER BY user_id"},
+
+    /* ---- version 2 ---- */
+    /* The messages_id index makes this one descent. */
+    [S_MAX_ID] = {"last message id", "SELECT coalesce(max(id), 0) FROM messages"},
+    [S_MSG_FACTS] = {"message facts", "SELECT sender_id, deleted, mod FROM messages WHERE conv_id = ?1 AND seq = ?2"},
+    [S_MSG_ONE] = {"one message", "SELECT " MSG_COLS " FROM messages WHERE conv_id = ?1 AND seq = ?2"},
+    [S_MSG_OLD] = {"message before a change",
+                   "SELECT id, body, deleted, mod FROM messages WHERE conv_id = ?1 AND seq = ?2"},
+    /* Under BEGIN IMMEDIATE nobody else writes: last_mod + 1 is dense. */
+    [S_MOD_NEXT] = {"next mod",
+                    "UPDATE conversations SET last_mod = last_mod + 1 WHERE id = ?1 RETURNING last_mod"},
+    [S_MSG_EDIT] = {"edit message",
+                    "UPDATE messages SET body = ?3, edited_at = ?4, mod = ?5 WHERE conv_id = ?1 AND seq = ?2"},
+    [S_MSG_ERASE] = {"erase message",
+                     "UPDATE messages SET body = '', deleted = 1, mod = ?3, n_react = 0, n_att = 0"
+                     " WHERE conv_id = ?1 AND seq = ?2"},
+    [S_MSG_REACTED] = {"count reaction",
+                       "UPDATE messages SET mod = ?3, n_react = n_react + ?4 WHERE conv_id = ?1 AND seq = ?2"},
+    [S_REACT_ADD] = {"add reaction",
+                     "INSERT OR IGNORE INTO reactions(conv_id, seq, user_id, emoji) VALUES (?1, ?2, ?3, ?4)"},
+    [S_REACT_DEL] = {"remove reaction",
+                     "DELETE FROM reactions WHERE conv_id = ?1 AND seq = ?2 AND user_id = ?3 AND emoji = ?4"},
+    [S_REACT_DEL_MSG] = {"remove reactions of a message", "DELETE FROM reactions WHERE conv_id = ?1 AND seq = ?2"},
+    /* The reactions of a run of seqs (a page, or one message with ?2 = ?3),
+     * in the order they were made. */
+    [S_REACT_RANGE] = {"reactions of messages",
+                       "SELECT conv_id, seq, emoji, user_id FROM reactions"
+                       " WHERE conv_id = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY id"},
+    /* The reactions of the last messages of a viewer's conversations. */
+    [S_REACT_LIST] = {"reactions of last messages",
+                      "SELECT r.conv_id, r.seq, r.emoji, r.user_id FROM members v"
+                      " JOIN conversations c ON c.id = v.conv_id"
+                      " JOIN reactions r ON r.conv_id = c.id AND r.seq = c.last_seq"
+                      " WHERE v.user_id = ?1 ORDER BY r.id"},
+    [S_ATT_RANGE] = {"attachments of messages",
+                     "SELECT conv_id, seq, id, name, type, size FROM attachments"
+                     " WHERE conv_id = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY conv_id, seq, pos"},
+    [S_ATT_LIST] = {"attachments of last messages",
+                    "SELECT a.conv_id, a.seq, a.id, a.name, a.type, a.size FROM members v"
+                    " JOIN conversations c ON c.id = v.conv_id"
+                    " JOIN attachments a ON a.conv_id = c.id AND a.seq = c.last_seq"
+                    " WHERE v.user_id = ?1 ORDER BY a.conv_id, a.pos"},
+    [S_ATT_OF_MSG] = {"attachments to erase",
+                      "SELECT id, sha256 FROM attachments WHERE conv_id = ?1 AND seq = ?2"},
+    [S_ATT_DELETE] = {"delete attachment", "DELETE FROM attachments WHERE id = ?1"},
+    [S_ATT_CHECK] = {"check attachment",
+                     "SELECT owner_id, conv_id IS NOT NULL FROM attachments WHERE id = ?1"},
+    [S_ATT_ATTACH] = {"attach", "UPDATE attachments SET conv_id = ?2, seq = ?3, pos = ?4 WHERE id = ?1"},
+    [S_ATT_ROW] = {"attachment", "SELECT id, name, type, size FROM attachments WHERE id = ?1"},
+    [S_ATT_INSERT] = {"insert attachment",
+                      "INSERT INTO attachments(id, owner_id, name, type, size, sha256, created_at)"
+                      " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"},
+    /* The uploader, or a member of the conversation of the message it is in. */
+    [S_ATT_GET] = {"attachment for a reader",
+                   "SELECT a.id, a.name, a.type, a.size, a.sha256 FROM attachments a WHERE a.id = ?1"
+                   " AND (a.owner_id = ?2 OR (a.conv_id IS NOT NULL AND EXISTS"
+                   " (SELECT 1 FROM members m WHERE m.conv_id = a.conv_id AND m.user_id = ?2)))"},
+    [S_ATT_PENDING_OLD] = {"old unattached uploads",
+                           "SELECT id, sha256 FROM attachments WHERE conv_id IS NULL AND created_at < ?1"
+                           " ORDER BY created_at LIMIT ?2"},
+    [S_BLOB_REF] = {"reference blob",
+                    "INSERT INTO blobs(sha256, size, refs) VALUES (?1, ?2, 1)"
+                    " ON CONFLICT(sha256) DO UPDATE SET refs = refs + 1 RETURNING refs"},
+    [S_BLOB_UNREF] = {"unreference blob", "UPDATE blobs SET refs = refs - 1 WHERE sha256 = ?1 AND refs > 1"},
+    [S_BLOB_DELETE] = {"delete blob", "DELETE FROM blobs WHERE sha256 = ?1"},
+    [S_BLOB_EXISTS] = {"blob exists", "SELECT 1 FROM blobs WHERE sha256 = ?1"},
+    [S_CHANGES] = {"changes", "SELECT " MSG_COLS " FROM messages WHERE conv_id = ?1 AND mod > ?2"
+                              " ORDER BY mod LIMIT ?3"},
+    [S_CONV_LAST_MOD] = {"conversation last mod", "SELECT last_mod FROM conversations WHERE id = ?1"},
+    [S_SHARD_KNOWN] = {"search shard known", "SELECT 1 FROM search_shards WHERE k = ?1"},
+    [S_SHARD_ADD] = {"record search shard", "INSERT INTO search_shards(k) VALUES (?1)"},
+    [S_SHARDS] = {"search shards", "SELECT k FROM search_shards WHERE k <= ?1 ORDER BY k DESC"},
+    [S_BACKFILL] = {"messages to index",
+                    "SELECT id, conv_id, body FROM messages WHERE deleted = 0 AND id IS NOT NULL ORDER BY id"},
+};
+
+/* One FTS5 shard of the search index (see "Search" below): its statements,
+ * prepared on first use, and whether this connection knows the table exists
+ * (writer; forgotten on every rollback, since a rollback may undo its
+ * CREATE). */
+struct shard {
+    sqlite3_stmt *ins, *del, *opt, *find;
+    int known;
+};
+
+/* A list of sha256 names (hex, NUL-terminated) with the length it had at the
+ * writer's "job" savepoint, so rolling back to it forgets what came after. */
+struct shalist {
+    char (*v)[65];
+    size_t n, cap, mark;
 };
 
 struct sq {
     struct store base; /* first: a struct store * is a struct sq * */
     sqlite3 *db;
     sqlite3_stmt *stmt[S__COUNT]; /* prepared on first use */
+    char *attdir;                 /* <data dir>/attachments */
+    struct shard *shards;         /* indexed by shard number */
+    size_t nshards;
+    /* The open write transaction's erasure work, done by commit: */
+    int64_t *dirty; /* shards a delete touched: optimized before COMMIT */
+    size_t ndirty, capdirty, markdirty;
+    int erased, markerased;  /* it erased: the WAL is checkpointed and truncated after COMMIT */
+    struct shalist gone;     /* blobs whose last reference went: files unlinked after COMMIT */
+    struct shalist created;  /* blob files it created: unlinked again if it rolls back */
 };
 
 
@@ -406,28 +556,31 @@ static json_t *msg_json(sqlite3_stmt *s, int64_t conv, int64_t seq, int col)
                     (size_t)sqlite3_column_bytes(s, col + 2), sqlite3_column_int64(s, col + 3));
 }
 
-/* A message of S_MSG_BEFORE / S_MSG_AFTER (MSG_COLS). */
-static json_t *page_msg_json(sqlite3_stmt *s, int64_t conv)
-{
-    return msg_json(s, conv, sqlite3_column_int64(s, 0), 1);
-}
+struct mv2;
+static void mv2_read(sqlite3_stmt *s, int col, json_t *msg, int64_t conv, int64_t seq, struct mv2 *m);
 
-/* The shared part of a CONV_SELECT row, with an empty "members" array. */
-static json_t *conv_shared_json(sqlite3_stmt *s)
+/* The shared part of a CONV_SELECT row, with an empty "members" array and
+ * "last_mod". The last message's version 2 state goes to *last (its msg
+ * NULL when there is none) for decorate(). */
+static json_t *conv_shared_json(sqlite3_stmt *s, struct mv2 *lastx)
 {
     int64_t id = sqlite3_column_int64(s, 0);
     int64_t last_seq = sqlite3_column_int64(s, 3);
-    json_t *last = NULL;
+    json_t *last = NULL, *o;
 
     if (last_seq > 0 && sqlite3_column_type(s, 6) != SQLITE_NULL && !(last = msg_json(s, id, last_seq, 6)))
         return NULL;
-    return rows_conv_shared(id, col_text(s, 1), col_text(s, 2), last_seq, last, sqlite3_column_int64(s, 4));
+    mv2_read(s, CONV_V2_COL, last, id, last_seq, lastx);
+    o = rows_conv_shared(id, col_text(s, 1), col_text(s, 2), last_seq, last, sqlite3_column_int64(s, 4));
+    if (o)
+        json_object_set_new(o, "last_mod", json_integer(sqlite3_column_int64(s, CONV_LAST_MOD)));
+    return o;
 }
 
 /* The viewer's conversation object of a CONV_SELECT row. */
-static json_t *conv_json(sqlite3_stmt *s)
+static json_t *conv_json(sqlite3_stmt *s, struct mv2 *lastx)
 {
-    json_t *o = conv_shared_json(s);
+    json_t *o = conv_shared_json(s, lastx);
     if (o)
         rows_conv_view(o, sqlite3_column_int64(s, 5));
     return o;
@@ -448,6 +601,193 @@ static int q_collect(struct q *q, json_t *arr, json_t *(*make)(sqlite3_stmt *s, 
     }
     q_end(q);
     return rc == SQLITE_DONE ? STORE_OK : rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Version 2 state of messages.                                         */
+
+/* A message object being built and the version 2 columns of its row. The
+ * cheap counters n_react / n_att say whether it has any reaction or
+ * attachment rows, so a page asks for those only when some message has
+ * them, and then in one query for the page's seq range. */
+struct mv2 {
+    json_t *msg; /* borrowed */
+    int64_t conv, seq;
+    struct rows_msg_v2 x;
+    int n_react, n_att;
+};
+
+static void mv2_read(sqlite3_stmt *s, int col, json_t *msg, int64_t conv, int64_t seq, struct mv2 *m)
+{
+    memset(m, 0, sizeof *m);
+    m->msg = msg;
+    m->conv = conv;
+    m->seq = seq;
+    m->x.reply_to = sqlite3_column_int64(s, col);
+    m->x.edited_at = sqlite3_column_int64(s, col + 1);
+    m->x.deleted = sqlite3_column_int(s, col + 2);
+    m->x.mod = sqlite3_column_int64(s, col + 3);
+    m->n_react = sqlite3_column_int(s, col + 4);
+    m->n_att = sqlite3_column_int(s, col + 5);
+}
+
+static int mv2_cmp(const void *a, const void *b)
+{
+    const struct mv2 *x = *(const struct mv2 *const *)a, *y = *(const struct mv2 *const *)b;
+    if (x->conv != y->conv)
+        return x->conv < y->conv ? -1 : 1;
+    return (x->seq > y->seq) - (x->seq < y->seq);
+}
+
+static struct mv2 *mv2_find(struct mv2 **idx, size_t n, int64_t conv, int64_t seq)
+{
+    struct mv2 key = {.conv = conv, .seq = seq}, *kp = &key;
+    struct mv2 **hit = bsearch(&kp, idx, n, sizeof *idx, mv2_cmp);
+    return hit ? *hit : NULL;
+}
+
+/* How decorate finds the rows: RANGE: one query over [min seq, max seq] of
+ * the flagged messages (all of one conversation: a page); EACH: one query
+ * per flagged message (changes, single messages); VIEWER: one query over the
+ * last messages of the viewer's conversations (a conversation list). */
+enum dmode { D_RANGE, D_EACH, D_VIEWER };
+
+/* Runs the reactions (what = 0) or attachments (1) query of mode and files
+ * each row under its message. */
+static int decorate_rows(struct sq *st, struct mv2 *v, size_t n, struct mv2 **idx, enum dmode mode,
+                         int64_t viewer, int what)
+{
+    int64_t lo = INT64_MAX, hi = 0;
+    size_t runs = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        if (!(what ? v[i].n_att : v[i].n_react))
+            continue;
+        lo = v[i].seq < lo ? v[i].seq : lo;
+        hi = v[i].seq > hi ? v[i].seq : hi;
+        runs++;
+    }
+    if (!runs)
+        return STORE_OK;
+    for (size_t i = 0; i < n; i++) {
+        if (mode == D_EACH && !(what ? v[i].n_att : v[i].n_react))
+            continue;
+        if (mode != D_EACH && i > 0)
+            break;
+        struct q q;
+        enum sid id = mode == D_VIEWER ? (what ? S_ATT_LIST : S_REACT_LIST) : (what ? S_ATT_RANGE : S_REACT_RANGE);
+        if (q_start(st, id, &q))
+            return STORE_ERR;
+        if (mode == D_VIEWER) {
+            q_i64(&q, viewer);
+        } else {
+            q_i64(&q, v[i].conv);
+            q_i64(&q, mode == D_EACH ? v[i].seq : lo);
+            q_i64(&q, mode == D_EACH ? v[i].seq : hi);
+        }
+        int rc;
+        while ((rc = q_step(&q)) == SQLITE_ROW) {
+            struct mv2 *m = mv2_find(idx, n, sqlite3_column_int64(q.s, 0), sqlite3_column_int64(q.s, 1));
+            if (!m)
+                continue; /* a seq of the range outside the page */
+            if (what) {
+                json_t *a = rows_attachment(col_text(q.s, 2), col_text(q.s, 3), col_text(q.s, 4),
+                                            sqlite3_column_int64(q.s, 5));
+                if (!a) {
+                    rc = log_json(SQL[id].what);
+                    break;
+                }
+                if (!m->x.attachments)
+                    m->x.attachments = json_array();
+                json_array_append_new(m->x.attachments, a);
+            } else {
+                if (!m->x.reactions)
+                    m->x.reactions = json_object();
+                rows_reaction_add(m->x.reactions, col_text(q.s, 2), sqlite3_column_int64(q.s, 3));
+            }
+        }
+        q_end(&q);
+        if (rc != SQLITE_DONE)
+            return rc;
+    }
+    return STORE_OK;
+}
+
+/* Adds each message's version 2 fields to its object (and frees what v
+ * holds, whatever happens). */
+static int decorate(struct sq *st, struct mv2 *v, size_t n, enum dmode mode, int64_t viewer)
+{
+    struct mv2 **idx = xmalloc((n ? n : 1) * sizeof *idx);
+    int rc;
+
+    for (size_t i = 0; i < n; i++)
+        idx[i] = &v[i];
+    qsort(idx, n, sizeof *idx, mv2_cmp);
+    rc = decorate_rows(st, v, n, idx, mode, viewer, 0);
+    if (rc == STORE_OK)
+        rc = decorate_rows(st, v, n, idx, mode, viewer, 1);
+    for (size_t i = 0; i < n; i++)
+        rows_msg_v2(rc == STORE_OK ? v[i].msg : NULL, &v[i].x);
+    free(idx);
+    return rc;
+}
+
+/* Growable array of struct mv2. */
+struct mv2s {
+    struct mv2 *v;
+    size_t n, cap;
+};
+
+static struct mv2 *mv2s_push(struct mv2s *a)
+{
+    if (a->n == a->cap) {
+        a->cap = a->cap ? a->cap * 2 : 16;
+        a->v = xrealloc(a->v, a->cap * sizeof *a->v);
+    }
+    return &a->v[a->n++];
+}
+
+/* Frees what a holds when decorate was never called on it. */
+static void mv2s_dispose(struct mv2s *a, int decorated)
+{
+    for (size_t i = 0; !decorated && i < a->n; i++)
+        rows_msg_v2(NULL, &a->v[i].x);
+    free(a->v);
+    a->v = NULL;
+    a->n = a->cap = 0;
+}
+
+/* Reads message rows of MSG_COLS into arr (a json array), decorated in
+ * mode. */
+static int collect_msgs(struct q *q, int64_t conv, json_t *arr, int limit, int *has_more, enum dmode mode)
+{
+    struct mv2s a = {0};
+    int rc, n = 0;
+
+    while ((rc = q_step(q)) == SQLITE_ROW) {
+        if (limit >= 0 && n == limit) {
+            if (has_more)
+                *has_more = 1;
+            continue; /* the LIMIT makes this the last row */
+        }
+        int64_t seq = sqlite3_column_int64(q->s, 0);
+        json_t *m = msg_json(q->s, conv, seq, 1);
+        if (!m) {
+            rc = log_json(SQL[q->id].what);
+            break;
+        }
+        json_array_append_new(arr, m);
+        mv2_read(q->s, MSG_V2_COL, m, conv, seq, mv2s_push(&a));
+        n++;
+    }
+    q_end(q);
+    if (rc != SQLITE_DONE) {
+        mv2s_dispose(&a, 0);
+        return rc;
+    }
+    rc = decorate(q->st, a.v, a.n, mode, 0);
+    mv2s_dispose(&a, 1);
+    return rc;
 }
 
 /* ------------------------------------------------------------------ */
@@ -531,8 +871,12 @@ static int migration_record(sqlite3 *db, const struct migration *m)
 
 /* Applies one migration in its own transaction, unless already recorded.
  * The check is inside the transaction so two openers cannot both apply it. */
-static int migrate_one(sqlite3 *db, const struct migration *m, char *errbuf, size_t errlen)
+static int search_backfill(struct sq *st);
+static void shards_forget(struct sq *st);
+
+static int migrate_one(struct sq *st, const struct migration *m, char *errbuf, size_t errlen)
 {
+    sqlite3 *db = st->db;
     int applied;
 
     if (exec_const(db, "BEGIN IMMEDIATE", m->name, errbuf, errlen))
@@ -545,6 +889,11 @@ static int migrate_one(sqlite3 *db, const struct migration *m, char *errbuf, siz
     if (!applied) {
         if (exec_const(db, m->sql, m->name, errbuf, errlen))
             goto fail;
+        /* 002 gave the messages of version 1 ids: index them for search */
+        if (m->version == 2 && search_backfill(st) != STORE_OK) {
+            set_err(errbuf, errlen, m->name, "indexing the stored messages for search failed");
+            goto fail;
+        }
         if (migration_record(db, m)) {
             set_err(errbuf, errlen, m->name, sqlite3_errmsg(db));
             goto fail;
@@ -556,37 +905,49 @@ static int migrate_one(sqlite3 *db, const struct migration *m, char *errbuf, siz
 fail:
     if (!sqlite3_get_autocommit(db))
         sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    shards_forget(st);
     return STORE_ERR;
 }
 
-static int migrate(sqlite3 *db, char *errbuf, size_t errlen)
+static int migrate(struct sq *st, char *errbuf, size_t errlen)
 {
+    sqlite3 *db = st->db;
     if (exec_const(db,
                    "CREATE TABLE IF NOT EXISTS schema_version ("
                    " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
                    "schema_version", errbuf, errlen))
         return STORE_ERR;
     for (int i = 0; i < migrations_count; i++)
-        if (migrate_one(db, &migrations[i], errbuf, errlen))
+        if (migrate_one(st, &migrations[i], errbuf, errlen))
             return STORE_ERR;
     return STORE_OK;
 }
 
-static int setup_writer(sqlite3 *db, char *errbuf, size_t errlen)
+static int setup_writer(struct sq *st, char *errbuf, size_t errlen)
 {
-    if (set_wal(db, errbuf, errlen))
+    if (set_wal(st->db, errbuf, errlen))
         return STORE_ERR;
-    /* FULL: an ack promises the message survives a crash, WAL included. */
-    if (exec_const(db, "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON", "pragmas", errbuf, errlen))
+    /* FULL: an ack promises the message survives a crash, WAL included.
+     * secure_delete: every freed cell and page is overwritten with zeros,
+     * so erased text leaves no copy in free space (see sq_commit).
+     * temp_store=MEMORY: a savepoint's journal (the pages as they were
+     * before the job, erased text included) never spills to a file. */
+    if (exec_const(st->db,
+                   "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA secure_delete=ON;"
+                   " PRAGMA temp_store=MEMORY",
+                   "pragmas", errbuf, errlen))
         return STORE_ERR;
-    return migrate(db, errbuf, errlen);
+    return migrate(st, errbuf, errlen);
 }
 
 /* The probe reads the schema now, so a missing or uninitialized database
  * fails here, at start, rather than on the first request. */
 static int setup_reader(sqlite3 *db, char *errbuf, size_t errlen)
 {
-    if (exec_const(db, "PRAGMA query_only=1", "query_only", errbuf, errlen))
+    /* mmap: a search walks many pages of the index; reading them through
+     * the shared mapping instead of a pread each halved its time at 1M
+     * messages */
+    if (exec_const(db, "PRAGMA query_only=1; PRAGMA mmap_size=268435456", "query_only", errbuf, errlen))
         return STORE_ERR;
     return exec_const(db, "SELECT max(version) FROM schema_version", "schema_version", errbuf, errlen);
 }
@@ -598,7 +959,18 @@ static void sq_close(struct store *st_)
         return;
     for (int i = 0; i < S__COUNT; i++)
         sqlite3_finalize(st->stmt[i]);
+    for (size_t i = 0; i < st->nshards; i++) {
+        sqlite3_finalize(st->shards[i].ins);
+        sqlite3_finalize(st->shards[i].del);
+        sqlite3_finalize(st->shards[i].opt);
+        sqlite3_finalize(st->shards[i].find);
+    }
     sqlite3_close(st->db);
+    free(st->shards);
+    free(st->dirty);
+    free(st->gone.v);
+    free(st->created.v);
+    free(st->attdir);
     free(st);
 }
 
@@ -606,31 +978,127 @@ static void sq_close(struct store *st_)
 /* ------------------------------------------------------------------ */
 /* Transactions.                                                        */
 
+static void shalist_add(struct shalist *l, const char *sha)
+{
+    if (l->n == l->cap) {
+        l->cap = l->cap ? l->cap * 2 : 8;
+        l->v = xrealloc(l->v, l->cap * sizeof *l->v);
+    }
+    snprintf(l->v[l->n++], sizeof l->v[0], "%s", sha);
+}
+
+static void shards_forget(struct sq *st)
+{
+    for (size_t i = 0; i < st->nshards; i++)
+        st->shards[i].known = 0;
+}
+
+static int blob_path(const struct sq *st, const char *sha, char *buf, size_t len);
+
+/* Unlinks the blob files listed (errors other than "already gone" logged;
+ * nothing else to do about them). check: only those no blob row names any
+ * more (a later upload of the same bytes in the same transaction took them
+ * back). */
+static void unlink_blobs(struct sq *st, struct shalist *l, int check)
+{
+    for (size_t i = 0; i < l->n; i++) {
+        char path[4200];
+        struct q q;
+        if (check && q_start(st, S_BLOB_EXISTS, &q) == STORE_OK) {
+            q_text(&q, l->v[i]);
+            int rc = q_one_i64(&q, NULL);
+            if (rc != STORE_NOT_FOUND)
+                continue; /* still referenced (or unknown: keep the bytes) */
+        }
+        if (blob_path(st, l->v[i], path, sizeof path) == STORE_OK && unlink(path) != 0 && errno != ENOENT)
+            fprintf(stderr, "store: unlink %s: %s\n", path, strerror(errno));
+    }
+    l->n = l->mark = 0;
+}
+
+/* Forgets the transaction's erasure work (after COMMIT, or a rollback). */
+static void tx_reset(struct sq *st)
+{
+    st->ndirty = st->markdirty = 0;
+    st->erased = st->markerased = 0;
+    st->gone.n = st->gone.mark = 0;
+    st->created.n = st->created.mark = 0;
+}
+
 static int sq_begin(struct store *st_)
 {
     struct sq *st = (struct sq *)st_;
+    tx_reset(st);
     return run0(st, S_BEGIN);
 }
 
+static int shard_optimize(struct sq *st, int64_t k);
+
+/* After a commit that erased: copies the WAL into the database and truncates
+ * it to 0 bytes, so the page images of the erased text that the WAL held
+ * (the old versions of the pages) are gone. TRUNCATE waits (busy handler)
+ * for readers still using the WAL; readers hold no snapshot between calls
+ * (q_end), so that wait is short. */
+static void checkpoint_truncate(struct sq *st)
+{
+    for (int i = 0; i < 3; i++) {
+        int rc = sqlite3_wal_checkpoint_v2(st->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+        if (rc == SQLITE_OK)
+            return;
+        if (rc != SQLITE_BUSY && rc != SQLITE_LOCKED) {
+            log_sqlite(st, "checkpoint after an erasure", rc);
+            return;
+        }
+    }
+    fprintf(stderr, "store: checkpoint after an erasure: readers kept the WAL busy; it is truncated at the next one\n");
+}
+
+/* Erasure, in order: the search shards a delete touched are rewritten
+ * without the deleted entries (before COMMIT, in the transaction); COMMIT;
+ * the WAL checkpointed and truncated; the blob files whose last reference
+ * went unlinked (only now: a rollback would have needed them). With
+ * secure_delete every freed cell and page was overwritten with zeros as it
+ * was freed, so once this returns no file under the data directory holds
+ * the erased text or bytes. */
 static int sq_commit(struct store *st_)
 {
     struct sq *st = (struct sq *)st_;
-    return run0(st, S_COMMIT);
+    for (size_t i = 0; i < st->ndirty; i++)
+        if (shard_optimize(st, st->dirty[i]) != STORE_OK)
+            return STORE_ERR; /* the writer rolls back */
+    int rc = run0(st, S_COMMIT);
+    if (rc != STORE_OK)
+        return rc;
+    if (st->erased)
+        checkpoint_truncate(st);
+    st->created.n = 0;
+    unlink_blobs(st, &st->gone, 1);
+    tx_reset(st);
+    return STORE_OK;
 }
 
 /* Some errors (disk full, I/O) make SQLite roll the transaction back by
- * itself; rolling back again would only log a second, misleading error. */
+ * itself; rolling back again would only log a second, misleading error.
+ * Blob files this transaction created are unlinked: no row names them. */
 static int sq_rollback(struct store *st_)
 {
     struct sq *st = (struct sq *)st_;
-    if (sqlite3_get_autocommit(st->db))
-        return STORE_OK;
-    return run0(st, S_ROLLBACK);
+    int rc = STORE_OK;
+    if (!sqlite3_get_autocommit(st->db))
+        rc = run0(st, S_ROLLBACK);
+    shards_forget(st);
+    unlink_blobs(st, &st->created, 0);
+    tx_reset(st);
+    return rc;
 }
 
 static int sq_savepoint(struct store *st_)
 {
     struct sq *st = (struct sq *)st_;
+    st->markdirty = st->ndirty;
+    st->markerased = st->erased;
+    st->gone.mark = st->gone.n;
+    st->created.mark = st->created.n;
     return run0(st, S_SAVEPOINT);
 }
 
@@ -640,11 +1108,22 @@ static int sq_release(struct store *st_)
     return run0(st, S_RELEASE);
 }
 
+/* Undoes the job: and the erasure work it asked for, and the blob files it
+ * created. */
 static int sq_rollback_to(struct store *st_)
 {
     struct sq *st = (struct sq *)st_;
     int rc = run0(st, S_ROLLBACK_TO);
 
+    st->ndirty = st->markdirty;
+    st->erased = st->markerased;
+    st->gone.n = st->gone.mark;
+    if (st->created.n > st->created.mark) {
+        struct shalist tail = {st->created.v + st->created.mark, st->created.n - st->created.mark, 0, 0};
+        unlink_blobs(st, &tail, 0);
+        st->created.n = st->created.mark;
+    }
+    shards_forget(st);
     return rc ? rc : run0(st, S_RELEASE);
 }
 
@@ -665,6 +1144,7 @@ static int op_end(struct sq *st, int rc, int keep)
     }
     if (!sqlite3_get_autocommit(st->db) && run0(st, S_OP_ROLLBACK_TO) == STORE_OK)
         run0(st, S_OP_RELEASE);
+    shards_forget(st);
     return rc;
 }
 
@@ -1114,6 +1594,7 @@ static int conv_members(struct sq *st, int64_t conv, json_t *obj)
 static int conv_get(struct sq *st, int64_t conv, int64_t viewer, json_t **conv_out)
 {
     json_t *obj = NULL;
+    struct mv2 last;
     struct q q;
     int rc;
 
@@ -1122,14 +1603,16 @@ static int conv_get(struct sq *st, int64_t conv, int64_t viewer, json_t **conv_o
     q_i64(&q, conv);
     q_i64(&q, viewer);
     rc = q_step(&q);
-    if (rc == SQLITE_ROW && !(obj = conv_json(q.s)))
+    if (rc == SQLITE_ROW && !(obj = conv_json(q.s, &last)))
         rc = log_json(SQL[q.id].what);
     q_end(&q);
     if (rc == SQLITE_DONE)
         return STORE_NOT_FOUND;
     if (rc != SQLITE_ROW)
         return rc;
-    rc = conv_members(st, conv, obj);
+    rc = decorate(st, &last, 1, D_EACH, 0);
+    if (rc == STORE_OK)
+        rc = conv_members(st, conv, obj);
     if (rc != STORE_OK) {
         json_decref(obj);
         return rc;
@@ -1161,6 +1644,7 @@ static int sq_conv_get(struct store *st_, int64_t conv, int64_t viewer, json_t *
  * string) to that conversation's "members" array. */
 static int list_rows(struct sq *st, int64_t viewer, json_t *convs, json_t *index)
 {
+    struct mv2s last = {0};
     struct q q;
     int rc;
 
@@ -1168,9 +1652,11 @@ static int list_rows(struct sq *st, int64_t viewer, json_t *convs, json_t *index
         return STORE_ERR;
     q_i64(&q, viewer);
     while ((rc = q_step(&q)) == SQLITE_ROW) {
-        json_t *obj = conv_json(q.s);
+        struct mv2 *x = mv2s_push(&last);
+        json_t *obj = conv_json(q.s, x);
         char key[24];
         if (!obj) {
+            last.n--;
             rc = log_json(SQL[q.id].what);
             break;
         }
@@ -1179,7 +1665,14 @@ static int list_rows(struct sq *st, int64_t viewer, json_t *convs, json_t *index
         json_array_append_new(convs, obj);
     }
     q_end(&q);
-    return rc == SQLITE_DONE ? STORE_OK : rc;
+    if (rc != SQLITE_DONE) {
+        mv2s_dispose(&last, 0);
+        return rc;
+    }
+    /* the reactions and attachments of every listed last message: one query each */
+    rc = decorate(st, last.v, last.n, D_VIEWER, viewer);
+    mv2s_dispose(&last, 1);
+    return rc;
 }
 
 static int list_members(struct sq *st, int64_t viewer, json_t *index)
@@ -1409,7 +1902,7 @@ static int sq_conv_last_seq(struct store *st_, int64_t conv, int64_t *last_seq_o
 /* CONFLICT: (sender, client id) is taken, a resend. A (conv, seq) collision
  * is a primary-key violation, not CONFLICT: it means a seq was used twice, a
  * bug worth the error log. */
-static int msg_insert(struct sq *st, const struct store_send *m)
+static int msg_insert(struct sq *st, const struct store_send *m, int64_t id)
 {
     struct q q;
     int rc;
@@ -1422,6 +1915,9 @@ static int msg_insert(struct sq *st, const struct store_send *m)
     q_text(&q, m->client_id);
     q_textn(&q, m->body ? m->body : "", m->body ? m->body_len : 0);
     q_i64(&q, m->ts);
+    q_i64(&q, id);
+    q_i64(&q, m->reply_to);
+    q_i64(&q, (int64_t)m->n_att);
     rc = q_exec(&q);
     return rc == STORE_OK || rc == STORE_CONFLICT ? rc : STORE_ERR;
 }
@@ -1556,8 +2052,99 @@ static void find_batch_resends(const struct store_send *v, size_t n, size_t *fir
 }
 
 static int sq_read_set(struct store *st_, int64_t conv, int64_t user, int64_t seq, int64_t *pos_out);
+static int fts_add(struct sq *st, int64_t id, int64_t conv, const char *body, size_t len);
 
 enum { SEND_NEW = 1 };
+
+/* Whether send m may go as it is: reply_to a seq of its conversation (last:
+ * its last seq counting the batch's earlier sends), attachments the
+ * sender's own and not yet attached. Checked before anything of the send is
+ * written, so a refused send leaves no trace. OK, BAD_REQUEST (m->why set)
+ * or ERR. */
+static int send_check(struct sq *st, struct store_send *m, int64_t last)
+{
+    if (m->reply_to != 0 && (m->reply_to < 1 || m->reply_to > last)) {
+        m->why = "reply_to is not a message of this conversation";
+        return STORE_BAD_REQUEST;
+    }
+    if (m->n_att > STORE_MAX_ATTACH) {
+        m->why = "too many attachments";
+        return STORE_BAD_REQUEST;
+    }
+    for (size_t k = 0; k < m->n_att; k++) {
+        int64_t owner = 0;
+        struct q q;
+        int rc;
+        if (!m->att || !m->att[k]) {
+            m->why = "unknown attachment";
+            return STORE_BAD_REQUEST;
+        }
+        for (size_t j = 0; j < k; j++)
+            if (strcmp(m->att[j], m->att[k]) == 0) {
+                m->why = "an attachment is listed twice";
+                return STORE_BAD_REQUEST;
+            }
+        if (q_start(st, S_ATT_CHECK, &q))
+            return STORE_ERR;
+        q_text(&q, m->att[k]);
+        rc = q_step(&q);
+        if (rc == SQLITE_ROW) {
+            owner = sqlite3_column_int64(q.s, 0);
+            if (sqlite3_column_int(q.s, 1))
+                owner = -1;
+        }
+        q_end(&q);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+            return STORE_ERR;
+        /* someone else's upload is as unknown as a missing one: no leak */
+        if (rc == SQLITE_DONE || (owner != m->sender && owner != -1)) {
+            m->why = "unknown attachment";
+            return STORE_BAD_REQUEST;
+        }
+        if (owner == -1) {
+            m->why = "attachment already attached to a message";
+            return STORE_BAD_REQUEST;
+        }
+    }
+    return STORE_OK;
+}
+
+/* Attaches m's uploads to the message just stored, in the order given, and
+ * returns their objects in m->att_out. */
+static int send_attach(struct sq *st, struct store_send *m)
+{
+    json_t *arr = json_array();
+
+    for (size_t k = 0; k < m->n_att; k++) {
+        struct q q;
+        int rc;
+        if (q_start(st, S_ATT_ATTACH, &q))
+            goto fail;
+        q_text(&q, m->att[k]);
+        q_i64(&q, m->conv);
+        q_i64(&q, m->seq);
+        q_i64(&q, (int64_t)k);
+        if (q_exec(&q) != STORE_OK || q_start(st, S_ATT_ROW, &q))
+            goto fail;
+        q_text(&q, m->att[k]);
+        rc = q_step(&q);
+        json_t *a = rc == SQLITE_ROW ? rows_attachment(col_text(q.s, 0), col_text(q.s, 1), col_text(q.s, 2),
+                                                       sqlite3_column_int64(q.s, 3))
+                                     : NULL;
+        q_end(&q);
+        if (!a) {
+            if (rc == SQLITE_ROW)
+                log_json(SQL[S_ATT_ROW].what);
+            goto fail;
+        }
+        json_array_append_new(arr, a);
+    }
+    m->att_out = arr;
+    return STORE_OK;
+fail:
+    json_decref(arr);
+    return STORE_ERR;
+}
 
 /* See store.h. SQLite's way: membership from the members read once per
  * conversation, the insert first (the unique key on (sender, client id)
@@ -1566,6 +2153,21 @@ enum { SEND_NEW = 1 };
  * once per conversation (atomic under BEGIN IMMEDIATE, see conv_set_last).
  * A failed insert does not abort an SQLite transaction, so this is safe
  * here; a backend where it would (PostgreSQL) looks resends up first. */
+struct pos_key {
+    int64_t conv, sender;
+    size_t i;
+};
+
+static int cmp_pos_key(const void *a, const void *b)
+{
+    const struct pos_key *x = a, *y = b;
+    if (x->conv != y->conv)
+        return x->conv < y->conv ? -1 : 1;
+    if (x->sender != y->sender)
+        return x->sender < y->sender ? -1 : 1;
+    return x->i < y->i ? -1 : x->i > y->i;
+}
+
 static int sq_send_batch(struct store *st_, struct store_send *v, size_t n, int64_t now,
                          struct store_batch_out *out)
 {
@@ -1573,8 +2175,13 @@ static int sq_send_batch(struct store *st_, struct store_send *v, size_t n, int6
     struct bstate b = {0};
     size_t *first = xmalloc((n ? n : 1) * sizeof *first);
     uint8_t *fresh = xcalloc(n ? n : 1, 1);
+    int64_t next_id = 0; /* the id of the next new message, read at the first one */
     int rc = STORE_OK;
 
+    for (size_t i = 0; i < n; i++) {
+        v[i].why = NULL;
+        v[i].att_out = NULL;
+    }
     find_batch_resends(v, n, first);
     for (size_t i = 0; i < n && rc == STORE_OK; i++) {
         struct store_send *m = &v[i];
@@ -1596,6 +2203,19 @@ static int sq_send_batch(struct store *st_, struct store_send *v, size_t n, int6
                 rc = STORE_ERR;
             continue;
         }
+        if (m->n_att > 0) {
+            /* a resend answers dup before its attachments (attached by the
+             * original) are checked */
+            int r = sq_msg_by_client(st_, m->sender, m->client_id, &m->conv, &m->seq, &m->ts);
+            if (r == STORE_OK) {
+                m->dup = 1;
+                continue;
+            }
+            if (r != STORE_NOT_FOUND) {
+                rc = STORE_ERR;
+                break;
+            }
+        }
         if (!c->next) { /* the first new message of this conversation in this call */
             int64_t last = 0;
             if (sq_conv_last_seq(st_, c->conv, &last) != STORE_OK) {
@@ -1604,19 +2224,38 @@ static int sq_send_batch(struct store *st_, struct store_send *v, size_t n, int6
             }
             c->next = last + 1;
         }
+        int r = send_check(st, m, c->next - 1);
+        if (r == STORE_ERR) {
+            rc = STORE_ERR;
+            break;
+        }
+        if (r != STORE_OK) {
+            m->rc = r;
+            continue;
+        }
+        if (!next_id) {
+            struct q q;
+            if (q_start(st, S_MAX_ID, &q) || q_one_i64(&q, &next_id) != STORE_OK) {
+                rc = STORE_ERR;
+                break;
+            }
+            next_id++;
+        }
         m->seq = c->next;
         m->ts = now;
-        int r = msg_insert(st, m);
+        r = msg_insert(st, m, next_id);
         if (r == STORE_CONFLICT) { /* the unique key: a resend of a committed send */
             if (sq_msg_by_client(st_, m->sender, m->client_id, &m->conv, &m->seq, &m->ts) != STORE_OK)
                 rc = STORE_ERR;
             m->dup = 1;
             continue;
         }
-        if (r != STORE_OK) {
+        if (r != STORE_OK || fts_add(st, next_id, m->conv, m->body ? m->body : "", m->body ? m->body_len : 0) ||
+            (m->n_att && send_attach(st, m))) {
             rc = STORE_ERR;
             break;
         }
+        next_id++;
         c->next++;
         c->count++;
         fresh[i] = SEND_NEW;
@@ -1624,20 +2263,24 @@ static int sq_send_batch(struct store *st_, struct store_send *v, size_t n, int6
     for (size_t k = 0; k < b.n && rc == STORE_OK; k++)
         if (b.v[k].count)
             rc = conv_set_last(st, b.v[k].conv, b.v[k].next - 1, now);
-    /* each sender's read position moves to its last new message */
-    for (size_t i = n; i-- > 0 && rc == STORE_OK;) {
-        if (fresh[i] != SEND_NEW)
+    /* each sender's read position moves to its last new message: the new
+     * sends sorted by (conv, sender, index), the last of each run */
+    size_t nnew = 0;
+    struct pos_key *pk = xmalloc((n ? n : 1) * sizeof *pk);
+    for (size_t i = 0; i < n; i++)
+        if (fresh[i] == SEND_NEW)
+            pk[nnew++] = (struct pos_key){v[i].conv, v[i].sender, i};
+    qsort(pk, nnew, sizeof *pk, cmp_pos_key);
+    for (size_t k = 0; k < nnew && rc == STORE_OK; k++) {
+        if (k + 1 < nnew && pk[k + 1].conv == pk[k].conv && pk[k + 1].sender == pk[k].sender)
             continue;
-        int later = 0;
-        for (size_t k = i + 1; k < n && !later; k++)
-            later = fresh[k] == SEND_NEW && v[k].conv == v[i].conv && v[k].sender == v[i].sender;
-        if (later)
-            continue;
+        const struct store_send *m = &v[pk[k].i];
         int64_t pos;
-        int r = sq_read_set(st_, v[i].conv, v[i].sender, v[i].seq, &pos);
+        int r = sq_read_set(st_, m->conv, m->sender, m->seq, &pos);
         if (r != STORE_OK && r != STORE_NOT_FOUND)
             rc = STORE_ERR;
     }
+    free(pk);
     for (size_t i = 0; i < n; i++) {
         if (first[i] == i)
             continue;
@@ -1647,6 +2290,11 @@ static int sq_send_batch(struct store *st_, struct store_send *v, size_t n, int6
         v[i].conv = o->rc == STORE_OK ? o->conv : v[i].conv;
         v[i].seq = o->seq;
         v[i].ts = o->ts;
+        v[i].why = o->why;
+    }
+    for (size_t i = 0; i < n && rc != STORE_OK; i++) {
+        json_decref(v[i].att_out); /* the batch rolls back */
+        v[i].att_out = NULL;
     }
     if (rc == STORE_OK && out) {
         for (size_t k = 0; k < b.n; k++) {
@@ -1684,7 +2332,7 @@ static int sq_msg_page(struct store *st_, int64_t conv, int64_t before, int64_t 
     struct sq *st = (struct sq *)st_;
     json_t *msgs;
     struct q q;
-    int rc, n = 0;
+    int rc;
 
     *msgs_out = NULL;
     *has_more_out = 0;
@@ -1698,21 +2346,14 @@ static int sq_msg_page(struct store *st_, int64_t conv, int64_t before, int64_t 
     /* One row more than asked tells whether there is more. */
     q_i64(&q, (int64_t)limit + 1);
     msgs = json_array();
-    while ((rc = q_step(&q)) == SQLITE_ROW) {
-        json_t *m;
-        if (n == limit) {
-            *has_more_out = 1;
-            continue; /* the LIMIT makes this the last row */
-        }
-        if (!(m = page_msg_json(q.s, conv))) {
-            rc = log_json(SQL[q.id].what);
-            break;
-        }
-        json_array_append_new(msgs, m);
-        n++;
+    /* the page and its reactions and attachments in one snapshot */
+    if ((rc = op_begin(st)) != STORE_OK) {
+        q_end(&q);
+        json_decref(msgs);
+        return rc;
     }
-    q_end(&q);
-    if (rc != SQLITE_DONE) {
+    rc = op_end(st, collect_msgs(&q, conv, msgs, limit, has_more_out, D_RANGE), 1);
+    if (rc != STORE_OK) {
         json_decref(msgs);
         *has_more_out = 0;
         return rc;
@@ -1723,8 +2364,11 @@ static int sq_msg_page(struct store *st_, int64_t conv, int64_t before, int64_t 
 
 static json_t *summary_json(sqlite3_stmt *s, int col)
 {
-    return rows_summary(sqlite3_column_int64(s, col), sqlite3_column_int64(s, col + 1),
-                        sqlite3_column_int64(s, col + 2));
+    json_t *o = rows_summary(sqlite3_column_int64(s, col), sqlite3_column_int64(s, col + 1),
+                             sqlite3_column_int64(s, col + 2));
+    if (o)
+        json_object_set_new(o, "last_mod", json_integer(sqlite3_column_int64(s, col + 3)));
+    return o;
 }
 
 static int sq_sync_summary(struct store *st_, int64_t user, json_t **out)
@@ -1787,18 +2431,20 @@ static int view_shared(struct sq *st, int64_t conv, json_t **shared_out)
     struct q q;
     int rc;
 
+    struct mv2 last;
     if (q_start(st, S_CONV_SHARED, &q))
         return STORE_ERR;
     q_i64(&q, conv);
     rc = q_step(&q);
-    if (rc == SQLITE_ROW && !(obj = conv_shared_json(q.s)))
+    if (rc == SQLITE_ROW && !(obj = conv_shared_json(q.s, &last)))
         rc = log_json(SQL[q.id].what);
     q_end(&q);
     if (rc == SQLITE_DONE)
         return STORE_NOT_FOUND;
     if (rc != SQLITE_ROW)
         return rc;
-    if ((rc = conv_members(st, conv, obj)) != STORE_OK) {
+    rc = decorate(st, &last, 1, D_EACH, 0);
+    if (rc != STORE_OK || (rc = conv_members(st, conv, obj)) != STORE_OK) {
         json_decref(obj);
         return rc;
     }
@@ -1836,6 +2482,1087 @@ static int sq_conv_view(struct store *st_, int64_t conv, json_t **shared_out, st
 static int sq_user_exists(struct store *st_, int64_t id)
 {
     return user_exists((struct sq *)st_, id);
+}
+
+/* ------------------------------------------------------------------ */
+/* Search: the FTS5 index, sharded.                                     */
+/*
+ * Erasure needs the search index to forget a deleted message's words, and
+ * SQLite 3.40 has no FTS5 secure-delete (3.44): a delete only appends a
+ * "deleted" marker, and the words stay in the older segments until a merge
+ * that includes the oldest one rewrites them. 'optimize' is that merge, but
+ * over a whole index it costs as much as the index. So the index is split
+ * into shards by message id: search_<k> holds the messages with id in
+ * [k << SHARD_BITS, (k + 1) << SHARD_BITS), created when its first message
+ * arrives (and recorded in search_shards). A transaction that deletes
+ * optimizes the shards it touched before its COMMIT (sq_commit): the cost of
+ * a delete is bounded by one shard (16384 messages), not by the index.
+ *
+ * Each shard is contentless (content=''): it keeps no copy of the text,
+ * only the index; a message's entry is removed with FTS5's 'delete' command
+ * and the exact text it was indexed with (the stored body, read before the
+ * change). Column c holds one token, "c<conv id>", so a search can ask FTS5
+ * itself for "these words in these conversations": the index intersects the
+ * short doclists of the caller's conversations with the words', instead of
+ * walking every match of a common word and dropping those in other
+ * conversations. The conversation tokens are matched in any column: a
+ * column filter on them made FTS5 read their position lists, 4x slower with
+ * a prefix word over 1M messages; a body that happens to hold a word like
+ * "c12" is dropped by the join, which checks the message's conversation and
+ * the caller's membership for every hit anyway. A message is indexed iff
+ * it is not deleted.
+ *
+ * A search walks the shards newest first with the same statement shape,
+ * each newest first (ORDER BY rowid DESC is FTS5's own order), and stops as
+ * soon as it has a page and one more hit; the cursor is the message id.
+ */
+
+#define SHARD_BITS 14
+#define SEARCH_OR_MAX 64 /* conversations named in the FTS5 query; more: filtered by the join */
+
+enum { SH_INS, SH_DEL, SH_OPT, SH_FIND };
+
+static struct shard *shard_slot(struct sq *st, int64_t k)
+{
+    if ((size_t)k >= st->nshards) {
+        size_t n = (size_t)k + 16;
+        st->shards = xrealloc(st->shards, n * sizeof *st->shards);
+        memset(st->shards + st->nshards, 0, (n - st->nshards) * sizeof *st->shards);
+        st->nshards = n;
+    }
+    return &st->shards[k];
+}
+
+/* The shard's statement `which`, prepared on first use. */
+static sqlite3_stmt *shard_stmt(struct sq *st, int64_t k, int which)
+{
+    struct shard *sh = shard_slot(st, k);
+    sqlite3_stmt **slot = which == SH_INS ? &sh->ins : which == SH_DEL ? &sh->del : which == SH_OPT ? &sh->opt : &sh->find;
+    long long K = (long long)k;
+    char sql[640];
+
+    if (*slot)
+        return *slot;
+    switch (which) {
+    case SH_INS:
+        snprintf(sql, sizeof sql, "INSERT INTO search_%lld(rowid, body, c) VALUES (?1, ?2, ?3)", K);
+        break;
+    case SH_DEL:
+        snprintf(sql, sizeof sql,
+                 "INSERT INTO search_%lld(search_%lld, rowid, body, c) VALUES ('delete', ?1, ?2, ?3)", K, K);
+        break;
+    case SH_OPT:
+        snprintf(sql, sizeof sql, "INSERT INTO search_%lld(search_%lld) VALUES ('optimize')", K, K);
+        break;
+    default:
+        /* CROSS JOIN: FTS5 drives, in its rowid order; a hit costs one
+         * lookup by id and one membership probe. */
+        snprintf(sql, sizeof sql,
+                 "SELECT m.id, m.conv_id, m.seq, m.sender_id, m.body, m.created_at"
+                 " FROM search_%lld CROSS JOIN messages m ON m.id = search_%lld.rowid"
+                 " WHERE search_%lld MATCH ?1 AND search_%lld.rowid < ?2 AND m.deleted = 0"
+                 " AND (?5 = 0 OR m.conv_id = ?5)"
+                 " AND EXISTS (SELECT 1 FROM members v WHERE v.conv_id = m.conv_id AND v.user_id = ?3)"
+                 " ORDER BY search_%lld.rowid DESC LIMIT ?4",
+                 K, K, K, K, K);
+        break;
+    }
+    int rc = sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, slot, NULL);
+    if (rc != SQLITE_OK) {
+        log_sqlite(st, "prepare a search shard statement", rc);
+        sqlite3_finalize(*slot);
+        *slot = NULL;
+    }
+    return *slot;
+}
+
+/* Creates shard k unless it exists (writer). */
+static int shard_ensure(struct sq *st, int64_t k)
+{
+    struct shard *sh = shard_slot(st, k);
+    struct q q;
+    int rc;
+
+    if (sh->known)
+        return STORE_OK;
+    if (q_start(st, S_SHARD_KNOWN, &q))
+        return STORE_ERR;
+    q_i64(&q, k);
+    rc = q_one_i64(&q, NULL);
+    if (rc == STORE_NOT_FOUND) {
+        char sql[256];
+        snprintf(sql, sizeof sql,
+                 "CREATE VIRTUAL TABLE search_%lld USING fts5(body, c, content='',"
+                 " tokenize='unicode61 remove_diacritics 2')",
+                 (long long)k);
+        rc = sqlite3_exec(st->db, sql, NULL, NULL, NULL);
+        if (rc != SQLITE_OK) {
+            log_sqlite(st, "create a search shard", rc);
+            return STORE_ERR;
+        }
+        if (q_start(st, S_SHARD_ADD, &q))
+            return STORE_ERR;
+        q_i64(&q, k);
+        rc = q_exec(&q);
+    }
+    if (rc == STORE_OK)
+        sh->known = 1;
+    return rc;
+}
+
+/* Runs the shard's insert or delete of one entry. */
+static int fts_entry(struct sq *st, int which, int64_t id, int64_t conv, const char *body, size_t len)
+{
+    int64_t k = id >> SHARD_BITS;
+    char c[32];
+    sqlite3_stmt *s;
+    int rc;
+
+    if (shard_ensure(st, k) != STORE_OK || !(s = shard_stmt(st, k, which)))
+        return STORE_ERR;
+    snprintf(c, sizeof c, "c%lld", (long long)conv);
+    rc = sqlite3_bind_int64(s, 1, id);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_text64(s, 2, body, len, SQLITE_STATIC, SQLITE_UTF8);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_text(s, 3, c, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    if (rc != SQLITE_DONE) {
+        log_sqlite(st, which == SH_INS ? "index a message" : "unindex a message", rc);
+        return STORE_ERR;
+    }
+    return STORE_OK;
+}
+
+static int fts_add(struct sq *st, int64_t id, int64_t conv, const char *body, size_t len)
+{
+    return fts_entry(st, SH_INS, id, conv, body, len);
+}
+
+/* Removes the entry, and marks its shard for the 'optimize' that makes the
+ * removal real (sq_commit). */
+static int fts_del(struct sq *st, int64_t id, int64_t conv, const char *body, size_t len)
+{
+    int64_t k = id >> SHARD_BITS;
+    int rc = fts_entry(st, SH_DEL, id, conv, body, len);
+
+    if (rc != STORE_OK)
+        return rc;
+    for (size_t i = 0; i < st->ndirty; i++)
+        if (st->dirty[i] == k)
+            return STORE_OK;
+    if (st->ndirty == st->capdirty) {
+        st->capdirty = st->capdirty ? st->capdirty * 2 : 8;
+        st->dirty = xrealloc(st->dirty, st->capdirty * sizeof *st->dirty);
+    }
+    st->dirty[st->ndirty++] = k;
+    return STORE_OK;
+}
+
+static int shard_optimize(struct sq *st, int64_t k)
+{
+    sqlite3_stmt *s = shard_stmt(st, k, SH_OPT);
+    int rc;
+
+    if (!s)
+        return STORE_ERR;
+    rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    if (rc != SQLITE_DONE) {
+        log_sqlite(st, "optimize a search shard", rc);
+        return STORE_ERR;
+    }
+    return STORE_OK;
+}
+
+/* Migration 002: indexes the messages stored before it. The shards are
+ * created first: no table is created while the read of messages is open. */
+static int search_backfill(struct sq *st)
+{
+    int64_t max = 0;
+    struct q q;
+    int rc;
+
+    if (q_start(st, S_MAX_ID, &q) || q_one_i64(&q, &max) != STORE_OK)
+        return STORE_ERR;
+    for (int64_t k = 0; max > 0 && k <= max >> SHARD_BITS; k++)
+        if (shard_ensure(st, k) != STORE_OK)
+            return STORE_ERR;
+    if (q_start(st, S_BACKFILL, &q))
+        return STORE_ERR;
+    while ((rc = q_step(&q)) == SQLITE_ROW) {
+        if (fts_add(st, sqlite3_column_int64(q.s, 0), sqlite3_column_int64(q.s, 1), col_text(q.s, 2),
+                    (size_t)sqlite3_column_bytes(q.s, 2)) != STORE_OK) {
+            rc = STORE_ERR;
+            break;
+        }
+    }
+    q_end(&q);
+    return rc == SQLITE_DONE ? STORE_OK : STORE_ERR;
+}
+
+/* Appends s as an FTS5 string: in double quotes, a quote doubled. */
+static void fts_quote(struct buf *b, const char *s)
+{
+    buf_append(b, "\"", 1);
+    for (; *s; s++) {
+        if (*s == '"')
+            buf_append(b, "\"", 1);
+        buf_append(b, s, 1);
+    }
+    buf_append(b, "\"", 1);
+}
+
+/* The MATCH expression: every word in body (the last as a prefix), and
+ * when given, one of the conversations in c. */
+static void fts_query(struct buf *b, const char *const *words, size_t nwords, const int64_t *convs, size_t nconvs)
+{
+    if (nconvs) {
+        buf_append(b, "(", 1);
+        for (size_t i = 0; i < nconvs; i++) {
+            char c[40];
+            snprintf(c, sizeof c, "%s\"c%lld\"", i ? " OR " : "", (long long)convs[i]);
+            buf_append(b, c, strlen(c));
+        }
+        buf_append(b, ") AND ", 6);
+    }
+    buf_append(b, "body : (", 8);
+    for (size_t i = 0; i < nwords; i++) {
+        if (i)
+            buf_append(b, " AND ", 5);
+        fts_quote(b, words[i]);
+        if (i == nwords - 1)
+            buf_append(b, "*", 1);
+    }
+    buf_append(b, ")", 2); /* with the NUL */
+}
+
+/* Hits of shard k into results, at most want; ids[*got] gets each one's id. */
+static int search_shard(struct sq *st, int64_t k, const char *match, int64_t before, int64_t user, int64_t conv,
+                        int want, json_t *results, int *got, int64_t *ids)
+{
+    sqlite3_stmt *s = shard_stmt(st, k, SH_FIND);
+    int rc;
+
+    if (!s)
+        return STORE_ERR;
+    rc = sqlite3_bind_text(s, 1, match, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(s, 2, before);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(s, 3, user);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(s, 4, want);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(s, 5, conv);
+    while (rc == SQLITE_OK || rc == SQLITE_ROW) {
+        rc = sqlite3_step(s);
+        if (rc != SQLITE_ROW)
+            break;
+        json_t *h = rows_search_hit(sqlite3_column_int64(s, 1), sqlite3_column_int64(s, 2),
+                                    sqlite3_column_int64(s, 3), col_text(s, 4), (size_t)sqlite3_column_bytes(s, 4),
+                                    sqlite3_column_int64(s, 5));
+        if (!h) {
+            log_json("search hit");
+            rc = SQLITE_ERROR;
+            break;
+        }
+        json_array_append_new(results, h);
+        ids[(*got)++] = sqlite3_column_int64(s, 0);
+    }
+    if (rc != SQLITE_DONE)
+        log_sqlite(st, "search", rc);
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    return rc == SQLITE_DONE ? STORE_OK : STORE_ERR;
+}
+
+static int search_run(struct sq *st, int64_t user, int64_t conv, const char *const *words, size_t nwords,
+                      int64_t before, int limit, json_t *results, int64_t *next_out)
+{
+    int64_t *convs = NULL, *shards = NULL, *ids;
+    size_t nconvs = 0, nshards = 0;
+    struct buf b;
+    struct q q;
+    int rc, got = 0;
+
+    if (conv > 0) {
+        convs = xmalloc(sizeof *convs);
+        convs[0] = conv;
+        nconvs = 1;
+    } else {
+        if (q_start(st, S_USER_CONVS, &q))
+            return STORE_ERR;
+        q_i64(&q, user);
+        if ((rc = q_ids(&q, &convs, &nconvs)) != STORE_OK)
+            return rc;
+        if (!nconvs) {
+            free(convs);
+            return STORE_OK; /* in no conversation: nothing to find */
+        }
+    }
+    if (q_start(st, S_SHARDS, &q)) {
+        free(convs);
+        return STORE_ERR;
+    }
+    q_i64(&q, before > 0 ? (before - 1) >> SHARD_BITS : INT64_MAX);
+    if ((rc = q_ids(&q, &shards, &nshards)) != STORE_OK) {
+        free(convs);
+        return rc;
+    }
+    buf_init(&b);
+    ids = xmalloc(((size_t)limit + 1) * sizeof *ids);
+    /* a user in very many conversations: the query would be longer than the
+     * index walk it saves; the membership probe of the join filters */
+    fts_query(&b, words, nwords, convs, nconvs <= SEARCH_OR_MAX ? nconvs : 0);
+    for (size_t i = 0; i < nshards && got <= limit && rc == STORE_OK; i++)
+        rc = search_shard(st, shards[i], b.data, before > 0 ? before : INT64_MAX, user, conv, limit + 1 - got, results,
+                          &got, ids);
+    if (rc == STORE_OK && got > limit) {
+        /* the extra hit only said there is more */
+        json_array_remove(results, json_array_size(results) - 1);
+        *next_out = ids[limit - 1];
+    }
+    buf_dispose(&b);
+    free(ids);
+    free(convs);
+    free(shards);
+    return rc;
+}
+
+static int sq_search(struct store *st_, int64_t user, int64_t conv, const char *const *words, size_t nwords,
+                     int64_t before, int limit, json_t **results_out, int64_t *next_out)
+{
+    struct sq *st = (struct sq *)st_;
+    json_t *results = json_array();
+    int rc;
+
+    *results_out = NULL;
+    *next_out = 0;
+    if (limit < 1 || (nwords && !words)) {
+        json_decref(results);
+        return STORE_BAD_REQUEST;
+    }
+    for (size_t i = 0; i < nwords; i++)
+        if (!words[i] || !words[i][0]) {
+            json_decref(results);
+            return STORE_BAD_REQUEST;
+        }
+    if (nwords == 0) {
+        *results_out = results;
+        return STORE_OK;
+    }
+    /* one snapshot for the shards, the memberships and the hits */
+    if ((rc = op_begin(st)) != STORE_OK) {
+        json_decref(results);
+        return rc;
+    }
+    rc = op_end(st, search_run(st, user, conv, words, nwords, before, limit, results, next_out), 1);
+    if (rc != STORE_OK) {
+        json_decref(results);
+        *next_out = 0;
+        return rc;
+    }
+    *results_out = results;
+    return STORE_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* Changes to messages.                                                 */
+
+/* A write of the store's own: inside the caller's transaction, a savepoint
+ * (op_begin); with none open, a transaction of its own, committed by
+ * sq_commit so its erasure work (optimize, checkpoint, unlinks) is done.
+ * The erasure work lists are put back as they were if it is undone. */
+struct txw {
+    int own;
+    size_t ndirty, ngone, ncreated;
+    int erased;
+};
+
+static int tx_enter(struct sq *st, struct txw *t)
+{
+    t->own = sqlite3_get_autocommit(st->db);
+    t->ndirty = st->ndirty;
+    t->ngone = st->gone.n;
+    t->ncreated = st->created.n;
+    t->erased = st->erased;
+    return t->own ? sq_begin(&st->base) : op_begin(st);
+}
+
+static int tx_leave(struct sq *st, struct txw *t, int rc, int keep)
+{
+    if (t->own) {
+        if (keep) {
+            int r = sq_commit(&st->base);
+            if (r == STORE_OK)
+                return rc;
+            rc = r;
+        }
+        sq_rollback(&st->base);
+        return rc;
+    }
+    rc = op_end(st, rc, keep); /* a failed release rolls back too */
+    if (keep && rc == STORE_OK)
+        return STORE_OK;
+    st->ndirty = t->ndirty;
+    st->gone.n = t->ngone;
+    st->erased = t->erased;
+    if (st->created.n > t->ncreated) {
+        struct shalist tail = {st->created.v + t->ncreated, st->created.n - t->ncreated, 0, 0};
+        unlink_blobs(st, &tail, 0);
+        st->created.n = t->ncreated;
+    }
+    return rc;
+}
+
+static int sq_msg_facts(struct store *st_, int64_t conv, int64_t seq, struct store_msg_facts *out)
+{
+    struct sq *st = (struct sq *)st_;
+    struct q q;
+    int rc;
+
+    memset(out, 0, sizeof *out);
+    if (q_start(st, S_MSG_FACTS, &q))
+        return STORE_ERR;
+    q_i64(&q, conv);
+    q_i64(&q, seq);
+    rc = q_step(&q);
+    if (rc == SQLITE_ROW) {
+        out->sender = sqlite3_column_int64(q.s, 0);
+        out->deleted = sqlite3_column_int(q.s, 1);
+        out->mod = sqlite3_column_int64(q.s, 2);
+        rc = STORE_OK;
+    } else if (rc == SQLITE_DONE) {
+        rc = STORE_NOT_FOUND;
+    }
+    q_end(&q);
+    return rc;
+}
+
+static int sq_msg_get(struct store *st_, int64_t conv, int64_t seq, json_t **msg_out)
+{
+    struct sq *st = (struct sq *)st_;
+    json_t *arr = json_array();
+    struct q q;
+    int rc;
+
+    *msg_out = NULL;
+    if ((rc = op_begin(st)) != STORE_OK) {
+        json_decref(arr);
+        return rc;
+    }
+    if (q_start(st, S_MSG_ONE, &q) == STORE_OK) {
+        q_i64(&q, conv);
+        q_i64(&q, seq);
+        rc = collect_msgs(&q, conv, arr, -1, NULL, D_EACH);
+    } else {
+        rc = STORE_ERR;
+    }
+    rc = op_end(st, rc, 1);
+    if (rc == STORE_OK && json_array_size(arr) == 0)
+        rc = STORE_NOT_FOUND;
+    if (rc == STORE_OK)
+        *msg_out = json_incref(json_array_get(arr, 0));
+    json_decref(arr);
+    return rc;
+}
+
+static int take_mod(struct sq *st, int64_t conv, int64_t *mod)
+{
+    struct q q;
+    int rc;
+
+    if (q_start(st, S_MOD_NEXT, &q))
+        return STORE_ERR;
+    q_i64(&q, conv);
+    rc = q_one_i64(&q, mod);
+    return rc == STORE_OK ? STORE_OK : STORE_ERR; /* the message exists: so does its conversation */
+}
+
+/* Drops one reference to a blob; the last one deletes its row and lists its
+ * file for unlinking after the commit. */
+static int blob_unref(struct sq *st, const char *sha)
+{
+    struct q q;
+    int rc;
+
+    if (q_start(st, S_BLOB_UNREF, &q))
+        return STORE_ERR;
+    q_text(&q, sha);
+    if ((rc = q_exec(&q)) != STORE_OK)
+        return rc;
+    if (sqlite3_changes(st->db) > 0)
+        return STORE_OK;
+    if (q_start(st, S_BLOB_DELETE, &q))
+        return STORE_ERR;
+    q_text(&q, sha);
+    if ((rc = q_exec(&q)) != STORE_OK)
+        return rc;
+    if (sqlite3_changes(st->db) > 0)
+        shalist_add(&st->gone, sha);
+    return STORE_OK;
+}
+
+/* Deletes the attachment rows the query q (bound; rows: id, sha256) returns,
+ * and their references to blobs. *n_out: how many. */
+static int att_delete_rows(struct sq *st, struct q *q, int *n_out)
+{
+    struct {
+        char *id;
+        char sha[65];
+    } *v = NULL;
+    size_t n = 0, cap = 0;
+    int rc;
+
+    while ((rc = q_step(q)) == SQLITE_ROW) {
+        if (n == cap) {
+            cap = cap ? cap * 2 : 8;
+            v = xrealloc(v, cap * sizeof *v);
+        }
+        v[n].id = xstrdup(col_text(q->s, 0));
+        snprintf(v[n].sha, sizeof v[n].sha, "%s", col_text(q->s, 1));
+        n++;
+    }
+    q_end(q);
+    rc = rc == SQLITE_DONE ? STORE_OK : rc;
+    for (size_t i = 0; i < n && rc == STORE_OK; i++) {
+        struct q d;
+        if (q_start(st, S_ATT_DELETE, &d)) {
+            rc = STORE_ERR;
+            break;
+        }
+        q_text(&d, v[i].id);
+        rc = q_exec(&d);
+        if (rc == STORE_OK)
+            rc = blob_unref(st, v[i].sha);
+    }
+    for (size_t i = 0; i < n; i++)
+        free(v[i].id);
+    free(v);
+    if (n_out)
+        *n_out = (int)n;
+    return rc;
+}
+
+/* Runs a statement on (conv, seq) and maybe a third and fourth value. */
+static int exec_msg(struct sq *st, enum sid id, int64_t conv, int64_t seq, int nargs, int64_t a, int64_t b)
+{
+    struct q q;
+
+    if (q_start(st, id, &q))
+        return STORE_ERR;
+    q_i64(&q, conv);
+    q_i64(&q, seq);
+    if (nargs > 0)
+        q_i64(&q, a);
+    if (nargs > 1)
+        q_i64(&q, b);
+    return q_exec(&q);
+}
+
+static int react(struct sq *st, enum sid id, int64_t conv, int64_t seq, int64_t user, const char *emoji,
+                 size_t len, int *changed)
+{
+    struct q q;
+    int rc;
+
+    if (q_start(st, id, &q))
+        return STORE_ERR;
+    q_i64(&q, conv);
+    q_i64(&q, seq);
+    q_i64(&q, user);
+    q_textn(&q, emoji, len);
+    rc = q_exec(&q);
+    *changed = rc == STORE_OK && sqlite3_changes(st->db) > 0;
+    return rc;
+}
+
+/* The message as it was, for a change: its id (the search entry), its body
+ * (to remove that entry: malloc'd), whether deleted, its mod. */
+struct oldmsg {
+    int64_t id, mod;
+    char *body;
+    size_t len;
+    int deleted;
+};
+
+static int old_get(struct sq *st, int64_t conv, int64_t seq, struct oldmsg *o)
+{
+    struct q q;
+    int rc;
+
+    if (q_start(st, S_MSG_OLD, &q))
+        return STORE_ERR;
+    q_i64(&q, conv);
+    q_i64(&q, seq);
+    rc = q_step(&q);
+    if (rc == SQLITE_ROW) {
+        o->id = sqlite3_column_int64(q.s, 0);
+        o->len = (size_t)sqlite3_column_bytes(q.s, 1);
+        o->body = xmalloc(o->len + 1);
+        memcpy(o->body, sqlite3_column_text(q.s, 1) ? (const char *)sqlite3_column_text(q.s, 1) : "", o->len);
+        o->body[o->len] = '\0';
+        o->deleted = sqlite3_column_int(q.s, 2);
+        o->mod = sqlite3_column_int64(q.s, 3);
+        rc = STORE_OK;
+    } else if (rc == SQLITE_DONE) {
+        rc = STORE_NOT_FOUND;
+    }
+    q_end(&q);
+    return rc;
+}
+
+/* The erasure of a message: its search entry, reactions and attachments
+ * (and the blobs they were the last references to), then the row becomes a
+ * tombstone. The shard's 'optimize', the checkpoint and the unlinks follow
+ * at commit. */
+static int change_delete(struct sq *st, int64_t conv, int64_t seq, const struct oldmsg *o, int64_t mod)
+{
+    struct q q;
+    int rc = STORE_OK;
+
+    if (!o->deleted && o->id > 0)
+        rc = fts_del(st, o->id, conv, o->body, o->len);
+    if (rc == STORE_OK)
+        rc = exec_msg(st, S_REACT_DEL_MSG, conv, seq, 0, 0, 0);
+    if (rc == STORE_OK && (rc = q_start(st, S_ATT_OF_MSG, &q)) == STORE_OK) {
+        q_i64(&q, conv);
+        q_i64(&q, seq);
+        rc = att_delete_rows(st, &q, NULL);
+    }
+    if (rc == STORE_OK)
+        rc = exec_msg(st, S_MSG_ERASE, conv, seq, 1, mod, 0);
+    if (rc == STORE_OK)
+        st->erased = 1;
+    return rc;
+}
+
+static int change_apply(struct sq *st, int64_t conv, int64_t seq, int64_t user, enum store_change_kind kind,
+                        const char *text, size_t len, int64_t now, struct oldmsg *o, int64_t *mod_out,
+                        int *changed_out)
+{
+    int64_t mod = 0;
+    int rc = old_get(st, conv, seq, o), changed = 1;
+
+    if (rc != STORE_OK)
+        return rc;
+    switch (kind) {
+    case CHANGE_REACT_ON:
+    case CHANGE_REACT_OFF:
+        if (!text || (o->deleted && kind == CHANGE_REACT_ON))
+            return STORE_BAD_REQUEST;
+        rc = react(st, kind == CHANGE_REACT_ON ? S_REACT_ADD : S_REACT_DEL, conv, seq, user, text, len, &changed);
+        if (rc != STORE_OK)
+            return rc;
+        if (!changed) { /* already there, or not there: nothing written */
+            *mod_out = o->mod;
+            *changed_out = 0;
+            return STORE_OK;
+        }
+        if ((rc = take_mod(st, conv, &mod)) == STORE_OK)
+            rc = exec_msg(st, S_MSG_REACTED, conv, seq, 2, mod, kind == CHANGE_REACT_ON ? 1 : -1);
+        break;
+    case CHANGE_EDIT:
+        if (!text || o->deleted)
+            return STORE_BAD_REQUEST;
+        if ((rc = take_mod(st, conv, &mod)) != STORE_OK)
+            break;
+        /* the old text leaves the index; sq_commit's optimize of a later
+         * delete takes it out of the shard's segments for good */
+        if (o->id > 0)
+            rc = fts_entry(st, SH_DEL, o->id, conv, o->body, o->len);
+        if (rc == STORE_OK) {
+            struct q q;
+            if ((rc = q_start(st, S_MSG_EDIT, &q)) == STORE_OK) {
+                q_i64(&q, conv);
+                q_i64(&q, seq);
+                q_textn(&q, text, len);
+                q_i64(&q, now);
+                q_i64(&q, mod);
+                rc = q_exec(&q);
+            }
+        }
+        if (rc == STORE_OK && o->id > 0)
+            rc = fts_add(st, o->id, conv, text, len);
+        break;
+    case CHANGE_DELETE:
+        if ((rc = take_mod(st, conv, &mod)) == STORE_OK)
+            rc = change_delete(st, conv, seq, o, mod);
+        break;
+    default:
+        return STORE_BAD_REQUEST;
+    }
+    if (rc == STORE_OK) {
+        *mod_out = mod;
+        *changed_out = 1;
+    }
+    return rc;
+}
+
+static int sq_msg_change(struct store *st_, int64_t conv, int64_t seq, int64_t user, enum store_change_kind kind,
+                         const char *text, size_t text_len, int64_t now, int64_t *mod_out, int *changed_out)
+{
+    struct sq *st = (struct sq *)st_;
+    struct oldmsg o = {0};
+    struct txw t;
+    int rc;
+
+    *mod_out = 0;
+    *changed_out = 0;
+    if ((rc = tx_enter(st, &t)) != STORE_OK)
+        return rc;
+    rc = change_apply(st, conv, seq, user, kind, text, text_len, now, &o, mod_out, changed_out);
+    rc = tx_leave(st, &t, rc, rc == STORE_OK);
+    if (o.body) {
+        /* the old text does not linger in this process either */
+        memset(o.body, 0, o.len);
+        free(o.body);
+    }
+    if (rc != STORE_OK) {
+        *mod_out = 0;
+        *changed_out = 0;
+    }
+    return rc;
+}
+
+static int sq_changes_page(struct store *st_, int64_t conv, int64_t after_mod, int limit, json_t **msgs_out,
+                           int64_t *last_mod_out)
+{
+    struct sq *st = (struct sq *)st_;
+    json_t *msgs;
+    struct q q;
+    int rc;
+
+    *msgs_out = NULL;
+    *last_mod_out = 0;
+    if (limit < 1)
+        return STORE_BAD_REQUEST;
+    if ((rc = op_begin(st)) != STORE_OK)
+        return rc;
+    msgs = json_array();
+    if (q_start(st, S_CONV_LAST_MOD, &q) == STORE_OK) {
+        q_i64(&q, conv);
+        rc = q_one_i64(&q, last_mod_out);
+    } else {
+        rc = STORE_ERR;
+    }
+    if (rc == STORE_OK && (rc = q_start(st, S_CHANGES, &q)) == STORE_OK) {
+        q_i64(&q, conv);
+        q_i64(&q, after_mod);
+        q_i64(&q, limit);
+        rc = collect_msgs(&q, conv, msgs, limit, NULL, D_EACH);
+    }
+    rc = op_end(st, rc, 1);
+    if (rc != STORE_OK) {
+        json_decref(msgs);
+        *last_mod_out = 0;
+        return rc;
+    }
+    *msgs_out = msgs;
+    return STORE_OK;
+}
+
+static int sq_conv_last_mods(struct store *st_, const int64_t *convs, size_t n, int64_t *out)
+{
+    struct sq *st = (struct sq *)st_;
+
+    for (size_t i = 0; i < n; i++) {
+        struct q q;
+        if (q_start(st, S_CONV_LAST_MOD, &q))
+            return STORE_ERR;
+        q_i64(&q, convs[i]);
+        int rc = q_one_i64(&q, &out[i]);
+        if (rc == STORE_NOT_FOUND)
+            out[i] = 0;
+        else if (rc != STORE_OK)
+            return rc;
+    }
+    return STORE_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* Attachments: the rows here, the bytes in <data dir>/attachments/<first
+ * two hex digits>/<sha256>, one file per distinct content.              */
+
+static int sha_ok(const char *sha)
+{
+    size_t i = 0;
+    if (!sha)
+        return 0;
+    for (; sha[i]; i++)
+        if (!((sha[i] >= '0' && sha[i] <= '9') || (sha[i] >= 'a' && sha[i] <= 'f')))
+            return 0;
+    return i == 64;
+}
+
+static int blob_path(const struct sq *st, const char *sha, char *buf, size_t len)
+{
+    if (!sha_ok(sha))
+        return STORE_NOT_FOUND;
+    if ((size_t)snprintf(buf, len, "%s/%.2s/%s", st->attdir, sha, sha) >= len)
+        return STORE_ERR;
+    return STORE_OK;
+}
+
+static int fsync_path(const char *path, int dir)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | (dir ? O_DIRECTORY : 0));
+    int rc = fd >= 0 && fsync(fd) == 0 ? 0 : -1;
+    if (fd >= 0)
+        close(fd);
+    return rc;
+}
+
+/* Copies src to dst through a temporary file in dst's directory. */
+static int copy_file(const char *src, const char *dir, const char *dst)
+{
+    char tmp[4300], buf[65536];
+    int in = open(src, O_RDONLY | O_CLOEXEC), out = -1, ok = 0;
+    ssize_t r = 0;
+
+    snprintf(tmp, sizeof tmp, "%s/.tmp-XXXXXX", dir);
+    if (in < 0 || (out = mkstemp(tmp)) < 0)
+        goto done;
+    while ((r = read(in, buf, sizeof buf)) > 0) {
+        for (ssize_t w = 0; w < r;) {
+            ssize_t k = write(out, buf + w, (size_t)(r - w));
+            if (k < 0 && errno == EINTR)
+                continue;
+            if (k < 0)
+                goto done;
+            w += k;
+        }
+    }
+    ok = r == 0 && fsync(out) == 0 && rename(tmp, dst) == 0;
+done:
+    if (in >= 0)
+        close(in);
+    if (out >= 0) {
+        close(out);
+        if (!ok)
+            unlink(tmp);
+    }
+    return ok ? 0 : -1;
+}
+
+/* Puts the bytes of tmp_path in place as blob sha: a hard link (same file
+ * system: no copy), else a copy. *created: 1 if this made the file (0: it
+ * was there already, from an earlier transaction that rolled back or whose
+ * unlink is pending; same name, same bytes). */
+static int blob_place(struct sq *st, const char *sha, const char *tmp_path, int *created)
+{
+    char dir[4200], path[4300];
+
+    *created = 0;
+    if (mkdir(st->attdir, 0700) != 0 && errno != EEXIST)
+        goto fail;
+    snprintf(dir, sizeof dir, "%s/%.2s", st->attdir, sha);
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+        goto fail;
+    if (blob_path(st, sha, path, sizeof path) != STORE_OK)
+        return STORE_ERR;
+    if (link(tmp_path, path) == 0) {
+        *created = 1;
+    } else if (errno == EEXIST) {
+        return STORE_OK;
+    } else {
+        if (copy_file(tmp_path, dir, path) != 0)
+            goto fail;
+        *created = 1;
+    }
+    /* the commit promises the upload: its bytes and name are on disk first */
+    if (fsync_path(path, 0) != 0 || fsync_path(dir, 1) != 0)
+        goto fail;
+    return STORE_OK;
+fail:
+    fprintf(stderr, "store: attachment %s from %s: %s\n", sha, tmp_path, strerror(errno));
+    return STORE_ERR;
+}
+
+static int random_id(char *out, size_t len)
+{
+    unsigned char b[16];
+    size_t got = 0;
+
+    while (got < sizeof b) {
+        ssize_t r = getrandom(b + got, sizeof b - got, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return -1;
+        got += (size_t)r;
+    }
+    for (size_t i = 0; i < sizeof b && 2 * i + 2 < len; i++)
+        snprintf(out + 2 * i, 3, "%02x", b[i]);
+    return 0;
+}
+
+static int att_insert(struct sq *st, const char *id, int64_t owner, const char *name, const char *type,
+                      const char *tmp_path, int64_t size, const char *sha, int64_t now)
+{
+    int64_t refs = 0;
+    struct q q;
+    int rc, created = 0;
+
+    if (q_start(st, S_BLOB_REF, &q))
+        return STORE_ERR;
+    q_text(&q, sha);
+    q_i64(&q, size);
+    if ((rc = q_one_i64(&q, &refs)) != STORE_OK)
+        return STORE_ERR;
+    if (refs == 1) {
+        if (blob_place(st, sha, tmp_path, &created) != STORE_OK)
+            return STORE_ERR;
+        if (created)
+            shalist_add(&st->created, sha);
+    }
+    if (q_start(st, S_ATT_INSERT, &q))
+        return STORE_ERR;
+    q_text(&q, id);
+    q_i64(&q, owner);
+    q_text(&q, name);
+    q_text(&q, type);
+    q_i64(&q, size);
+    q_text(&q, sha);
+    q_i64(&q, now);
+    rc = q_exec(&q);
+    return rc == STORE_OK ? STORE_OK : STORE_ERR;
+}
+
+static int sq_att_create(struct store *st_, int64_t owner, const char *name, const char *type, const char *tmp_path,
+                         int64_t size, const char *sha256_hex, int64_t now, json_t **att_out)
+{
+    struct sq *st = (struct sq *)st_;
+    char id[33];
+    struct txw t;
+    json_t *att;
+    int rc;
+
+    *att_out = NULL;
+    if (!name || !type || !tmp_path || size < 0 || !sha_ok(sha256_hex))
+        return STORE_BAD_REQUEST;
+    if (random_id(id, sizeof id) != 0) {
+        fprintf(stderr, "store: attachment id: getrandom: %s\n", strerror(errno));
+        return STORE_ERR;
+    }
+    /* built first: a name jansson refuses is refused, not stored */
+    if (!(att = rows_attachment(id, name, type, size)))
+        return STORE_BAD_REQUEST;
+    if ((rc = tx_enter(st, &t)) != STORE_OK) {
+        json_decref(att);
+        return rc;
+    }
+    rc = att_insert(st, id, owner, name, type, tmp_path, size, sha256_hex, now);
+    rc = tx_leave(st, &t, rc, rc == STORE_OK);
+    if (rc != STORE_OK) {
+        json_decref(att);
+        return rc;
+    }
+    *att_out = att;
+    return STORE_OK;
+}
+
+static int sq_att_get(struct store *st_, const char *id, int64_t user, json_t **att_out, char **sha256_out)
+{
+    struct sq *st = (struct sq *)st_;
+    struct q q;
+    int rc;
+
+    *att_out = NULL;
+    *sha256_out = NULL;
+    if (!id)
+        return STORE_NOT_FOUND;
+    if (q_start(st, S_ATT_GET, &q))
+        return STORE_ERR;
+    q_text(&q, id);
+    q_i64(&q, user);
+    rc = q_step(&q);
+    if (rc == SQLITE_ROW) {
+        *att_out = rows_attachment(col_text(q.s, 0), col_text(q.s, 1), col_text(q.s, 2), sqlite3_column_int64(q.s, 3));
+        if (*att_out) {
+            *sha256_out = xstrdup(col_text(q.s, 4));
+            rc = STORE_OK;
+        } else {
+            rc = log_json(SQL[q.id].what);
+        }
+    } else if (rc == SQLITE_DONE) {
+        rc = STORE_NOT_FOUND;
+    }
+    q_end(&q);
+    return rc;
+}
+
+static int sq_att_path(struct store *st_, const char *sha256_hex, char **path_out)
+{
+    struct sq *st = (struct sq *)st_;
+    char path[4300];
+    int rc = blob_path(st, sha256_hex, path, sizeof path);
+
+    *path_out = NULL;
+    if (rc != STORE_OK)
+        return rc;
+    if (access(path, R_OK) != 0)
+        return errno == ENOENT ? STORE_NOT_FOUND : STORE_ERR;
+    *path_out = xstrdup(path);
+    return STORE_OK;
+}
+
+static int sq_att_read(struct store *st_, const char *sha256_hex, int64_t off, void *buf, size_t len, size_t *n_out)
+{
+    struct sq *st = (struct sq *)st_;
+    char path[4300];
+    size_t n = 0;
+    int rc = blob_path(st, sha256_hex, path, sizeof path), fd;
+
+    *n_out = 0;
+    if (rc != STORE_OK)
+        return rc;
+    if (off < 0)
+        return STORE_BAD_REQUEST;
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+        return errno == ENOENT ? STORE_NOT_FOUND : STORE_ERR;
+    while (n < len) {
+        ssize_t r = pread(fd, (char *)buf + n, len - n, (off_t)(off + (int64_t)n));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            close(fd);
+            return STORE_ERR;
+        }
+        if (r == 0)
+            break;
+        n += (size_t)r;
+    }
+    close(fd);
+    *n_out = n;
+    return STORE_OK;
+}
+
+static int sq_att_prune(struct store *st_, int64_t created_before, int limit, int *deleted_out)
+{
+    struct sq *st = (struct sq *)st_;
+    struct txw t;
+    struct q q;
+    int rc, n = 0;
+
+    *deleted_out = 0;
+    if (limit <= 0)
+        return STORE_OK;
+    if ((rc = tx_enter(st, &t)) != STORE_OK)
+        return rc;
+    if ((rc = q_start(st, S_ATT_PENDING_OLD, &q)) == STORE_OK) {
+        q_i64(&q, created_before);
+        q_i64(&q, limit);
+        rc = att_delete_rows(st, &q, &n);
+    }
+    rc = tx_leave(st, &t, rc, rc == STORE_OK);
+    if (rc == STORE_OK)
+        *deleted_out = n;
+    return rc;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1900,6 +3627,17 @@ static const struct store_ops sqlite_ops = {
     .read_set = sq_read_set,
     .msg_page = sq_msg_page,
     .sync_summary = sq_sync_summary,
+    .msg_facts = sq_msg_facts,
+    .msg_get = sq_msg_get,
+    .msg_change = sq_msg_change,
+    .changes_page = sq_changes_page,
+    .conv_last_mods = sq_conv_last_mods,
+    .search = sq_search,
+    .att_create = sq_att_create,
+    .att_get = sq_att_get,
+    .att_path = sq_att_path,
+    .att_read = sq_att_read,
+    .att_prune = sq_att_prune,
 };
 
 int store_sqlite_open(const char *path, int readonly, struct store **out, char *errbuf, size_t errlen)
@@ -1917,7 +3655,13 @@ int store_sqlite_open(const char *path, int readonly, struct store **out, char *
     }
     sqlite3_extended_result_codes(st->db, 1);
     sqlite3_busy_timeout(st->db, BUSY_TIMEOUT_MS);
-    if (readonly ? setup_reader(st->db, errbuf, errlen) : setup_writer(st->db, errbuf, errlen))
+    /* attachments live next to the database: <data dir>/attachments */
+    const char *slash = strrchr(path, '/');
+    size_t dlen = slash ? (size_t)(slash - path) : 1;
+    st->attdir = xmalloc(dlen + sizeof "/attachments");
+    memcpy(st->attdir, slash ? path : ".", dlen);
+    memcpy(st->attdir + dlen, "/attachments", sizeof "/attachments");
+    if (readonly ? setup_reader(st->db, errbuf, errlen) : setup_writer(st, errbuf, errlen))
         goto fail;
     *out = &st->base;
     return STORE_OK;

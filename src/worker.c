@@ -8,11 +8,13 @@
 #include "ws.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -20,6 +22,21 @@
 #define CLOSE_GRACE_MS 5000       /* a closing connection that cannot flush */
 #define STOP_GRACE_MS 3000        /* shutdown: time to flush before abort */
 #define LINGER_MS 2000            /* after our FIN: time for the peer's */
+#define SENDFILE_BUDGET (4 << 20) /* file bytes per connection per loop iteration: a fast download
+                                     does not hold the loop up for everyone else */
+
+/* A file item of an out-queue (conn_send_file). While the kernel refuses
+ * more, a poll on a duplicate of the socket descriptor waits for it to be
+ * writable again: libuv's stream watches the socket itself, and epoll takes a
+ * second registration of the same socket only under another descriptor. */
+struct outq_file {
+    uv_poll_t poll;   /* data == this */
+    int fd;           /* the file */
+    int sock;         /* the duplicate the poll watches; -1 until first needed */
+    off_t off;        /* next byte of the file to send */
+    int64_t left;     /* bytes still to send */
+    struct conn *c;
+};
 
 static int64_t now_ms(struct worker *w)
 {
@@ -40,8 +57,11 @@ static void free_event(struct event *ev)
 static struct outq_item *item_get(struct worker *w)
 {
     struct outq_item *it = w->free_items;
-    if (!it)
-        return xmalloc(sizeof *it);
+    if (!it) {
+        it = xmalloc(sizeof *it);
+        it->file = NULL;
+        return it;
+    }
     w->free_items = it->next;
     w->nfree_items--;
     return it;
@@ -63,6 +83,14 @@ static size_t low_water(const struct worker *w)
 {
     int64_t lo = w->cfg->outq_low < w->cfg->max_outq ? w->cfg->outq_low : w->cfg->max_outq;
     return lo > 0 ? (size_t)lo : 0;
+}
+
+/* Progress on an HTTP connection (body bytes read, answer bytes written):
+ * its timeout counts from now, so only a stalled transfer is dropped. */
+static void touch(struct conn *c)
+{
+    if (c->state == CONN_HTTP)
+        c->deadline_ms = now_ms(c->w) + c->w->cfg->header_timeout_ms;
 }
 
 /* ---- the inbox ---- */
@@ -284,6 +312,7 @@ static void on_write(uv_write_t *req, int status)
         conn_abort(c);
         return;
     }
+    touch(c);
     flush(c);
     after_flush(c);
 }
@@ -297,7 +326,7 @@ static void submit_write(struct conn *c)
     wr->c = c;
     wr->n = 0;
     wr->bytes = 0;
-    while (c->out_head && wr->n < WRITE_BATCH) {
+    while (c->out_head && !c->out_head->file && wr->n < WRITE_BATCH) {
         struct outq_item *it = c->out_head;
         c->out_head = it->next;
         bufs[wr->n] = uv_buf_init((char *)it->frame->data + it->off, it->frame->len - it->off);
@@ -308,6 +337,7 @@ static void submit_write(struct conn *c)
     if (!c->out_head)
         c->out_tail = NULL;
     c->writing = 1;
+    touch(c);
     int rc = uv_write(&wr->req, (uv_stream_t *)&c->tcp, bufs, wr->n, on_write);
     if (rc < 0) {
         c->writing = 0;
@@ -323,7 +353,9 @@ static void submit_write(struct conn *c)
 static void consume(struct conn *c, size_t n)
 {
     c->out_bytes -= n;
-    while (n && c->out_head) {
+    if (n)
+        touch(c);
+    while (n && c->out_head && !c->out_head->file) {
         struct outq_item *it = c->out_head;
         size_t left = it->frame->len - it->off;
         if (n < left) {
@@ -339,15 +371,114 @@ static void consume(struct conn *c, size_t n)
         c->out_tail = NULL;
 }
 
+static void file_closed(uv_handle_t *h)
+{
+    struct outq_file *f = h->data;
+    close(f->sock); /* after the poll is off epoll: closing it first would leave the registration */
+    free(f);
+}
+
+static void file_free(struct outq_file *f)
+{
+    close(f->fd);
+    if (f->sock < 0)
+        free(f);
+    else
+        uv_close((uv_handle_t *)&f->poll, file_closed);
+}
+
+static void on_file_writable(uv_poll_t *h, int status, int events)
+{
+    struct outq_file *f = h->data;
+    struct conn *c = f->c;
+    (void)events;
+    uv_poll_stop(h);
+    if (c->state == CONN_CLOSED)
+        return; /* its queue (and this file) goes in on_closed */
+    c->writing = 0;
+    if (status < 0) {
+        conn_abort(c);
+        return;
+    }
+    flush(c);
+    after_flush(c);
+}
+
+/* Sends the file item at the head of the queue with sendfile: 1 when all of
+ * it is sent (the item is gone), 0 when the kernel is full or this
+ * iteration's budget is spent (the poll resumes it: c->writing meanwhile),
+ * -1 when the connection was aborted. */
+static int send_file(struct conn *c)
+{
+    struct outq_item *it = c->out_head;
+    struct outq_file *f = it->file;
+    int sock;
+    if (uv_fileno((uv_handle_t *)&c->tcp, &sock) < 0) {
+        conn_abort(c);
+        return -1;
+    }
+    int64_t budget = SENDFILE_BUDGET;
+    int64_t sent = 0;
+    while (f->left > 0 && sent < budget) {
+        size_t want = (size_t)(f->left < budget - sent ? f->left : budget - sent);
+        ssize_t n = sendfile(sock, f->fd, &f->off, want);
+        if (n > 0) {
+            f->left -= n;
+            sent += n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        /* the file ended early (cut short meanwhile) or the socket failed:
+         * the answer cannot be finished, and the peer sees it cut */
+        log_info("conn %llu: sendfile: %s", (unsigned long long)c->id, n < 0 ? strerror(errno) : "file ended early");
+        conn_abort(c);
+        return -1;
+    }
+    if (sent)
+        touch(c);
+    if (f->left == 0) {
+        c->out_head = it->next;
+        if (!c->out_head)
+            c->out_tail = NULL;
+        file_free(f);
+        it->file = NULL;
+        item_put(c->w, it);
+        return 1;
+    }
+    if (f->sock < 0) {
+        f->sock = fcntl(sock, F_DUPFD_CLOEXEC, 0);
+        if (f->sock < 0 || uv_poll_init(&c->w->loop, &f->poll, f->sock) < 0) {
+            if (f->sock >= 0)
+                close(f->sock);
+            f->sock = -1;
+            conn_abort(c);
+            return -1;
+        }
+        f->poll.data = f;
+    }
+    f->c = c;
+    c->writing = 1;
+    uv_poll_start(&f->poll, UV_WRITABLE, on_file_writable);
+    return 0;
+}
+
 static void flush(struct conn *c)
 {
     if (c->writing || c->state == CONN_CLOSED)
         return;
     while (c->out_head) {
+        if (c->out_head->file) {
+            if (send_file(c) <= 0)
+                return;
+            continue;
+        }
         uv_buf_t bufs[WRITE_BATCH];
         unsigned n = 0;
         size_t want = 0;
-        for (struct outq_item *it = c->out_head; it && n < WRITE_BATCH; it = it->next) {
+        for (struct outq_item *it = c->out_head; it && !it->file && n < WRITE_BATCH; it = it->next) {
             bufs[n] = uv_buf_init((char *)it->frame->data + it->off, it->frame->len - it->off);
             want += bufs[n++].len;
         }
@@ -428,8 +559,13 @@ static void drop_queue(struct conn *c, int keep_started)
     *pp = NULL;
     while (it) {
         struct outq_item *next = it->next;
-        c->out_bytes -= it->frame->len - it->off;
-        frame_unref(it->frame);
+        if (it->file) {
+            file_free(it->file);
+            it->file = NULL;
+        } else {
+            c->out_bytes -= it->frame->len - it->off;
+            frame_unref(it->frame);
+        }
         item_put(c->w, it);
         it = next;
     }
@@ -440,6 +576,7 @@ static void enqueue(struct conn *c, struct frame *f, int cont)
     struct outq_item *it = item_get(c->w);
     it->next = NULL;
     it->frame = frame_ref(f);
+    it->file = NULL;
     it->off = 0;
     it->cont = (uint8_t)cont;
     if (c->out_tail)
@@ -450,6 +587,32 @@ static void enqueue(struct conn *c, struct frame *f, int cont)
     c->out_bytes += f->len;
     if (!cont && c->state != CONN_HTTP)
         c->w->counters.frames_out++;
+    mark_dirty(c);
+}
+
+void conn_send_file(struct conn *c, int fd, int64_t off, int64_t len)
+{
+    if (c->state == CONN_CLOSED || c->state == CONN_CLOSING || len <= 0) {
+        close(fd);
+        return;
+    }
+    struct outq_file *f = xcalloc(1, sizeof *f);
+    f->fd = fd;
+    f->sock = -1;
+    f->off = (off_t)off;
+    f->left = len;
+    f->c = c;
+    struct outq_item *it = item_get(c->w);
+    it->next = NULL;
+    it->frame = NULL;
+    it->file = f;
+    it->off = 0;
+    it->cont = 0;
+    if (c->out_tail)
+        c->out_tail->next = it;
+    else
+        c->out_head = it;
+    c->out_tail = it;
     mark_dirty(c);
 }
 
@@ -534,6 +697,7 @@ void conn_abort(struct conn *c)
         return;
     end_session(c);
     c->state = CONN_CLOSED;
+    http_req_drop_sink(c->http); /* an upload cut short leaves nothing behind */
     uv_close((uv_handle_t *)&c->tcp, on_closed);
     fire_drain(c);
     if (c->gated) {
@@ -559,6 +723,7 @@ static void finish_close(struct conn *c)
     if (c->state == CONN_CLOSED || c->shut)
         return;
     end_session(c);
+    http_req_drop_sink(c->http);
     c->state = CONN_CLOSING;
     c->shut = 1;
     fire_drain(c);
@@ -760,6 +925,38 @@ static size_t process(struct conn *c, uint8_t *data, size_t len)
     return used;
 }
 
+/* The headers of a request with a body are in: the layer above decides
+ * how its body is read (conn_handler.on_body_start). -1: answered, the
+ * connection closes after the answer. */
+static int body_start(struct conn *c)
+{
+    struct http_req *r = c->http;
+    int rc = 0;
+    if (c->w->handler->on_body_start) {
+        uint8_t was = c->close_after_write;
+        c->close_after_write = 1; /* an answer given now ends the connection: the body stays unread */
+        c->busy = 1;
+        rc = c->w->handler->on_body_start(c->w->ctx, c, r, &r->sink);
+        if (rc < 0)
+            return -1;
+        c->busy = 0;
+        c->close_after_write = was;
+    }
+    if (http_body_continue(r, rc == 1) < 0) {
+        http_fail(c, 413, "too_large", "request body too large");
+        return -1;
+    }
+    if (r->expect_continue) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        struct frame *f = frame_new(sizeof cont - 1);
+        memcpy(f->data, cont, sizeof cont - 1);
+        conn_send(c, f);
+        frame_unref(f);
+    }
+    touch(c);
+    return 0;
+}
+
 static size_t process_frames(struct conn *c, uint8_t *data, size_t len)
 {
     const struct config *cfg = c->w->cfg;
@@ -776,9 +973,15 @@ static size_t process_frames(struct conn *c, uint8_t *data, size_t len)
         if (c->state == CONN_HTTP) {
             if (c->busy)
                 break;
+            if (c->close_after_write)
+                return len; /* answered and closing (a refused body, Connection: close): the rest is not read */
             long n = http_feed(c->http, (const char *)data + off, len - off);
             if (n < 0) {
-                if (c->http->too_large)
+                int st = c->http->sink_status;
+                if (st)
+                    http_fail(c, st, st == 413 ? "too_large" : st == 507 ? "insufficient_storage" : "internal",
+                              "the request body could not be stored");
+                else if (c->http->too_large)
                     http_fail(c, 413, "too_large", "request body too large");
                 else if (c->http->header_overflow)
                     http_fail(c, 431, "bad_request", "request headers too large");
@@ -787,6 +990,13 @@ static size_t process_frames(struct conn *c, uint8_t *data, size_t len)
                 return len;
             }
             off += (size_t)n;
+            if (c->http->at_body) {
+                if (body_start(c) < 0)
+                    return len; /* answered before the body: closing */
+                continue;
+            }
+            if (c->http->in_body)
+                touch(c); /* a body in progress: the timeout counts from its last bytes */
             if (!c->http->complete)
                 continue;
             c->busy = 1;
@@ -972,6 +1182,7 @@ static void on_connection(uv_stream_t *server, int status)
     w->nconns++;
     c->state = CONN_HTTP;
     c->http = http_req_new((size_t)cfg->max_http_body);
+    c->http->notify_body = w->handler && w->handler->on_body_start;
     c->last_seen_ms = now_ms(w);
     c->deadline_ms = c->last_seen_ms + cfg->header_timeout_ms;
     uv_tcp_nodelay(&c->tcp, 1);
@@ -1073,8 +1284,10 @@ static void sweep_conn(struct worker *w, struct conn *c, int64_t now, int64_t wa
     const struct config *cfg = w->cfg;
     switch (c->state) {
     case CONN_HTTP:
-        if (!c->busy && now >= c->deadline_ms)
-            conn_abort(c); /* slow or idle: headers timeout / keep-alive idle */
+        /* slow or idle: headers timeout, a body or an answer without
+         * progress (touch), keep-alive idle */
+        if ((!c->busy || c->out_head) && now >= c->deadline_ms)
+            conn_abort(c);
         break;
     case CONN_WS_AUTH:
         if (now >= c->deadline_ms)
@@ -1102,6 +1315,19 @@ static void on_sweep(uv_timer_t *t)
     struct worker *w = t->data;
     uv_update_time(&w->loop);
     int64_t now = now_ms(w), wall = util_now_ms();
+    /* The loop itself was held up (a long synchronous step, an overloaded
+     * machine): bytes that arrived meanwhile are not read yet, and the
+     * timeouts would blame their connections. Such a round only notes the
+     * time and the next one judges, after the input was read; one round at
+     * most, so a loop that is always late still times connections out. */
+    int64_t every = (int64_t)uv_timer_get_repeat(t);
+    int late = w->last_sweep_ms && now - w->last_sweep_ms > 2 * every + 250;
+    w->last_sweep_ms = now;
+    if (late && !w->sweep_deferred && !w->stopping) {
+        w->sweep_deferred = 1;
+        return;
+    }
+    w->sweep_deferred = 0;
     struct conn *next;
     for (struct conn *c = w->conns; c; c = next) {
         next = c->next;
@@ -1175,6 +1401,21 @@ struct worker *worker_new(const struct config *cfg, int index, int nworkers, cha
         return NULL;
     }
     return w;
+}
+
+int worker_bound_port(struct worker *w, int metrics)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    if (metrics && !w->has_mlistener)
+        return -1;
+    if (uv_tcp_getsockname(metrics ? &w->mlistener : &w->listener, (struct sockaddr *)&ss, &len) < 0)
+        return -1;
+    if (ss.ss_family == AF_INET)
+        return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    if (ss.ss_family == AF_INET6)
+        return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    return -1;
 }
 
 void worker_set_handler(struct worker *w, const struct conn_handler *h, void *ctx)

@@ -28,6 +28,7 @@
 
 struct config;
 struct http_req;
+struct http_sink;
 struct worker;
 
 /* ---- the inbox: what other threads send to a worker ---- */
@@ -77,9 +78,12 @@ enum conn_state {
     CONN_CLOSED,    /* uv_close called; freed when pending == 0 */
 };
 
+struct outq_file;
+
 struct outq_item {
     struct outq_item *next;
-    struct frame *frame; /* one reference */
+    struct frame *frame; /* one reference; NULL for a file item */
+    struct outq_file *file; /* a file item (conn_send_file): owned; NULL for a frame */
     uint32_t off;        /* bytes of it the kernel already took */
     uint8_t cont;        /* the rest of the previous item's frame (conn_send2) */
 };
@@ -131,6 +135,19 @@ struct conn_handler {
     void (*on_message)(void *ctx, struct conn *c, const char *text, size_t len);
     /* A connection with in_session set is closing (once). */
     void (*on_session_end)(void *ctx, struct conn *c);
+    /* Optional: the headers of a request with a body (Content-Length > 0,
+     * or chunked) are in, and none of its body has been read. Returns
+     *   0  read the body into r->body as usual (up to PARLEY_MAX_HTTP_BODY,
+     *      larger: 413), then on_request;
+     *   1  stream it: the function filled *sink (r->sink); each piece goes
+     *      there as it arrives (never buffered whole), then on_request runs
+     *      with r->body empty and takes the sink back (http_req_take_sink);
+     *      if the request ends first, the sink's discard runs;
+     *  -1  it answered the request already (an error, exactly one
+     *      response): the body is not read and the connection closes after
+     *      the answer.
+     * r->method, path, query and headers are valid. */
+    int (*on_body_start)(void *ctx, struct conn *c, struct http_req *r, struct http_sink *sink);
 };
 
 /* Admission of new connections, set by the layer above (the core's
@@ -172,6 +189,14 @@ void conn_send(struct conn *c, struct frame *f);
  * per-recipient head of a push, and a body shared by every recipient): they
  * are written together and never separated by another frame. */
 void conn_send2(struct conn *c, struct frame *head, struct frame *body);
+/* Queues len bytes of the open file fd from offset off, sent with
+ * sendfile(2) after everything queued before it, as the socket takes them
+ * (zero-copy: the bytes never pass through our memory). Takes fd: it is
+ * closed once sent, or when the connection closes first. A file item counts
+ * nothing towards the out-queue's byte bounds (its bytes are not held in
+ * memory); a peer that stops reading is dropped by the idle timeout (no
+ * write progress for PARLEY_HEADER_TIMEOUT_MS). HTTP answers only. */
+void conn_send_file(struct conn *c, int fd, int64_t off, int64_t len);
 /* Queues a JSON object as one WebSocket text frame (does not steal obj). */
 void conn_send_json(struct conn *c, const json_t *obj);
 /* WebSocket close: queues a close frame with code and reason, then closes
@@ -222,6 +247,8 @@ struct worker {
     int has_mlistener;
     uv_async_t wake;
     uv_timer_t sweep;              /* timeouts and heartbeats, once a second */
+    int64_t last_sweep_ms;         /* when the sweep last ran (a late one defers its verdicts once) */
+    int sweep_deferred;
     uv_check_t flush_check;        /* end of each loop iteration: write what was queued */
     struct conn *dirty;            /* connections with frames queued this iteration */
     struct outq_item *free_items;  /* spare out-queue nodes (worker.c: item_get/item_put) */
@@ -247,6 +274,9 @@ struct worker {
  * before worker_start. */
 struct worker *worker_new(const struct config *cfg, int index, int nworkers, char *err, size_t errlen);
 void worker_set_handler(struct worker *w, const struct conn_handler *h, void *ctx);
+/* The port the listener (metrics: the /metrics listener, worker 0 only) is
+ * bound to, or -1: what port 0 in the configuration became. */
+int worker_bound_port(struct worker *w, int metrics);
 /* Starts the thread. */
 int worker_start(struct worker *w);
 void worker_join(struct worker *w);

@@ -252,17 +252,20 @@ static void publish_to_bus(void *ctx, struct bus_msg *m)
 
 int writer_prune(struct store *st, int64_t now_ms)
 {
-    int n = 0;
+    int n = 0, na = 0;
     if (store_begin(st) != STORE_OK)
         return -1;
     if (store_refresh_prune(st, now_ms, now_ms - WRITER_ROTATED_KEEP_MS, WRITER_PRUNE_ROWS, &n) != STORE_OK ||
+        store_att_prune(st, now_ms - WRITER_UPLOAD_KEEP_MS, WRITER_PRUNE_ROWS, &na) != STORE_OK ||
         store_commit(st) != STORE_OK) {
         store_rollback(st);
         return -1;
     }
     if (n)
         log_info("writer: %d dead refresh tokens deleted", n);
-    return n;
+    if (na)
+        log_info("writer: %d uploads never attached deleted", na);
+    return n > na ? n : na; /* a full step of either: more is waiting */
 }
 
 /* Housekeeping when it is due (mutex not held): one bounded step; a full

@@ -31,15 +31,17 @@ struct writer_config {
     int64_t batch_max;
     int64_t batch_interval_ms;
     int64_t max_queue;        /* jobs waiting, at most (0: no bound); more come back JOB_BUSY */
-    int64_t prune_interval_ms; /* housekeeping (dead refresh tokens) this often, and at start; 0: never */
+    int64_t prune_interval_ms; /* housekeeping (dead refresh tokens, stale uploads) this often, and at start; 0: never */
 };
 
 #define WRITER_PRUNE_ROWS 1000                     /* rows one housekeeping transaction deletes */
 #define WRITER_ROTATED_KEEP_MS (7LL * 86400 * 1000) /* rotated refresh tokens are kept this long */
+#define WRITER_UPLOAD_KEEP_MS (86400LL * 1000)      /* an upload never attached to a message is kept this long */
 
 /* One housekeeping step on st (the writer's connection, outside a batch):
- * deletes up to WRITER_PRUNE_ROWS dead refresh tokens in one transaction.
- * Returns the count, or -1 when the database failed. */
+ * deletes up to WRITER_PRUNE_ROWS dead refresh tokens and up to as many
+ * uploads never attached for WRITER_UPLOAD_KEEP_MS (store_att_prune) in one
+ * transaction. Returns the larger count, or -1 when the database failed. */
 int writer_prune(struct store *st, int64_t now_ms);
 
 /* st becomes the writer's (closed by writer_free). bus and workers are

@@ -18,6 +18,8 @@ const S = {
   typing: new Map(), // conv id -> Map(user id -> expires at)
   users: new Map(), // user id -> {id, username, display_name}
   online: new Set(),
+  replyTo: null, // {conv, seq} the composer answers
+  uploads: [], // [{key, conv, name, type, size, loaded, att, error, promise}]
 };
 
 // ---------------------------------------------------------------- helpers
@@ -40,6 +42,10 @@ const ICONS = {
   check: 'M9 16.2L4.8 12l-1.4 1.4L9 19 21 7l-1.4-1.4L9 16.2z',
   checks: 'M18 7l-1.4-1.4-6.3 6.3 1.4 1.4L18 7zm4.2-1.4L11.7 16.2 7.5 12l-1.4 1.4 5.6 5.6 12-12-1.5-1.4zM.4 13.4L6 19l1.4-1.4L1.8 12 .4 13.4z',
   alert: 'M1 21h22L12 2 1 21zm12-3h-2v-2h2v2zm0-4h-2v-4h2v4z',
+  more: 'M6 10a2 2 0 1 0 0 4 2 2 0 0 0 0-4zm6 0a2 2 0 1 0 0 4 2 2 0 0 0 0-4zm6 0a2 2 0 1 0 0 4 2 2 0 0 0 0-4z',
+  file: 'M14 2H6a2 2 0 0 0-2 2v16a2 2 0 0 0 2 2h12a2 2 0 0 0 2-2V8l-6-6zm4 18H6V4h7v5h5v11z',
+  reply: 'M10 9V5l-7 7 7 7v-4.1c5 0 8.5 1.6 11 5.1-1-5-4-10-11-11z',
+  close: 'M19 6.4L17.6 5 12 10.6 6.4 5 5 6.4 10.6 12 5 17.6 6.4 19 12 13.4 17.6 19 19 17.6 13.4 12z',
 };
 function icon(name) {
   const NS = 'http://www.w3.org/2000/svg';
@@ -284,7 +290,7 @@ function renderConvList() {
     let preview = 'No messages yet';
     if (lm) {
       const who = lm.from === S.me.id ? 'You: ' : c.kind === 'group' ? `${userName(lm.from).split(/\s+/)[0]}: ` : '';
-      preview = who + lm.body.replace(/\s+/g, ' ');
+      preview = who + previewText(lm);
     }
     btn.querySelector('.conv-preview').textContent = preview;
     const badge = btn.querySelector('.badge');
@@ -454,6 +460,9 @@ function openConv(id, { focusComposer = false, fromHash = false } = {}) {
   }
   renderPaneHead();
   renderTyping();
+  renderReplyBar();
+  renderTray();
+  closeMenu({ focus: false });
   const v = view(id);
   renderMessages({ stick: true });
   if (!v.loaded) loadHistory(id, { initial: true });
@@ -489,9 +498,16 @@ function renderPaneHead() {
 }
 
 // ---------------------------------------------------------------- history
-async function loadHistory(id, { initial = false } = {}) {
+function loadHistory(id, opts = {}) {
   const v = view(id);
-  if (v.loading || (!initial && !v.hasMore)) return;
+  if (v.loadingP) return v.loadingP;
+  if (!opts.initial && !v.hasMore) return Promise.resolve();
+  v.loadingP = loadHistoryPage(id, opts).finally(() => { v.loadingP = null; });
+  return v.loadingP;
+}
+
+async function loadHistoryPage(id, { initial = false } = {}) {
+  const v = view(id);
   v.loading = true;
   renderHistoryStatus();
   const oldest = v.msgs.size ? Math.min(...v.msgs.keys()) : undefined;
@@ -542,10 +558,15 @@ function renderHistoryStatus() {
 }
 
 // ---------------------------------------------------------------- messages
+const laterStates = new Map(); // "conv:seq" -> a changed state that came before its message
 function addMessage(m, { render = true } = {}) {
   const v = view(m.conv);
-  const isNew = !v.msgs.has(m.seq);
-  v.msgs.set(m.seq, m);
+  const later = laterStates.get(`${m.conv}:${m.seq}`);
+  if (later) { laterStates.delete(`${m.conv}:${m.seq}`); if ((later.mod || 0) > (m.mod || 0)) m = later; }
+  const had = v.msgs.get(m.seq);
+  const isNew = !had;
+  // keep the newest state: a change (mod) may have reached us before this copy
+  if (!had || (m.mod || 0) >= (had.mod || 0)) v.msgs.set(m.seq, m);
   if (S.me && m.from === S.me.id) v.pending.delete(m.id);
   // someone who writes has read everything before (their read position moves to it)
   if (S.me && m.from !== S.me.id) bumpReceipt(m.conv, m.from, m.seq);
@@ -571,6 +592,7 @@ const STATUS_LABEL = { pending: 'Sending…', sent: 'Sent', read: 'Read', failed
 const STATUS_ICON = { pending: 'clock', sent: 'check', read: 'checks', failed: 'alert' };
 
 const msgEls = new Map(); // key -> element
+const seqEls = new Map(); // seq -> element of the open conversation
 function renderMessages({ stick = false, prepend = false } = {}) {
   const id = S.active;
   const c = S.convs.get(id);
@@ -585,6 +607,7 @@ function renderMessages({ stick = false, prepend = false } = {}) {
   const pend = [...v.pending.values()].sort((a, b) => a.created - b.created);
   const all = msgs.concat(pend);
   const nodes = [];
+  seqEls.clear();
   const keep = new Set();
   let prevDay = null;
   let prev = null;
@@ -607,10 +630,12 @@ function renderMessages({ stick = false, prepend = false } = {}) {
     const key = `m:${m.from}:${m.id}`;
     let node = msgEls.get(key);
     if (!node) { node = buildMessage(m); msgEls.set(key, node); }
+    fillMessage(node, m, c);
     const mine = m.from === S.me.id;
     const cont = prev && prev.from === m.from && ts - (prev.ts || prev.created) < 5 * 60000;
     node.classList.toggle('cont', !!cont);
     node.querySelector('.msg-author').hidden = !!cont || mine;
+    if (m.seq !== undefined) seqEls.set(m.seq, node);
     if (m.seq !== undefined) node.dataset.seq = String(m.seq); else delete node.dataset.seq;
     const t = node.querySelector('time');
     t.textContent = fmtTime.format(new Date(ts));
@@ -650,16 +675,529 @@ function buildMessage(m) {
   });
   const author = el('div', { class: 'msg-author', 'data-testid': 'msg-author' });
   author.textContent = userName(m.from);
+  const quote = el('button', { type: 'button', class: 'msg-quote', 'data-testid': 'reply-quote', hidden: true },
+    el('span', { class: 'msg-quote-who' }), el('span', { class: 'msg-quote-text' }));
+  quote.addEventListener('click', () => { if (node._msg && node._msg.reply_to) jumpTo(node._msg.conv, node._msg.reply_to); });
   const body = el('div', { class: 'msg-body', 'data-testid': 'msg-body' });
   body.textContent = m.body; // text, never HTML
-  const meta = el('div', { class: 'msg-meta' }, el('time'));
+  const atts = el('div', { class: 'msg-atts', 'data-testid': 'msg-attachments', hidden: true });
+  const edited = el('span', { class: 'msg-edited', 'data-testid': 'msg-edited', hidden: true, text: 'edited' });
+  const meta = el('div', { class: 'msg-meta' }, edited, el('time'));
   const retry = el('button', { type: 'button', class: 'msg-retry', 'data-testid': 'msg-retry', hidden: true, text: 'Retry' });
   if (mine) {
     meta.append(el('span', { class: 'msg-status', 'data-testid': 'msg-status', role: 'img' }));
     retry.addEventListener('click', () => retrySend(m));
   }
-  node.append(author, el('div', { class: 'bubble' }, body, meta), retry);
+  const menuBtn = el('button', {
+    type: 'button', class: 'msg-menu-btn', 'data-testid': 'msg-menu-button', 'aria-haspopup': 'menu', 'aria-expanded': 'false',
+    'aria-label': 'Message actions', title: 'Message actions', hidden: true,
+  }, icon('more'));
+  menuBtn.addEventListener('click', () => { if (node._msg) openMenu(menuBtn, node._msg); });
+  const bubble = el('div', { class: 'bubble' }, quote, body, atts, meta);
+  const reactions = el('div', { class: 'reactions', 'data-testid': 'reactions', role: 'group', 'aria-label': 'Reactions', hidden: true });
+  node.append(author, el('div', { class: 'msg-row' }, bubble, menuBtn), reactions, retry);
+  // touch: a long press opens the menu; a mouse's right click too
+  let press = null;
+  const cancelPress = () => { clearTimeout(press); press = null; };
+  bubble.addEventListener('pointerdown', (e) => {
+    if (e.pointerType !== 'touch' || !node._msg || node._msg.seq === undefined) return;
+    cancelPress();
+    press = setTimeout(() => { press = null; if (navigator.vibrate) navigator.vibrate(10); openMenu(menuBtn, node._msg); }, 500);
+  });
+  for (const ev of ['pointerup', 'pointercancel', 'pointerleave', 'pointermove']) bubble.addEventListener(ev, (e) => { if (ev !== 'pointermove' || Math.abs(e.movementX) + Math.abs(e.movementY) > 4) cancelPress(); });
+  bubble.addEventListener('contextmenu', (e) => {
+    if (!node._msg || node._msg.seq === undefined || node._msg.deleted || window.getSelection().toString()) return;
+    e.preventDefault();
+    openMenu(menuBtn, node._msg);
+  });
   return node;
+}
+
+// What a message shows, as one string: the node is refilled only when it changes.
+function messageSig(m, c) {
+  return JSON.stringify([m.seq, m.body, m.deleted, m.edited_at, m.reply_to, m.attachments, m.reactions, m.mod,
+    m.reply_to ? quoteSig(c.id, m.reply_to) : null, canDelete(c, m)]);
+}
+function quoteSig(conv, seq) { const o = view(conv).msgs.get(seq); return o ? [o.body, o.deleted] : null; }
+
+function fillMessage(node, m, c) {
+  node._msg = m;
+  const sig = messageSig(m, c);
+  if (node._sig === sig) return;
+  node._sig = sig;
+  const mine = m.from === S.me.id;
+  const deleted = !!m.deleted;
+  node.classList.toggle('deleted', deleted);
+  if (deleted) node.dataset.deleted = 'true'; else delete node.dataset.deleted;
+  const body = node.querySelector('.msg-body');
+  body.textContent = deleted ? 'Message deleted' : m.body;
+  const editing = node.querySelector('.msg-edit');
+  if (editing && deleted) { editing.remove(); node.classList.remove('editing'); } // nothing left to edit
+  body.hidden = (!deleted && !m.body) || (!!editing && !deleted);
+  node.querySelector('.msg-edited').hidden = deleted || !m.edited_at;
+  if (m.edited_at) node.querySelector('.msg-edited').title = `Edited ${fmtFull.format(new Date(m.edited_at))}`;
+  // the quote of the message this one answers
+  const quote = node.querySelector('.msg-quote');
+  quote.hidden = deleted || !m.reply_to;
+  if (m.reply_to && !deleted) {
+    const o = view(m.conv).msgs.get(m.reply_to);
+    const who = o ? userName(o.from) : 'Earlier message';
+    const text = !o ? 'Show the message this replies to' : o.deleted ? 'Message deleted' : previewText(o);
+    quote.querySelector('.msg-quote-who').textContent = who;
+    quote.querySelector('.msg-quote-text').textContent = text;
+    quote.dataset.seq = String(m.reply_to);
+    quote.setAttribute('aria-label', `Reply to ${who}: ${text}. Go to that message`);
+  }
+  // attachments
+  const atts = node.querySelector('.msg-atts');
+  const list = deleted ? [] : m.attachments || [];
+  atts.hidden = !list.length;
+  atts.replaceChildren(...list.map((a) => attachmentNode(a)));
+  // reactions
+  renderReactions(node.querySelector('.reactions'), m);
+  const btn = node.querySelector('.msg-menu-btn');
+  btn.hidden = deleted || m.seq === undefined;
+  const who = mine ? 'your message' : `message from ${userName(m.from)}`;
+  btn.setAttribute('aria-label', `Actions for ${who}`);
+}
+
+function previewText(m) {
+  if (!m) return '';
+  if (m.deleted) return 'Message deleted';
+  const text = (m.body || '').replace(/\s+/g, ' ').trim();
+  if (text) return text;
+  const a = m.attachments || [];
+  if (a.length === 1) return `📎 ${a[0].name || 'Attachment'}`;
+  if (a.length > 1) return `📎 ${a.length} attachments`;
+  return '';
+}
+
+// ---------------------------------------------------------------- reactions
+const QUICK_EMOJI = ['👍', '❤️', '😂', '🎉', '😮', '😢'];
+
+function renderReactions(box, m) {
+  const r = (!m.deleted && m.reactions) || {};
+  const entries = Object.entries(r).filter(([, users]) => Array.isArray(users) && users.length);
+  box.hidden = !entries.length;
+  box.replaceChildren(...entries.map(([emoji, users]) => {
+    const minePressed = users.includes(S.me.id);
+    const names = users.map((u) => (u === S.me.id ? 'You' : userName(u)));
+    const b = el('button', {
+      type: 'button', class: `reaction${minePressed ? ' on' : ''}`, 'data-testid': 'reaction', 'data-emoji': emoji,
+      'aria-pressed': String(minePressed), title: `${names.join(', ')} reacted with ${emoji}`,
+      'aria-label': `${emoji} ${users.length}: ${names.join(', ')}. ${minePressed ? 'Remove your reaction' : 'React too'}`,
+    }, el('span', { class: 'reaction-emoji', 'aria-hidden': 'true', text: emoji }), el('span', { class: 'reaction-count', 'data-testid': 'reaction-count', 'aria-hidden': 'true', text: String(users.length) }));
+    b.addEventListener('click', () => toggleReaction(m.conv, m.seq, emoji));
+    return b;
+  }));
+}
+
+function toggleReaction(conv, seq, emoji) {
+  const m = view(conv).msgs.get(seq);
+  if (!m || m.deleted) return;
+  const on = !((m.reactions && m.reactions[emoji]) || []).includes(S.me.id);
+  client.react(conv, seq, emoji, on).catch((e) => toast(`Could not react: ${errorText(e)}`));
+}
+
+// ---------------------------------------------------------------- the message menu
+let menuState = null; // {node, button, msg}
+function canEdit(m) { return !!(S.me && m.from === S.me.id && !m.deleted && m.seq !== undefined); }
+function canDelete(c, m) {
+  if (!S.me || !c || m.deleted || m.seq === undefined) return false;
+  if (m.from === S.me.id) return true;
+  const role = myRole(c);
+  return c.kind === 'group' && (role === 'owner' || role === 'admin');
+}
+
+function openMenu(button, m) {
+  closeMenu();
+  const c = S.convs.get(m.conv);
+  if (!c || m.deleted || m.seq === undefined) return;
+  const here = (m.reactions && Object.keys(m.reactions)) || [];
+  const emojis = [...QUICK_EMOJI, ...here.filter((e) => !QUICK_EMOJI.includes(e))];
+  const act = (fn) => () => { closeMenu({ focus: false }); fn(); };
+  const item = (label, testid, fn, cls = '') => el('button', { type: 'button', role: 'menuitem', class: `menu-item ${cls}`, 'data-testid': testid, tabindex: '-1', text: label, onclick: act(fn) });
+  const mineReacted = (e) => ((m.reactions && m.reactions[e]) || []).includes(S.me.id);
+  const row = el('div', { class: 'menu-emoji', role: 'group', 'aria-label': 'React' }, ...emojis.map((e) => el('button', {
+    type: 'button', role: 'menuitemcheckbox', class: `menu-emoji-btn${mineReacted(e) ? ' on' : ''}`, 'data-testid': 'react-option', 'data-emoji': e,
+    'aria-checked': String(mineReacted(e)), 'aria-label': `React with ${e}`, tabindex: '-1', text: e,
+    onclick: act(() => { toggleReaction(m.conv, m.seq, e); button.focus(); }),
+  })));
+  const items = [row, item('Reply', 'menu-reply', () => startReply(m))];
+  if (canEdit(m)) items.push(item('Edit', 'menu-edit', () => startEdit(m)));
+  if (canDelete(c, m)) items.push(item('Delete', 'menu-delete', () => confirmDelete(m), 'danger'));
+  const menu = el('div', { class: 'msg-menu', id: 'msg-menu', role: 'menu', 'data-testid': 'msg-menu', 'aria-label': 'Message actions' }, ...items);
+  document.body.append(menu);
+  button.setAttribute('aria-expanded', 'true');
+  button.setAttribute('aria-controls', 'msg-menu');
+  menuState = { menu, button, msg: m };
+  // place it next to the button, inside the window
+  const r = button.getBoundingClientRect();
+  const mw = menu.offsetWidth;
+  const mh = menu.offsetHeight;
+  if (window.matchMedia('(min-width: 760px)').matches) {
+    // open toward the middle of the conversation: leftward from own messages, rightward from others'
+    const want = m.from === S.me.id ? r.right - mw : r.left;
+    const left = Math.min(window.innerWidth - mw - 8, Math.max(8, want));
+    let top = r.bottom + 4;
+    if (top + mh > window.innerHeight - 8) top = Math.max(8, r.top - mh - 4);
+    menu.style.left = `${left}px`;
+    menu.style.top = `${top}px`;
+  } else {
+    menu.classList.add('sheet');
+  }
+  const focusables = () => [...menu.querySelectorAll('[role^="menuitem"]')];
+  focusables()[0].focus();
+  menu.addEventListener('keydown', (e) => {
+    const f = focusables();
+    const i = f.indexOf(document.activeElement);
+    let j = null;
+    if (e.key === 'ArrowDown' || e.key === 'ArrowRight') j = (i + 1) % f.length;
+    else if (e.key === 'ArrowUp' || e.key === 'ArrowLeft') j = (i - 1 + f.length) % f.length;
+    else if (e.key === 'Home') j = 0;
+    else if (e.key === 'End') j = f.length - 1;
+    else if (e.key === 'Escape') { e.preventDefault(); e.stopPropagation(); closeMenu(); return; }
+    else if (e.key === 'Tab') { closeMenu({ focus: false }); return; }
+    if (j === null) return;
+    e.preventDefault();
+    f[j].focus();
+  });
+}
+
+function closeMenu({ focus = true } = {}) {
+  if (!menuState) return;
+  const { menu, button } = menuState;
+  menuState = null;
+  menu.remove();
+  button.setAttribute('aria-expanded', 'false');
+  button.removeAttribute('aria-controls');
+  if (focus && button.isConnected) button.focus();
+}
+
+function setupMenu() {
+  document.addEventListener('pointerdown', (e) => {
+    if (menuState && !menuState.menu.contains(e.target) && e.target !== menuState.button && !menuState.button.contains(e.target)) closeMenu({ focus: false });
+  }, true);
+  window.addEventListener('resize', () => closeMenu({ focus: false }));
+  $('messages').addEventListener('scroll', () => { if (menuState && !menuState.menu.classList.contains('sheet')) closeMenu({ focus: false }); }, { passive: true });
+}
+
+// ---------------------------------------------------------------- reply
+function startReply(m) {
+  S.replyTo = { conv: m.conv, seq: m.seq };
+  renderReplyBar();
+  $('composer').focus();
+}
+function cancelReply() { S.replyTo = null; renderReplyBar(); }
+function renderReplyBar() {
+  const r = S.replyTo && S.replyTo.conv === S.active ? S.replyTo : null;
+  show($('reply-bar'), !!r);
+  if (!r) return;
+  const o = view(r.conv).msgs.get(r.seq);
+  $('reply-bar-label').textContent = `Replying to ${o ? (o.from === S.me.id ? 'yourself' : userName(o.from)) : 'a message'}`;
+  $('reply-bar-quote').textContent = o ? previewText(o) : '';
+}
+
+// Open a conversation at a message: load history back to it, scroll it into view, focus it.
+async function jumpTo(conv, seq) {
+  if (!S.convs.has(conv)) return false;
+  if (S.active !== conv) openConv(conv);
+  const v = view(conv);
+  // a load in flight would scroll to the bottom when it lands: let it land first
+  for (let i = 0; i < 100; i++) {
+    if (v.loadingP) { await v.loadingP; continue; }
+    if (!v.loaded) { await loadHistory(conv, { initial: true }); continue; }
+    if (v.msgs.has(seq)) break;
+    const oldest = v.msgs.size ? Math.min(...v.msgs.keys()) : Infinity;
+    if (!v.hasMore || oldest <= seq) break;
+    await loadHistory(conv);
+  }
+  if (S.active !== conv) return false;
+  renderMessages();
+  const node = seqEls.get(seq);
+  if (!node) { toast('That message is no longer there.'); return false; }
+  node.tabIndex = -1;
+  node.scrollIntoView({ block: 'center' });
+  node.focus({ preventScroll: true });
+  node.classList.remove('flash');
+  void node.offsetWidth; // restart the highlight animation
+  node.classList.add('flash');
+  setTimeout(() => node.classList.remove('flash'), 2000);
+  return true;
+}
+
+// ---------------------------------------------------------------- edit
+function startEdit(m) {
+  const node = seqEls.get(m.seq);
+  if (!node || node.querySelector('.msg-edit')) return;
+  const body = node.querySelector('.msg-body');
+  const input = el('textarea', { class: 'msg-edit-input', 'data-testid': 'edit-input', 'aria-label': 'Edit message', rows: '2' });
+  input.value = m.body;
+  const done = () => { form.remove(); body.hidden = false; node.classList.remove('editing'); node.querySelector('.msg-menu-btn').focus(); };
+  const save = async () => {
+    const text = input.value.replace(/\s+$/, '');
+    if (!text.trim() || text === m.body) { done(); return; }
+    saveBtn.disabled = true;
+    try { await client.edit(m.conv, m.seq, text); done(); } catch (e) { err.textContent = `Not saved: ${errorText(e)}`; err.hidden = false; saveBtn.disabled = false; }
+  };
+  const saveBtn = el('button', { type: 'submit', class: 'btn btn-small btn-primary', 'data-testid': 'edit-save', text: 'Save' });
+  const err = el('p', { class: 'msg-edit-error', role: 'alert', hidden: true });
+  const form = el('form', { class: 'msg-edit', 'data-testid': 'edit-form', 'aria-label': 'Edit message' }, input,
+    el('div', { class: 'msg-edit-actions' },
+      el('span', { class: 'msg-edit-hint', text: 'Enter saves · Esc cancels' }),
+      el('button', { type: 'button', class: 'btn btn-small', 'data-testid': 'edit-cancel', text: 'Cancel', onclick: done }), saveBtn), err);
+  form.addEventListener('submit', (e) => { e.preventDefault(); save(); });
+  input.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) { e.preventDefault(); save(); }
+    else if (e.key === 'Escape') { e.preventDefault(); e.stopPropagation(); done(); }
+  });
+  body.hidden = true;
+  node.classList.add('editing');
+  body.after(form);
+  input.focus();
+  input.setSelectionRange(input.value.length, input.value.length);
+}
+
+// ---------------------------------------------------------------- delete
+function confirmDelete(m) {
+  const dlg = $('delete-dialog');
+  const back = seqEls.get(m.seq)?.querySelector('.msg-menu-btn');
+  dlg.returnValue = '';
+  dlg.onclose = async () => {
+    dlg.onclose = null;
+    if (dlg.returnValue !== 'delete') { if (back) back.focus(); return; }
+    try {
+      await client.deleteMessage(m.conv, m.seq);
+      $('messages').focus({ preventScroll: true });
+    } catch (e) { toast(`Could not delete: ${errorText(e)}`); }
+  };
+  dlg.showModal();
+  $('delete-cancel').focus();
+}
+
+// ---------------------------------------------------------------- attachments
+const INLINE_IMAGE = /^image\/(png|jpeg|gif|webp|avif|bmp)$/i;
+const blobUrls = new Map(); // attachment id -> Promise(blob: URL)
+function blobUrl(id) {
+  if (!blobUrls.has(id)) {
+    const p = client.objectUrl(id);
+    p.catch(() => blobUrls.delete(id));
+    blobUrls.set(id, p);
+  }
+  return blobUrls.get(id);
+}
+
+function fmtSize(n) {
+  if (!(n >= 0)) return '';
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(n < 10240 ? 1 : 0)} KB`;
+  return `${(n / 1048576).toFixed(1)} MB`;
+}
+
+function attachmentNode(a) {
+  const name = a.name || 'file';
+  if (INLINE_IMAGE.test(a.type || '')) {
+    const img = el('img', { alt: name, class: 'att-img', 'data-testid': 'att-img', decoding: 'async' });
+    const b = el('button', { type: 'button', class: 'att-image', 'data-testid': 'att-image', 'data-name': name, 'aria-label': `Open image ${name}` }, img);
+    blobUrl(a.id).then((u) => { img.src = u; }, () => { b.classList.add('broken'); img.alt = `${name} (could not be loaded)`; });
+    b.addEventListener('click', () => openImage(a, b));
+    return b;
+  }
+  const b = el('button', { type: 'button', class: 'att-file', 'data-testid': 'att-file', 'data-name': name, 'aria-label': `Download ${name}, ${fmtSize(a.size)}`, title: `Download ${name}` },
+    icon('file'), el('span', { class: 'att-file-text' },
+      el('span', { class: 'att-name', 'data-testid': 'att-name', text: name }),
+      el('span', { class: 'att-size', 'data-testid': 'att-size', text: fmtSize(a.size) })));
+  b.addEventListener('click', () => client.download(a).catch((e) => toast(`Could not download: ${errorText(e)}`)));
+  return b;
+}
+
+function openImage(a, from) {
+  const dlg = $('image-dialog');
+  $('image-dialog-title').textContent = a.name || 'Image';
+  const img = $('image-full');
+  img.alt = a.name || '';
+  img.removeAttribute('src');
+  blobUrl(a.id).then((u) => { img.src = u; }, () => {});
+  $('image-download').onclick = () => client.download(a).catch((e) => toast(errorText(e)));
+  dlg.onclose = () => { if (from && from.isConnected) from.focus(); };
+  dlg.showModal();
+  $('image-close').focus();
+}
+
+let uploadKeys = 0;
+function addFiles(files) {
+  const conv = S.active;
+  if (!conv) return;
+  for (const f of files) {
+    if (S.uploads.filter((u) => u.conv === conv).length >= 10) { toast('At most 10 attachments per message.'); break; }
+    const u = { key: ++uploadKeys, conv, name: f.name || 'file', type: f.type, size: f.size, loaded: 0, att: null, error: null };
+    if (f.size > client.options.maxUploadBytes) u.error = `over ${fmtSize(client.options.maxUploadBytes)}`;
+    else if (!f.size) u.error = 'empty file';
+    S.uploads.push(u);
+    if (!u.error) {
+      u.promise = client.upload(f, { name: u.name, type: f.type || 'application/octet-stream', onProgress: ({ loaded }) => { u.loaded = loaded; renderTray(); } });
+      u.promise.then((att) => { u.att = att; u.loaded = u.size; renderTray(); }, (e) => { if (e.code !== 'cancelled') u.error = errorText(e); renderTray(); });
+    }
+  }
+  renderTray();
+}
+
+function removeUpload(u) {
+  if (u.promise && !u.att) u.promise.abort();
+  S.uploads = S.uploads.filter((x) => x !== u);
+  renderTray();
+  $('composer').focus();
+}
+
+function renderTray() {
+  const tray = $('attach-tray');
+  const mine = S.uploads.filter((u) => u.conv === S.active);
+  show(tray, mine.length > 0);
+  tray.replaceChildren(...mine.map((u) => {
+    const state = u.error ? 'error' : u.att ? 'done' : 'uploading';
+    const pct = u.size ? Math.round((100 * u.loaded) / u.size) : 0;
+    return el('li', { class: `attach-item ${state}`, 'data-testid': 'attach-item', 'data-state': state, 'data-name': u.name },
+      icon('file'),
+      el('span', { class: 'attach-text' },
+        el('span', { class: 'att-name', text: u.name }),
+        el('span', { class: 'att-size', text: u.error ? `Not uploaded: ${u.error}` : u.att ? fmtSize(u.size) : `${pct}% of ${fmtSize(u.size)}` })),
+      state === 'uploading' ? el('progress', { max: '100', value: String(pct), 'data-testid': 'upload-progress', 'aria-label': `Uploading ${u.name}` }) : null,
+      el('button', { type: 'button', class: 'icon-btn attach-x', 'data-testid': 'attach-remove', 'aria-label': `Remove ${u.name}`, onclick: () => removeUpload(u) }, icon('close')));
+  }));
+}
+
+function setupAttachments() {
+  const input = $('file-input');
+  $('attach-btn').addEventListener('click', () => input.click());
+  input.addEventListener('change', () => { addFiles([...input.files]); input.value = ''; $('composer').focus(); });
+  const pane = $('pane-conv');
+  let depth = 0;
+  const hasFiles = (e) => e.dataTransfer && [...(e.dataTransfer.types || [])].includes('Files');
+  pane.addEventListener('dragenter', (e) => { if (!hasFiles(e)) return; e.preventDefault(); depth++; pane.classList.add('dropping'); });
+  pane.addEventListener('dragover', (e) => { if (!hasFiles(e)) return; e.preventDefault(); e.dataTransfer.dropEffect = 'copy'; });
+  pane.addEventListener('dragleave', () => { depth = Math.max(0, depth - 1); if (!depth) pane.classList.remove('dropping'); });
+  pane.addEventListener('drop', (e) => {
+    depth = 0;
+    pane.classList.remove('dropping');
+    if (!e.dataTransfer || !e.dataTransfer.files || !e.dataTransfer.files.length) return;
+    e.preventDefault();
+    addFiles([...e.dataTransfer.files]);
+    $('composer').focus();
+  });
+}
+
+// ---------------------------------------------------------------- message search
+function setupMessageSearch() {
+  const input = $('message-search');
+  let timer = null;
+  let token = 0;
+  let next = null;
+  let query = '';
+  const close = () => {
+    token++;
+    show($('search-panel'), false);
+    show($('conv-nav'), true);
+    $('search-results').replaceChildren();
+    next = null;
+  };
+  const run = async (more = false) => {
+    const q = input.value.trim();
+    if (!q) { close(); return; }
+    const mine = ++token;
+    if (!more) { query = q; next = null; }
+    show($('search-panel'), true);
+    show($('conv-nav'), false);
+    $('search-status').textContent = 'Searching…';
+    try {
+      const page = await client.search(query, { limit: 20, before: more ? next : undefined });
+      if (mine !== token) return;
+      next = page.next;
+      const rows = page.results.map((r) => searchRow(r, query));
+      if (more) $('search-results').append(...rows); else $('search-results').replaceChildren(...rows);
+      const n = $('search-results').children.length;
+      $('search-status').textContent = n ? `${n}${next ? '+' : ''} message${n === 1 ? '' : 's'} found` : `No messages match “${query}”.`;
+      show($('search-more'), !!next);
+    } catch (e) {
+      if (mine !== token) return;
+      $('search-status').textContent = `Search failed: ${errorText(e)}`;
+      show($('search-more'), false);
+    }
+  };
+  input.addEventListener('input', () => { clearTimeout(timer); timer = setTimeout(() => run(false), 250); });
+  input.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter') { e.preventDefault(); clearTimeout(timer); run(false); }
+    else if (e.key === 'Escape') { e.preventDefault(); e.stopPropagation(); input.value = ''; close(); }
+    else if (e.key === 'ArrowDown') { const f = $('search-results').querySelector('button'); if (f) { e.preventDefault(); f.focus(); } }
+  });
+  $('search-more').addEventListener('click', () => run(true));
+  $('search-results').addEventListener('keydown', (e) => {
+    const btns = [...$('search-results').querySelectorAll('button')];
+    const i = btns.indexOf(document.activeElement);
+    if (i < 0) return;
+    if (e.key === 'ArrowDown' && btns[i + 1]) { e.preventDefault(); btns[i + 1].focus(); }
+    else if (e.key === 'ArrowUp') { e.preventDefault(); (btns[i - 1] || input).focus(); }
+    else if (e.key === 'Escape') { e.preventDefault(); input.focus(); }
+  });
+}
+
+// A result: where, who, when, and the text with the searched words marked (as DOM nodes, never HTML).
+function searchRow(r, q) {
+  const c = S.convs.get(r.conv);
+  const where = c ? convTitle(c) : 'A conversation';
+  const who = userName(r.from);
+  const words = q.toLowerCase().split(/\s+/).filter(Boolean).map((w) => w.normalize('NFD').replace(/[\u0300-\u036f]/g, ''));
+  const text = el('span', { class: 'sr-text', 'data-testid': 'search-result-body' });
+  const body = r.body || '';
+  const folded = body.toLowerCase().normalize('NFD').replace(/[\u0300-\u036f]/g, '');
+  // marks only when folding kept the length (no composed characters split), else plain
+  if (folded.length === body.length && words.length) {
+    const re = new RegExp(`(${words.map((w) => w.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('|')})`, 'g');
+    let last = 0;
+    for (const mt of folded.matchAll(re)) {
+      text.append(body.slice(last, mt.index), el('mark', { text: body.slice(mt.index, mt.index + mt[0].length) }));
+      last = mt.index + mt[0].length;
+    }
+    text.append(body.slice(last));
+  } else text.textContent = body;
+  const btn = el('button', {
+    type: 'button', class: 'search-result', 'data-testid': 'search-result', dataset: { conv: String(r.conv), seq: String(r.seq) },
+    'aria-label': `${who} in ${where}, ${listTime(r.ts)}: ${body}`,
+  }, el('span', { class: 'sr-head' }, el('span', { class: 'sr-where', text: where }), el('time', { class: 'sr-time', text: listTime(r.ts) })),
+  r.from === S.me.id || !c || c.kind === 'group' ? el('span', { class: 'sr-who', text: r.from === S.me.id ? 'You' : who }) : null, text);
+  btn.addEventListener('click', async () => {
+    if (!S.convs.has(r.conv)) { try { upsertConv(await client.conversation(r.conv)); renderConvList(); } catch { toast('That conversation is gone.'); return; } }
+    jumpTo(r.conv, r.seq);
+  });
+  return el('li', {}, btn);
+}
+
+// ---------------------------------------------------------------- desktop notifications
+const canNotify = () => typeof window.Notification === 'function';
+function renderNotifyButton() {
+  show($('notify-btn'), canNotify() && Notification.permission === 'default');
+}
+function setupNotifications() {
+  renderNotifyButton();
+  // asked for only when the user presses the button, never on load
+  $('notify-btn').addEventListener('click', async () => {
+    if (!canNotify()) return;
+    let p = Notification.permission;
+    try { p = await Notification.requestPermission(); } catch { /* old callback-only API */ }
+    renderNotifyButton();
+    toast(p === 'granted' ? 'Notifications are on for conversations you are not looking at.' : 'Notifications stay off.');
+  });
+}
+
+function notify(m) {
+  if (!canNotify() || Notification.permission !== 'granted' || !S.me || m.from === S.me.id) return;
+  if (S.active === m.conv && paneVisible()) return; // the conversation is in view
+  if (Date.now() - (m.ts || 0) > 120000) return; // old news caught up after a reconnect
+  const c = S.convs.get(m.conv);
+  const title = c && c.kind === 'group' ? `${userName(m.from)} in ${convTitle(c)}` : userName(m.from);
+  try {
+    const n = new Notification(title, { body: previewText(m), tag: `parley-${m.conv}` });
+    n.onclick = () => { window.focus(); jumpTo(m.conv, m.seq); n.close(); };
+  } catch { /* e.g. a platform that wants a service worker */ }
 }
 
 function retrySend(m) {
@@ -710,6 +1248,9 @@ function setupComposer() {
     if (e.key === 'Enter' && !e.shiftKey && !e.isComposing && !e.altKey && !e.ctrlKey && !e.metaKey) {
       e.preventDefault();
       submitComposer();
+    } else if (e.key === 'Escape' && S.replyTo) {
+      e.preventDefault();
+      cancelReply();
     } else if (e.key === 'Escape' && !t.value) {
       closeActive();
     }
@@ -726,7 +1267,14 @@ function submitComposer() {
   const t = $('composer');
   const conv = S.active;
   const body = t.value.replace(/^\s*\n/, '').replace(/\s+$/, '');
-  if (!conv || !body.trim()) return;
+  const ups = S.uploads.filter((u) => u.conv === conv);
+  if (ups.some((u) => !u.att && !u.error)) {
+    $('composer-error').textContent = 'Wait for the attachments to finish uploading.';
+    show($('composer-error'), true);
+    return;
+  }
+  const atts = ups.filter((u) => u.att).map((u) => u.att);
+  if (!conv || (!body.trim() && !atts.length)) return;
   if (new TextEncoder().encode(body).length > client.options.maxBodyBytes) {
     $('composer-error').textContent = `That message is too long (at most ${client.options.maxBodyBytes} bytes).`;
     show($('composer-error'), true);
@@ -735,7 +1283,14 @@ function submitComposer() {
   t.value = '';
   drafts.delete(conv);
   autoGrow();
-  client.send(conv, body).catch(() => { /* shown as failed via send_failed */ });
+  const opts = {};
+  if (S.replyTo && S.replyTo.conv === conv) opts.replyTo = S.replyTo.seq;
+  if (atts.length) opts.attachments = atts;
+  S.uploads = S.uploads.filter((u) => u.conv !== conv);
+  S.replyTo = null;
+  renderReplyBar();
+  renderTray();
+  client.send(conv, body.trim() ? body : '', opts).catch(() => { /* shown as failed via send_failed */ });
 }
 
 function closeActive() {
@@ -905,6 +1460,7 @@ function wireClient() {
       if (m.from === S.me.id) c.last_read_seq = Math.max(c.last_read_seq || 0, m.seq);
     }
     addMessage(m, { render: true });
+    notify(m);
     const t = S.typing.get(m.conv);
     if (t && t.delete(m.from) && S.active === m.conv) renderTyping();
     if (S.active === m.conv) {
@@ -912,6 +1468,23 @@ function wireClient() {
       if (box.scrollHeight - box.scrollTop - box.clientHeight < 48 || m.from === S.me.id) markActiveRead();
     }
     renderConvList();
+  });
+  client.on('update', ({ conv, seq, message }) => {
+    const v = view(conv);
+    // the whole message as it now is; one this view does not hold yet waits for its msg
+    if (v.msgs.has(seq)) addMessage({ ...message, conv, seq }, { render: false });
+    else {
+      laterStates.set(`${conv}:${seq}`, { ...message, conv, seq });
+      // bounded: a view that loads later gets current states from history anyway
+      if (laterStates.size > 500) laterStates.delete(laterStates.keys().next().value);
+    }
+    const c = S.convs.get(conv);
+    if (c && c.last_message && c.last_message.seq === seq) { c.last_message = { ...c.last_message, ...message }; renderConvList(); }
+    if (S.active === conv) {
+      renderMessages();
+      if (menuState && menuState.msg.conv === conv && menuState.msg.seq === seq && message.deleted) closeMenu({ focus: false });
+      if (S.replyTo && S.replyTo.conv === conv) renderReplyBar();
+    }
   });
   client.on('sending', (p) => {
     view(p.conv).pending.set(p.id, { ...p, seq: undefined });
@@ -922,12 +1495,16 @@ function wireClient() {
     const p = v.pending.get(a.id);
     if (p) {
       v.pending.delete(a.id);
-      addMessage({ conv: a.conv, seq: a.seq, from: S.me.id, id: a.id, body: p.body, ts: a.ts }, { render: S.active === a.conv });
+      const m = { conv: a.conv, seq: a.seq, from: S.me.id, id: a.id, body: p.body, ts: a.ts };
+      if (p.reply_to !== undefined) m.reply_to = p.reply_to;
+      if (p.attachments) m.attachments = p.attachments;
+      if (!view(a.conv).msgs.has(a.seq)) addMessage(m, { render: S.active === a.conv });
+      else if (S.active === a.conv) renderMessages();
       const c = S.convs.get(a.conv);
       if (c) {
         c.last_seq = Math.max(c.last_seq || 0, a.seq);
         c.last_read_seq = Math.max(c.last_read_seq || 0, a.seq);
-        if (!c.last_message || c.last_message.seq <= a.seq) c.last_message = { conv: a.conv, seq: a.seq, from: S.me.id, id: a.id, body: p.body, ts: a.ts };
+        if (!c.last_message || c.last_message.seq <= a.seq) c.last_message = m;
         renderConvList();
       }
     }
@@ -994,6 +1571,12 @@ function resetState() {
   S.online.clear();
   S.active = null;
   drafts.clear();
+  S.replyTo = null;
+  for (const u of S.uploads) if (u.promise && !u.att) u.promise.abort();
+  S.uploads = [];
+  for (const p of blobUrls.values()) p.then((u) => URL.revokeObjectURL(u), () => {});
+  blobUrls.clear();
+  closeMenu({ focus: false });
   convEls.clear();
   msgEls.clear();
   $('conv-list').replaceChildren();
@@ -1038,7 +1621,13 @@ async function boot() {
   setupScroll();
   setupGroupDialog();
   setupMembersDialog();
+  setupMenu();
+  setupAttachments();
+  setupMessageSearch();
+  setupNotifications();
   setupGlobalKeys();
+  $('reply-cancel').addEventListener('click', () => { cancelReply(); $('composer').focus(); });
+  $('image-close').addEventListener('click', () => $('image-dialog').close());
   $('back').addEventListener('click', closeActive);
   $('logout').addEventListener('click', () => client.logout());
   wireClient();

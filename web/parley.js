@@ -1,4 +1,5 @@
-// parley.js: the JavaScript SDK for the Parley chat protocol, version 1.
+// parley.js: the JavaScript SDK for the Parley chat protocol, version 1 with the
+// version 2 additions (edit, delete, reactions, replies, attachments, search).
 //
 // One ES module, no dependencies. Works in browsers and in Node (pass the `ws`
 // package's WebSocket, and fetch if your Node has none). See docs/SDK.md.
@@ -20,12 +21,19 @@
 // - messages reach the app once, in seq order per conversation; a seq that skips
 //   ahead triggers a sync that fills the gap first;
 // - dead connections are noticed: browser offline/online events, and a client-side
-//   ping when the socket has been silent.
+//   ping when the socket has been silent;
+// - changes to messages (edits, deletes, reactions) arrive as `update` events; the
+//   last `mod` held per conversation goes into every sync, so a reconnecting client
+//   ends with every message in its current state;
+// - in a browser, unacked sends are kept in IndexedDB: a message written offline
+//   survives a closed tab and goes out (once: same client id) when the app opens again.
 
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 export const STATES = Object.freeze(['offline', 'connecting', 'online', 'reconnecting']);
 
 const OPEN = 1; // WebSocket.OPEN, the same in browsers and in `ws`
+const EXPECTS_ANSWER = new Set(['send', 'sync', 'ping', 'edit', 'delete', 'react']);
+const SYNC_UPDATES_MAX = 200; // update frames per conversation in one sync answer, at most
 const RETRYABLE_SEND_ERRORS = new Set(['rate_limited', 'unavailable', 'internal']);
 const CODE_OF_STATUS = {
   400: 'bad_request', 401: 'unauthorized', 403: 'forbidden', 404: 'not_found', 409: 'conflict',
@@ -52,6 +60,71 @@ export function newClientId() {
   if (c && typeof c.getRandomValues === 'function') c.getRandomValues(b);
   else for (let i = 0; i < 16; i++) b[i] = Math.floor(Math.random() * 256);
   return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+}
+
+// The optional fields a message carries when they apply (version 2).
+const MESSAGE_EXTRAS = ['reply_to', 'attachments', 'edited_at', 'deleted', 'reactions', 'mod'];
+
+/** A message as the SDK hands it to the app: the version 1 fields, plus the version 2 ones present. */
+export function normalizeMessage(m, conv, seq) {
+  const out = { conv: m.conv ?? conv, seq: m.seq ?? seq, from: m.from, id: m.id, body: m.body ?? '', ts: m.ts };
+  for (const k of MESSAGE_EXTRAS) if (m[k] !== undefined && m[k] !== null) out[k] = m[k];
+  return out;
+}
+
+// A request through IndexedDB's callback API, as a promise.
+function idbDone(req) {
+  return new Promise((resolve, reject) => {
+    req.onsuccess = () => resolve(req.result);
+    req.onerror = () => reject(req.error);
+  });
+}
+
+// The offline outbox: unacked sends, one record per client id, in IndexedDB so they
+// survive a closed tab. Writes are chained so `saved()` means everything so far is on disk.
+class IdbOutbox {
+  constructor(idb, name) {
+    this._idb = idb;
+    this._name = name;
+    this._db = null;
+    this._chain = Promise.resolve();
+  }
+  _open() {
+    if (!this._db) {
+      const req = this._idb.open(this._name, 1);
+      req.onupgradeneeded = () => {
+        const db = req.result;
+        if (!db.objectStoreNames.contains('outbox')) db.createObjectStore('outbox', { keyPath: 'id' });
+      };
+      this._db = idbDone(req);
+    }
+    return this._db;
+  }
+  async _tx(mode, fn) {
+    const db = await this._open();
+    const tx = db.transaction('outbox', mode);
+    const out = fn(tx.objectStore('outbox'));
+    await new Promise((resolve, reject) => {
+      tx.oncomplete = resolve;
+      tx.onerror = () => reject(tx.error);
+      tx.onabort = () => reject(tx.error);
+    });
+    return out ? out.result : undefined;
+  }
+  _queue(fn) {
+    const p = this._chain.then(fn, fn);
+    this._chain = p.catch(() => {});
+    return p;
+  }
+  put(rec) { return this._queue(() => this._tx('readwrite', (st) => { st.put(rec); })); }
+  del(id) { return this._queue(() => this._tx('readwrite', (st) => { st.delete(id); })); }
+  all() { return this._queue(() => this._tx('readonly', (st) => st.getAll())); }
+  async clearUser(user) {
+    const recs = await this.all();
+    for (const r of recs || []) if (r.user === user) this.del(r.id);
+    return this._chain;
+  }
+  saved() { return this._chain; }
 }
 
 function utf8Length(s) {
@@ -98,6 +171,9 @@ export class ParleyClient {
    * @param {number} [opts.connectTimeoutMs]  give up on a connection without hello after this (default 10000)
    * @param {number} [opts.maxBodyBytes]  refuse longer bodies locally (default 4096)
    * @param {boolean} [opts.watchNetwork]  listen to browser online/offline/visibility events (default true)
+   * @param {IDBFactory|false} [opts.outbox]  where unacked sends survive a closed tab (default: indexedDB if any)
+   * @param {number} [opts.maxUploadBytes]  refuse larger uploads locally (default 10 MiB, the server's default)
+   * @param {Function} [opts.XMLHttpRequest]  used for uploads with progress (default: globalThis.XMLHttpRequest)
    */
   constructor(opts = {}) {
     const loc = globalThis.location;
@@ -117,7 +193,12 @@ export class ParleyClient {
       connectTimeoutMs: opts.connectTimeoutMs ?? 10000,
       maxBodyBytes: opts.maxBodyBytes ?? 4096,
       typingThrottleMs: opts.typingThrottleMs ?? 2500,
+      maxUploadBytes: opts.maxUploadBytes ?? 10 * 1024 * 1024,
     };
+    this._XHR = opts.XMLHttpRequest === undefined ? globalThis.XMLHttpRequest : opts.XMLHttpRequest;
+    let idb = opts.outbox;
+    if (idb === undefined) { try { idb = globalThis.indexedDB || false; } catch { idb = false; } }
+    this._idb = idb ? new IdbOutbox(idb, `parley.outbox:${opts.storageKey || 'parley.session'}`) : null;
     this._handlers = new Map();
     this.session = null; // {user, access_token, refresh_token, expires_at}
     this.user = null;
@@ -131,12 +212,21 @@ export class ParleyClient {
     this._cursors = new Map(); // conv -> highest seq delivered in order
     this._buffers = new Map(); // conv -> Map(seq -> msg) waiting for a gap to fill
     this._outbox = new Map(); // client id -> pending send, in creation order
+    this._ops = new Map(); // op id -> pending edit/delete/react sent over the socket
+    this._opSeq = 0;
+    // Changes: per conversation the highest mod up to which every change is held, the mods
+    // seen above it (a gap being repaired), and per message the mod of the state last handed
+    // to the app (so an older state never overwrites a newer one).
+    this._mods = new Map(); // conv -> mod
+    this._modsAbove = new Map(); // conv -> Set(mod)
+    this._msgMods = new Map(); // conv -> Map(seq -> mod)
+    this._uploadSeq = 0;
     this._reads = new Map(); // conv -> highest read seq we want the server to know
     this._readsSent = new Map();
     this._typingAt = new Map();
     this._online = new Set(); // user ids reported online
     this._presenceBefore = null;
-    this._sync = { inFlight: false, again: false, stuck: 0, total: -1 };
+    this._sync = { inFlight: false, again: false, stuck: 0, total: -1, updates: new Map() };
     this._refreshing = null;
     this._browserOffline = false;
     this._watch = opts.watchNetwork !== false;
@@ -205,6 +295,7 @@ export class ParleyClient {
     }
     if (!this.session) return null;
     this._emit('session', this.user);
+    this._loadOutbox();
     if (this.options.autoConnect) this.connect();
     return this.user;
   }
@@ -226,6 +317,7 @@ export class ParleyClient {
   _startSession(res) {
     this._setSession(res);
     this._emit('session', this.user);
+    this._loadOutbox();
     if (this.options.autoConnect) this.connect();
   }
 
@@ -254,6 +346,7 @@ export class ParleyClient {
 
   _endSession(reason) {
     const had = !!this.session;
+    const uid = this.user && this.user.id;
     this.session = null;
     this.user = null;
     this._storage.clear();
@@ -262,12 +355,20 @@ export class ParleyClient {
     const err = new ParleyError('unauthorized', 'logged out');
     for (const e of this._outbox.values()) e.reject(err);
     this._outbox.clear();
+    for (const o of this._ops.values()) o.reject(err);
+    this._ops.clear();
+    // An explicit logout forgets the messages still waiting (they are this user's private
+    // text); an expired session keeps them for the next login of the same user.
+    if (reason === 'logout' && this._idb && uid !== undefined && uid !== null) this._idb.clearUser(uid).catch(() => {});
     this._resetConversationState();
     if (had) this._emit('session', null, reason);
   }
 
   _resetConversationState() {
     this._cursors.clear();
+    this._mods.clear();
+    this._modsAbove.clear();
+    this._msgMods.clear();
     this._buffers.clear();
     this._reads.clear();
     this._readsSent.clear();
@@ -375,6 +476,33 @@ export class ParleyClient {
     return data;
   }
 
+  // An authenticated request whose answer is not JSON (attachment bytes): the Response,
+  // after one refresh-and-retry on 401; errors as ParleyError.
+  async _authFetch(method, path, { body, headers = {}, signal } = {}, retry = true) {
+    if (!this._fetch) throw new ParleyError('internal', 'no fetch implementation: pass options.fetch');
+    const token = await this.accessToken();
+    let res;
+    try {
+      res = await this._fetch(this.baseUrl + path, { method, body, signal, headers: { ...headers, authorization: `Bearer ${token}` } });
+    } catch (e) {
+      if (e && e.name === 'AbortError') throw new ParleyError('cancelled', 'request aborted');
+      throw new ParleyError('network', `network error: ${e && e.message ? e.message : e}`, { status: 0 });
+    }
+    if (res.status === 401 && retry && this.session) {
+      if (this.session.access_token === token) {
+        try { await this.refresh(); } catch { /* _endSession ran if refused */ }
+      }
+      if (this.session) return this._authFetch(method, path, { body, headers, signal }, false);
+    }
+    if (!res.ok) {
+      let data = null;
+      try { data = JSON.parse(await res.text()); } catch { data = null; }
+      const err = data && data.error ? data.error : {};
+      throw new ParleyError(err.code || CODE_OF_STATUS[res.status] || 'internal', err.message || `HTTP ${res.status}`, { status: res.status });
+    }
+    return res;
+  }
+
   /** Authenticated request to any route: api('GET', '/api/me'). */
   api(method, path, body) { return this._http(method, path, body); }
 
@@ -400,6 +528,150 @@ export class ParleyClient {
     if (limit) p.set('limit', String(limit));
     const qs = p.toString();
     return this._http('GET', `/api/conversations/${conv}/messages${qs ? `?${qs}` : ''}`);
+  }
+
+  /** Changes after a mod, in mod order: {messages, last_mod}. */
+  changes(conv, { afterMod = 0, limit } = {}) {
+    const p = new URLSearchParams({ after_mod: String(afterMod) });
+    if (limit) p.set('limit', String(limit));
+    return this._http('GET', `/api/conversations/${conv}/changes?${p}`);
+  }
+
+  /**
+   * Full-text search over your conversations (or one, with `conv`): {results, next}.
+   * Results are newest first; pass `next` back as `before` for the following page.
+   */
+  search(q, { conv, limit, before } = {}) {
+    const p = new URLSearchParams({ q: q || '' });
+    if (conv !== undefined && conv !== null) p.set('conv', String(conv));
+    if (limit) p.set('limit', String(limit));
+    if (before !== undefined && before !== null) p.set('before', String(before));
+    return this._http('GET', `/api/search?${p}`).then((r) => ({ results: (r && r.results) || [], next: r ? r.next ?? null : null }));
+  }
+
+  /** Every page of a search, one after the other: `for await (const page of client.searchPages(q))`. */
+  async *searchPages(q, opts = {}) {
+    let before = opts.before;
+    for (;;) {
+      const page = await this.search(q, { ...opts, before });
+      yield page;
+      if (!page.next) return;
+      before = page.next;
+    }
+  }
+
+  // ------------------------------------------------------------------ attachments
+  /**
+   * Upload a file as an attachment; resolves with {id, name, type, size}. `data` is a
+   * Blob/File (browser) or an ArrayBuffer, typed array or Buffer. Progress comes to
+   * `onProgress({loaded, total})` and as `upload_progress` events; `signal` aborts it
+   * (the promise also has `.abort()`). In browsers the bytes go with XMLHttpRequest,
+   * whose upload.onprogress reports them as they leave.
+   */
+  upload(data, { name, type, onProgress, signal } = {}) {
+    const uid = `u${++this._uploadSeq}`;
+    const fname = name || (data && data.name) || 'file';
+    const ftype = type || (data && data.type) || 'application/octet-stream';
+    const total = data ? (data.size ?? data.byteLength ?? 0) : 0;
+    let abort = () => {};
+    let aborted = false;
+    const report = (loaded) => {
+      const ev = { upload: uid, name: fname, loaded, total };
+      if (onProgress) { try { onProgress(ev); } catch (e) { console.error(e); } }
+      this._emit('upload_progress', ev);
+    };
+    const run = async () => {
+      if (!this.session) throw new ParleyError('unauthorized', 'not logged in');
+      if (!total) throw new ParleyError('bad_request', 'an attachment cannot be empty');
+      if (total > this.options.maxUploadBytes) throw new ParleyError('too_large', `file is over ${this.options.maxUploadBytes} bytes`);
+      const path = `/api/attachments?${new URLSearchParams({ name: fname })}`;
+      report(0);
+      let res;
+      if (this._XHR) {
+        res = await this._xhrUpload(path, data, ftype, report, (fn) => { abort = fn; }, () => aborted);
+      } else {
+        const ctl = typeof AbortController !== 'undefined' ? new AbortController() : null;
+        abort = () => ctl && ctl.abort();
+        const r = await this._authFetch('POST', path, { body: data, headers: { 'content-type': ftype }, signal: ctl ? ctl.signal : undefined });
+        res = await r.json();
+      }
+      report(total);
+      return res.attachment;
+    };
+    const promise = run();
+    promise.upload = uid;
+    promise.abort = () => { aborted = true; abort(); };
+    if (signal) {
+      if (signal.aborted) promise.abort();
+      else signal.addEventListener('abort', () => promise.abort(), { once: true });
+    }
+    return promise;
+  }
+
+  async _xhrUpload(path, data, type, report, setAbort, isAborted, retry = true) {
+    if (isAborted()) throw new ParleyError('cancelled', 'upload aborted');
+    const token = await this.accessToken();
+    const r = await new Promise((resolve, reject) => {
+      const xhr = new this._XHR();
+      xhr.open('POST', this.baseUrl + path);
+      xhr.setRequestHeader('authorization', `Bearer ${token}`);
+      xhr.setRequestHeader('content-type', type);
+      xhr.upload.onprogress = (ev) => { if (ev.lengthComputable) report(ev.loaded); };
+      xhr.onload = () => resolve({ status: xhr.status, text: xhr.responseText });
+      xhr.onerror = () => reject(new ParleyError('network', 'network error during upload', { status: 0 }));
+      xhr.onabort = () => reject(new ParleyError('cancelled', 'upload aborted'));
+      setAbort(() => xhr.abort());
+      xhr.send(data);
+    });
+    if (r.status === 401 && retry && this.session) {
+      if (this.session.access_token === token) {
+        try { await this.refresh(); } catch { /* _endSession ran if refused */ }
+      }
+      if (this.session) return this._xhrUpload(path, data, type, report, setAbort, isAborted, false);
+    }
+    let body = null;
+    try { body = JSON.parse(r.text); } catch { body = null; }
+    if (r.status < 200 || r.status >= 300) {
+      const err = body && body.error ? body.error : {};
+      throw new ParleyError(err.code || CODE_OF_STATUS[r.status] || 'internal', err.message || `HTTP ${r.status}`, { status: r.status });
+    }
+    return body;
+  }
+
+  /**
+   * The URL of an attachment's bytes. It needs the access token in an Authorization
+   * header (`fetchAttachment`, `attachmentBlob`, `objectUrl` send it), so it does not
+   * work as a bare <img src>.
+   */
+  attachmentUrl(id) { return `${this.baseUrl}/api/attachments/${encodeURIComponent(id)}`; }
+
+  /** The Response for an attachment, with the token; `range` e.g. 'bytes=0-99' (206). */
+  fetchAttachment(id, { range, signal } = {}) {
+    const headers = {};
+    if (range) headers.range = range;
+    return this._authFetch('GET', `/api/attachments/${encodeURIComponent(id)}`, { headers, signal });
+  }
+
+  /** An attachment's bytes as a Blob (typed as stored). */
+  async attachmentBlob(id, opts) { return (await this.fetchAttachment(id, opts)).blob(); }
+
+  /** A blob: URL of the attachment for <img src> or a link (browser; revoke it when done). */
+  async objectUrl(id) { return URL.createObjectURL(await this.attachmentBlob(id)); }
+
+  /** Save an attachment as a file (browser): fetched with the token, then offered as a download. */
+  async download(att) {
+    const a0 = typeof att === 'string' ? { id: att } : att;
+    if (!globalThis.document) throw new ParleyError('internal', 'download() needs a browser page: use attachmentBlob()');
+    const url = await this.objectUrl(a0.id);
+    const a = globalThis.document.createElement('a');
+    a.href = url;
+    a.download = a0.name || 'download';
+    a.rel = 'noopener';
+    globalThis.document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+    return url;
   }
 
   // ------------------------------------------------------------------ connection
@@ -563,7 +835,7 @@ export class ParleyClient {
     const c = this._conn;
     if (!c || !c.ws || c.ws.readyState !== OPEN) return false;
     try { c.ws.send(JSON.stringify(f)); } catch { return false; }
-    if (f.op === 'send' || f.op === 'sync' || f.op === 'ping') this._expect();
+    if (EXPECTS_ANSWER.has(f.op)) this._expect();
     return true;
   }
 
@@ -606,6 +878,7 @@ export class ParleyClient {
     switch (f.op) {
       case 'hello': return this._onHello(conn, f);
       case 'msg': return this._onMsg(f);
+      case 'update': return this._onUpdate(f);
       case 'ack': return this._onAck(f);
       case 'synced': return this._onSynced(f);
       case 'presence': {
@@ -640,6 +913,8 @@ export class ParleyClient {
     this._emit('connected', { user: this.user, heartbeat_ms: f.heartbeat_ms });
     this._requestSync();
     for (const e of this._outbox.values()) this._transmit(e);
+    // Changes in flight when the socket dropped go again: each is idempotent in effect.
+    for (const o of this._ops.values()) this._sendFrame(o.frame);
     for (const [conv, seq] of this._reads) {
       if ((this._readsSent.get(conv) || 0) < seq) this._sendRead(conv, seq);
     }
@@ -652,12 +927,14 @@ export class ParleyClient {
     if (!member) {
       this._cursors.delete(c.id);
       this._buffers.delete(c.id);
+      this._forgetMods(c.id);
       this._emit('conversation', c);
       this._emit('removed', { conv: c.id, conversation: c });
       return;
     }
     const isNew = !this._cursors.has(c.id);
     if (isNew) this._cursors.set(c.id, c.last_seq || 0);
+    if (!this._mods.has(c.id) && typeof c.last_mod === 'number') this._mods.set(c.id, c.last_mod);
     this._emit('conversation', c);
     // The server reports presence of contacts at connect time and on changes only:
     // ask about people we just started sharing a conversation with.
@@ -714,7 +991,8 @@ export class ParleyClient {
 
   _deliver(m) {
     this._cursors.set(m.conv, m.seq);
-    const msg = { conv: m.conv, seq: m.seq, from: m.from, id: m.id, body: m.body, ts: m.ts };
+    const msg = normalizeMessage(m);
+    if (typeof m.mod === 'number' && m.mod > 0) this._seenMod(m.conv, m.seq, m.mod);
     if (this.user && m.from === this.user.id) {
       const e = this._outbox.get(m.id);
       if (e) this._settle(e, { id: m.id, conv: m.conv, seq: m.seq, ts: m.ts });
@@ -724,7 +1002,106 @@ export class ParleyClient {
     this._emit('message', msg);
   }
 
+  // ------------------------------------------------------------------ changes (mods)
+  // An update frame: the whole message as it now is, after the change numbered `mod`.
+  _onUpdate(f) {
+    if (typeof f.conv !== 'number' || typeof f.seq !== 'number' || typeof f.mod !== 'number' || !f.message) return;
+    if (this._sync.inFlight) {
+      const u = this._sync.updates.get(f.conv) || { n: 0, last: 0 };
+      u.n++;
+      u.last = Math.max(u.last, f.mod);
+      this._sync.updates.set(f.conv, u);
+    }
+    const fresh = this._seenMod(f.conv, f.seq, f.mod);
+    this._noteMod(f.conv, f.mod);
+    if (!fresh) return; // a state we already handed over, or an older one
+    const message = normalizeMessage(f.message, f.conv, f.seq);
+    if (message.mod === undefined) message.mod = f.mod;
+    this._emit('update', { conv: f.conv, seq: f.seq, mod: f.mod, message });
+  }
+
+  // Record that the app holds message (conv, seq) as of `mod`; false if it held a newer one.
+  _seenMod(conv, seq, mod) {
+    let per = this._msgMods.get(conv);
+    if (!per) this._msgMods.set(conv, (per = new Map()));
+    if ((per.get(seq) || 0) >= mod) return false;
+    per.set(seq, mod);
+    return true;
+  }
+
+  // Move the conversation's mod cursor: live updates come densely, so a mod that skips
+  // ahead means changes were missed, and a sync with `mods` fetches them.
+  _noteMod(conv, mod) {
+    const cur = this._mods.get(conv);
+    if (cur === undefined) { this._mods.set(conv, mod); return; }
+    if (mod <= cur) return;
+    let above = this._modsAbove.get(conv);
+    if (!above) this._modsAbove.set(conv, (above = new Set()));
+    above.add(mod);
+    let c = cur;
+    while (above.has(c + 1)) { above.delete(c + 1); c++; }
+    this._mods.set(conv, c);
+    if (!above.size) this._modsAbove.delete(conv);
+    else if (!this._sync.inFlight) { this._emit('gap', { conv, haveMod: c, gotMod: mod }); this._requestSync(); }
+  }
+
+  _forgetMods(conv) {
+    this._mods.delete(conv);
+    this._modsAbove.delete(conv);
+    this._msgMods.delete(conv);
+  }
+
+  /** The highest mod up to which every change of a conversation is held (undefined if unknown). */
+  modCursor(conv) { return this._mods.get(conv); }
+
+  _op(frame, http) {
+    if (!this.session) return Promise.reject(new ParleyError('unauthorized', 'not logged in'));
+    // Over the socket when it is up (the ack carries the mod); otherwise over HTTP.
+    if (!(this._conn && this._conn.authed)) {
+      return http().then((r) => {
+        const m = r && r.message ? normalizeMessage(r.message, frame.conv, frame.seq) : null;
+        return { conv: frame.conv, seq: frame.seq, mod: m ? m.mod : undefined, message: m };
+      });
+    }
+    const id = `${frame.op[0]}${++this._opSeq}.${newClientId().slice(0, 8)}`;
+    const f = { ...frame, id };
+    return new Promise((resolve, reject) => {
+      this._ops.set(id, { frame: f, resolve, reject });
+      this._sendFrame(f);
+    });
+  }
+
+  /** Edit one of your messages. Resolves with {conv, seq, mod}. */
+  edit(conv, seq, body) {
+    if (typeof body !== 'string' || !body.length) return Promise.reject(new ParleyError('bad_request', 'body must be a non-empty string'));
+    if (utf8Length(body) > this.options.maxBodyBytes) return Promise.reject(new ParleyError('too_large', `body is over ${this.options.maxBodyBytes} bytes`));
+    return this._op({ op: 'edit', conv, seq, body },
+      () => this._http('PATCH', `/api/conversations/${conv}/messages/${seq}`, { body }));
+  }
+
+  /** Delete a message (yours; or anyone's in a group you own or administer). Resolves with {conv, seq, mod}. */
+  deleteMessage(conv, seq) {
+    return this._op({ op: 'delete', conv, seq },
+      () => this._http('DELETE', `/api/conversations/${conv}/messages/${seq}`));
+  }
+
+  /** Add (on = true) or remove (on = false) your reaction. Resolves with {conv, seq, mod}. */
+  react(conv, seq, emoji, on = true) {
+    if (typeof emoji !== 'string' || !emoji.length) return Promise.reject(new ParleyError('bad_request', 'emoji must be a non-empty string'));
+    const path = `/api/conversations/${conv}/messages/${seq}/reactions/${encodeURIComponent(emoji)}`;
+    return this._op({ op: 'react', conv, seq, emoji, on: !!on }, () => this._http(on ? 'PUT' : 'DELETE', path));
+  }
+
+  /** Remove your reaction. */
+  unreact(conv, seq, emoji) { return this.react(conv, seq, emoji, false); }
+
   _onAck(f) {
+    const o = this._ops.get(f.id);
+    if (o) {
+      this._ops.delete(f.id);
+      o.resolve({ conv: f.conv, seq: f.seq, mod: f.mod });
+      return;
+    }
     const e = this._outbox.get(f.id);
     if (!e) return;
     this._settle(e, { id: f.id, conv: f.conv, seq: f.seq, ts: f.ts });
@@ -733,12 +1110,19 @@ export class ParleyClient {
   _settle(e, ack) {
     if (!this._outbox.has(e.id)) return;
     this._outbox.delete(e.id);
+    this._unpersist(e);
     clearTimeout(e.retryTimer);
     e.resolve(ack);
     this._emit('ack', ack);
   }
 
   _onError(f) {
+    const o = f.id !== undefined ? this._ops.get(f.id) : null;
+    if (o) {
+      this._ops.delete(f.id);
+      o.reject(new ParleyError(f.code, f.message, { id: f.id }));
+      return;
+    }
     const e = f.id !== undefined ? this._outbox.get(f.id) : null;
     if (!e) { this._emit('error', new ParleyError(f.code, f.message)); return; }
     if (RETRYABLE_SEND_ERRORS.has(f.code) && e.errors < 8) {
@@ -749,6 +1133,7 @@ export class ParleyClient {
       return;
     }
     this._outbox.delete(e.id);
+    this._unpersist(e);
     const err = new ParleyError(f.code, f.message, { id: e.id });
     e.reject(err);
     this._emit('send_failed', { id: e.id, conv: e.conv, body: e.body, error: err });
@@ -762,8 +1147,14 @@ export class ParleyClient {
     this._sync.again = false;
     const since = {};
     for (const [conv, seq] of this._cursors) since[String(conv)] = seq;
+    const frame = { op: 'sync', since };
+    if (this._mods.size) {
+      frame.mods = {};
+      for (const [conv, mod] of this._mods) frame.mods[String(conv)] = mod;
+    }
     this._sync.asked = new Set(this._cursors.keys());
-    if (!this._sendFrame({ op: 'sync', since })) this._sync.inFlight = false;
+    this._sync.updates = new Map();
+    if (!this._sendFrame(frame)) this._sync.inFlight = false;
   }
 
   _onSynced(f) {
@@ -777,6 +1168,7 @@ export class ParleyClient {
       this._drain(c.conv);
       if (this._cursors.get(c.conv) < c.last_seq) behind = true;
       if (this._buffers.has(c.conv)) behind = true;
+      if (typeof c.last_mod === 'number' && this._syncedMods(c.conv, c.last_mod)) behind = true;
     }
     // Gone from the list: we were removed while away. Only for conversations we asked
     // about: one we learned of meanwhile may be newer than the server's snapshot.
@@ -785,6 +1177,7 @@ export class ParleyClient {
       if (!mine.has(conv) && asked.has(conv)) {
         this._cursors.delete(conv);
         this._buffers.delete(conv);
+        this._forgetMods(conv);
         this._emit('removed', { conv });
       }
     }
@@ -797,6 +1190,7 @@ export class ParleyClient {
     this._emit('synced', { conversations: list });
     let total = 0;
     for (const v of this._cursors.values()) total += v;
+    for (const v of this._mods.values()) total += v;
     const progressed = total !== this._sync.total;
     this._sync.total = total;
     if (!behind && !this._sync.again) { this._sync.stuck = 0; return; }
@@ -815,6 +1209,24 @@ export class ParleyClient {
     this._requestSync();
   }
 
+  // After a sync answer: the update frames it held were every change after the mod we
+  // asked from, up to the conversation's last_mod, unless it stopped at its limit (then
+  // the cursor moved as far as the frames went, and we ask again). True: still behind.
+  _syncedMods(conv, lastMod) {
+    if (!this._mods.has(conv)) { this._mods.set(conv, lastMod); return false; } // history, not held
+    const u = this._sync.updates.get(conv) || { n: 0, last: 0 };
+    const cur = this._mods.get(conv);
+    const reached = u.n >= SYNC_UPDATES_MAX ? u.last : lastMod;
+    if (reached > cur) this._mods.set(conv, reached);
+    const now = this._mods.get(conv);
+    const above = this._modsAbove.get(conv);
+    if (above) {
+      for (const m of above) if (m <= now) above.delete(m);
+      if (!above.size) this._modsAbove.delete(conv);
+    }
+    return now < lastMod;
+  }
+
   /** The highest seq of a conversation delivered in order (undefined if unknown). */
   cursor(conv) { return this._cursors.get(conv); }
 
@@ -825,42 +1237,115 @@ export class ParleyClient {
   /**
    * Send a message. Resolves with the ack {id, conv, seq, ts}; rejects with a
    * ParleyError for a refused message. The returned promise carries the client id
-   * as `.id`. Unacked sends are retried after every reconnect with the same id.
+   * as `.id`. Unacked sends are retried after every reconnect with the same id, and
+   * (in a browser) kept in IndexedDB until acked, so they survive a closed tab.
+   * Options: `replyTo` (seq of a message of the same conversation), `attachments`
+   * (attachments from `upload()`, or their ids; at most 10; `body` may then be '').
    */
-  send(conv, body, { id } = {}) {
+  send(conv, body, { id, replyTo, attachments } = {}) {
     if (id && this._outbox.has(id)) return this._outbox.get(id).promise;
     const cid = id || newClientId();
     let resolve, reject;
     const promise = new Promise((res, rej) => { resolve = res; reject = rej; });
     promise.id = cid;
     if (!this.session) { reject(new ParleyError('unauthorized', 'not logged in', { id: cid })); return promise; }
-    if (typeof body !== 'string' || body.length === 0) {
+    const atts = (attachments || []).map((a) => (typeof a === 'string' ? { id: a } : { id: a.id, name: a.name, type: a.type, size: a.size }));
+    if (typeof body !== 'string' || (body.length === 0 && !atts.length)) {
       reject(new ParleyError('bad_request', 'body must be a non-empty string', { id: cid }));
+      return promise;
+    }
+    if (atts.length > 10 || atts.some((a) => typeof a.id !== 'string' || !a.id)) {
+      reject(new ParleyError('bad_request', 'at most 10 attachments, each with an id', { id: cid }));
       return promise;
     }
     if (utf8Length(body) > this.options.maxBodyBytes) {
       reject(new ParleyError('too_large', `body is over ${this.options.maxBodyBytes} bytes`, { id: cid }));
       return promise;
     }
-    const e = { id: cid, conv, body, from: this.user && this.user.id, created: Date.now(), attempts: 0, errors: 0, promise, resolve, reject, retryTimer: null };
+    const e = this._entry({ id: cid, conv, body, from: this.user && this.user.id, created: Date.now() }, promise, resolve, reject);
+    if (replyTo !== undefined && replyTo !== null) e.reply_to = replyTo;
+    if (atts.length) e.attachments = atts;
     this._outbox.set(cid, e);
-    this._emit('sending', { id: cid, conv, body, from: e.from, created: e.created });
+    this._persist(e);
+    this._emit('sending', this._pendingView(e));
     this._transmit(e);
     return promise;
+  }
+
+  _entry(rec, promise, resolve, reject) {
+    return { ...rec, attempts: 0, errors: 0, promise, resolve, reject, retryTimer: null };
+  }
+
+  _pendingView(e) {
+    const p = { id: e.id, conv: e.conv, body: e.body, from: e.from, created: e.created, attempts: e.attempts };
+    if (e.reply_to !== undefined) p.reply_to = e.reply_to;
+    if (e.attachments) p.attachments = e.attachments;
+    if (e.restored) p.restored = true;
+    return p;
   }
 
   _transmit(e) {
     if (!this._outbox.has(e.id)) return;
     const c = this._conn;
     if (!c || !c.authed) return; // flushed on the next hello
-    if (this._sendFrame({ op: 'send', id: e.id, conv: e.conv, body: e.body })) e.attempts++;
+    const f = { op: 'send', id: e.id, conv: e.conv, body: e.body };
+    if (e.reply_to !== undefined) f.reply_to = e.reply_to;
+    if (e.attachments) f.attachments = e.attachments.map((a) => a.id);
+    if (this._sendFrame(f)) e.attempts++;
   }
 
-  /** Messages sent but not acknowledged yet: [{id, conv, body, from, created, attempts}]. */
+  // ------------------------------------------------------------------ offline outbox
+  _persist(e) {
+    if (!this._idb || e.from === undefined || e.from === null) return;
+    const rec = { id: e.id, user: e.from, conv: e.conv, body: e.body, created: e.created };
+    if (e.reply_to !== undefined) rec.reply_to = e.reply_to;
+    if (e.attachments) rec.attachments = e.attachments;
+    this._idb.put(rec).catch((err) => this._emit('error', new ParleyError('storage', `outbox: ${err && err.message}`)));
+  }
+
+  _unpersist(e) {
+    if (this._idb) this._idb.del(e.id).catch(() => {});
+  }
+
+  // Messages a closed tab left unsent: back into the outbox with their client ids, so the
+  // server's (sender, client id) idempotency makes a resend of one it did get harmless.
+  _loadOutbox() {
+    if (!this._idb || !this.user) return Promise.resolve(0);
+    const uid = this.user.id;
+    const p = this._idb.all().then((recs) => {
+      if (!this.user || this.user.id !== uid) return 0;
+      let n = 0;
+      for (const r of (recs || []).filter((x) => x.user === uid).sort((a, b) => a.created - b.created)) {
+        if (this._outbox.has(r.id)) continue;
+        let resolve, reject;
+        const promise = new Promise((res, rej) => { resolve = res; reject = rej; });
+        promise.id = r.id;
+        promise.catch(() => {}); // nobody awaits a restored send: the events tell the app
+        const e = this._entry({ id: r.id, conv: r.conv, body: r.body, from: uid, created: r.created, restored: true }, promise, resolve, reject);
+        if (r.reply_to !== undefined) e.reply_to = r.reply_to;
+        if (r.attachments) e.attachments = r.attachments;
+        this._outbox.set(r.id, e);
+        n++;
+        this._emit('sending', this._pendingView(e));
+        this._transmit(e);
+      }
+      return n;
+    }).catch((err) => { this._emit('error', new ParleyError('storage', `outbox: ${err && err.message}`)); return 0; });
+    this._outboxLoaded = p;
+    return p;
+  }
+
+  /** Resolves once every unacked send so far is on disk (IndexedDB), and the stored ones are loaded. */
+  async outboxSaved() {
+    if (this._outboxLoaded) await this._outboxLoaded;
+    if (this._idb) await this._idb.saved();
+  }
+
+  /** Messages sent but not acknowledged yet: [{id, conv, body, from, created, attempts, reply_to?, attachments?}]. */
   pending(conv) {
     const out = [];
     for (const e of this._outbox.values()) {
-      if (conv === undefined || e.conv === conv) out.push({ id: e.id, conv: e.conv, body: e.body, from: e.from, created: e.created, attempts: e.attempts });
+      if (conv === undefined || e.conv === conv) out.push(this._pendingView(e));
     }
     return out;
   }
@@ -870,6 +1355,7 @@ export class ParleyClient {
     const e = this._outbox.get(id);
     if (!e) return false;
     this._outbox.delete(id);
+    this._unpersist(e);
     clearTimeout(e.retryTimer);
     e.reject(new ParleyError('cancelled', 'send cancelled', { id }));
     return true;

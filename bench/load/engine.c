@@ -12,6 +12,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <nettle/base64.h>
@@ -40,6 +41,8 @@ const char *const other_op_names[6] = {"presence", "read", "typing", "conversati
 enum cstate { CS_NEW, CS_CONNECTING, CS_UPGRADE, CS_HELLO, CS_READY, CS_CLOSING, CS_DONE };
 
 struct pub {
+    int64_t target;    /* change ops: the seq of the message this publisher changes */
+    uint64_t rng;      /* --words: xorshift state of this publisher's bodies */
     uint64_t k;        /* sends issued; the client id of send k is "<client>.<k>.<send time>" */
     uint32_t inflight; /* sent, neither acked nor refused */
     uint64_t due;      /* rate mode: when the next send is due (ns since t0) */
@@ -403,19 +406,56 @@ static int take_budget(struct thr *t)
     return atomic_fetch_add_explicit(&t->e->budget_used, 1, RLX) < max;
 }
 
-/* one send; `at` = its time (ns since t0): now, or in rate mode the time it was due */
+/* one send; `at` = its time (ns since t0): now, or in rate mode the time it was due.
+ * Change ops: a reaction toggled (on for even k, off for odd k: on one connection they are
+ * applied in order, so each is a real change that takes a mod), or an edit whose body starts
+ * with the send time like a message's. */
 static void send_one(struct thr *t, struct client *c, uint64_t at)
 {
     struct pub *p = c->pub;
     const struct engine_cfg *cfg = &t->e->cfg;
     uint64_t k = p->k++;
     p->inflight++;
-    int n = snprintf(t->sbuf, t->scap,
-                     "{\"op\":\"send\",\"id\":\"%u.%llu.%llu\",\"conv\":%lld,\"body\":\"%llu %llu ", c->idx,
-                     (unsigned long long)k, (unsigned long long)at, (long long)cfg->convs[c->conv].id,
+    long long conv = (long long)cfg->convs[c->conv].id;
+    int n;
+    if (cfg->pub.op == OP_REACT) {
+        n = snprintf(t->sbuf, t->scap,
+                     "{\"op\":\"react\",\"id\":\"%u.%llu.%llu\",\"conv\":%lld,\"seq\":%lld,"
+                     "\"emoji\":\"\xf0\x9f\x91\x8d\",\"on\":%s}", c->idx, (unsigned long long)k,
+                     (unsigned long long)at, conv, (long long)p->target, k % 2 ? "false" : "true");
+        out_frame(t, c, 0x1, t->sbuf, (size_t)n);
+        CNT_ADD(t, sent, 1);
+        CNT_ADD(t, inflight, 1);
+        return;
+    }
+    if (cfg->pub.op == OP_EDIT)
+        n = snprintf(t->sbuf, t->scap,
+                     "{\"op\":\"edit\",\"id\":\"%u.%llu.%llu\",\"conv\":%lld,\"seq\":%lld,\"body\":\"%llu %llu ",
+                     c->idx, (unsigned long long)k, (unsigned long long)at, conv, (long long)p->target,
                      (unsigned long long)at, (unsigned long long)k);
+    else
+        n = snprintf(t->sbuf, t->scap,
+                     "{\"op\":\"send\",\"id\":\"%u.%llu.%llu\",\"conv\":%lld,\"body\":\"%llu %llu ", c->idx,
+                     (unsigned long long)k, (unsigned long long)at, conv, (unsigned long long)at, (unsigned long long)k);
     size_t body_start = (size_t)n - (size_t)snprintf(NULL, 0, "%llu %llu ", (unsigned long long)at, (unsigned long long)k);
     size_t want = body_start + cfg->pub.body_bytes;
+    if (cfg->pub.words) {
+        /* words of a fixed vocabulary, Zipf-like (word i about 1/(i+1) as often): bodies a
+         * search index has something to do with; the same sequence in every run */
+        uint64_t x = p->rng ? p->rng : (p->rng = 0x9e3779b97f4a7c15ull * (c->idx + 1));
+        while ((size_t)n + 16 < want && (size_t)n + 16 < t->scap - 4) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            double u = (double)(x >> 11) / 9007199254740992.0;
+            uint32_t w = (uint32_t)(pow((double)cfg->pub.words + 1, u)) - 1; /* log-uniform: ~1/(i+1) */
+            if (w >= cfg->pub.words)
+                w = cfg->pub.words - 1;
+            n += word_of(w, t->sbuf + n);
+            t->sbuf[n++] = ' ';
+        }
+        p->rng = x;
+    }
     while ((size_t)n < want && (size_t)n < t->scap - 4)
         t->sbuf[n++] = 'x';
     t->sbuf[n++] = '"';
@@ -507,6 +547,44 @@ static void on_msg(struct thr *t, struct client *c, const struct frame_fields *f
     }
 }
 
+/* An update frame (change ops): a delivery, checked for order on mod the way msg frames are on
+ * seq (client->last_seq holds the last mod). Its latency only for edits, whose new body starts
+ * with the send time: the body is inside "message", which the flat scanner skips, so it is
+ * found by its key. */
+static void on_update(struct thr *t, struct client *c, const struct frame_fields *f, const char *p, size_t n)
+{
+    const struct engine_cfg *cfg = &t->e->cfg;
+    CNT_ADD(t, deliv, 1);
+    if (t->measuring)
+        CNT_ADD(t, deliv_m, 1);
+    if (c->conv < 0 || !f->has_conv || f->conv != cfg->convs[c->conv].id || !f->has_mod) {
+        CNT_ADD(t, wrong_conv, 1);
+        sample(t, "client %u: update of conv %lld without a mod, or not its conversation", c->idx, (long long)f->conv);
+        return;
+    }
+    uint64_t mod = (uint64_t)f->mod;
+    if (mod != c->last_seq + 1) {
+        if (mod <= c->last_seq)
+            CNT_ADD(t, seq_dups, 1);
+        else
+            CNT_ADD(t, seq_gaps, 1);
+        sample(t, "client %u conv %lld: mod %llu after %llu", c->idx, (long long)f->conv, (unsigned long long)mod,
+               (unsigned long long)c->last_seq);
+    }
+    if (mod > c->last_seq)
+        c->last_seq = mod;
+    if (t->measuring && cfg->pub.op == OP_EDIT) {
+        const char *b = memmem(p, n, "\"body\":\"", 8);
+        if (b) {
+            b += 8;
+            uint32_t used;
+            uint64_t at = parse_u64(b, (uint32_t)(p + n - b), &used);
+            if (used && t->now >= at)
+                hist_add(&t->lat, t->now - at);
+        }
+    }
+}
+
 /* a client id of this publisher, "<client>.<k>.<send time>": its send time */
 static int our_send(struct client *c, struct span id, uint64_t *at)
 {
@@ -540,16 +618,20 @@ static void on_ack(struct thr *t, struct client *c, const struct frame_fields *f
         if (t->now >= at)
             hist_add(&t->acklat, t->now - at);
     }
-    if (f->has_seq && f->seq > 0) {
+    /* the dense check: acked seqs of sends, acked mods of changes (a change that changed
+     * nothing would repeat a mod, and show as not dense) */
+    int change = t->e->cfg.pub.op != OP_SEND;
+    int64_t v = change ? f->mod : f->seq;
+    if ((change ? f->has_mod : f->has_seq) && v > 0) {
         struct conv *cv = &t->e->cfg.convs[c->conv];
         atomic_fetch_add_explicit(&cv->acks, 1, RLX);
-        atomic_fetch_add_explicit(&cv->seq_sum, (uint64_t)f->seq, RLX);
+        atomic_fetch_add_explicit(&cv->seq_sum, (uint64_t)v, RLX);
         uint64_t m = atomic_load_explicit(&cv->seq_max, RLX);
-        while ((uint64_t)f->seq > m && !atomic_compare_exchange_weak_explicit(&cv->seq_max, &m, (uint64_t)f->seq, RLX, RLX))
+        while ((uint64_t)v > m && !atomic_compare_exchange_weak_explicit(&cv->seq_max, &m, (uint64_t)v, RLX, RLX))
             ;
     } else {
         CNT_ADD(t, bad_frames, 1);
-        sample(t, "client %u: ack without a seq", c->idx);
+        sample(t, "client %u: ack without a %s", c->idx, change ? "mod" : "seq");
     }
     if (t->e->cfg.pub.window)
         pump_window(t, c);
@@ -615,6 +697,12 @@ static void on_text(struct thr *t, struct client *c, const char *p, size_t n)
                         c->pub->due = t->now;
                 }
             }
+            return;
+        }
+        break;
+    case 'u':
+        if (span_eq(f.op, "update")) {
+            on_update(t, c, &f, p, n);
             return;
         }
         break;
@@ -749,10 +837,13 @@ static void on_readable(struct thr *t, struct client *c)
 static void on_phase(struct thr *t, enum phase ph)
 {
     struct engine *e = t->e;
+    int was_sending = t->sending;
     t->measuring = ph == PH_MEASURE;
     t->sending = ph == PH_WARMUP || ph == PH_MEASURE;
     t->now = now_ns() - e->cfg.t0_ns;
-    if (ph == PH_WARMUP) {
+    /* sending starts with the warm-up, or with the measurement when a thread never saw a
+     * warm-up (--warmup 0: the phase moved on before the thread looked) */
+    if (t->sending && !was_sending) {
         if (e->cfg.pub.window) {
             for (uint32_t i = 0; i < t->npubs; i++)
                 pump_window(t, t->pubs[i]);
@@ -928,6 +1019,12 @@ void engine_client(struct engine *e, uint32_t i, uint32_t user, int32_t conv, in
         c->pub = xcalloc(1, sizeof *c->pub);
         t->pubs[t->npubs++] = c;
     }
+}
+
+void engine_pub_target(struct engine *e, uint32_t i, int64_t seq)
+{
+    if (e->clients[i].pub)
+        e->clients[i].pub->target = seq;
 }
 
 void engine_start(struct engine *e)

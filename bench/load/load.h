@@ -42,11 +42,15 @@ uint64_t hist_count(const struct hist *h);
 struct span { const char *p; uint32_t n; };
 struct frame_fields {
     struct span op, id, body, code, message;
-    int64_t conv, seq, user;
-    int has_conv, has_seq;
+    int64_t conv, seq, user, mod;
+    int has_conv, has_seq, has_mod;
 };
 int scan_frame(const char *p, size_t n, struct frame_fields *f); /* 0 ok, -1 malformed */
 int span_eq(struct span s, const char *lit);
+/* Word w of the --words vocabulary, written at out (at most 24 bytes, no NUL); its length.
+ * The digits of w + 16 in base 16, each digit a two-letter syllable: distinct words, at least
+ * two syllables. bench/search.mjs builds the same words for its queries. */
+int word_of(uint32_t w, char *out);
 
 /* /proc readings of a process (-1 when unreadable) */
 double proc_cpu_s(pid_t pid);        /* utime + stime, all threads */
@@ -115,11 +119,19 @@ struct user {
 struct client;
 struct engine;
 
+/* What a publisher sends: new messages, or (protocol version 2) changes to a message of its own,
+ * each of which the server fans out as an `update` frame: a reaction toggled on and off, or an
+ * edit. With a change op, each client's deliveries are update frames and their order check is
+ * on `mod` (dense per conversation) instead of `seq`. */
+enum pub_op { OP_SEND = 0, OP_REACT, OP_EDIT };
+
 struct pub_cfg {
+    enum pub_op op;
     uint32_t window;        /* >0: window of unacked sends per publisher */
     double rate_per_pub;    /* >0: sends per second per publisher (open loop) */
     uint32_t max_inflight;  /* rate mode: cap on unacked sends per publisher */
     uint32_t body_bytes;
+    uint32_t words;         /* >0: bodies of words from a vocabulary of this many (word_of) */
     uint64_t max_sends;     /* total sends over all publishers (count bound) */
 };
 
@@ -149,6 +161,8 @@ struct engine_cfg {
 struct engine *engine_new(const struct engine_cfg *cfg, uint32_t nclients);
 /* client i: user index, conversation index (-1: none), publisher? */
 void engine_client(struct engine *e, uint32_t i, uint32_t user, int32_t conv, int publisher);
+/* a change op's target: the seq of the publisher's own message that client i changes */
+void engine_pub_target(struct engine *e, uint32_t i, int64_t seq);
 void engine_start(struct engine *e);                 /* threads start, phase PH_OPEN */
 void engine_set_phase(struct engine *e, enum phase p);
 enum phase engine_phase(struct engine *e);

@@ -38,6 +38,12 @@ static void usage(FILE *f)
         "  writes  S senders, each in a group of its own (--group: all in one group), with a window\n"
         "          of unacked sends: acked sends/s, ack latency (the write path)\n"
         "          --senders S (50) --window W (32) [--group] | --rate MSG/S\n"
+        "  --op send|react|edit   what publishers send (fanout, pairs, writes; protocol version 2):\n"
+        "          send (the default) new messages; react: a reaction toggled on and off on a message of\n"
+        "          the publisher's own (posted at setup), edit: edits of it. Deliveries are then the\n"
+        "          update frames, checked dense on mod; latency is measured for send and edit\n"
+        "  --words N              bodies made of words of a vocabulary of N (Zipf-like frequencies, the\n"
+        "          words of bench/search.mjs) after the send time, instead of 'x' padding\n"
         "\n"
         "Server (default: start $PARLEYD, else build/release/parleyd, on a free 127.0.0.1 port with a\n"
         "fresh data directory, PARLEY_SEND_RATE=0 PARLEY_SEND_BURST=0 PARLEY_LOG_LEVEL=warn; SIGTERM at\n"
@@ -81,8 +87,9 @@ static struct {
     uint32_t threads, src_addrs, open_conc, setup_conc;
     double warmup, duration, drain, settle, max_seconds, rate;
     uint64_t messages;
-    uint32_t conns, users, groups, members, publishers, window, senders, max_inflight, body_bytes;
+    uint32_t conns, users, groups, members, publishers, window, senders, max_inflight, body_bytes, words;
     int group, quiet, window_set, rate_set;
+    enum pub_op op;
 } o = {
     .threads = 1, .src_addrs = 8, .open_conc = 64, .setup_conc = 4,
     .warmup = 2, .duration = 10, .drain = 10, .settle = 2, .max_seconds = 600,
@@ -152,7 +159,8 @@ static void parse_args(int argc, char **argv)
 {
     enum { O_SERVER = 256, O_URL, O_PID, O_NAME, O_ENV, O_THREADS, O_SRC, O_OPENC, O_SETUPC, O_WARMUP,
            O_DURATION, O_DRAIN, O_SETTLE, O_MAXS, O_RATE, O_MESSAGES, O_CONNS, O_USERS, O_GROUPS, O_MEMBERS,
-           O_PUBS, O_WINDOW, O_SENDERS, O_MAXINF, O_BODY, O_GROUP, O_QUIET, O_HELP, O_CPUPID, O_CPUTREE };
+           O_PUBS, O_WINDOW, O_SENDERS, O_MAXINF, O_BODY, O_GROUP, O_QUIET, O_HELP, O_CPUPID, O_CPUTREE,
+           O_OP, O_WORDS };
     static const struct option lo[] = {
         {"server", 1, 0, O_SERVER}, {"url", 1, 0, O_URL}, {"server-pid", 1, 0, O_PID}, {"name", 1, 0, O_NAME},
         {"env", 1, 0, O_ENV}, {"threads", 1, 0, O_THREADS}, {"src-addrs", 1, 0, O_SRC},
@@ -163,7 +171,8 @@ static void parse_args(int argc, char **argv)
         {"members", 1, 0, O_MEMBERS}, {"publishers", 1, 0, O_PUBS}, {"window", 1, 0, O_WINDOW},
         {"senders", 1, 0, O_SENDERS}, {"max-inflight", 1, 0, O_MAXINF}, {"body-bytes", 1, 0, O_BODY},
         {"group", 0, 0, O_GROUP}, {"quiet", 0, 0, O_QUIET}, {"help", 0, 0, O_HELP},
-        {"cpu-pid", 1, 0, O_CPUPID}, {"cpu-tree", 1, 0, O_CPUTREE}, {0, 0, 0, 0}};
+        {"cpu-pid", 1, 0, O_CPUPID}, {"cpu-tree", 1, 0, O_CPUTREE}, {"op", 1, 0, O_OP},
+        {"words", 1, 0, O_WORDS}, {0, 0, 0, 0}};
     int users_set = 0, ch;
     o.env = xcalloc((size_t)argc, sizeof *o.env);
     while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
@@ -204,6 +213,17 @@ static void parse_args(int argc, char **argv)
         case O_MAXINF: o.max_inflight = u32arg("max-inflight", optarg, 1, 1u << 20); break;
         case O_BODY: o.body_bytes = u32arg("body-bytes", optarg, 24, 1u << 20); break;
         case O_GROUP: o.group = 1; break;
+        case O_OP:
+            if (!strcmp(optarg, "send"))
+                o.op = OP_SEND;
+            else if (!strcmp(optarg, "react"))
+                o.op = OP_REACT;
+            else if (!strcmp(optarg, "edit"))
+                o.op = OP_EDIT;
+            else
+                die("--op must be send, react or edit, got '%s'", optarg);
+            break;
+        case O_WORDS: o.words = u32arg("words", optarg, 1, 1000000); break;
         case O_QUIET: o.quiet = 1; break;
         case O_HELP: case 'h': usage(stdout); exit(0);
         default: usage(stderr); exit(2);
@@ -241,6 +261,8 @@ static void parse_args(int argc, char **argv)
         o.window = 32;
     if (o.server && o.url)
         die("--server and --url exclude each other");
+    if (o.op != OP_SEND && !strcmp(o.scenario, "conns"))
+        die("--op: conns sends nothing");
     if (o.threads == 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         o.threads = n > 0 ? (uint32_t)n : 1;
@@ -597,6 +619,38 @@ static void check_nofile(uint64_t conns, uint64_t need)
     }
 }
 
+/* Change ops: user posts the message it will change to conv (HTTP, before any client
+ * connects, so no client gets it as a msg frame); its seq. */
+static int64_t post_target(struct setup *s, uint32_t user, uint32_t conv)
+{
+    struct http_conn hc = {.fd = -1, .t = &T};
+    char err[300], body[128];
+    struct http_resp r;
+    snprintf(body, sizeof body, "{\"id\":\"target.%s.%u\",\"body\":\"the message publisher %u changes\"}", run_tag,
+             user, user);
+    char path[96];
+    snprintf(path, sizeof path, "/api/conversations/%lld/messages", (long long)s->convs[conv].id);
+    if (http_call(&hc, "POST", path, s->users[user].token, body, &r, err, sizeof err) < 0)
+        die("setup: post the message to change: %s", err);
+    json_t *j = (r.status == 201 || r.status == 200) ? json_loadb(r.body, r.len, 0, NULL) : NULL;
+    json_t *seq = json_object_get(j, "seq");
+    if (!json_is_integer(seq))
+        die("setup: post the message to change answered %d: %.200s", r.status, r.body);
+    int64_t v = json_integer_value(seq);
+    json_decref(j);
+    free(r.body);
+    http_close(&hc);
+    return v;
+}
+
+/* engine_client, and for a change op the publisher's target message */
+static void add_client(struct engine *e, struct setup *s, uint32_t i, uint32_t user, int32_t conv, int publisher)
+{
+    engine_client(e, i, user, conv, publisher);
+    if (publisher && o.op != OP_SEND)
+        engine_pub_target(e, i, post_target(s, user, (uint32_t)conv));
+}
+
 /* ------------------------------------------------------------------ main */
 
 int main(int argc, char **argv)
@@ -665,9 +719,10 @@ int main(int argc, char **argv)
         o.name = bin ? (strrchr(bin, '/') ? strrchr(bin, '/') + 1 : bin) : "server";
     long rss_start = T.pid ? proc_rss_kib(T.pid) : -1;
 
-    json_t *params = json_pack("{s:I,s:I,s:I,s:f,s:f,s:I}", "threads", (json_int_t)o.threads, "src_addrs",
+    json_t *params = json_pack("{s:I,s:I,s:I,s:f,s:f,s:I,s:s,s:I}", "threads", (json_int_t)o.threads, "src_addrs",
                                (json_int_t)o.src_addrs, "body_bytes", (json_int_t)o.body_bytes, "warmup_s", o.warmup,
-                               "duration_s", o.duration, "messages", (json_int_t)o.messages);
+                               "duration_s", o.duration, "messages", (json_int_t)o.messages, "op",
+                               o.op == OP_REACT ? "react" : o.op == OP_EDIT ? "edit" : "send", "words", (json_int_t)o.words);
     if (is_conns)
         json_object_update_new(params, json_pack("{s:I,s:I,s:f}", "conns", (json_int_t)o.conns, "users",
                                                  (json_int_t)nusers, "settle_s", o.settle));
@@ -731,7 +786,7 @@ int main(int argc, char **argv)
         .t = &T, .nthreads = o.threads, .nsrc = o.src_addrs, .open_conc = o.open_conc,
         .users = S.users, .convs = S.convs, .t0_ns = now_ns(),
         .pub = {.window = o.window, .rate_per_pub = npubs ? o.rate / npubs : 0, .max_inflight = o.max_inflight,
-                .body_bytes = o.body_bytes, .max_sends = o.messages},
+                .body_bytes = o.body_bytes, .max_sends = o.messages, .op = o.op, .words = o.words},
     };
     json_t *res = json_pack("{s:s,s:s,s:s,s:s*}", "tool", "parley-load", "scenario", o.scenario, "server", o.name,
                             "binary", bin ? bin : o.url);
@@ -804,13 +859,13 @@ int main(int argc, char **argv)
         if (is_fanout) {
             for (uint32_t g = 0; g < o.groups; g++)
                 for (uint32_t m = 0; m < o.members; m++)
-                    engine_client(e, g * o.members + m, g * o.members + m, (int32_t)g, m < o.publishers);
+                    add_client(e, &S, g * o.members + m, g * o.members + m, (int32_t)g, m < o.publishers);
         } else if (is_pairs) {
             for (uint32_t i = 0; i < nclients; i++)
-                engine_client(e, i, i, (int32_t)(i / 2), 1);
+                add_client(e, &S, i, i, (int32_t)(i / 2), 1);
         } else {
             for (uint32_t i = 0; i < nclients; i++)
-                engine_client(e, i, i, o.group ? 0 : (int32_t)i, 1);
+                add_client(e, &S, i, i, o.group ? 0 : (int32_t)i, 1);
         }
         double open_s = open_all(e, nclients);
         struct snap s0;

@@ -291,8 +291,12 @@ int scan_frame(const char *p, size_t n, struct frame_fields *f)
             } else if (klen == 3 && !memcmp(k, "seq", 3)) {
                 f->seq = v;
                 f->has_seq = 1;
-            } else if (klen == 4 && !memcmp(k, "user", 4))
+            } else if (klen == 4 && !memcmp(k, "user", 4)) {
                 f->user = v;
+            } else if (klen == 3 && !memcmp(k, "mod", 3)) {
+                f->mod = v;
+                f->has_mod = 1;
+            }
         } else if (*p == '{' || *p == '[') {
             p = skip_nested(p, e);
             if (!p)
@@ -453,4 +457,20 @@ double self_cpu_s(void)
     getrusage(RUSAGE_SELF, &ru);
     return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
            (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+int word_of(uint32_t w, char *out)
+{
+    static const char syl[16][3] = {"ba", "ke", "mi", "no", "ru", "sa", "te", "vi",
+                                    "lo", "da", "fe", "gu", "ha", "jo", "ku", "pe"};
+    char d[12];
+    int nd = 0;
+    for (uint64_t v = (uint64_t)w + 16; v; v /= 16)
+        d[nd++] = (char)(v % 16);
+    int n = 0;
+    while (nd--) {
+        out[n++] = syl[(int)d[nd]][0];
+        out[n++] = syl[(int)d[nd]][1];
+    }
+    return n;
 }

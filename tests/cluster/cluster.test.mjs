@@ -97,6 +97,54 @@ test('three nodes send concurrently into one group: dense seqs, no duplicates, e
   }
 });
 
+// Sends ops on a raw watcher's socket and resolves with each op's answer (ack or error).
+function rawOps(w, ops) {
+  return Promise.all(ops.map((op) => new Promise((resolve, reject) => {
+    const start = w.frames.length;
+    w.ws.send(JSON.stringify(op));
+    const t0 = Date.now();
+    const look = () => {
+      const f = w.frames.slice(start).find((x) => (x.op === 'ack' || x.op === 'error') && x.id === op.id);
+      if (f) return resolve(f);
+      if (Date.now() - t0 > 20000) return reject(new Error(`no answer to ${op.id}`));
+      setTimeout(look, 10);
+    };
+    look();
+  })));
+}
+
+test('three nodes change messages of one group concurrently: dense mods, every member gets every update once, in mod order', async () => {
+  const s = [await on(1, 'm'), await on(2, 'm'), await on(3, 'm')];
+  const g = await s[0].createGroup('changes', [s[1].user.id, s[2].user.id]);
+  await waitFor(async () => (await s[2].conversations()).some((x) => x.id === g.id), 10000, 'group everywhere');
+  const watchers = [];
+  for (let n = 1; n <= 3; n++) watchers.push(await rawWatcher(nodeUrl(E, n), s[n - 1].session.access_token));
+  const own = [];
+  for (let k = 0; k < 3; k++) own.push((await s[k].send(g.id, `mine ${k}`)).seq);
+  // each node: its user edits its own message and toggles a reaction on the first, 20 changes each
+  const N = 20;
+  const answers = await Promise.all(watchers.map((w, k) => rawOps(w, Array.from({ length: N }, (_, i) => (
+    i % 2 === 0
+      ? { op: 'edit', id: `e${k}-${i}`, conv: g.id, seq: own[k], body: `edit ${k}.${i}` }
+      : { op: 'react', id: `r${k}-${i}`, conv: g.id, seq: own[0], emoji: `k${k}`, on: i % 4 === 1 }
+  )))));
+  const mods = answers.flat().map((a) => {
+    assert.equal(a.op, 'ack', JSON.stringify(a));
+    return a.mod;
+  }).sort((a, b) => a - b);
+  assert.ok(dense(mods, 3 * N), `the acks carry mods 1..${3 * N}, each once`);
+  for (const w of watchers) {
+    const updates = () => w.frames.filter((f) => f.op === 'update' && f.conv === g.id);
+    await waitFor(() => updates().length >= 3 * N, 20000, 'every update at every node');
+    assert.ok(dense(updates().map((u) => u.mod), 3 * N), 'update frames: mods 1..60 once each, in mod order');
+    const last = updates().filter((u) => u.seq === own[1]).pop();
+    assert.equal(last.message.body, `edit 1.${N - 2}`, 'the last update of a message holds its final text');
+    w.ws.close();
+  }
+  const after = (await s[2].history(g.id)).messages;
+  assert.equal(after.find((m) => m.seq === own[2]).body, `edit 2.${N - 2}`, 'history has the final text');
+});
+
 test('kill -9 a node while its clients send through HAProxy: they reconnect, resend and sync; nothing lost or doubled', async () => {
   // clients through HAProxy (leastconn spreads them over the nodes), plus one member per node
   const senders = [];

@@ -4,7 +4,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   startServer, http, signup, uniq, assertError, assertSession, assertUser, signJwt, claimsFor,
-  decodeJwt, openSocket, expectWsRefused, closeAll, SECRET,
+  decodeJwt, openSocket, rawSocket, expectWsRefused, closeAll, SECRET,
 } from './helpers.mjs';
 
 let srv;
@@ -132,8 +132,8 @@ test('refresh: presenting an already-rotated token revokes the whole family', as
 test('refresh: unknown, missing or malformed refresh token', async () => {
   assertError(await post('/api/auth/refresh', { refresh_token: 'not-a-real-token' }), 401, 'unknown token');
   const missing = await post('/api/auth/refresh', {});
-  assert.ok(missing.status === 400 || missing.status === 401, `missing token: ${missing.status}`);
-  assertError(missing, missing.status, 'missing token');
+  assertError(missing, 400, 'missing token');
+  assert.equal(missing.body.error.message, 'refresh_token is required');
   assertError(await http(srv, 'POST', '/api/auth/refresh', { raw: 'nope' }), 400, 'malformed JSON');
 });
 
@@ -160,28 +160,25 @@ test('/api/me: 401 without, with a malformed, or with a non-Bearer authorization
 });
 
 // -------------------------------------------------------------- forged tokens
-let victim;
-const forged = {};
-test('forged tokens: a correctly forged token is accepted (sanity check of the forging helper)', async () => {
-  victim = await signup(srv, { prefix: 'forge' });
+// Each test signs up its own victim and forges its own tokens: none depends on another
+// having run first (node --test --test-name-pattern runs any one alone).
+async function forgeFor(who) {
+  const victim = who || await signup(srv, { prefix: 'forge' });
   const good = signJwt(claimsFor(victim.user), { secret: SECRET });
-  const me = await http(srv, 'GET', '/api/me', { token: good });
-  assert.equal(me.status, 200, `an HS256 token signed with the server's secret: ${me.text}`);
-  assert.equal(me.body.user.id, victim.user.id);
-  const conn = await openSocket(srv, good);
-  assert.equal(conn.hello.user.id, victim.user.id);
-  await conn.close();
-
-  forged.none = signJwt(claimsFor(victim.user), { alg: 'none' });
-  forged.otherKey = signJwt(claimsFor(victim.user), { secret: 'another-secret-entirely-0123456789' });
-  forged.expired = signJwt(claimsFor(victim.user, { iatShift: -3600, ttl: 600 }), { secret: SECRET });
-  forged.hs512 = signJwt(claimsFor(victim.user), { alg: 'HS512', secret: SECRET });
-  forged.noExp = signJwt({ sub: String(victim.user.id), name: victim.user.username, iat: Math.floor(Date.now() / 1000) }, { secret: SECRET });
-  forged.numericSubUnknown = signJwt({ ...claimsFor(victim.user), sub: '999999999' }, { secret: SECRET });
+  const forged = {
+    good,
+    none: signJwt(claimsFor(victim.user), { alg: 'none' }),
+    otherKey: signJwt(claimsFor(victim.user), { secret: 'another-secret-entirely-0123456789' }),
+    expired: signJwt(claimsFor(victim.user, { iatShift: -3600, ttl: 600 }), { secret: SECRET }),
+    hs512: signJwt(claimsFor(victim.user), { alg: 'HS512', secret: SECRET }),
+    noExp: signJwt({ sub: String(victim.user.id), name: victim.user.username, iat: Math.floor(Date.now() / 1000) }, { secret: SECRET }),
+    numericSubUnknown: signJwt({ ...claimsFor(victim.user), sub: '999999999' }, { secret: SECRET }),
+  };
   // alg none with the original (valid) signature kept: still refused
   const [, body, sig] = good.split('.');
   forged.noneWithSig = `${Buffer.from(JSON.stringify({ alg: 'none', typ: 'JWT' })).toString('base64url')}.${body}.${sig}`;
-});
+  return { victim, forged };
+}
 
 const FORGED = {
   none: 'alg none',
@@ -191,8 +188,18 @@ const FORGED = {
   hs512: 'HS512 with the right key',
 };
 
+test('forged tokens: a correctly forged token is accepted (sanity check of the forging helper)', async () => {
+  const { victim, forged } = await forgeFor();
+  const me = await http(srv, 'GET', '/api/me', { token: forged.good });
+  assert.equal(me.status, 200, `an HS256 token signed with the server's secret: ${me.text}`);
+  assert.equal(me.body.user.id, victim.user.id);
+  const conn = await openSocket(srv, forged.good);
+  assert.equal(conn.hello.user.id, victim.user.id);
+  await conn.close();
+});
+
 test('forged tokens are refused on HTTP with 401', async () => {
-  assert.ok(victim, 'previous test created the tokens');
+  const { forged } = await forgeFor();
   for (const [k, what] of Object.entries(FORGED)) {
     assertError(await http(srv, 'GET', '/api/me', { token: forged[k] }), 401, what);
     assertError(await http(srv, 'GET', '/api/conversations', { token: forged[k] }), 401, `${what} on /api/conversations`);
@@ -200,25 +207,37 @@ test('forged tokens are refused on HTTP with 401', async () => {
 });
 
 test('tokens without exp, or for a user that does not exist, are refused (401)', async () => {
-  assert.ok(victim, 'previous test created the tokens');
+  const { forged } = await forgeFor();
   assertError(await http(srv, 'GET', '/api/me', { token: forged.noExp }), 401, 'token without exp');
-  assertError(await http(srv, 'GET', '/api/me', { token: forged.numericSubUnknown }), 401, 'token for a user that does not exist');
+  const unknown = await http(srv, 'GET', '/api/me', { token: forged.numericSubUnknown });
+  assertError(unknown, 401, 'token for a user that does not exist');
+  assert.equal(unknown.body.error.message, 'unknown user');
 });
 
-test('forged tokens are refused on the WebSocket (401 at upgrade or close 4001), in every auth style', async () => {
-  assert.ok(victim, 'previous test created the tokens');
+test('forged tokens are refused on the WebSocket: 401 at the upgrade (header, ?token=), close 4001 (auth frame)', async () => {
+  const { forged } = await forgeFor();
   for (const [k, what] of Object.entries(FORGED)) {
     await expectWsRefused(srv, forged[k], 'header', `${what} in Authorization`);
     await expectWsRefused(srv, forged[k], 'query', `${what} in ?token=`);
-    await expectWsRefused(srv, forged[k], 'frame', `${what} in an auth frame`);
+    await expectWsRefused(srv, forged[k], 'frame', `${what} in an auth frame`, k === 'expired' ? 'token expired' : 'invalid token');
   }
   await expectWsRefused(srv, 'garbage', 'header', 'garbage token');
+  await expectWsRefused(srv, 'garbage', 'frame', 'garbage token', 'invalid token');
+  // a valid token of a user that does not exist: the upgrade is accepted, then 4001
+  for (const via of ['header', 'query']) {
+    const ghost = await rawSocket(srv, { token: forged.numericSubUnknown, via });
+    assert.equal(ghost.upgradeStatus, null, `${via}: the upgrade of a valid token is accepted`);
+    const info = await ghost.waitClosed(5000);
+    assert.deepEqual([info.code, info.reason], [4001, 'unknown user'], via);
+    assert.ok(!ghost.log.some((f) => f.op === 'hello'), `${via}: no hello`);
+  }
 });
 
 test('forged tokens used to re-authenticate an open socket close it with 4001', async () => {
+  const { victim, forged } = await forgeFor();
   const conn = await openSocket(srv, victim.token);
   conn.send({ op: 'auth', token: forged.hs512 });
   const info = await conn.waitClosed(5000).finally(() => closeAll(conn));
-  assert.equal(info.code, 4001);
+  assert.deepEqual([info.code, info.reason], [4001, 'invalid token']);
   assert.ok(!conn.log.slice(1).some((f) => f.op === 'hello'), 'no second hello');
 });

@@ -2,6 +2,8 @@
 // membership (add, remove, leave, ownership hand-over) and the member-only rule.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import path from 'node:path';
 import {
   startServer, http, signup, signupMany, uniq, assertError, assertUser, assertConversation, createGroup,
   createDirect, getConv, postMessage, openSocket, closeAll, eventually, roleOf, sleep, sendMany,
@@ -51,19 +53,52 @@ test('users: search by prefix, limit, online flag', async () => {
   assertError(await http(srv, 'GET', `/api/users?q=${prefix}`), 401, 'no token');
 
   // online: true while a1 has an open socket, false for the others
+  await createDirect(srv, other, a1.user.id); // so that other is told when a1 goes offline
+  const watcher = await openSocket(srv, other.token);
   const conn = await openSocket(srv, a1.token);
   try {
+    await watcher.next((f) => f.op === 'presence' && f.user === a1.user.id && f.online === true);
     const res = await http(srv, 'GET', `/api/users?q=${prefix}_a`, { token: other.token });
     const byId = new Map(res.body.users.map((u) => [u.id, u]));
     assert.equal(byId.get(a1.user.id).online, true, 'user with an open socket is online');
     assert.equal(byId.get(a2.user.id).online, false);
     assert.equal(byId.get(a3.user.id).online, false);
-  } finally { await conn.close(); }
-  const offline = await eventually(async () => {
+    await conn.close();
+    // the offline presence frame goes out once the server has let the connection go
+    await watcher.next((f) => f.op === 'presence' && f.user === a1.user.id && f.online === false);
     const r = await http(srv, 'GET', `/api/users?q=${a1.user.username}`, { token: other.token });
-    return r.body.users[0].online === false;
-  }, 3000);
-  assert.ok(offline, 'online goes back to false after the socket closed');
+    assert.equal(r.body.users[0].online, false, 'online is false once the offline presence is out');
+  } finally { await closeAll(conn, watcher); }
+});
+
+test('users: a page is 50 by default and 200 at most; limit below 1 or not an integer is 400', async () => {
+  const prefix = uniq('pg').slice(0, 10);
+  const names = [...Array(205)].map((_, i) => `${prefix}_${String(i).padStart(3, '0')}`);
+  // 205 signups would be 205 argon2id hashes (a minute on a busy machine): the accounts
+  // are written straight into the embedded database instead (WAL: next to the running
+  // server), since what is tested is the paging of the search, not signup
+  const now = Date.now();
+  const rows = names.map((n) => `('${n}', '${n}', 'not-a-hash', ${now})`).join(',');
+  execFileSync('sqlite3', ['-cmd', '.timeout 10000', path.join(srv.dataDir, 'parley.db'),
+    `INSERT INTO users (username, display_name, password_hash, created_at) VALUES ${rows}`]);
+  const me = await signup(srv, { prefix: 'zz' });
+  const page = async (q) => {
+    const r = await http(srv, 'GET', `/api/users?q=${prefix}${q}`, { token: me.token });
+    assert.equal(r.status, 200, `${q}: ${r.text}`);
+    for (const u of r.body.users) assertUser({ ...u, online: undefined }, `user of ${q}`);
+    return r.body.users.map((u) => u.username);
+  };
+  assert.deepEqual(await page(''), names.slice(0, 50), 'no limit: the first 50 by username');
+  assert.deepEqual(await page('&limit=1'), names.slice(0, 1));
+  assert.deepEqual(await page('&limit=200'), names.slice(0, 200));
+  assert.deepEqual(await page('&limit=201'), names.slice(0, 200), 'clamped to 200');
+  assert.deepEqual(await page('&limit=100000'), names.slice(0, 200), 'clamped to 200');
+  assert.deepEqual(await page('_20&limit=200'), names.slice(200), 'the rest, by a longer prefix');
+  for (const bad of ['0', '-1', 'abc', '1.5', '']) {
+    const r = await http(srv, 'GET', `/api/users?q=${prefix}&limit=${bad}`, { token: me.token });
+    assertError(r, 400, `limit=${bad}`);
+    assert.equal(r.body.error.message, 'limit must be a positive integer', `limit=${bad}`);
+  }
 });
 
 // -------------------------------------------------------------- direct

@@ -98,10 +98,11 @@ test('/metrics: the exposition format, and counters that follow the traffic', as
 });
 
 test('PARLEY_METRICS_LISTEN moves /metrics to its own address, which serves nothing else but health', async () => {
-  const { freePort } = await import('../lib/server.mjs');
-  const mport = await freePort();
-  const srv = await startServer({ PARLEY_METRICS_LISTEN: `127.0.0.1:${mport}` });
+  // port 0: the kernel chooses, the harness reads the port from the startup line
+  const srv = await startServer({ PARLEY_METRICS_LISTEN: '127.0.0.1:0' });
+  const mport = srv.metricsPort;
   try {
+    assert.ok(Number.isSafeInteger(mport) && mport > 0 && mport !== srv.port, `metrics port ${mport}`);
     assert.equal((await fetch(`${srv.url}/metrics`)).status, 404, 'not on the public listener');
     const r = await fetch(`http://127.0.0.1:${mport}/metrics`);
     assert.equal(r.status, 200);

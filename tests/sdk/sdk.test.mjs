@@ -69,7 +69,8 @@ test('reconnect with backoff and sync after the server drops every connection', 
   const states = [];
   b.on('state', (s) => states.push(s));
   const delays = [];
-  b.on('reconnect_scheduled', ({ delay }) => delays.push(delay));
+  const attempts = [];
+  b.on('reconnect_scheduled', ({ delay, attempt }) => { delays.push(delay); attempts.push(attempt); });
 
   gate.down = true; // B cannot reach the server until we say so
   await srv.kill9();
@@ -78,8 +79,14 @@ test('reconnect with backoff and sync after the server drops every connection', 
     await online(a, 15000);
     for (let i = 1; i <= 5; i++) await a.send(conv, `missed ${i}`);
     await waitFor(() => delays.length >= 5, 10000, 'several reconnect attempts');
-    assert.ok(delays.every((d) => d <= 400), `capped: ${delays}`);
-    assert.ok(Math.max(...delays) > Math.min(...delays), `backoff grows: ${delays}`);
+    // docs/SDK.md: attempt n (from 0) waits between half and all of min(maxMs, initialMs * 2^n):
+    // 25-50, 50-100, 100-200, then 200-400 ms; jitter alone cannot pass this
+    assert.deepEqual(attempts, attempts.map((_, i) => attempts[0] + i), `attempts counted one by one: ${attempts}`);
+    delays.forEach((d, i) => {
+      const ceiling = Math.min(400, 50 * 2 ** (attempts[i] - 1));
+      assert.ok(d >= ceiling / 2 && d <= ceiling, `attempt ${attempts[i]}: ${d} ms not in [${ceiling / 2}, ${ceiling}] (all: ${delays})`);
+    });
+    assert.equal(attempts[0], 1, 'the first attempt after being online starts the backoff over');
     assert.equal(b.state, 'reconnecting');
     assert.equal(mb.all.length, 1);
 

@@ -3,7 +3,9 @@
  * no live token, rotated rows whose successor is older than the keep window),
  * and nothing a live session or reuse detection needs; the writer does it at
  * start and periodically, in bounded steps. And the presence table frees the
- * send buckets of users who are gone once they are full again. On SQLite;
+ * send buckets of users who are gone once they are full again. Uploads
+ * never attached to a message are deleted after a day (WRITER_UPLOAD_KEEP_MS)
+ * by the same housekeeping step, younger ones kept. On SQLite;
  * with --pg on PostgreSQL too (store_fixture.h). */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -16,6 +18,10 @@
 #include <unistd.h>
 
 #include "presence.h"
+
+#include <fcntl.h>
+#include <ftw.h>
+#include <sodium.h>
 #include "store_fixture.h"
 #include "writer.h"
 
@@ -149,6 +155,87 @@ static void test_writer_prunes(void **state)
     writer_free(wr);
 }
 
+/* An upload as api_attach.c records it: bytes in a temporary file, then
+ * store_att_create at time t. Returns its id (malloc'd). */
+static char *upload_at(struct fx *f, const char *text, int64_t t)
+{
+    char tmp[128], sha[65];
+    unsigned char d[crypto_hash_sha256_BYTES];
+    snprintf(tmp, sizeof tmp, "%s/upload-XXXXXX", f->dir[0] ? f->dir : "/tmp");
+    int fd = mkstemp(tmp);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    crypto_hash_sha256(d, (const unsigned char *)text, strlen(text));
+    sodium_bin2hex(sha, sizeof sha, d, sizeof d);
+    json_t *att = NULL;
+    assert_int_equal(store_att_create(f->st, user_id, "n.txt", "text/plain", tmp, (int64_t)strlen(text), sha, t, &att),
+                     STORE_OK);
+    unlink(tmp); /* as job_free does */
+    char *id = xstrdup(json_string_value(json_object_get(att, "id")));
+    json_decref(att);
+    return id;
+}
+
+static int att_exists(struct fx *f, const char *id)
+{
+    json_t *att = NULL;
+    char *sha = NULL;
+    int rc = store_att_get(f->st, id, user_id, &att, &sha);
+    json_decref(att);
+    free(sha);
+    assert_true(rc == STORE_OK || rc == STORE_NOT_FOUND);
+    return rc == STORE_OK;
+}
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path) == 0 ? 0 : 0; /* best effort */
+}
+
+static void test_writer_prunes_uploads(void **state)
+{
+    struct fx *f = *state;
+    if (!f->st->ops->att_create) {
+        skip(); /* a backend without attachments yet: nothing to prune */
+        return;
+    }
+    int64_t now = util_now_ms();
+    char *old = upload_at(f, "an upload of two days ago", now - 2 * DAY);
+    char *edge = upload_at(f, "an upload of nearly a day ago", now - WRITER_UPLOAD_KEEP_MS + 60000);
+    char *young = upload_at(f, "an upload of now", now);
+    assert_true(att_exists(f, old) && att_exists(f, edge) && att_exists(f, young));
+    /* SQLite: the bytes are a file under <data>/attachments, named by their SHA-256 */
+    char blob[256];
+    unsigned char d[crypto_hash_sha256_BYTES];
+    char sha[65];
+    const char *text = "an upload of two days ago";
+    crypto_hash_sha256(d, (const unsigned char *)text, strlen(text));
+    sodium_bin2hex(sha, sizeof sha, d, sizeof d);
+    snprintf(blob, sizeof blob, "%s/attachments/%.2s/%s", f->dir, sha, sha);
+    int files = !f->schema[0];
+    if (files)
+        assert_int_equal(access(blob, F_OK), 0);
+    assert_int_equal(writer_prune(f->st, now), 1);
+    assert_false(att_exists(f, old));
+    if (files)
+        assert_int_equal(access(blob, F_OK), -1); /* its bytes went with it */
+    assert_true(att_exists(f, edge));
+    assert_true(att_exists(f, young));
+    assert_int_equal(writer_prune(f->st, now), 0);
+    if (files) { /* the fixture removes the database files only */
+        char dir[128];
+        snprintf(dir, sizeof dir, "%s/attachments", f->dir);
+        nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+    }
+    free(old);
+    free(edge);
+    free(young);
+}
+
 static void test_presence_frees_idle_buckets(void **state)
 {
     (void)state;
@@ -182,6 +269,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_prune_rules, setup, teardown),
         cmocka_unit_test_setup_teardown(test_prune_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_writer_prunes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_writer_prunes_uploads, setup, teardown),
         cmocka_unit_test(test_presence_frees_idle_buckets),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -128,6 +128,67 @@ static void test_migrations_idempotent(void **state)
 }
 
 /* SQLite only: a file that is not there. */
+/* synchronous is a setting of each connection: a second connection to the same
+ * file would show its own, not the store's. An auto extension is called by
+ * SQLite with every connection it opens in this process, so the test sees the
+ * store's own connections. SQLite gives the callback no user pointer, hence the
+ * file-scope variable (test code, one thread). */
+static sqlite3 *opened_conn;
+
+static int note_open(sqlite3 *db, char **err, const struct sqlite3_api_routines *api)
+{
+    (void)err;
+    (void)api;
+    opened_conn = db;
+    return SQLITE_OK;
+}
+
+static void pragma_text(sqlite3 *db, const char *sql, char *out, size_t len)
+{
+    sqlite3_stmt *s = NULL;
+    out[0] = '\0';
+    if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) == SQLITE_OK && sqlite3_step(s) == SQLITE_ROW)
+        snprintf(out, len, "%s", (const char *)sqlite3_column_text(s, 0));
+    sqlite3_finalize(s);
+}
+
+/* What an ack promises (docs/PROTOCOL.md, Guarantees: WAL, synchronous=FULL)
+ * holds for the connection that commits: the writer's; a reader is query-only. */
+static void test_sqlite_connection_settings(void **state)
+{
+    struct fx *f = *state;
+    struct store *w = NULL, *r = NULL;
+    char v[32];
+
+    if (fx_is_pg())
+        skip();
+    opened_conn = NULL;
+    assert_int_equal(sqlite3_auto_extension((void (*)(void))note_open), SQLITE_OK);
+    assert_int_equal(fx_open_other(f, 0, &w), STORE_OK);
+    sqlite3 *wdb = opened_conn;
+    assert_int_equal(fx_open_other(f, 1, &r), STORE_OK);
+    sqlite3 *rdb = opened_conn;
+    sqlite3_cancel_auto_extension((void (*)(void))note_open);
+    assert_non_null(wdb);
+    assert_non_null(rdb);
+    assert_ptr_not_equal(wdb, rdb);
+
+    pragma_text(wdb, "PRAGMA synchronous", v, sizeof v);
+    assert_string_equal(v, "2"); /* FULL (NORMAL is 1) */
+    pragma_text(wdb, "PRAGMA journal_mode", v, sizeof v);
+    assert_string_equal(v, "wal");
+    pragma_text(wdb, "PRAGMA foreign_keys", v, sizeof v);
+    assert_string_equal(v, "1");
+    pragma_text(wdb, "PRAGMA query_only", v, sizeof v);
+    assert_string_equal(v, "0");
+    pragma_text(rdb, "PRAGMA query_only", v, sizeof v);
+    assert_string_equal(v, "1");
+    pragma_text(rdb, "PRAGMA journal_mode", v, sizeof v);
+    assert_string_equal(v, "wal");
+    store_close(r);
+    store_close(w);
+}
+
 static void test_readonly_needs_existing_db(void **state)
 {
     struct fx *f = *state;
@@ -343,7 +404,7 @@ static void test_direct_create(void **state)
     assert_int_equal(jint(conv, "last_read_seq"), 0);
     assert_int_equal(jint(conv, "unread"), 0);
     assert_int_equal(jint(conv, "created_at"), 100);
-    assert_int_equal(json_object_size(conv), 9);
+    assert_int_equal(json_object_size(conv), 10); /* version 2: last_mod */
     assert_int_equal(json_array_size(json_object_get(conv, "members")), 2);
     m = json_array_get(json_object_get(conv, "members"), 0);
     assert_int_equal(jint(m, "id"), a);
@@ -775,7 +836,7 @@ static void test_peers_and_summary(void **state)
     assert_int_equal(json_array_size(sum), 2);
     for (size_t i = 0; i < 2; i++) {
         row = json_array_get(sum, i);
-        assert_int_equal(json_object_size(row), 4);
+        assert_int_equal(json_object_size(row), 5); /* version 2: last_mod */
         if (jint(row, "conv") == g) {
             assert_int_equal(jint(row, "last_seq"), 2);
             assert_int_equal(jint(row, "last_read_seq"), 1);
@@ -1262,6 +1323,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_migrations_idempotent, setup, teardown),
         cmocka_unit_test_setup_teardown(test_readonly_needs_existing_db, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sqlite_connection_settings, setup, teardown),
         cmocka_unit_test_setup_teardown(test_transactions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_users, setup, teardown),
         cmocka_unit_test_setup_teardown(test_users_search, setup, teardown),
