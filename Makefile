@@ -105,6 +105,18 @@ test-cluster: setup-test build
 # installed parleyd serves without --web; DESTDIR stages. From a tree of its own
 # (build/install: Release, warnings not errors), so the developer trees are untouched.
 PREFIX ?= /usr/local
+# Faults and soak (tests/soak), not part of make test: crash consistency under kill -9
+# (CRASH_REPS, default 20, on SQLite; once on PostgreSQL), then SOAK_MINUTES (10) of mixed
+# load from SOAK_CLIENTS (1000) clients with a delivery checker and RSS samples. Writes
+# tests/soak/last-report.md.
+.PHONY: soak test-valgrind
+soak: setup-test build
+	@cd tests && PARLEYD=$(CURDIR)/$(RELEASE)/parleyd node soak/main.mjs
+
+# The e2e suite once against parleyd under valgrind memcheck (tests/soak/valgrind.sh).
+test-valgrind: setup-test build
+	@tests/soak/valgrind.sh
+
 .PHONY: install deploy-check
 install: setup
 	@cmake -S . -B build/install -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX=$(PREFIX) >/dev/null

@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
+import { TIME_SCALE } from '../lib/server.mjs';
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -40,7 +41,7 @@ export function serverUnread(serverPort, clientPort) {
 // side and their number has not changed over `stableMs`. Rejects if that does not happen within
 // timeoutMs (a server that keeps reading everything a client sends never gets there).
 export async function serverStoppedReading(serverPort, clientPort, { stableMs = 600, timeoutMs = 20000 } = {}) {
-  const until = Date.now() + timeoutMs;
+  const until = Date.now() + timeoutMs * TIME_SCALE;
   let last = -1;
   let since = Date.now();
   for (;;) {
@@ -100,7 +101,7 @@ export async function rawWebSocket(port, token) {
     (token ? `Authorization: Bearer ${token}\r\n` : '') + '\r\n');
   let got = Buffer.alloc(0);
   await new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error('no 101 in time')), 5000);
+    const t = setTimeout(() => reject(new Error('no 101 in time')), 5000 * TIME_SCALE);
     const onData = (d) => {
       got = Buffer.concat([got, d]);
       const end = got.indexOf('\r\n\r\n');
@@ -124,7 +125,7 @@ export async function rawWebSocket(port, token) {
 export function drain(sock, bytes, timeoutMs = 60000) {
   return new Promise((resolve, reject) => {
     let n = 0;
-    const t = setTimeout(() => { cleanup(); reject(new Error(`only ${n} of ${bytes} bytes in ${timeoutMs} ms`)); }, timeoutMs);
+    const t = setTimeout(() => { cleanup(); reject(new Error(`only ${n} of ${bytes} bytes in ${timeoutMs} ms`)); }, timeoutMs * TIME_SCALE);
     const onData = (d) => { n += d.length; if (n >= bytes) { cleanup(); resolve(n); } };
     const onClose = () => { cleanup(); resolve(n); };
     const cleanup = () => { clearTimeout(t); sock.off('data', onData); sock.off('close', onClose); };
@@ -139,7 +140,7 @@ export function rawRequest(port, text, timeoutMs = 5000) {
   return new Promise((resolve, reject) => {
     const s = net.connect(port, '127.0.0.1');
     const chunks = [];
-    const t = setTimeout(() => { s.destroy(); reject(new Error('no answer in time')); }, timeoutMs);
+    const t = setTimeout(() => { s.destroy(); reject(new Error('no answer in time')); }, timeoutMs * TIME_SCALE);
     s.on('error', reject);
     s.on('data', (d) => {
       chunks.push(d);
@@ -175,7 +176,7 @@ export function httpFrom(srv, localAddress, method, path, { body, token, timeout
         resolve({ status: res.statusCode, headers: res.headers, body: parsed, text });
       });
     });
-    req.setTimeout(timeoutMs, () => req.destroy(new Error(`${method} ${path}: no answer in ${timeoutMs} ms`)));
+    req.setTimeout(timeoutMs * TIME_SCALE, () => req.destroy(new Error(`${method} ${path}: no answer in ${timeoutMs} ms`)));
     req.on('error', reject);
     if (payload !== undefined) req.write(payload);
     req.end();

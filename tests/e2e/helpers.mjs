@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { createHmac, randomBytes } from 'node:crypto';
 import WebSocket from 'ws';
-import { start } from '../lib/server.mjs';
+import { start, TIME_SCALE } from '../lib/server.mjs';
 
 // The JWT secret every e2e server is started with, so tests can forge tokens with it.
 export const SECRET = 'e2e-secret-5f3c9a1b7d2e4f60a8c1b3d5e7f90123';
@@ -47,7 +47,7 @@ export async function http(srv, method, path, opts = {}) {
     method,
     headers,
     body: payload,
-    signal: AbortSignal.timeout(opts.timeoutMs || 15000),
+    signal: AbortSignal.timeout((opts.timeoutMs || 15000) * TIME_SCALE),
   });
   const text = await res.text();
   let body = null;
@@ -156,7 +156,7 @@ export async function fullHistory(srv, who, convId, pageSize = 200) {
 
 // Polls fn until it returns a truthy value or the time is up; returns the last value.
 export async function eventually(fn, timeoutMs = 3000, stepMs = 50) {
-  const until = Date.now() + timeoutMs;
+  const until = Date.now() + timeoutMs * TIME_SCALE;
   let v;
   for (;;) {
     v = await fn();
@@ -264,8 +264,8 @@ export class Conn {
       w.timer = setTimeout(() => {
         const i = this.waiters.indexOf(w);
         if (i >= 0) this.waiters.splice(i, 1);
-        reject(new Error(`timed out after ${timeoutMs} ms waiting for ${desc}; queue: ${this.describeQueue()}`));
-      }, timeoutMs);
+        reject(new Error(`timed out after ${timeoutMs * TIME_SCALE} ms waiting for ${desc}; queue: ${this.describeQueue()}`));
+      }, timeoutMs * TIME_SCALE);
       this.waiters.push(w);
     });
   }
@@ -314,7 +314,7 @@ export class Conn {
 
   async waitClosed(timeoutMs = 5000) {
     let timer;
-    const t = new Promise((_, reject) => { timer = setTimeout(() => reject(new Error(`socket not closed within ${timeoutMs} ms`)), timeoutMs); });
+    const t = new Promise((_, reject) => { timer = setTimeout(() => reject(new Error(`socket not closed within ${timeoutMs * TIME_SCALE} ms`)), timeoutMs * TIME_SCALE); });
     try { return await Promise.race([this.closed, t]); } finally { clearTimeout(timer); }
   }
 
@@ -334,7 +334,7 @@ export function rawSocket(srv, { token, via = 'header', headers = {}, timeoutMs 
   const h = { ...headers };
   if (token !== undefined && via === 'header') h.authorization = `Bearer ${token}`;
   if (token !== undefined && via === 'query') url += `?token=${encodeURIComponent(token)}`;
-  const ws = new WebSocket(url, { headers: h, handshakeTimeout: timeoutMs, perMessageDeflate: false, ...wsOptions });
+  const ws = new WebSocket(url, { headers: h, handshakeTimeout: timeoutMs * TIME_SCALE, perMessageDeflate: false, ...wsOptions });
   const conn = new Conn(ws);
   return new Promise((resolve) => {
     const done = () => resolve(conn);

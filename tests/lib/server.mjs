@@ -3,6 +3,10 @@
 //
 // The binary comes from $PARLEYD (the Makefile sets it to the release or the
 // ASan build); extra environment (PARLEY_*) can be passed per server.
+// $PARLEYD_WRAPPER, when set, is a command line the server runs under (split on
+// spaces: `make test-valgrind` sets it to valgrind with its options), and
+// $PARLEY_TEST_TIME_SCALE multiplies the waits here and in the e2e helpers (a
+// server under valgrind is 20-50x slower).
 //
 // The port: parleyd is started on 127.0.0.1:0 and the harness reads the port the
 // kernel gave it from its startup line ("parleyd listening on http://127.0.0.1:PORT/",
@@ -14,7 +18,7 @@
 // a risk, and then the restart fails loudly (parleyd exits: "cannot listen") rather
 // than the test talking to someone else.
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -24,6 +28,14 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 
 export function binary() {
   return process.env.PARLEYD || path.join(root, 'build/release/parleyd');
+}
+
+// The factor for every bounded wait of the suite (1 unless PARLEY_TEST_TIME_SCALE).
+export const TIME_SCALE = Math.max(1, Number(process.env.PARLEY_TEST_TIME_SCALE) || 1);
+
+function command(args) {
+  const wrap = (process.env.PARLEYD_WRAPPER || '').split(' ').filter(Boolean);
+  return wrap.length ? [wrap[0], [...wrap.slice(1), binary(), ...args]] : [binary(), args];
 }
 
 // A port free at the time of asking, for tools that must name one before they start
@@ -86,7 +98,8 @@ export async function start(opts = {}) {
   };
   // The line that tells the port is logged at info; debug shows it too.
   if (env.PARLEY_LOG_LEVEL !== 'debug') env.PARLEY_LOG_LEVEL = 'info';
-  const child = spawn(binary(), opts.args || [], { env, stdio: ['ignore', 'inherit', 'pipe'] });
+  const [cmd, argv] = command(opts.args || []);
+  const child = spawn(cmd, argv, { env, stdio: ['ignore', 'inherit', 'pipe'] });
   const out = { text: '', onData: null, watchers: new Set() };
   child.stderr.on('data', (d) => {
     out.text += d;
@@ -97,11 +110,19 @@ export async function start(opts = {}) {
   const checkSanitizers = () => {
     const m = /(ERROR: (Address|Leak)Sanitizer|runtime error:)[^\n]*/.exec(out.text);
     if (m) throw new Error(`parleyd reported a sanitizer error: ${m[0]}\n${out.text.slice(-4000)}`);
+    // The wrapper's own report ($PARLEYD_WRAPPER_LOG, %p: the pid; valgrind's
+    // --log-file), read once the process has exited: any error fails the stop.
+    const tpl = process.env.PARLEYD_WRAPPER_LOG;
+    if (!tpl || child.exitCode === null) return;
+    let log = '';
+    try { log = readFileSync(tpl.replace('%p', String(child.pid)), 'utf8'); } catch { return; }
+    const e = /ERROR SUMMARY: ([1-9]\d*) errors?/.exec(log);
+    if (e) throw new Error(`parleyd under ${process.env.PARLEYD_WRAPPER.split(' ')[0]}: ${e[0]}\n${log.slice(-4000)}`);
   };
   const exited = new Promise((resolve) => child.once('exit', (code, sig) => resolve({ code, sig })));
   let port;
   try {
-    port = await waitForListening(child, out, 20000);
+    port = await waitForListening(child, out, 20000 * TIME_SCALE);
   } catch (e) {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     if (!opts.dataDir) rmSync(dataDir, { recursive: true, force: true });
