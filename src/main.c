@@ -60,8 +60,16 @@ struct main_state {
  * and is answered, then the sockets close (1001) and the workers end. */
 static void stop_now(struct main_state *ms)
 {
+    /* Every worker has stopped reading before the writer stops: a frame
+     * read in between would be submitted to a stopping writer and answered
+     * `unavailable` instead of being left unread (and resent). */
+    uv_sem_t drained;
+    uv_sem_init(&drained, 0);
     for (int i = 0; i < ms->nworkers; i++)
-        worker_post_drain(ms->workers[i]);
+        worker_post_drain(ms->workers[i], &drained);
+    for (int i = 0; i < ms->nworkers; i++)
+        uv_sem_wait(&drained);
+    uv_sem_destroy(&drained);
     writer_stop(ms->chat->writer);
     for (int i = 0; i < ms->nworkers; i++)
         worker_post_stop(ms->workers[i]);

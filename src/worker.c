@@ -167,10 +167,24 @@ void postbox_dispose(struct postbox *pb)
 static void begin_stop(struct worker *w);
 static void begin_drain(struct worker *w);
 
+struct drain_event {
+    struct event ev;
+    uv_sem_t *done; /* posted once the worker reads nothing more (or is gone) */
+};
+
 static void run_drain(struct worker *w, struct event *ev)
 {
-    free(ev);
+    struct drain_event *d = (struct drain_event *)ev;
     begin_drain(w);
+    uv_sem_post(d->done);
+    free(d);
+}
+
+static void drop_drain(struct event *ev)
+{
+    struct drain_event *d = (struct drain_event *)ev;
+    uv_sem_post(d->done);
+    free(d);
 }
 
 static void run_stop(struct worker *w, struct event *ev)
@@ -187,9 +201,13 @@ static void post_simple(struct worker *w, void (*run)(struct worker *, struct ev
     worker_post(w, ev, ev);
 }
 
-void worker_post_drain(struct worker *w)
+void worker_post_drain(struct worker *w, uv_sem_t *done)
 {
-    post_simple(w, run_drain);
+    struct drain_event *d = xcalloc(1, sizeof *d);
+    d->ev.run = run_drain;
+    d->ev.drop = drop_drain;
+    d->done = done;
+    worker_post(w, &d->ev, &d->ev);
 }
 
 void worker_post_stop(struct worker *w)

@@ -61,7 +61,9 @@ void postbox_dispose(struct postbox *pb);
 
 /* Shutdown steps, posted by main: stop accepting and reading (1), then close
  * every connection with 1001 and end the loop (2). */
-void worker_post_drain(struct worker *w);
+/* done is posted once w has taken step 1 (nothing more will be read, so
+ * nothing more submitted to the writer), or went away. */
+void worker_post_drain(struct worker *w, uv_sem_t *done);
 /* The graceful drain before those steps (SIGTERM): leaving = the node says
  * it is not ready and takes no new WebSocket session, but serves on; then
  * its WebSockets are closed with 1001 spread evenly over spread_ms. */
