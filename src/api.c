@@ -585,15 +585,12 @@ static void changed(struct job *j)
     struct job_change *ch = &j->u.change;
     if (!alive(c))
         return;
+    int status;
+    const char *code, *message;
     if (j->rc == STORE_OK)
         http_respond_json(c, 200, json_pack("{s:O}", "message", ch->message));
-    else if (j->rc == STORE_BAD_REQUEST && !j->unavailable)
-        http_respond_error(c, 400, "bad_request", ch->why ? ch->why : "not allowed on this message");
-    else if (j->rc == STORE_FORBIDDEN && !j->unavailable)
-        http_respond_error(c, 403, "forbidden", ch->kind == CHANGE_EDIT ? "only the sender may edit a message"
-                                                : "only the sender, or a group's owner or admin, may delete a message");
-    else if (j->rc == STORE_NOT_FOUND && !j->unavailable)
-        http_respond_error(c, 404, "not_found", "no such conversation or message");
+    else if (proto_change_refusal(j, &status, &code, &message) == 0)
+        http_respond_error(c, status, code, message);
     else
         respond_rc(c, j->rc, j->unavailable);
 }
@@ -622,33 +619,10 @@ static void api_edit(struct conn *c, struct http_req *r, int64_t uid, int64_t co
     submit_change(c, j);
 }
 
-/* A path segment's percent-decoding into out (no '+' rule: that is the
- * query's); -1 when it does not fit or an escape is broken. */
-static int path_decode(const char *in, char *out, size_t outlen)
-{
-    size_t o = 0;
-    for (const char *s = in; *s; s++) {
-        int ch = (unsigned char)*s;
-        if (ch == '%') {
-            unsigned v;
-            if (!s[1] || !s[2] || sscanf(s + 1, "%2x", &v) != 1 || !isxdigit((unsigned char)s[1]) ||
-                !isxdigit((unsigned char)s[2]))
-                return -1;
-            ch = (int)v;
-            s += 2;
-        }
-        if (o + 1 >= outlen)
-            return -1;
-        out[o++] = (char)ch;
-    }
-    out[o] = '\0';
-    return (int)o;
-}
-
 static void api_react(struct conn *c, int64_t uid, int64_t conv, int64_t seq, const char *enc, int on)
 {
     char emoji[64];
-    int n = path_decode(enc, emoji, sizeof emoji);
+    long n = http_pct_decode(enc, strlen(enc), 0, emoji, sizeof emoji);
     if (n < 0 || !proto_emoji_ok(emoji, (size_t)n)) {
         http_respond_error(c, 400, "bad_request",
                            "emoji must be 1-32 bytes of UTF-8 without whitespace or control characters");

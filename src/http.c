@@ -279,6 +279,29 @@ static int hexval(int c)
     return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
+long http_pct_decode(const char *in, size_t n, int query, char *out, size_t outlen)
+{
+    size_t o = 0;
+    const char *end = in + n;
+    for (const char *s = in; s < end; s++) {
+        int ch = (unsigned char)*s;
+        if (ch == '+' && query) {
+            ch = ' ';
+        } else if (ch == '%' && end - s >= 3 && hexval(s[1]) >= 0 && hexval(s[2]) >= 0) {
+            ch = hexval(s[1]) * 16 + hexval(s[2]);
+            s += 2;
+        } else if (ch == '%' && !query) {
+            return -1; /* a broken escape in a path segment names nothing */
+        }
+        if (o + 1 >= outlen)
+            return -1;
+        out[o++] = (char)ch;
+    }
+    if (outlen)
+        out[o] = '\0';
+    return (long)o;
+}
+
 int http_query_get(const char *query, const char *name, char *out, size_t outlen)
 {
     size_t nl = strlen(name);
@@ -286,21 +309,9 @@ int http_query_get(const char *query, const char *name, char *out, size_t outlen
         const char *amp = strchr(p, '&');
         const char *end = amp ? amp : p + strlen(p);
         if ((size_t)(end - p) > nl && strncmp(p, name, nl) == 0 && p[nl] == '=') {
-            size_t o = 0;
-            for (const char *s = p + nl + 1; s < end; s++) {
-                int ch = (unsigned char)*s;
-                if (ch == '+')
-                    ch = ' ';
-                else if (ch == '%' && end - s >= 3 && hexval(s[1]) >= 0 && hexval(s[2]) >= 0) {
-                    ch = hexval(s[1]) * 16 + hexval(s[2]);
-                    s += 2;
-                }
-                if (o + 1 >= outlen)
-                    return HTTP_QUERY_TOO_LONG;
-                out[o++] = (char)ch;
-            }
-            out[o] = '\0';
-            return 0;
+            const char *v = p + nl + 1;
+            /* in a query a broken escape stays as it is: only a value too long fails */
+            return http_pct_decode(v, (size_t)(end - v), 1, out, outlen) < 0 ? HTTP_QUERY_TOO_LONG : 0;
         }
         if ((size_t)(end - p) == nl && strncmp(p, name, nl) == 0) {
             if (outlen)

@@ -86,6 +86,12 @@ void *http_req_take_sink(struct http_req *r);
 /* Discards a streamed body not taken back (see struct http_sink). */
 void http_req_drop_sink(struct http_req *r);
 
+/* Percent-decodes in[0..n) into out (NUL-terminated). query: the query
+ * string's rules ('+' is a space, a broken escape is kept as it is); else a
+ * path segment's (a broken escape is an error). Returns the decoded length,
+ * or -1 (it does not fit in outlen, or a broken escape in a path). */
+long http_pct_decode(const char *in, size_t n, int query, char *out, size_t outlen);
+
 #define HTTP_QUERY_ABSENT (-1)
 #define HTTP_QUERY_TOO_LONG (-2)
 /* Decoded value of query parameter name into out: 0 found, HTTP_QUERY_ABSENT,

@@ -111,19 +111,39 @@ static void change_answered(struct job *j)
     if (c->state != CONN_WS)
         return;
     if (j->rc != STORE_OK) {
-        if (j->rc == STORE_NOT_FOUND && !j->unavailable)
-            send_error(c, id, "not_found", "no such conversation or message");
-        else if (j->rc == STORE_FORBIDDEN && !j->unavailable)
-            send_error(c, id, "forbidden", ch->kind == CHANGE_EDIT ? "only the sender may edit a message"
-                                                                 : "only the sender, or a group's owner or admin, may delete a message");
+        int status;
+        const char *code, *message;
+        if (proto_change_refusal(j, &status, &code, &message) == 0)
+            send_error(c, id, code, message);
         else
-            send_job_error(c, id, j->rc, j->unavailable, ch->why);
+            send_rc_error(c, id, j->rc, j->unavailable);
         return;
     }
     json_t *o = json_pack("{s:s,s:s,s:I,s:I,s:I}", "op", "ack", "id", id, "conv", (json_int_t)ch->conv, "seq",
                           (json_int_t)ch->seq, "mod", (json_int_t)ch->mod);
     conn_send_json(c, o);
     json_decref(o);
+}
+
+int proto_change_refusal(const struct job *j, int *status, const char **code, const char **message)
+{
+    const struct job_change *ch = &j->u.change;
+    if (j->unavailable)
+        return -1;
+    switch (j->rc) {
+    case STORE_NOT_FOUND:
+        *status = 404, *code = "not_found", *message = "no such conversation or message";
+        return 0;
+    case STORE_FORBIDDEN:
+        *status = 403, *code = "forbidden";
+        *message = ch->kind == CHANGE_EDIT ? "only the sender may edit a message"
+                                           : "only the sender, or a group's owner or admin, may delete a message";
+        return 0;
+    case STORE_BAD_REQUEST:
+        *status = 400, *code = "bad_request", *message = ch->why ? ch->why : "not allowed on this message";
+        return 0;
+    }
+    return -1;
 }
 
 /* A change job of kind from a parsed op (owned copies). */
@@ -268,18 +288,28 @@ static void op_typing(struct chat_worker *cw, struct conn *c, const struct proto
 
 /* ---- parsing ---- */
 
+/* obj's "id" into op->id: a string of 1-128 characters without NUL, or -1
+ * and op->id NULL (not echoed: it is not a valid id). */
+static int check_id(json_t *obj, struct proto_op *op)
+{
+    json_t *idv = json_object_get(obj, "id");
+    op->id = json_string_value(idv);
+    if (!op->id || json_string_length(idv) < 1 || strlen(op->id) != json_string_length(idv) ||
+        util_utf8_chars(op->id) > 128) {
+        op->id = NULL;
+        return -1;
+    }
+    return 0;
+}
+
 #define BAD(msg) do { *code = "bad_request"; *message = (msg); return -1; } while (0)
 
 int proto_check_message(json_t *obj, size_t max_body, struct proto_op *op, const char **code,
                         const char **message)
 {
-    json_t *idv = json_object_get(obj, "id"), *bv = json_object_get(obj, "body");
-    op->id = json_string_value(idv);
-    if (!op->id || json_string_length(idv) < 1 || strlen(op->id) != json_string_length(idv) ||
-        util_utf8_chars(op->id) > 128) {
-        op->id = NULL; /* not echoed: it is not a valid client id */
+    json_t *bv = json_object_get(obj, "body");
+    if (check_id(obj, op) < 0)
         BAD("id must be a string of 1-128 characters");
-    }
     json_t *rv = json_object_get(obj, "reply_to"), *av = json_object_get(obj, "attachments");
     if (rv && !json_is_null(rv) && !(op->reply_to = proto_json_id(rv)))
         BAD("reply_to must be the seq of a message of the conversation");
@@ -402,13 +432,8 @@ size_t proto_search_words(const char *q, size_t len, size_t max_word, size_t max
 /* edit, delete, react: {"id","conv","seq"} */
 static int parse_change(struct proto_op *op, const char **code, const char **message)
 {
-    json_t *idv = json_object_get(op->root, "id");
-    op->id = json_string_value(idv);
-    if (!op->id || json_string_length(idv) < 1 || strlen(op->id) != json_string_length(idv) ||
-        util_utf8_chars(op->id) > 128) {
-        op->id = NULL;
+    if (check_id(op->root, op) < 0)
         BAD("id must be a string of 1-128 characters");
-    }
     op->conv = int_field(op->root, "conv");
     op->seq = int_field(op->root, "seq");
     if (!op->conv || !op->seq)

@@ -75,6 +75,12 @@ struct chat_worker;
 struct job *proto_change_job(struct chat_worker *cw, struct conn *c, enum store_change_kind kind, int64_t user,
                              int64_t conv, int64_t seq, const char *text, size_t text_len, job_done_fn reply);
 
+/* The answer to a change job's refusal by the chat's rules (not_found,
+ * forbidden, bad_request with its reason), for both transports: 0 and the
+ * HTTP status, code and message; -1 for anything else (unavailable, an
+ * internal error: the transport's usual answer). */
+int proto_change_refusal(const struct job *j, int *status, const char **code, const char **message);
+
 /* One complete text message from the client (valid UTF-8); ctx is the
  * worker's struct chat_worker (conn_handler.on_message). */
 void proto_handle(void *ctx, struct conn *c, const char *text, size_t len);

@@ -112,13 +112,14 @@ static int run_sync(struct store *st, struct read *r, int per_conv)
     return STORE_OK;
 }
 
-/* One round trip for every conversation's last seq, then a page only of
- * those behind what was delivered. */
+/* One round trip for every conversation's last seq and last mod, then a
+ * page only of those behind what was delivered. */
 static int run_repair(struct store *st, struct read *r, int per_conv)
 {
-    int64_t *last = xmalloc((r->n ? r->n : 1) * sizeof *last);
-    int rc = store_conv_last_seqs(st, r->ids, r->n, last);
-    json_t *msgs = json_array();
+    size_t cap = r->n ? r->n : 1;
+    int64_t *last = xmalloc(cap * sizeof *last), *mods = r->mods ? xmalloc(cap * sizeof *mods) : NULL;
+    int rc = store_conv_last_seqs(st, r->ids, r->n, last, mods);
+    json_t *msgs = json_array(), *changed = json_array();
     for (size_t i = 0; i < r->n && rc == STORE_OK; i++) {
         if (last[i] <= r->ids2[i])
             continue;
@@ -130,24 +131,19 @@ static int run_repair(struct store *st, struct read *r, int per_conv)
             json_decref(page);
         }
     }
-    free(last);
-    json_t *changed = json_array();
-    if (rc == STORE_OK && r->mods && r->n) {
-        int64_t *mods = xmalloc(r->n * sizeof *mods);
-        rc = store_conv_last_mods(st, r->ids, r->n, mods);
-        for (size_t i = 0; i < r->n && rc == STORE_OK; i++) {
-            if (r->mods[i] < 0 || mods[i] <= r->mods[i])
-                continue;
-            json_t *page;
-            int64_t last_mod;
-            rc = store_changes_page(st, r->ids[i], r->mods[i], per_conv, &page, &last_mod);
-            if (rc == STORE_OK) {
-                json_array_extend(changed, page);
-                json_decref(page);
-            }
+    for (size_t i = 0; mods && i < r->n && rc == STORE_OK; i++) {
+        if (r->mods[i] < 0 || mods[i] <= r->mods[i])
+            continue;
+        json_t *page;
+        int64_t last_mod;
+        rc = store_changes_page(st, r->ids[i], r->mods[i], per_conv, &page, &last_mod);
+        if (rc == STORE_OK) {
+            json_array_extend(changed, page);
+            json_decref(page);
         }
-        free(mods);
     }
+    free(last);
+    free(mods);
     if (rc != STORE_OK) {
         json_decref(msgs);
         json_decref(changed);

@@ -111,15 +111,19 @@ static size_t complete_convs(const struct read *r, int64_t *convs, size_t max)
  * the replica's. The heavy part of the read still runs on the replica. */
 static int replica_fresh(struct store *primary, struct store *replica, const struct read *r, int *failed)
 {
-    int64_t convs[FRESH_MAX], need[FRESH_MAX], have[FRESH_MAX];
+    int64_t convs[FRESH_MAX], need[FRESH_MAX], have[FRESH_MAX], need_mod[FRESH_MAX], have_mod[FRESH_MAX];
     if (r->kind == READ_SYNC && json_object_size(r->since) > FRESH_MAX)
         return 0;
     size_t n = complete_convs(r, convs, FRESH_MAX);
     if (!n)
         return 1;
-    if (!primary || store_conv_last_seqs(primary, convs, n, need) != STORE_OK)
+    /* Messages come back in their current state, so the replica must have
+     * replayed the last change too (a delete above all: it must never show
+     * the old text to the user who just changed it): last_seq and last_mod,
+     * one round trip each side. */
+    if (!primary || store_conv_last_seqs(primary, convs, n, need, need_mod) != STORE_OK)
         return 0; /* the primary answers the read itself, or says it cannot */
-    int rc = store_conv_last_seqs(replica, convs, n, have);
+    int rc = store_conv_last_seqs(replica, convs, n, have, have_mod);
     if (rc != STORE_OK) {
         *failed = 1;
         return 0;
@@ -127,21 +131,9 @@ static int replica_fresh(struct store *primary, struct store *replica, const str
     for (size_t i = 0; i < n; i++) {
         if (r->min_seq > need[i] && r->conv == convs[i])
             need[i] = r->min_seq;
-        if (have[i] < need[i])
+        if (have[i] < need[i] || have_mod[i] < need_mod[i])
             return 0;
     }
-    /* Messages come back in their current state: a replica that has not
-     * replayed the last change (a delete above all) must not show the old
-     * text to the user who just changed it. */
-    if (store_conv_last_mods(primary, convs, n, need) != STORE_OK)
-        return 0;
-    if (store_conv_last_mods(replica, convs, n, have) != STORE_OK) {
-        *failed = 1;
-        return 0;
-    }
-    for (size_t i = 0; i < n; i++)
-        if (have[i] < need[i])
-            return 0;
     return 1;
 }
 

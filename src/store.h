@@ -188,7 +188,8 @@ struct store_ops {
     int (*msg_by_client)(struct store *st, int64_t sender, const char *client_id, int64_t *conv_out,
                          int64_t *seq_out, int64_t *ts_out);
     int (*conv_last_seq)(struct store *st, int64_t conv, int64_t *last_seq_out);
-    int (*conv_last_seqs)(struct store *st, const int64_t *convs, size_t n, int64_t *last_seqs_out);
+    int (*conv_last_seqs)(struct store *st, const int64_t *convs, size_t n, int64_t *last_seqs_out,
+                          int64_t *last_mods_out);
     /* A replica's replay lag in ms (0: caught up, or not a replica). NULL:
      * the backend has no replicas. */
     int (*replay_lag)(struct store *st, int64_t *ms_out);
@@ -204,7 +205,6 @@ struct store_ops {
                       const char *text, size_t text_len, int64_t now, int64_t *mod_out, int *changed_out);
     int (*changes_page)(struct store *st, int64_t conv, int64_t after_mod, int limit, json_t **msgs_out,
                         int64_t *last_mod_out);
-    int (*conv_last_mods)(struct store *st, const int64_t *convs, size_t n, int64_t *last_mods_out);
     int (*search)(struct store *st, int64_t user, int64_t conv, const char *const *words, size_t nwords,
                   int64_t before, int limit, json_t **results_out, int64_t *next_out);
     int (*att_create)(struct store *st, int64_t owner, const char *name, const char *type, const char *tmp_path,
@@ -393,11 +393,14 @@ static inline int store_conv_last_seq(struct store *st, int64_t conv, int64_t *l
 {
     return st->ops->conv_last_seq(st, conv, last_seq_out);
 }
-/* last_seqs_out[i] = the last_seq of convs[i] (0 for an unknown one), in one
- * round trip: the node's periodic check for missed messages. */
-static inline int store_conv_last_seqs(struct store *st, const int64_t *convs, size_t n, int64_t *last_seqs_out)
+/* last_seqs_out[i] = the last_seq of convs[i], and (unless last_mods_out is
+ * NULL) last_mods_out[i] its last_mod (0 for an unknown one), in one round
+ * trip: the node's periodic check for missed messages and changes, a
+ * replica's freshness. */
+static inline int store_conv_last_seqs(struct store *st, const int64_t *convs, size_t n, int64_t *last_seqs_out,
+                                       int64_t *last_mods_out)
 {
-    return st->ops->conv_last_seqs(st, convs, n, last_seqs_out);
+    return st->ops->conv_last_seqs(st, convs, n, last_seqs_out, last_mods_out);
 }
 /* Moves user's read position forward to min(seq, last_seq); never back.
  * *pos_out gets the resulting position. NOT_FOUND if not a member. */
@@ -450,11 +453,6 @@ static inline int store_changes_page(struct store *st, int64_t conv, int64_t aft
                                      json_t **msgs_out, int64_t *last_mod_out)
 {
     return st->ops->changes_page(st, conv, after_mod, limit, msgs_out, last_mod_out);
-}
-/* last_mods_out[i] = the last_mod of convs[i] (0 for an unknown one). */
-static inline int store_conv_last_mods(struct store *st, const int64_t *convs, size_t n, int64_t *last_mods_out)
-{
-    return st->ops->conv_last_mods(st, convs, n, last_mods_out);
 }
 /* Full-text search: messages of user's current conversations (conv > 0:
  * that one only; the caller checked membership) containing every word (whole

@@ -127,7 +127,6 @@ enum sid {
     S_BLOBS_DROP,
     S_CHANGES,
     S_CONV_LAST_MOD,
-    S_CONV_LAST_MODS,
     /* version 2: search */
     S_SEARCH_USER,
     S_SEARCH_CONV,
@@ -179,7 +178,7 @@ struct sdef {
 #define MSG_COLS "m.seq, m.sender_id, m.client_id, m.body, m.created_at, " MSG_V2_COLS("m")
 /* The search vector of a body: TXT, the body's text when it holds NUL
  * bytes (made spaces, in C), else NULL and the body itself; case and
- * accents folded (parley_fold, migrations_pg/003). */
+ * accents folded (parley_fold, migrations_pg/002). */
 #define TSV_OF(BODY, TXT) \
     "to_tsvector('simple', parley_fold(COALESCE(" TXT ", convert_from(" BODY ", 'UTF8'))))"
 /* The blobs of the attachments rows a data-modifying WITH deleted (CTE a,
@@ -338,7 +337,7 @@ static const struct sdef SQL[S__COUNT] = {
                       " pg_last_xact_replay_timestamp()) * 1000)::bigint, 0) ELSE 0::bigint END",
                       "", 0},
     [S_CONV_LAST_SEQS] = {"conversations' last seqs",
-                          "SELECT k.i, c.last_seq FROM unnest($1::bigint[]) WITH ORDINALITY AS k(id, i)"
+                          "SELECT k.i, c.last_seq, c.last_mod FROM unnest($1::bigint[]) WITH ORDINALITY AS k(id, i)"
                           " JOIN conversations c ON c.id = k.id",
                           "I", 0},
     /* Forward only (GREATEST), clamped to last_seq (LEAST). */
@@ -496,10 +495,6 @@ static const struct sdef SQL[S__COUNT] = {
                    " ORDER BY m.mod LIMIT $3",
                    "iii", 0},
     [S_CONV_LAST_MOD] = {"conversation last mod", "SELECT last_mod FROM conversations WHERE id = $1", "i", 0},
-    [S_CONV_LAST_MODS] = {"conversations' last mods",
-                          "SELECT k.i, c.last_mod FROM unnest($1::bigint[]) WITH ORDINALITY AS k(id, i)"
-                          " JOIN conversations c ON c.id = k.id",
-                          "I", 0},
 
     /* The search (store.h): parley_tsquery (002_v2.sql) quotes the words;
      * deleted messages have no vector. Unnamed: planned with the words'
@@ -2132,35 +2127,35 @@ static int pg_conv_last_seq(struct store *st_, int64_t conv, int64_t *last_seq_o
     return one_i64((struct pg *)st_, &c, last_seq_out);
 }
 
-/* One counter of each of convs (statement stmt answers (ordinal, value)
- * rows), 0 for an unknown conversation, in one round trip. */
-static int conv_counters(struct pg *st, enum sid stmt, const int64_t *convs, size_t n, int64_t *out)
+static int pg_conv_last_seqs(struct store *st_, const int64_t *convs, size_t n, int64_t *seqs, int64_t *mods)
 {
+    struct pg *st = (struct pg *)st_;
     struct call c;
     struct buf b;
     int rc;
 
-    for (size_t i = 0; i < n; i++)
-        out[i] = 0;
+    for (size_t i = 0; i < n; i++) {
+        seqs[i] = 0;
+        if (mods)
+            mods[i] = 0;
+    }
     if (!n)
         return STORE_OK;
-    call_start(&c, stmt);
+    call_start(&c, S_CONV_LAST_SEQS);
     arr_of_ids(&b, convs, n);
     call_buf(&c, &b);
     if ((rc = run1(st, &c)) != STORE_OK)
         return rc;
     for (int i = 0; i < rows(&c); i++) {
         int64_t k = col_i64(c.res, i, 0);
-        if (k >= 1 && (size_t)k <= n)
-            out[k - 1] = col_i64(c.res, i, 1);
+        if (k < 1 || (size_t)k > n)
+            continue;
+        seqs[k - 1] = col_i64(c.res, i, 1);
+        if (mods)
+            mods[k - 1] = col_i64(c.res, i, 2);
     }
     call_done(&c);
     return STORE_OK;
-}
-
-static int pg_conv_last_seqs(struct store *st_, const int64_t *convs, size_t n, int64_t *out)
-{
-    return conv_counters((struct pg *)st_, S_CONV_LAST_SEQS, convs, n, out);
 }
 
 static int pg_replay_lag(struct store *st_, int64_t *ms_out)
@@ -2955,10 +2950,6 @@ static int pg_changes_page(struct store *st_, int64_t conv, int64_t after_mod, i
     return STORE_OK;
 }
 
-static int pg_conv_last_mods(struct store *st_, const int64_t *convs, size_t n, int64_t *out)
-{
-    return conv_counters((struct pg *)st_, S_CONV_LAST_MODS, convs, n, out);
-}
 
 /* ------------------------------------------------------------------ */
 /* Version 2: search.                                                   */
@@ -3298,7 +3289,6 @@ static const struct store_ops pg_ops = {
     .msg_get = pg_msg_get,
     .msg_change = pg_msg_change,
     .changes_page = pg_changes_page,
-    .conv_last_mods = pg_conv_last_mods,
     .search = pg_search,
     .att_create = pg_att_create,
     .att_get = pg_att_get,

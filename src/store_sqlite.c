@@ -3266,24 +3266,6 @@ static int sq_changes_page(struct store *st_, int64_t conv, int64_t after_mod, i
     return STORE_OK;
 }
 
-static int sq_conv_last_mods(struct store *st_, const int64_t *convs, size_t n, int64_t *out)
-{
-    struct sq *st = (struct sq *)st_;
-
-    for (size_t i = 0; i < n; i++) {
-        struct q q;
-        if (q_start(st, S_CONV_LAST_MOD, &q))
-            return STORE_ERR;
-        q_i64(&q, convs[i]);
-        int rc = q_one_i64(&q, &out[i]);
-        if (rc == STORE_NOT_FOUND)
-            out[i] = 0;
-        else if (rc != STORE_OK)
-            return rc;
-    }
-    return STORE_OK;
-}
-
 /* ------------------------------------------------------------------ */
 /* Attachments: the rows here, the bytes in <data dir>/attachments/<first
  * two hex digits>/<sha256>, one file per distinct content.              */
@@ -3569,14 +3551,26 @@ static int sq_att_prune(struct store *st_, int64_t created_before, int limit, in
 /* The backend table and opening.                                       */
 
 /* One statement reused per id: SQLite has no round trips to save. */
-static int sq_conv_last_seqs(struct store *st_, const int64_t *convs, size_t n, int64_t *out)
+static int sq_conv_last_seqs(struct store *st_, const int64_t *convs, size_t n, int64_t *seqs, int64_t *mods)
 {
+    struct sq *st = (struct sq *)st_;
+
     for (size_t i = 0; i < n; i++) {
-        int rc = sq_conv_last_seq(st_, convs[i], &out[i]);
-        if (rc == STORE_NOT_FOUND)
-            out[i] = 0;
-        else if (rc != STORE_OK)
+        int rc = sq_conv_last_seq(st_, convs[i], &seqs[i]);
+        if (rc == STORE_OK && mods) {
+            struct q q;
+            if (q_start(st, S_CONV_LAST_MOD, &q))
+                return STORE_ERR;
+            q_i64(&q, convs[i]);
+            rc = q_one_i64(&q, &mods[i]);
+        }
+        if (rc == STORE_NOT_FOUND) {
+            seqs[i] = 0;
+            if (mods)
+                mods[i] = 0;
+        } else if (rc != STORE_OK) {
             return rc;
+        }
     }
     return STORE_OK;
 }
@@ -3631,7 +3625,6 @@ static const struct store_ops sqlite_ops = {
     .msg_get = sq_msg_get,
     .msg_change = sq_msg_change,
     .changes_page = sq_changes_page,
-    .conv_last_mods = sq_conv_last_mods,
     .search = sq_search,
     .att_create = sq_att_create,
     .att_get = sq_att_get,

@@ -1,7 +1,9 @@
 // Helpers for the SDK tests: the SDK in Node, with `ws` standing in for the
 // browser WebSocket, against a real server started by the shared harness.
+import { before, after } from 'node:test';
 import WS from 'ws';
 import { ParleyClient } from '../../web/parley.js';
+import { start } from '../lib/server.mjs';
 
 export { ParleyClient };
 
@@ -104,3 +106,24 @@ export function collect(c) {
 }
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// One server for a test file, its clients destroyed at the end, and the pair most tests
+// start from: two online users with a direct conversation both know about. Registers the
+// file's before/after hooks; s.srv is the server once they ran.
+export function suite(env = { PARLEY_SEND_BURST: '0' }) {
+  const s = { srv: null, clients: [] };
+  s.track = (c) => { s.clients.push(c); return c; };
+  before(async () => { s.srv = await start({ env }); });
+  after(async () => {
+    for (const c of s.clients) c.destroy();
+    if (s.srv) await s.srv.stop();
+  });
+  s.pair = async (optsA = {}, optsB = {}) => {
+    const a = s.track(await signedUp(s.srv, optsA, 'a'));
+    const b = s.track(await signedUp(s.srv, optsB, 'b'));
+    const conv = await a.createDirect(b.user.id);
+    await waitFor(() => a.cursor(conv.id) !== undefined && b.cursor(conv.id) !== undefined, 5000, 'conversation event');
+    return { a, b, conv: conv.id };
+  };
+  return s;
+}

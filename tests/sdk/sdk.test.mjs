@@ -1,29 +1,12 @@
 // The SDK (web/parley.js) in Node against a real server: delivery, reconnect + sync,
 // idempotent resends, gap detection, ordering. The server binary is $PARLEYD.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
-import { start } from '../lib/server.mjs';
-import { client, signedUp, online, waitFor, collect, tapSocket } from './helpers.mjs';
+import { client, signedUp, online, waitFor, collect, tapSocket, suite } from './helpers.mjs';
 
-let srv;
-const clients = [];
-const track = (c) => { clients.push(c); return c; };
-
-before(async () => { srv = await start({ env: { PARLEY_SEND_BURST: '0' } }); });
-after(async () => {
-  for (const c of clients) c.destroy();
-  if (srv) await srv.stop();
-});
-
-// Two online users with a direct conversation that both know about.
-async function pair(optsA = {}, optsB = {}) {
-  const a = track(await signedUp(srv, optsA, 'a'));
-  const b = track(await signedUp(srv, optsB, 'b'));
-  const conv = await a.createDirect(b.user.id);
-  await waitFor(() => a.cursor(conv.id) !== undefined && b.cursor(conv.id) !== undefined, 5000, 'conversation event');
-  return { a, b, conv: conv.id };
-}
+const S = suite();
+const { track, pair } = S;
 
 test('login, live delivery and acks', async () => {
   const { a, b, conv } = await pair();
@@ -42,7 +25,7 @@ test('login, live delivery and acks', async () => {
   assert.equal(mb.all[0].id, ack.id);
 
   // a second login of the same user works and sees the history over HTTP
-  const a2 = track(client(srv));
+  const a2 = track(client(S.srv));
   await a2.login(a.user.username, 'password-123');
   await online(a2);
   const page = await a2.history(conv);
@@ -55,7 +38,7 @@ test('login, live delivery and acks', async () => {
   await assert.rejects(a.send(conv, ''), { code: 'bad_request' });
   await assert.rejects(a.send(conv, 'x'.repeat(4097)), { code: 'too_large' });
   // a server refusal rejects the promise: not a member
-  const stranger = track(await signedUp(srv, {}, 's'));
+  const stranger = track(await signedUp(S.srv, {}, 's'));
   await assert.rejects(stranger.send(conv, 'let me in'), (e) => e.code === 'not_found' || e.code === 'forbidden');
 });
 
@@ -73,8 +56,8 @@ test('reconnect with backoff and sync after the server drops every connection', 
   b.on('reconnect_scheduled', ({ delay, attempt }) => { delays.push(delay); attempts.push(attempt); });
 
   gate.down = true; // B cannot reach the server until we say so
-  await srv.kill9();
-  const srv2 = await srv.restart();
+  await S.srv.kill9();
+  const srv2 = await S.srv.restart();
   try {
     await online(a, 15000);
     for (let i = 1; i <= 5; i++) await a.send(conv, `missed ${i}`);
@@ -100,7 +83,7 @@ test('reconnect with backoff and sync after the server drops every connection', 
     assert.equal(syncs.at(-1).since[String(conv)], 1, 'the sync carries the last seq held');
     assert.ok(states.includes('reconnecting') && states.at(-1) === 'online', `states: ${states}`);
   } finally {
-    srv = srv2; // the after() hook stops it
+    S.srv = srv2; // the after() hook stops it
     process.on('exit', () => rmSync(srv2.dataDir, { recursive: true, force: true }));
   }
 });
@@ -111,12 +94,12 @@ test('a graceful server restart (close 1001): sends made meanwhile go out once a
   const mb = collect(b);
   await a.send(conv, 'before the restart');
   await waitFor(() => mb.all.length === 1, 5000, 'first message');
-  await srv.stop({ keep: true });
+  await S.srv.stop({ keep: true });
   assert.ok(tap.closes.includes(1001), `closed with 1001 (draining): ${tap.closes}`);
   const queued = [a.send(conv, 'during 1'), a.send(conv, 'during 2')];
   assert.equal(a.pending(conv).length, 2);
-  const srv2 = await srv.restart();
-  srv = srv2;
+  const srv2 = await S.srv.restart();
+  S.srv = srv2;
   process.on('exit', () => rmSync(srv2.dataDir, { recursive: true, force: true }));
   const acks = await Promise.all(queued);
   assert.deepEqual(acks.map((x) => x.seq), [2, 3]);
@@ -258,7 +241,7 @@ test('presence, typing, read receipts and conversation events', async () => {
   await waitFor(() => a.isOnline(b.user.id), 5000, 'B online again');
 
   // groups: an added member gets a conversation event; a removed one a 'removed'
-  const c = track(await signedUp(srv, {}, 'c'));
+  const c = track(await signedUp(S.srv, {}, 'c'));
   const cev = { conversation: [], removed: [] };
   c.on('conversation', (x) => cev.conversation.push(x));
   c.on('removed', (x) => cev.removed.push(x));
@@ -280,7 +263,7 @@ test('presence, typing, read receipts and conversation events', async () => {
 });
 
 test('logout revokes the session and stops the socket', async () => {
-  const a = track(await signedUp(srv));
+  const a = track(await signedUp(S.srv));
   const takenName = a.user.username;
   const sessions = [];
   a.on('session', (u) => sessions.push(u));
@@ -289,12 +272,12 @@ test('logout revokes the session and stops the socket', async () => {
   assert.equal(a.state, 'offline');
   assert.equal(a.session, null);
   assert.deepEqual(sessions, [null]);
-  const res = await fetch(`${srv.url}/api/auth/refresh`, {
+  const res = await fetch(`${S.srv.url}/api/auth/refresh`, {
     method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ refresh_token: rt }),
   });
   assert.equal(res.status, 401);
   await assert.rejects(a.conversations(), { code: 'unauthorized' });
   // signing up with a taken name is a clear error
-  const dup = track(client(srv));
+  const dup = track(client(S.srv));
   await assert.rejects(dup.signup({ username: takenName, password: 'password-123' }), { code: 'conflict' });
 });

@@ -2,28 +2,12 @@
 // delete, react, replies, attachments (upload with progress, download with the token,
 // Range), search with paging, /changes, update events, and mods in the sync after being
 // offline (a reconnecting client ends with every message in its current state).
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { start } from '../lib/server.mjs';
-import { signedUp, waitFor, collect, tapSocket, sleep } from './helpers.mjs';
+import { signedUp, waitFor, collect, tapSocket, sleep, suite } from './helpers.mjs';
 
-let srv;
-const clients = [];
-const track = (c) => { clients.push(c); return c; };
-
-before(async () => { srv = await start({ env: { PARLEY_SEND_BURST: '0' } }); });
-after(async () => {
-  for (const c of clients) c.destroy();
-  if (srv) await srv.stop();
-});
-
-async function pair(optsA = {}, optsB = {}) {
-  const a = track(await signedUp(srv, optsA, 'a'));
-  const b = track(await signedUp(srv, optsB, 'b'));
-  const conv = await a.createDirect(b.user.id);
-  await waitFor(() => a.cursor(conv.id) !== undefined && b.cursor(conv.id) !== undefined, 5000, 'conversation event');
-  return { a, b, conv: conv.id };
-}
+const S = suite();
+const { track, pair } = S;
 
 // The latest state of every message a client was told about: messages, then updates.
 function states(c) {
@@ -158,15 +142,15 @@ test('attachments: upload with progress, send, download with the token, Range, s
   const part = await b.fetchAttachment(att.id, { range: 'bytes=10-19' });
   assert.equal(part.status, 206);
   assert.deepEqual([...new Uint8Array(await part.arrayBuffer())], [...bytes.slice(10, 20)]);
-  assert.equal(b.attachmentUrl(att.id), `${srv.url}/api/attachments/${encodeURIComponent(att.id)}`);
+  assert.equal(b.attachmentUrl(att.id), `${S.srv.url}/api/attachments/${encodeURIComponent(att.id)}`);
 
-  const stranger = track(await signedUp(srv, {}, 's'));
+  const stranger = track(await signedUp(S.srv, {}, 's'));
   await assert.rejects(stranger.attachmentBlob(att.id), { code: 'not_found' });
   // attached once: a second message cannot take it again
   await assert.rejects(a.send(conv, 'again', { attachments: [att] }), { code: 'bad_request' });
   // local refusals
   await assert.rejects(a.upload(new Uint8Array(0), { name: 'empty' }), { code: 'bad_request' });
-  const small = track(await signedUp(srv, { maxUploadBytes: 10 }, 't'));
+  const small = track(await signedUp(S.srv, { maxUploadBytes: 10 }, 't'));
   await assert.rejects(small.upload(new Uint8Array(11), { name: 'big' }), { code: 'too_large' });
   assert.ok(ack.seq >= 1);
 });
@@ -270,8 +254,8 @@ test('an op in flight when the socket dies is sent again after the reconnect', {
 });
 
 test('in a group the owner deletes a member\'s message; a member cannot delete the owner\'s', { timeout: 30000 }, async () => {
-  const owner = track(await signedUp(srv, {}, 'o'));
-  const member = track(await signedUp(srv, {}, 'm'));
+  const owner = track(await signedUp(S.srv, {}, 'o'));
+  const member = track(await signedUp(S.srv, {}, 'm'));
   const g = await owner.createGroup('crew', [member.user.id]);
   await waitFor(() => member.cursor(g.id) !== undefined, 5000, 'member knows the group');
   const seen = states(member);

@@ -408,7 +408,8 @@ static void test_changes_and_mods(void **state)
     assert_int_equal(store_changes_page(f->st, 999999, 0, 10, &msgs, &last_mod), STORE_NOT_FOUND);
 
     int64_t convs[3] = {h, 999999, g};
-    assert_int_equal(store_conv_last_mods(f->st, convs, 3, mods), STORE_OK);
+    int64_t seqs3[3];
+    assert_int_equal(store_conv_last_seqs(f->st, convs, 3, seqs3, mods), STORE_OK);
     assert_int_equal(mods[0], 1);
     assert_int_equal(mods[1], 0);
     assert_int_equal(mods[2], 6);

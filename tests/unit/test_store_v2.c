@@ -311,7 +311,8 @@ static void test_mods_dense(void **state)
     json_decref(msgs);
     assert_int_equal(store_changes_page(st, g + 100, 0, 10, &msgs, &last), STORE_NOT_FOUND);
 
-    assert_int_equal(store_conv_last_mods(st, (int64_t[]){g, g + 100}, 2, mods), STORE_OK);
+    int64_t seqs2[2];
+    assert_int_equal(store_conv_last_seqs(st, (int64_t[]){g, g + 100}, 2, seqs2, mods), STORE_OK);
     assert_int_equal(mods[0], 8);
     assert_int_equal(mods[1], 0);
 
@@ -369,8 +370,8 @@ static void test_reactions(void **state)
     assert_int_equal(change(st, g, s, c, CHANGE_REACT_OFF, "❤", &mod, &changed), STORE_OK);
     assert_int_equal(changed, 0);
     assert_int_equal(mod, 4);
-    int64_t lm[1];
-    assert_int_equal(store_conv_last_mods(st, &g, 1, lm), STORE_OK);
+    int64_t lm[1], ls[1];
+    assert_int_equal(store_conv_last_seqs(st, &g, 1, ls, lm), STORE_OK);
     assert_int_equal(lm[0], 4);
     if (!fx_is_pg())
         assert_int_equal(fx_count(t->f, "SELECT count(*) FROM reactions"), 4);
