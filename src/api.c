@@ -709,6 +709,11 @@ static void api_search(struct conn *c, struct http_req *r, int64_t uid)
     }
     if (limit > SEARCH_MAX)
         limit = SEARCH_MAX;
+    int64_t retry;
+    if (chat_search_admit(cw_of(c), uid, &retry) < 0) {
+        http_respond_rate_limited(c, retry);
+        return;
+    }
     struct buf words = {0};
     size_t n = qrc == 0 ? proto_search_words(q, strlen(q), SEARCH_WORD_MAX, READ_SEARCH_WORDS, &words) : 0;
     if (!n) {

@@ -117,6 +117,17 @@ int chat_read_admit(struct chat_worker *cw, int64_t user, int64_t conv, int64_t 
     return known >= 0 && seq <= known ? 1 : 0;
 }
 
+int chat_search_admit(struct chat_worker *cw, int64_t user, int64_t *retry_ms)
+{
+    const struct config *cfg = cfg_of(cw);
+    if (guard_take(guard_of(cw), GUARD_READ, (uint64_t)user, 0, util_mono_ms(), (double)cfg->read_rate,
+                   (double)cfg->read_burst, retry_ms) < 0) {
+        chat_count_limited(cw, LIMITED_READ);
+        return -1;
+    }
+    return 0;
+}
+
 int chat_read_moved(struct chat_worker *cw, int64_t user, int64_t conv, int64_t pos)
 {
     int64_t was = guard_swap(guard_of(cw), GUARD_READ_POS, (uint64_t)user, (uint64_t)conv, util_mono_ms(),

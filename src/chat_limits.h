@@ -33,6 +33,10 @@ void chat_login_ok(struct chat_worker *cw, const char *username);
 /* A `read` frame: 0 go, 1 drop (it cannot move the position: at or below
  * the one last stored), -1 rate limited (*retry_ms). */
 int chat_read_admit(struct chat_worker *cw, int64_t user, int64_t conv, int64_t seq, int64_t *retry_ms);
+/* A search takes a token of the user's read bucket (PARLEY_READ_RATE,
+ * PARLEY_READ_BURST): one costs a walk of the index, so a client cannot loop
+ * them. 0 go, -1 rate limited (*retry_ms). */
+int chat_search_admit(struct chat_worker *cw, int64_t user, int64_t *retry_ms);
 /* After the write: 1 if pos is news (announce it), 0 if it was announced. */
 int chat_read_moved(struct chat_worker *cw, int64_t user, int64_t conv, int64_t pos);
 /* typing: 1 if this one fans out, 0 if it falls within the last one's interval. */

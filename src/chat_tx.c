@@ -139,6 +139,25 @@ static int run_create(struct store *st, struct job_conv_create *c)
     return store_conv_get(st, c->conv, c->creator, &c->view);
 }
 
+/* Every update frame carries the whole message, reactions included, to
+ * every member: a new emoji is refused once CHAT_REACTIONS_MAX different
+ * ones are on the message (an emoji already there may still be added), so
+ * one client cannot grow every later frame of that message without bound. */
+static int reaction_room(struct store *st, const struct job_change *c, const char **why_out)
+{
+    json_t *m = NULL;
+    int rc = store_msg_get(st, c->conv, c->seq, &m);
+    if (rc != STORE_OK)
+        return rc;
+    json_t *r = json_object_get(m, "reactions");
+    if (json_object_size(r) >= CHAT_REACTIONS_MAX && !json_object_getn(r, c->text, c->text_len)) {
+        *why_out = "too many different reactions on this message (at most 20)";
+        rc = STORE_BAD_REQUEST;
+    }
+    json_decref(m);
+    return rc;
+}
+
 /* The change rules: members only (a stranger learns nothing: NOT_FOUND);
  * the sender edits; the sender, or a group's owner or admin, deletes; any
  * member reacts; nothing but a delete touches a deleted message, and a
@@ -170,6 +189,8 @@ int chat_tx_change_allowed(struct store *st, const struct job_change *c, struct 
         *why_out = "the message is deleted";
         return STORE_BAD_REQUEST;
     }
+    if (c->kind == CHANGE_REACT_ON)
+        return reaction_room(st, c, why_out);
     return STORE_OK;
 }
 

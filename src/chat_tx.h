@@ -24,10 +24,13 @@ int chat_tx_member_add(struct store *st, int64_t conv, int64_t actor, int64_t us
 int chat_tx_member_remove(struct store *st, int64_t conv, int64_t actor, int64_t user);
 int chat_tx_member_set_role(struct store *st, int64_t conv, int64_t actor, int64_t user, enum store_role role);
 
+#define CHAT_REACTIONS_MAX 20 /* different emoji on one message */
+
 /* The rules of a change (JOB_CHANGE): NOT_FOUND (no such conversation or
  * message, or not a member), FORBIDDEN (someone else's message, without the
  * role to delete it), BAD_REQUEST with *why_out (editing or reacting to a
- * deleted message). f gets the message's facts. */
+ * deleted message, a new emoji on a message that has CHAT_REACTIONS_MAX).
+ * f gets the message's facts. */
 int chat_tx_change_allowed(struct store *st, const struct job_change *c, struct store_msg_facts *f,
                            const char **why_out);
 
