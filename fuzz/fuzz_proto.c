@@ -35,6 +35,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (op.kind == OP_AUTH)
             CHECK(op.token && *op.token);
     }
+
+    /* the fast path for plain sends answers exactly as jansson's path */
+    struct proto_op ref;
+    const char *rcode = NULL, *rmessage = NULL;
+    int rrc = proto_parse_json((const char *)data, size, 4096, &ref, &rcode, &rmessage);
+    CHECK(rrc == rc && ref.kind == op.kind);
+    CHECK((!code && !rcode) || (code && rcode && !strcmp(code, rcode) && !strcmp(message, rmessage)));
+    CHECK((!op.id && !ref.id) || (op.id && ref.id && !strcmp(op.id, ref.id)));
+    if (rc == 0 && op.kind == OP_SEND)
+        CHECK(op.conv == ref.conv && op.body_len == ref.body_len && !memcmp(op.body, ref.body, op.body_len));
+    proto_op_dispose(&ref);
     proto_op_dispose(&op);
 
     json_error_t e;

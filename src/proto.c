@@ -11,6 +11,8 @@
 #include "ws.h"
 
 #include <errno.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -84,6 +86,28 @@ static void op_auth(struct chat_worker *cw, struct conn *c, const struct proto_o
     chat_session_renew(cw, c, &cl);
 }
 
+/* {"op":"ack","id":ID,"conv":C,"seq":S,"<last>":V}, written by hand: one per
+ * send, and building a json_t to encode it cost about a microsecond, a
+ * fifteenth of a send's whole cost on the server (docs/BENCHMARKS.md). The
+ * same object, keys in the same order, as json_pack made. */
+static void send_ack(struct conn *c, const char *id, int64_t conv, int64_t seq, const char *last, int64_t v)
+{
+    char head[] = "{\"op\":\"ack\",\"id\":", tail[128];
+    size_t id_len = strlen(id);
+    int tn = snprintf(tail, sizeof tail, ",\"conv\":%lld,\"seq\":%lld,\"%s\":%lld}", (long long)conv,
+                      (long long)seq, last, (long long)v);
+    size_t n = sizeof head - 1 + frame_json_str_len(id, id_len) + (size_t)tn;
+    size_t hl = ws_header_len(n);
+    struct frame *f = frame_new(hl + n);
+    ws_write_header(f->data, WS_OP_TEXT, n);
+    uint8_t *p = f->data + hl;
+    memcpy(p, head, sizeof head - 1);
+    p = frame_json_str_put(p + sizeof head - 1, id, id_len);
+    memcpy(p, tail, (size_t)tn);
+    conn_send(c, f);
+    frame_unref(f);
+}
+
 static void send_answered(struct job *j)
 {
     struct conn *c = j->conn;
@@ -94,10 +118,7 @@ static void send_answered(struct job *j)
         send_job_error(c, s->client_id, j->rc, j->unavailable, s->why);
         return;
     }
-    json_t *o = json_pack("{s:s,s:s,s:I,s:I,s:I}", "op", "ack", "id", s->client_id, "conv", (json_int_t)s->conv,
-                          "seq", (json_int_t)s->seq, "ts", (json_int_t)s->ts);
-    conn_send_json(c, o);
-    json_decref(o);
+    send_ack(c, s->client_id, s->conv, s->seq, "ts", s->ts);
 }
 
 /* The ack of an edit, delete or react: after the commit, and after the
@@ -119,10 +140,7 @@ static void change_answered(struct job *j)
             send_rc_error(c, id, j->rc, j->unavailable);
         return;
     }
-    json_t *o = json_pack("{s:s,s:s,s:I,s:I,s:I}", "op", "ack", "id", id, "conv", (json_int_t)ch->conv, "seq",
-                          (json_int_t)ch->seq, "mod", (json_int_t)ch->mod);
-    conn_send_json(c, o);
-    json_decref(o);
+    send_ack(c, id, ch->conv, ch->seq, "mod", ch->mod);
 }
 
 int proto_change_refusal(const struct job *j, int *status, const char **code, const char **message)
@@ -189,7 +207,8 @@ void proto_fill_send(struct job *j, int64_t user, int64_t conv, const struct pro
     s->client_id = xstrdup(m->id);
     s->body_len = m->body_len;
     s->body = xmalloc(m->body_len + 1);
-    memcpy(s->body, m->body, m->body_len + 1);
+    memcpy(s->body, m->body, m->body_len);
+    s->body[m->body_len] = '\0'; /* m->body may point into a frame's text (the fast path) */
     s->reply_to = m->reply_to;
     s->n_att = json_array_size(m->att);
     if (s->n_att) {
@@ -528,10 +547,174 @@ json_t *proto_json_load(const char *text, size_t len)
     return v;
 }
 
+/* ---- the fast path of the commonest frame ---- */
+/*
+ * {"op":"send","id":"...","conv":N,"body":"..."} is most of what clients
+ * send, and jansson's tree for it (an object, its table, four keys, four
+ * values, a dozen allocations and frees) cost more than anything else on the
+ * worker's side of a send. This reads exactly that shape straight from the
+ * text: the four keys once each in any order, strings without a backslash
+ * or a control character, conv a plain integer, JSON whitespace between.
+ * Anything else (escapes, other keys, version 2's reply_to or attachments,
+ * a malformed frame) returns 0 and the frame goes through jansson as
+ * before, so an answer never depends on which path read it (the fuzz
+ * target fuzz_proto checks that the two agree). */
+
+struct scan {
+    const char *p, *end;
+};
+
+static void skip_ws(struct scan *s)
+{
+    while (s->p < s->end && (*s->p == ' ' || *s->p == '\t' || *s->p == '\n' || *s->p == '\r'))
+        s->p++;
+}
+
+static int scan_char(struct scan *s, char ch)
+{
+    skip_ws(s);
+    if (s->p >= s->end || *s->p != ch)
+        return 0;
+    s->p++;
+    return 1;
+}
+
+/* A string with no escape and no control character; *str, *n: its bytes. */
+static int scan_plain_string(struct scan *s, const char **str, size_t *n)
+{
+    if (!scan_char(s, '"'))
+        return 0;
+    const char *start = s->p;
+    while (s->p < s->end && *s->p != '"') {
+        unsigned char ch = (unsigned char)*s->p;
+        if (ch < 0x20 || ch == '\\')
+            return 0;
+        s->p++;
+    }
+    if (s->p >= s->end)
+        return 0;
+    *str = start;
+    *n = (size_t)(s->p - start);
+    s->p++;
+    return ws_utf8_valid((const uint8_t *)start, *n);
+}
+
+/* An integer as JSON writes it (no leading zero, no fraction or exponent)
+ * within int64. */
+static int scan_int(struct scan *s, int64_t *v)
+{
+    skip_ws(s);
+    const char *start = s->p;
+    int neg = s->p < s->end && *s->p == '-';
+    if (neg)
+        s->p++;
+    if (s->p >= s->end || *s->p < '0' || *s->p > '9' || (*s->p == '0' && s->p + 1 < s->end && s->p[1] >= '0' &&
+                                                           s->p[1] <= '9'))
+        return 0;
+    uint64_t u = 0;
+    for (; s->p < s->end && *s->p >= '0' && *s->p <= '9'; s->p++) {
+        if (u > (UINT64_MAX - 9) / 10)
+            return 0;
+        u = u * 10 + (uint64_t)(*s->p - '0');
+    }
+    if (s->p < s->end && (*s->p == '.' || *s->p == 'e' || *s->p == 'E'))
+        return 0;
+    if (u > (uint64_t)INT64_MAX || s->p - start > 19)
+        return 0;
+    *v = neg ? -(int64_t)u : (int64_t)u;
+    return 1;
+}
+
+/* 1: text was a plain send and op holds it (valid or refused exactly as the
+ * slow path would: *rc, *code, *message); 0: not that shape, use jansson. */
+static int parse_send_fast(const char *text, size_t len, size_t max_body, struct proto_op *op, int *rc,
+                           const char **code, const char **message)
+{
+    struct scan s = {text, text + len};
+    const char *id = NULL, *body = NULL, *opname = NULL;
+    size_t id_len = 0, body_len = 0, op_len = 0;
+    int64_t conv = 0;
+    int seen_conv = 0;
+
+    if (!scan_char(&s, '{'))
+        return 0;
+    for (int k = 0; k < 4; k++) {
+        const char *key;
+        size_t kl;
+        if ((k && !scan_char(&s, ',')) || !scan_plain_string(&s, &key, &kl) || !scan_char(&s, ':'))
+            return 0;
+        if (kl == 2 && !memcmp(key, "op", 2) && !opname) {
+            if (!scan_plain_string(&s, &opname, &op_len))
+                return 0;
+        } else if (kl == 2 && !memcmp(key, "id", 2) && !id) {
+            if (!scan_plain_string(&s, &id, &id_len))
+                return 0;
+        } else if (kl == 4 && !memcmp(key, "body", 4) && !body) {
+            if (!scan_plain_string(&s, &body, &body_len))
+                return 0;
+        } else if (kl == 4 && !memcmp(key, "conv", 4) && !seen_conv) {
+            if (!scan_int(&s, &conv))
+                return 0;
+            seen_conv = 1;
+        } else {
+            return 0;
+        }
+    }
+    if (!scan_char(&s, '}'))
+        return 0;
+    skip_ws(&s);
+    if (s.p != s.end || op_len != 4 || memcmp(opname, "send", 4))
+        return 0;
+    /* the slow path's checks, in its order (proto_check_message, parse_send) */
+    op->kind = OP_SEND;
+    *rc = -1;
+    *code = "bad_request";
+    if (id_len < 1 || id_len >= sizeof op->id_buf) {
+        *message = "id must be a string of 1-128 characters";
+        return 1;
+    }
+    memcpy(op->id_buf, id, id_len);
+    op->id_buf[id_len] = '\0';
+    if (util_utf8_chars(op->id_buf) > 128) {
+        *message = "id must be a string of 1-128 characters";
+        return 1;
+    }
+    op->id = op->id_buf;
+    if (body_len < 1) {
+        *message = "body must be a non-empty string (or \"\" with attachments)";
+        return 1;
+    }
+    op->body = body;
+    op->body_len = body_len;
+    if (body_len > max_body) {
+        *code = "too_large";
+        *message = "body too large";
+        return 1;
+    }
+    if (conv <= 0) {
+        *message = "send needs conv: a conversation id";
+        return 1;
+    }
+    op->conv = conv;
+    *rc = 0;
+    *code = NULL;
+    return 1;
+}
+
 int proto_parse(const char *text, size_t len, size_t max_body, struct proto_op *op, const char **code,
                 const char **message)
 {
-    memset(op, 0, sizeof *op);
+    int rc;
+    memset(op, 0, offsetof(struct proto_op, id_buf));
+    if (parse_send_fast(text, len, max_body, op, &rc, code, message))
+        return rc;
+    return proto_parse_json(text, len, max_body, op, code, message);
+}
+
+int proto_parse_json(const char *text, size_t len, size_t max_body, struct proto_op *op, const char **code,
+                     const char **message)
+{
+    memset(op, 0, offsetof(struct proto_op, id_buf));
     op->root = proto_json_load(text, len);
     if (!op->root || !json_is_object(op->root))
         BAD("malformed JSON: expected one object per frame");

@@ -22,6 +22,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -931,10 +932,19 @@ static int setup_writer(struct sq *st, char *errbuf, size_t errlen)
      * secure_delete: every freed cell and page is overwritten with zeros,
      * so erased text leaves no copy in free space (see sq_commit).
      * temp_store=MEMORY: a savepoint's journal (the pages as they were
-     * before the job, erased text included) never spills to a file. */
+     * before the job, erased text included) never spills to a file.
+     * wal_autocheckpoint=8000 pages (32 MiB of WAL), not SQLite's 1000: the
+     * checkpoint runs on the writer's thread inside a commit, and a batch
+     * rewrites the same tail pages (each conversation's last leaf, the
+     * indexes' right edges) again and again; checkpointing 8x less often
+     * copies each hot page once instead of eight times, about a microsecond
+     * per message at full load (docs/BENCHMARKS.md, "The write path").
+     * journal_size_limit: a WAL grown past 64 MiB by a long read is cut back
+     * after the next checkpoint. */
     if (exec_const(st->db,
                    "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA secure_delete=ON;"
-                   " PRAGMA temp_store=MEMORY",
+                   " PRAGMA temp_store=MEMORY; PRAGMA wal_autocheckpoint=8000;"
+                   " PRAGMA journal_size_limit=67108864",
                    "pragmas", errbuf, errlen))
         return STORE_ERR;
     return migrate(st, errbuf, errlen);
@@ -2499,7 +2509,9 @@ static int sq_user_exists(struct store *st_, int64_t id)
  * a delete is bounded by one shard (16384 messages), not by the index.
  *
  * Each shard is contentless (content=''): it keeps no copy of the text,
- * only the index; a message's entry is removed with FTS5's 'delete' command
+ * and keeps no token counts (columnsize=0: one B-tree insert less per
+ * message; they only serve ranking, and hits come newest first). Shards
+ * made before that keep their counts, which nothing reads. A message's entry is removed with FTS5's 'delete' command
  * and the exact text it was indexed with (the stored body, read before the
  * change). Column c holds one token, "c<conv id>", so a search can ask FTS5
  * itself for "these words in these conversations": the index intersects the
@@ -2592,7 +2604,7 @@ static int shard_ensure(struct sq *st, int64_t k)
     if (rc == STORE_NOT_FOUND) {
         char sql[256];
         snprintf(sql, sizeof sql,
-                 "CREATE VIRTUAL TABLE search_%lld USING fts5(body, c, content='',"
+                 "CREATE VIRTUAL TABLE search_%lld USING fts5(body, c, content='', columnsize=0,"
                  " tokenize='unicode61 remove_diacritics 2')",
                  (long long)k);
         rc = sqlite3_exec(st->db, sql, NULL, NULL, NULL);
@@ -3633,8 +3645,21 @@ static const struct store_ops sqlite_ops = {
     .att_prune = sq_att_prune,
 };
 
+/* The library's process-wide settings, once, before its first use.
+ * MEMSTATUS off: SQLite otherwise takes one global mutex around every
+ * allocation and free to keep memory statistics nobody here reads; with the
+ * writer and every reader allocating, that lock was 2.6% of the server's
+ * time under a full write load (docs/BENCHMARKS.md, "The write path"). */
+static void sqlite_library_init(void)
+{
+    if (sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0) != SQLITE_OK)
+        fprintf(stderr, "store: sqlite memory statistics stay on (the library was initialized first)\n");
+}
+
 int store_sqlite_open(const char *path, int readonly, struct store **out, char *errbuf, size_t errlen)
 {
+    static pthread_once_t library_once = PTHREAD_ONCE_INIT;
+    pthread_once(&library_once, sqlite_library_init);
     struct sq *st = xcalloc(1, sizeof *st);
     int flags = SQLITE_OPEN_NOMUTEX |
                 (readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
