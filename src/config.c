@@ -72,6 +72,8 @@ static const struct opt opts[] = {
     {"--read-burst", "PARLEY_READ_BURST", OPT_INT, OFF(read_burst), 0, 0, 1000000, "100", "read token bucket size per user (0: no limit)"},
     {"--typing-ms", "PARLEY_TYPING_MS", OPT_INT, OFF(typing_ms), 0, 0, 600000, "2000", "one typing fan-out per user and conversation per interval (0: all)"},
     {"--writer-queue", "PARLEY_WRITER_QUEUE", OPT_INT, OFF(writer_queue), 0, 1, 100000000, "100000", "writes waiting for the writer (more: unavailable, 503)"},
+    {"--read-threads", "PARLEY_READ_THREADS", OPT_INT, OFF(read_threads), 0, 0, 256, "4", "reader threads, each with its own database connection: every read (PostgreSQL, at least 1), or the searches (SQLite; 0: on the worker's loop)"},
+    {"--read-queue", "PARLEY_READ_QUEUE", OPT_INT, OFF(read_queue), 0, 0, 100000000, "1024", "reads waiting for a reader thread (more: unavailable, 503; 0: no bound)"},
     {"--log-level", "PARLEY_LOG_LEVEL", OPT_LEVEL, 0, 0, 0, 0, "info", "debug, info, warn or error"},
     {"--metrics-listen", "PARLEY_METRICS_LISTEN", OPT_MLISTEN, 0, 0, 0, 0, NULL, "host:port serving /metrics (and health) alone; then not on the main listener"},
     {"--log-format", "PARLEY_LOG_FORMAT", OPT_STR, OFF(log_format), SZ(log_format), 0, 0, "text", "text, or json (one object per line)"},
