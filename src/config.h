@@ -29,6 +29,7 @@ struct config {
     int64_t max_frame;       /* WebSocket message bytes; larger closes 1009 */
     int64_t max_http_body;   /* HTTP request body bytes; larger answers 413 */
     int64_t max_upload;      /* attachment upload bytes (streamed to disk); larger answers 413 */
+    int64_t max_pending_uploads; /* bytes of one user's uploads not yet attached (0: no cap); more answers 413 */
     int64_t heartbeat_ms;
     int64_t auth_timeout_ms;
     int64_t header_timeout_ms;
