@@ -5,7 +5,7 @@
 //
 //   node bench/search.mjs [--messages 1000000] [--senders 50] [--words 10000] [--body-bytes 100]
 //                         [--reps 200] [--quick] [--server PATH] [--env KEY=VALUE ...]
-//                         [--out FILE.json] [--keep]
+//                         [--out FILE.json] [--keep] [--no-stall]
 //
 // 1. Starts parleyd ($PARLEYD, else build/release/parleyd; or --server) on a free 127.0.0.1
 //    port with a fresh data directory under /tmp (removed at the end unless --keep), no send
@@ -25,6 +25,9 @@
 //    100-199), a rare word (ranks 5000-9999), two words (a common and a mid one), a prefix
 //    (3 letters: the first syllable and a letter), the mid word with conv= (one
 //    conversation), and the second page (before=next) of the common word.
+// 4. The loop stall (unless --no-stall): GET /api/health latency on a connection of its own,
+//    alone and while rare-word searches run on another (--env PARLEY_WORKERS=1 puts both on
+//    one worker's loop).
 // Prints a Markdown table on stdout and writes the JSON to --out (default: /tmp).
 import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync, readdirSync, statSync, existsSync, mkdirSync } from 'node:fs';
@@ -49,6 +52,7 @@ const { values: opt } = parseArgs({
     env: { type: 'string', multiple: true, default: [] },
     out: { type: 'string' },
     keep: { type: 'boolean', default: false },
+    'no-stall': { type: 'boolean', default: false },
     help: { type: 'boolean', short: 'h', default: false },
   },
 });
@@ -85,7 +89,7 @@ const url = `http://127.0.0.1:${port}`;
 const env = {
   ...process.env,
   PARLEY_LISTEN: `127.0.0.1:${port}`, PARLEY_DATA: path.join(dir, 'data'), PARLEY_LOG_LEVEL: 'warn',
-  PARLEY_SEND_RATE: '0', PARLEY_SEND_BURST: '0', PARLEY_SIGNUPS_PER_MIN: '0',
+  PARLEY_SEND_RATE: '0', PARLEY_SEND_BURST: '0', PARLEY_SIGNUPS_PER_MIN: '0', PARLEY_READ_RATE: '0', PARLEY_READ_BURST: '0',
   PARLEY_JWT_SECRET: 'bench-search-secret-0123456789abcdef', PARLEY_DRAIN_DELAY_S: '0', PARLEY_DRAIN_SECONDS: '0',
 };
 for (const kv of opt.env) { const i = kv.indexOf('='); env[kv.slice(0, i)] = kv.slice(i + 1); }
@@ -238,6 +242,52 @@ for (const [label, who] of [['all', { ...all, conv: convs[0].id }], ['one', one]
     log(`${label} ${kind}: p50 ${row.p50_ms} ms p99 ${row.p99_ms} ms (results ${row.mean_results}${failed ? `, ${failed} failed: ${lastErr}` : ''})`);
   }
 }
+// The loop stall: GET /api/health, one after another on a keep-alive connection of its own,
+// alone and then while the "all" searcher runs rare-word searches one after another on
+// another (run with --env PARLEY_WORKERS=1 so both share one worker's loop). A search run on
+// the loop delays every health answer that arrives meanwhile by up to its own time; one run
+// by a reader thread (PARLEY_READ_THREADS, embedded mode too) does not.
+if (!opt['no-stall']) {
+  const { Agent, request } = await import('node:http');
+  const client = () => {
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    const get = (p, token) => new Promise((resolve, reject) => {
+      const req = request(url + p, { agent, headers: token ? { authorization: `Bearer ${token}` } : {} }, (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode));
+      });
+      req.on('error', reject);
+      req.end();
+    });
+    return { get, close: () => agent.destroy() };
+  };
+  const h = client();
+  const s = client();
+  const pings = async (n) => { const ms = []; for (let i = 0; i < n; i++) { const t0 = performance.now(); await h.get('/api/health'); ms.push(performance.now() - t0); } return ms; };
+  const row = (label, ms) => ({ label, n: ms.length, p50_ms: q(pct(ms, 0.5)), p99_ms: q(pct(ms, 0.99)), max_ms: q(Math.max(...ms)) });
+  await pings(20);
+  const alone = await pings(REPS * 5);
+  let searching = true;
+  let searches = 0;
+  const searchMs = [];
+  const loop = (async () => {
+    for (let i = 0; i < REPS; i++) {
+      const t0 = performance.now();
+      await s.get(`/api/search?q=${encodeURIComponent(wordOf(RANGES.rare(i)))}`, all.token);
+      searchMs.push(performance.now() - t0);
+      searches++;
+    }
+    searching = false;
+  })();
+  const during = [];
+  while (searching) { const t0 = performance.now(); await h.get('/api/health'); during.push(performance.now() - t0); }
+  await loop;
+  h.close();
+  s.close();
+  result.stall = { alone: row('health alone', alone), during: row(`health during ${searches} rare-word searches`, during), searches: row('the rare-word searches', searchMs) };
+  for (const r of Object.values(result.stall)) log(`stall: ${r.label}: p50 ${r.p50_ms} ms p99 ${r.p99_ms} ms max ${r.max_ms} ms (${r.n})`);
+}
+
 // how many messages hold each query word (a count over the same vocabulary model): the sizes
 // of the result sets the server orders before it cuts a page
 // (parley-load adds words while 16 bytes are left of --body-bytes, after "<time> <k> ", ~20 bytes)
@@ -264,6 +314,14 @@ lines.push('');
 lines.push('| searcher | query | p50 ms | p90 ms | p99 ms | max ms | results per page | failed |');
 lines.push('|---|---|---|---|---|---|---|---|');
 for (const r of result.searches) lines.push(`| ${r.searcher === 'all' ? `all ${S} conversations` : 'one conversation'} | ${r.kind} | ${r.p50_ms ?? '-'} | ${r.p90_ms ?? '-'} | ${r.p99_ms ?? '-'} | ${r.max_ms ?? '-'} | ${r.mean_results ?? '-'} | ${r.failed} |`);
+if (result.stall) {
+  lines.push('');
+  lines.push('Loop stall: GET /api/health one after another on its own keep-alive connection, alone, then while the "all" searcher runs rare-word searches one after another on another (both on one worker with --env PARLEY_WORKERS=1).');
+  lines.push('');
+  lines.push('| what | n | p50 ms | p99 ms | max ms |');
+  lines.push('|---|---|---|---|---|');
+  for (const r of Object.values(result.stall)) lines.push(`| ${r.label} | ${r.n} | ${r.p50_ms} | ${r.p99_ms} | ${r.max_ms} |`);
+}
 console.log(lines.join('\n'));
 const out = opt.out || path.join(os.tmpdir(), `parley-bench-search-${result.started.replace(/[:.]/g, '-')}.json`);
 mkdirSync(path.dirname(path.resolve(out)), { recursive: true });

@@ -245,7 +245,7 @@ static struct conn *read_answerable(struct read *r)
     if (!alive(c))
         return NULL;
     if (r->rc != STORE_OK) {
-        respond_rc(c, r->rc, 0);
+        respond_rc(c, r->rc, r->busy ? JOB_BUSY : 0); /* busy: the reader threads' queue was full */
         return NULL;
     }
     return c;

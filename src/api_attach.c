@@ -55,6 +55,18 @@ static int64_t require_user(struct conn *c, struct http_req *r)
     return cl.sub;
 }
 
+/* 413: the caller's uploads not yet attached to a message would hold more
+ * than PARLEY_MAX_PENDING_UPLOADS bytes. */
+static void pending_refused(struct conn *c)
+{
+    char msg[200];
+    snprintf(msg, sizeof msg,
+             "your uploads not yet attached to a message may hold at most %lld bytes (each counts at least %d):"
+             " send or wait for them (a day)",
+             (long long)cfg_of(c)->max_pending_uploads, STORE_ATT_MIN_CHARGE);
+    http_respond_error(c, 413, "too_large", msg);
+}
+
 static void respond_rc(struct conn *c, int rc, int unavailable)
 {
     if (unavailable == JOB_BUSY)
@@ -63,6 +75,8 @@ static void respond_rc(struct conn *c, int rc, int unavailable)
         http_respond_error(c, 503, "unavailable", "temporarily unavailable; retry");
     else if (rc == STORE_NOT_FOUND)
         http_respond_error(c, 404, "not_found", "no such attachment");
+    else if (rc == STORE_QUOTA)
+        pending_refused(c);
     else if (rc == STORE_BAD_REQUEST)
         http_respond_error(c, 400, "bad_request", "not allowed");
     else
@@ -347,6 +361,13 @@ int api_attach_body_start(struct conn *c, struct http_req *r, struct http_sink *
         http_respond_error(c, 413, "too_large", msg);
         return -1;
     }
+    /* the whole cap: one upload alone cannot pass it (the rest is checked
+     * when it is recorded, against what is stored: store_att_create) */
+    if (cfg->max_pending_uploads > 0 && (r->content_length > cfg->max_pending_uploads ||
+                                         STORE_ATT_MIN_CHARGE > cfg->max_pending_uploads)) {
+        pending_refused(c);
+        return -1;
+    }
     const char *type = upload_type(r);
     if (!type) {
         http_respond_error(c, 400, "bad_request", "Content-Type must be printable ASCII, at most 255 bytes");
@@ -400,6 +421,7 @@ static void upload_finish(struct conn *c, struct upload *u)
     a->type = u->type;
     a->tmp_path = u->path; /* job_free removes it: the store has linked or copied it by then */
     a->size = u->size;
+    a->max_pending = cfg_of(c)->max_pending_uploads;
     sodium_bin2hex(a->sha256, sizeof a->sha256, d, sizeof d);
     u->name = u->type = u->path = NULL;
     upload_free(u);

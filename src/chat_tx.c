@@ -253,7 +253,7 @@ int chat_tx_run(struct store *st, struct job *j)
     case JOB_ATTACH: {
         struct job_attach *a = &j->u.attach;
         return store_att_create(st, a->owner, a->name, a->type, a->tmp_path, a->size, a->sha256, util_now_ms(),
-                                &a->att);
+                                a->max_pending, &a->att);
     }
     case JOB_CHANGE: return run_change(st, j);
     case JOB_SEND: break; /* the writer's batched path, never here */

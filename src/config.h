@@ -29,6 +29,7 @@ struct config {
     int64_t max_frame;       /* WebSocket message bytes; larger closes 1009 */
     int64_t max_http_body;   /* HTTP request body bytes; larger answers 413 */
     int64_t max_upload;      /* attachment upload bytes (streamed to disk); larger answers 413 */
+    int64_t max_pending_uploads; /* bytes of one user's uploads not yet attached (0: no cap); more answers 413 */
     int64_t heartbeat_ms;
     int64_t auth_timeout_ms;
     int64_t header_timeout_ms;
@@ -48,6 +49,8 @@ struct config {
     int64_t read_burst;
     int64_t typing_ms;       /* typing fan-out interval per user and conversation; 0 = none */
     int64_t writer_queue;    /* jobs waiting for the writer */
+    int64_t read_threads;    /* reader threads: every read (PostgreSQL, at least 1) or searches (SQLite; 0: inline) */
+    int64_t read_queue;      /* reads waiting for a reader thread; more answer 503 (0: no bound) */
     int log_level;           /* enum log_level */
     char log_format[8];      /* "text" or "json" */
     int64_t drain_delay_s;   /* SIGTERM: keep serving (not ready) this long first */

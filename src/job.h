@@ -131,6 +131,7 @@ struct job_attach {
     char *tmp_path;        /* owned: the upload, whole on disk; the store takes the file */
     int64_t size;
     char sha256[65];
+    int64_t max_pending;   /* the owner's pending uploads, at most (PARLEY_MAX_PENDING_UPLOADS; 0: no cap) */
     json_t *att;           /* out: the attachment object (a reference owned by the job) */
 };
 

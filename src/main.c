@@ -34,7 +34,6 @@
 
 #define SYNC_PAGE 200     /* messages of one conversation in a sync answer */
 #define PRUNE_INTERVAL_MS (10 * 60 * 1000) /* the writer deletes dead refresh tokens this often */
-#define READ_THREADS 4    /* database connections for reads per node (PostgreSQL) */
 #define CHECK_MS 5000     /* cluster: each worker checks its conversations for missed messages */
 
 /* What a worker does with its connections' input: the transports, and the
@@ -127,6 +126,14 @@ static int open_pg_reader(void *arg, int replica, struct store **out, char *err,
 {
     const struct config *cfg = arg;
     return store_pg_open(replica ? cfg->db_replica_url : cfg->db_url, 0, out, err, errlen);
+}
+
+/* arg: the database's path. A query-only connection (WAL: it reads beside
+ * the writer and the workers' connections). */
+static int open_sqlite_reader(void *arg, int replica, struct store **out, char *err, size_t errlen)
+{
+    (void)replica; /* never asked: no replica */
+    return store_sqlite_open(arg, 1, out, err, errlen);
 }
 
 static int fail(const char *what, const char *err)
@@ -252,11 +259,17 @@ int main(int argc, char **argv)
     chat.writer = writer_new(wst, wcfg, chat_tx_run, chat.bus, workers, nw);
 
     /* Reads: each worker's own SQLite connection, or a pool of PostgreSQL
-     * connections (primary and replica) shared by the workers. */
+     * connections (primary and replica) shared by the workers. With SQLite
+     * the searches (reader_slow_kind) go to a pool of SQLite connections, so
+     * a walk of the whole index never stalls a worker's loop. */
     struct reader_pool *pool = NULL;
     if (pg)
-        pool = reader_pool_new(READ_THREADS, open_pg_reader, &cfg, cfg.db_replica_url[0] != 0, SYNC_PAGE);
-    chat.pool = pool;
+        pool = reader_pool_new(cfg.read_threads > 0 ? (int)cfg.read_threads : 1, open_pg_reader, &cfg,
+                               cfg.db_replica_url[0] != 0, SYNC_PAGE, (size_t)cfg.read_queue);
+    else if (cfg.read_threads > 0)
+        pool = reader_pool_new((int)cfg.read_threads, open_sqlite_reader, db_path, 0, SYNC_PAGE,
+                               (size_t)cfg.read_queue);
+    chat.pool = pg ? pool : NULL; /* its counts in /metrics are every read's only there */
     struct chat_worker **cws = xcalloc((size_t)nw, sizeof *cws);
     for (int i = 0; i < nw; i++) {
         struct reader *rd;
@@ -266,7 +279,7 @@ int main(int argc, char **argv)
             struct store *rst;
             if (store_sqlite_open(db_path, 1, &rst, err, sizeof err) != STORE_OK)
                 return fail("cannot open database", err);
-            rd = reader_inline_new(rst, SYNC_PAGE);
+            rd = reader_inline_new(rst, SYNC_PAGE, pool ? reader_pool_handle(pool) : NULL);
         }
         cws[i] = chat_worker_new(&chat, workers[i], rd);
         worker_set_handler(workers[i], &handler, cws[i]);

@@ -291,11 +291,21 @@ struct reader_inline {
     struct reader base; /* first */
     struct store *st;
     int per_conv;
+    struct reader *slow; /* NULL: every read here */
 };
+
+int reader_slow_kind(enum read_kind kind)
+{
+    return kind == READ_SEARCH;
+}
 
 static void inline_submit(struct reader *rd, struct read *r)
 {
     struct reader_inline *ri = (struct reader_inline *)rd;
+    if (ri->slow && reader_slow_kind(r->kind)) {
+        reader_submit(ri->slow, r);
+        return;
+    }
     /* SQLite in WAL mode: every statement sees the newest commit, so min_seq
      * always holds here; a replica-backed reader checks it. */
     reader_run(ri->st, r, ri->per_conv);
@@ -306,13 +316,15 @@ static void inline_submit(struct reader *rd, struct read *r)
 static void inline_free(struct reader *rd)
 {
     struct reader_inline *ri = (struct reader_inline *)rd;
+    reader_free(ri->slow);
     store_close(ri->st);
     free(ri);
 }
 
-struct reader *reader_inline_new(struct store *st, int per_conv)
+struct reader *reader_inline_new(struct store *st, int per_conv, struct reader *slow)
 {
     struct reader_inline *ri = xcalloc(1, sizeof *ri);
+    ri->slow = slow;
     ri->base.submit = inline_submit;
     ri->base.free = inline_free;
     ri->st = st;

@@ -5,7 +5,8 @@
  *
  * The interface lets a backend answer later: reader_submit may run the read
  * at once (reader_inline: the worker's own SQLite connection, no thread hop,
- * no copy, no extra cost in embedded mode) or queue it for a pool of
+ * no copy, no extra cost in embedded mode; a search still goes to a pool of
+ * SQLite connections, see reader_inline_new) or queue it for a pool of
  * database connections and post the answer through the worker's inbox (a
  * network database, where a read must never block the loop). Callers are
  * written for either: nothing after reader_submit may rely on the answer.
@@ -76,6 +77,7 @@ struct read {
     json_t *since;          /* a reference owned by the read */
     /* answer */
     int rc;                 /* enum store_rc */
+    int busy;               /* with STORE_UNAVAILABLE: not tried, the pool's queue was full (retry shortly) */
     json_t *result, *extra; /* references owned by the read (take them with json_incref) */
     int has_more;
     char *pwhash;           /* owned */
@@ -104,8 +106,15 @@ static inline void reader_free(struct reader *rd)
 
 /* Answers each read at once on the calling thread from st (owned by the
  * reader from now on). per_conv: the most messages of one conversation in a
- * sync answer. */
-struct reader *reader_inline_new(struct store *st, int per_conv);
+ * sync answer. slow (owned from now on; NULL: none): the reads that may take
+ * long (reader_slow_kind) are handed to it instead, so they never stall the
+ * worker's loop (reader_pool.c with connections of their own). */
+struct reader *reader_inline_new(struct store *st, int per_conv, struct reader *slow);
+
+/* The kinds whose time grows with the store rather than with the answer:
+ * a search walks every shard of the index a rare word is not in (tens of ms
+ * over a million messages). Everything else is bounded by its page. */
+int reader_slow_kind(enum read_kind kind);
 
 /* Runs r against st (any backend, any thread): fills the answer. */
 void reader_run(struct store *st, struct read *r, int per_conv);

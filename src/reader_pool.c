@@ -15,9 +15,11 @@ struct reader_pool {
     void *open_arg;
     int have_replica;
     int per_conv;
-    uv_mutex_t mu;             /* guards head, tail, stopping, replica_logged */
+    size_t max_queue;          /* reads waiting, at most (0: no bound) */
+    uv_mutex_t mu;             /* guards head, tail, queued, stopping, replica_logged */
     uv_cond_t cond;
     struct read *head, *tail;
+    size_t queued;             /* reads waiting for a thread */
     int stopping;
     int replica_logged;        /* the replica's failure was logged (once per outage) */
     atomic_int replica_ok;
@@ -205,6 +207,7 @@ static void pool_main(void *arg)
         p->head = (struct read *)r->ev.next;
         if (!p->head)
             p->tail = NULL;
+        p->queued--;
         uv_mutex_unlock(&p->mu);
         r->ev.next = NULL;
         answer(p, &pc, r);
@@ -221,6 +224,17 @@ static void pool_submit(struct reader_pool *p, struct read *r)
 {
     r->ev.next = NULL;
     uv_mutex_lock(&p->mu);
+    if (p->max_queue && p->queued >= p->max_queue) {
+        /* full: answered at once, on the caller's thread (503 + Retry-After) */
+        uv_mutex_unlock(&p->mu);
+        atomic_fetch_add(&p->stats.refused, 1);
+        r->rc = STORE_UNAVAILABLE;
+        r->busy = 1;
+        r->done(r);
+        read_free(r);
+        return;
+    }
+    p->queued++;
     if (p->tail)
         p->tail->ev.next = &r->ev;
     else
@@ -231,9 +245,10 @@ static void pool_submit(struct reader_pool *p, struct read *r)
 }
 
 struct reader_pool *reader_pool_new(int nthreads, reader_open_fn open, void *open_arg, int have_replica,
-                                    int per_conv)
+                                    int per_conv, size_t max_queue)
 {
     struct reader_pool *p = xcalloc(1, sizeof *p);
+    p->max_queue = max_queue;
     p->open = open;
     p->open_arg = open_arg;
     p->have_replica = have_replica;

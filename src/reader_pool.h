@@ -1,6 +1,12 @@
 /* reader_pool: reads answered by a pool of threads, each with its own
  * database connections (a network database: a read must never block a
- * worker's loop). The other implementation of struct reader (reader.h).
+ * worker's loop; or SQLite's long reads, which must not stall it either:
+ * reader_inline_new hands them here). The other implementation of struct
+ * reader (reader.h). Generic over the store: open says how to connect.
+ *
+ * The queue is bounded: a read submitted while max_queue reads wait is
+ * answered at once on the submitting thread with STORE_UNAVAILABLE and busy
+ * set (503 + Retry-After; PARLEY_READ_QUEUE).
  *
  * Each thread holds a primary connection and, when a replica is configured,
  * a replica connection. History, sync, conversation lists and user searches
@@ -31,12 +37,14 @@ struct reader_pool;
 
 struct reader_pool_stats {
     atomic_llong primary_reads, replica_reads, replica_behind, replica_failures;
+    atomic_llong refused; /* reads answered busy: the queue was full */
 };
 
-/* nthreads threads; have_replica: open replica connections too.
- * Connections are opened by each thread on first use. */
+/* nthreads threads; have_replica: open replica connections too; max_queue:
+ * reads waiting, at most (0: no bound). Connections are opened by each
+ * thread on first use. */
 struct reader_pool *reader_pool_new(int nthreads, reader_open_fn open, void *open_arg, int have_replica,
-                                    int per_conv);
+                                    int per_conv, size_t max_queue);
 /* Joins the threads (after answering what is queued) and closes everything. */
 void reader_pool_free(struct reader_pool *p);
 /* A struct reader for one worker that submits to the pool (freeing it leaves

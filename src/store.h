@@ -42,7 +42,14 @@ enum store_rc {
     STORE_EXPIRED = -7,     /* refresh token past expires_at, or revoked */
     STORE_UNAVAILABLE = -8, /* the database cannot be reached now; retry later (never a lost write:
                                nothing of the call was committed) */
+    STORE_QUOTA = -9,       /* att_create: the owner's uploads not yet attached would pass max_pending;
+                               nothing was stored */
 };
+
+/* att_create: each pending upload counts at least this many bytes against
+ * max_pending (a one-byte upload still takes a row and a disk block), so the
+ * cap bounds their number too. */
+#define STORE_ATT_MIN_CHARGE 4096
 
 enum store_role { ROLE_MEMBER = 0, ROLE_ADMIN = 1, ROLE_OWNER = 2 };
 
@@ -208,7 +215,7 @@ struct store_ops {
     int (*search)(struct store *st, int64_t user, int64_t conv, const char *const *words, size_t nwords,
                   int64_t before, int limit, json_t **results_out, int64_t *next_out);
     int (*att_create)(struct store *st, int64_t owner, const char *name, const char *type, const char *tmp_path,
-                      int64_t size, const char *sha256_hex, int64_t now, json_t **att_out);
+                      int64_t size, const char *sha256_hex, int64_t now, int64_t max_pending, json_t **att_out);
     int (*att_get)(struct store *st, const char *id, int64_t user, json_t **att_out, char **sha256_out);
     int (*att_path)(struct store *st, const char *sha256_hex, char **path_out);
     int (*att_read)(struct store *st, const char *sha256_hex, int64_t off, void *buf, size_t len, size_t *n_out);
@@ -471,12 +478,16 @@ static inline int store_search(struct store *st, int64_t user, int64_t conv, con
  * random opaque string. Same bytes (sha256) are stored once, counted by
  * reference. tmp_path stays the caller's (removed after the job): the
  * backend copies or hard-links it (same file system: under the data
- * directory). */
+ * directory). max_pending > 0: STORE_QUOTA, nothing stored, if the owner's
+ * uploads not yet attached, this one included, would count more than that
+ * many bytes (each at least STORE_ATT_MIN_CHARGE); checked in the write
+ * transaction, the owner's uploads serialized (concurrent ones from other
+ * workers or nodes cannot both pass). */
 static inline int store_att_create(struct store *st, int64_t owner, const char *name, const char *type,
                                    const char *tmp_path, int64_t size, const char *sha256_hex, int64_t now,
-                                   json_t **att_out)
+                                   int64_t max_pending, json_t **att_out)
 {
-    return st->ops->att_create(st, owner, name, type, tmp_path, size, sha256_hex, now, att_out);
+    return st->ops->att_create(st, owner, name, type, tmp_path, size, sha256_hex, now, max_pending, att_out);
 }
 /* The attachment if user may read it (its uploader, or a member of a
  * conversation of a message that has it); NOT_FOUND otherwise. *sha256_out

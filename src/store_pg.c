@@ -133,6 +133,7 @@ enum sid {
     /* version 2: attachments */
     S_BLOB_REF,
     S_ATT_INSERT,
+    S_ATT_PENDING,
     S_CHUNK_INSERT,
     S_ATT_GET,
     S_BLOB_SIZE,
@@ -529,6 +530,14 @@ static const struct sdef SQL[S__COUNT] = {
                       "INSERT INTO attachments(id, owner_id, name, type, size, sha256, created_at)"
                       " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
                       "tittiti", 0},
+    /* What an owner's uploads not yet attached count against the cap (each
+     * at least $2), the owner's row locked first: the uploads of one owner
+     * are checked one after the other, whichever node's writer runs them. */
+    [S_ATT_PENDING] = {"pending uploads",
+                       "SELECT coalesce((SELECT sum(greatest(size, $2)) FROM attachments"
+                       " WHERE owner_id = $1 AND conv_id IS NULL), 0)::bigint"
+                       " FROM users WHERE id = $1 FOR NO KEY UPDATE",
+                       "ii", 0},
     [S_CHUNK_INSERT] = {"insert blob chunk", "INSERT INTO blob_chunks(sha256, n, data) VALUES ($1, $2, $3)", "tib",
                         0},
     [S_ATT_GET] = {"get attachment",
@@ -3066,8 +3075,31 @@ static int write_chunks(struct pg *st, int fd, const char *sha256, int64_t size)
 /* See store.h: a new attachments row, and one more reference to its bytes,
  * which are copied into blob_chunks only when no attachment holds them yet
  * (the same bytes are stored once). One round trip, plus the chunks'. */
+/* STORE_QUOTA if owner's pending uploads and one more of size would count
+ * more than max_pending (0: no cap); the owner's row stays locked to the end
+ * of the transaction. An unknown owner has nothing pending. */
+static int att_quota(struct pg *st, int64_t owner, int64_t size, int64_t max_pending)
+{
+    struct call c;
+    int64_t pending = 0;
+    int rc;
+
+    if (max_pending <= 0)
+        return STORE_OK;
+    call_start(&c, S_ATT_PENDING);
+    call_i64(&c, owner);
+    call_i64(&c, STORE_ATT_MIN_CHARGE);
+    rc = one_i64(st, &c, &pending);
+    if (rc == STORE_NOT_FOUND)
+        rc = STORE_OK;
+    if (rc != STORE_OK)
+        return rc;
+    return pending + (size > STORE_ATT_MIN_CHARGE ? size : STORE_ATT_MIN_CHARGE) > max_pending ? STORE_QUOTA
+                                                                                              : STORE_OK;
+}
+
 static int pg_att_create(struct store *st_, int64_t owner, const char *name, const char *type, const char *tmp_path,
-                         int64_t size, const char *sha256_hex, int64_t now, json_t **att_out)
+                         int64_t size, const char *sha256_hex, int64_t now, int64_t max_pending, json_t **att_out)
 {
     struct pg *st = (struct pg *)st_;
     unsigned char raw[ATT_ID_BYTES];
@@ -3110,6 +3142,8 @@ static int pg_att_create(struct store *st_, int64_t owner, const char *name, con
     call_text(&c[1], sha256_hex);
     call_i64(&c[1], now);
     if ((rc = own_begin(st, &own)) != STORE_OK) {
+        calls_done(c, 2);
+    } else if ((rc = att_quota(st, owner, size, max_pending)) != STORE_OK) {
         calls_done(c, 2);
     } else if ((rc = run(st, c, 2, 0)) == STORE_OK) {
         fresh = col_i64(c[0].res, 0, 0) == 1;

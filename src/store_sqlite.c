@@ -106,6 +106,7 @@ enum sid {
     S_ATT_ATTACH,
     S_ATT_ROW,
     S_ATT_INSERT,
+    S_ATT_PENDING,
     S_ATT_GET,
     S_ATT_PENDING_OLD,
     S_BLOB_REF,
@@ -322,6 +323,9 @@ static const struct sdef SQL[S__COUNT] = {
     [S_ATT_INSERT] = {"insert attachment",
                       "INSERT INTO attachments(id, owner_id, name, type, size, sha256, created_at)"
                       " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"},
+    /* What an owner's uploads not yet attached count against the cap (each at least ?2) */
+    [S_ATT_PENDING] = {"pending uploads",
+                       "SELECT coalesce(sum(max(size, ?2)), 0) FROM attachments WHERE owner_id = ?1 AND conv_id IS NULL"},
     /* The uploader, or a member of the conversation of the message it is in. */
     [S_ATT_GET] = {"attachment for a reader",
                    "SELECT a.id, a.name, a.type, a.size, a.sha256 FROM attachments a WHERE a.id = ?1"
@@ -3427,8 +3431,28 @@ static int att_insert(struct sq *st, const char *id, int64_t owner, const char *
     return rc == STORE_OK ? STORE_OK : STORE_ERR;
 }
 
+/* STORE_QUOTA if owner's pending uploads and one more of size would count
+ * more than max_pending (0: no cap). In the write transaction: SQLite's one
+ * writer serializes every upload. */
+static int att_quota(struct sq *st, int64_t owner, int64_t size, int64_t max_pending)
+{
+    int64_t pending = 0;
+    struct q q;
+
+    if (max_pending <= 0)
+        return STORE_OK;
+    if (q_start(st, S_ATT_PENDING, &q))
+        return STORE_ERR;
+    q_i64(&q, owner);
+    q_i64(&q, STORE_ATT_MIN_CHARGE);
+    if (q_one_i64(&q, &pending) != STORE_OK)
+        return STORE_ERR;
+    return pending + (size > STORE_ATT_MIN_CHARGE ? size : STORE_ATT_MIN_CHARGE) > max_pending ? STORE_QUOTA
+                                                                                              : STORE_OK;
+}
+
 static int sq_att_create(struct store *st_, int64_t owner, const char *name, const char *type, const char *tmp_path,
-                         int64_t size, const char *sha256_hex, int64_t now, json_t **att_out)
+                         int64_t size, const char *sha256_hex, int64_t now, int64_t max_pending, json_t **att_out)
 {
     struct sq *st = (struct sq *)st_;
     char id[33];
@@ -3450,7 +3474,9 @@ static int sq_att_create(struct store *st_, int64_t owner, const char *name, con
         json_decref(att);
         return rc;
     }
-    rc = att_insert(st, id, owner, name, type, tmp_path, size, sha256_hex, now);
+    rc = att_quota(st, owner, size, max_pending);
+    if (rc == STORE_OK)
+        rc = att_insert(st, id, owner, name, type, tmp_path, size, sha256_hex, now);
     rc = tx_leave(st, &t, rc, rc == STORE_OK);
     if (rc != STORE_OK) {
         json_decref(att);

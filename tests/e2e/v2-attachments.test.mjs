@@ -463,3 +463,53 @@ test('stalled and cut transfers: dropped or ended, no descriptor or temporary fi
     await s2.stop();
   }
 });
+
+// PARLEY_MAX_PENDING_UPLOADS: the bytes of one user's uploads not yet attached to a message,
+// each counted at least 4096 (docs/SECURITY.md). Checked from Content-Length before the body
+// (one upload alone over the cap), then when the upload is recorded, against what is stored,
+// in the writer's transaction: concurrent uploads of one user cannot pass it together.
+test('pending uploads: a cap per user, 413 too_large; attaching frees it; concurrent uploads cannot pass it', { timeout: 60000 }, async () => {
+  const CAP = 3 * 4096 + 100;
+  const s2 = await startV2Server({ PARLEY_MAX_PENDING_UPLOADS: String(CAP) });
+  try {
+    const alice = await signup(s2);
+    const bob = await signup(s2);
+    const refused = (r, what) => {
+      assertError(r, 413, what);
+      assert.equal(r.body.error.code, 'too_large');
+      assert.match(r.body.error.message, /not yet attached to a message may hold at most 12388 bytes/, what);
+    };
+    // over the cap alone: refused from the Content-Length, before the body
+    const ans = await rawExchange(s2, `POST /api/attachments?name=x HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer ${alice.token}\r\n`
+      + `Content-Length: ${CAP + 1}\r\n\r\n`);
+    assert.match(ans, /^HTTP\/1\.1 413 /, ans);
+    assert.match(ans, /not yet attached/);
+    const a1 = await uploadOk(s2, alice, randomBytes(5000)); // counts 5000
+    const a2 = await uploadOk(s2, alice, randomBytes(1));    // counts 4096: 9096
+    refused(await upload(s2, alice, randomBytes(3000)), 'a third (4096 more: 13192)');
+    assert.deepEqual(tmpFiles(s2), [], 'the refused upload left no file');
+    await uploadOk(s2, bob, randomBytes(9000)); // bob's own cap
+    // attached to a message: no longer pending
+    const g = await createGroup(s2, alice, [bob.user.id]);
+    const conn = await openSocket(s2, alice.token);
+    try {
+      const id = uniq('c');
+      conn.send({ op: 'send', id, conv: g.id, body: '', attachments: [a1.id, a2.id] });
+      const ack = await conn.next((f) => (f.op === 'ack' || f.op === 'error') && f.id === id);
+      assert.equal(ack.op, 'ack', JSON.stringify(ack));
+    } finally {
+      await closeAll(conn);
+    }
+    await uploadOk(s2, alice, randomBytes(CAP)); // exactly the cap
+    refused(await upload(s2, alice, randomBytes(1)), 'one byte more');
+    // concurrent: 6 uploads of 4000 bytes (4096 each) at once, 3 fit
+    const carol = await signup(s2);
+    const all = await Promise.all(Array.from({ length: 6 }, () => upload(s2, carol, randomBytes(4000))));
+    const ok = all.filter((r) => r.status === 201);
+    assert.equal(ok.length, 3, all.map((r) => r.status).join(' '));
+    for (const r of all) if (r.status !== 201) refused(r, 'concurrent');
+    assert.deepEqual(tmpFiles(s2), []);
+  } finally {
+    await s2.stop();
+  }
+});

@@ -169,7 +169,7 @@ static char *upload_at(struct fx *f, const char *text, int64_t t)
     crypto_hash_sha256(d, (const unsigned char *)text, strlen(text));
     sodium_bin2hex(sha, sizeof sha, d, sizeof d);
     json_t *att = NULL;
-    assert_int_equal(store_att_create(f->st, user_id, "n.txt", "text/plain", tmp, (int64_t)strlen(text), sha, t, &att),
+    assert_int_equal(store_att_create(f->st, user_id, "n.txt", "text/plain", tmp, (int64_t)strlen(text), sha, t, 0, &att),
                      STORE_OK);
     unlink(tmp); /* as job_free does */
     char *id = xstrdup(json_string_value(json_object_get(att, "id")));

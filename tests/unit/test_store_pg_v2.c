@@ -112,7 +112,7 @@ static char *upload(struct store *st, int64_t owner, size_t n, int seed, char sh
     char *id;
 
     mkfile(path, sizeof path, n, seed, sha);
-    assert_int_equal(store_att_create(st, owner, "photo.png", "image/png", path, (int64_t)n, sha, 2000, &att),
+    assert_int_equal(store_att_create(st, owner, "photo.png", "image/png", path, (int64_t)n, sha, 2000, 0, &att),
                      STORE_OK);
     unlink(path);
     assert_int_equal(jint(att, "size"), (int64_t)n);

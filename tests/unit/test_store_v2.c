@@ -222,7 +222,7 @@ static void att_new(struct t *t, int64_t owner, const char *name, const void *by
     upload_file(t, bytes, len, path, sizeof path);
     assert_int_equal(store_begin(t->f->st), STORE_OK);
     assert_int_equal(store_att_create(t->f->st, owner, name, "application/octet-stream", path, (int64_t)len, sha,
-                                      2000 + t->ntmp, &a),
+                                      2000 + t->ntmp, 0, &a),
                      STORE_OK);
     assert_int_equal(store_commit(t->f->st), STORE_OK);
     assert_non_null(a);
@@ -642,17 +642,69 @@ static void test_attachment_rollback(void **state)
     upload_file(t, "gone", 4, path, sizeof path);
     assert_int_equal(store_begin(st), STORE_OK);
     assert_int_equal(store_savepoint(st), STORE_OK);
-    assert_int_equal(store_att_create(st, a, "n", "text/plain", path, 4, sha, 1, &att), STORE_OK);
+    assert_int_equal(store_att_create(st, a, "n", "text/plain", path, 4, sha, 1, 0, &att), STORE_OK);
     json_decref(att);
     snprintf(blob, sizeof blob, "%s/attachments/%.2s/%s", t->f->dir, sha, sha);
     assert_int_equal(access(blob, F_OK), 0);
     assert_int_equal(store_rollback_to(st), STORE_OK);
     assert_int_equal(access(blob, F_OK), -1);
-    assert_int_equal(store_att_create(st, a, "n", "text/plain", path, 4, sha, 1, &att), STORE_OK);
+    assert_int_equal(store_att_create(st, a, "n", "text/plain", path, 4, sha, 1, 0, &att), STORE_OK);
     json_decref(att);
     assert_int_equal(store_rollback(st), STORE_OK);
     assert_int_equal(access(blob, F_OK), -1);
     assert_int_equal(access(path, F_OK), 0); /* the caller's file stays the caller's */
+}
+
+/* One upload of len bytes by owner, capped at max_pending: att_create's answer. */
+static int att_try(struct t *t, int64_t owner, size_t len, int tag, int64_t max_pending, char id[64])
+{
+    char path[128], sha[65];
+    char *bytes = calloc(1, len ? len : 1);
+    json_t *a = NULL;
+
+    assert_non_null(bytes);
+    memset(bytes, 'a' + tag % 26, len);
+    fake_sha(tag, sha);
+    upload_file(t, bytes, len, path, sizeof path);
+    free(bytes);
+    assert_int_equal(store_begin(t->f->st), STORE_OK);
+    int rc = store_att_create(t->f->st, owner, "p.bin", "application/octet-stream", path, (int64_t)len, sha, 3000,
+                              max_pending, &a);
+    assert_int_equal(store_commit(t->f->st), STORE_OK);
+    if (rc == STORE_OK) {
+        snprintf(id, 64, "%s", jstr(a, "id"));
+        json_decref(a);
+    } else {
+        assert_null(a);
+    }
+    return rc;
+}
+
+/* The cap on an owner's uploads not yet attached: each counts at least
+ * STORE_ATT_MIN_CHARGE; a refused one leaves nothing; other owners are
+ * apart; an attached upload no longer counts; 0 is no cap. */
+static void test_pending_quota(void **state)
+{
+    struct t *t = *state;
+    struct store *st = t->f->st;
+    int64_t a = mkuser(st, "alice"), b = mkuser(st, "bob");
+    int64_t g = mkgroup(st, a, &b, 1), seq = 0;
+    const int64_t cap = 3 * STORE_ATT_MIN_CHARGE + 100;
+    char x[64], y[64], z[64], w[64];
+    const char *why = NULL;
+
+    assert_int_equal(att_try(t, a, 1, 101, cap, x), STORE_OK);    /* counts 4096 */
+    assert_int_equal(att_try(t, a, 5000, 102, cap, y), STORE_OK); /* 9096 */
+    assert_int_equal(att_try(t, a, 10, 103, cap, z), STORE_QUOTA); /* 13192 > 12388 */
+    assert_int_equal(att_try(t, a, 3292, 104, cap, z), STORE_QUOTA);
+    assert_int_equal(fx_count(t->f, "SELECT count(*) FROM attachments"), 2);
+    assert_int_equal(att_try(t, b, 5000, 105, cap, z), STORE_OK); /* bob's are his own */
+    assert_int_equal(att_try(t, a, 10, 106, 0, z), STORE_OK);     /* no cap */
+    /* now 4096 + 5000 + 4096 pending: x and the uncapped one attached, 5000 left */
+    assert_int_equal(att_try(t, a, 8000, 107, cap, w), STORE_QUOTA);
+    assert_int_equal(send_full(st, g, a, "q1", "files", 0, (const char *[]){x, z}, 2, &seq, NULL, &why), STORE_OK);
+    assert_int_equal(att_try(t, a, 7388, 108, cap, z), STORE_OK); /* 5000 + 7388 = the cap exactly */
+    assert_int_equal(att_try(t, a, 1, 109, cap, z), STORE_QUOTA);
 }
 
 /* ---- search ---- */
@@ -1241,6 +1293,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_attachments_send, setup, teardown),
         cmocka_unit_test_setup_teardown(test_attachments_bytes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_attachment_rollback, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pending_quota, setup, teardown),
         cmocka_unit_test_setup_teardown(test_search, setup, teardown),
         cmocka_unit_test_setup_teardown(test_search_paging, setup, teardown),
         cmocka_unit_test_setup_teardown(test_search_many_convs, setup, teardown),
