@@ -98,39 +98,46 @@ test('a WebSocket the server stopped reading that reads slowly stays open past t
   // A control socket that never answers pings, opened now: once the server has dropped it for
   // silence, two intervals have passed while it did not read the slow one.
   const control = await openSocket(srv, (await signup(srv)).token, { wsOptions: { autoPong: false } });
-  // Read a little at a time: 4 KiB every 50 ms (node's buffer refills from the kernel by itself).
-  let got = 0;
+  // Everything it reads is counted and scanned for the app-level pong; the socket ends if the
+  // server closes it.
+  const pong = Buffer.from('{"op":"pong"}');
+  let total = 0;
+  let carry = Buffer.alloc(0);
+  let pongAt = null;
+  let wake = () => {};
+  sock.on('data', (d) => {
+    total += d.length;
+    const seen = Buffer.concat([carry, d]);
+    if (pongAt === null && seen.includes(pong)) pongAt = total;
+    carry = seen.subarray(Math.max(0, seen.length - pong.length));
+    wake();
+  });
+  const ended = new Promise((resolve) => sock.once('close', () => { wake(); resolve(); }));
+  // Read slowly: 64 KiB every 150 ms (~400 KiB/s, far less than the server has for it). The
+  // server sees that as its unacknowledged bytes shrinking whenever the client's receive
+  // window opens again; a client reading much less per interval would not show progress.
   let reading = true;
   const slowRead = (async () => {
-    while (reading) {
-      const b = sock.read(4096);
-      if (b) got += b.length;
-      await sleep(50);
+    while (reading && !sock.destroyed) {
+      const want = total + 65536;
+      await new Promise((resolve) => { wake = () => { if (total >= want || sock.destroyed) resolve(); }; sock.resume(); });
+      sock.pause();
+      await sleep(150);
     }
   })();
   try {
     const info = await control.waitClosed(2 * HEARTBEAT + 10000);
     assert.equal(info.code, 1006, 'the control socket was dropped for silence');
     assert.equal(serverSide(srv.port, sock.localPort), '01', 'the slowly reading socket is still open');
-    assert.ok(got > 0);
+    assert.ok(total > 0);
     reading = false;
     await slowRead;
     // It reads everything now: every pong, the server's pings, and the app-level pong after
     // all the pongs (the server's heartbeat pings may follow it).
-    const pong = Buffer.from('{"op":"pong"}');
-    let total = got;
-    let carry = Buffer.alloc(0);
-    const found = new Promise((resolve) => {
-      sock.on('data', (d) => {
-        total += d.length;
-        const seen = Buffer.concat([carry, d]);
-        if (seen.includes(pong)) resolve(total);
-        carry = seen.subarray(Math.max(0, seen.length - pong.length));
-      });
-    });
+    const found = new Promise((resolve) => { wake = () => { if (pongAt !== null) resolve(pongAt); }; });
     sock.resume();
-    const at = await Promise.race([found, sleep(60000 * TIME_SCALE).then(() => null)]);
-    assert.notEqual(at, null, 'the app-level pong came');
+    const at = await Promise.race([found, ended.then(() => 'closed'), sleep(60000 * TIME_SCALE).then(() => null)]);
+    assert.ok(typeof at === 'number', `the app-level pong came (${at === 'closed' ? 'the connection ended' : 'timed out'} after ${total} bytes; slow-consumer closes ${await slowCloses(srv) - before})`);
     assert.ok(at >= N * 127, `after every pong (${at} bytes read by then)`);
     assert.equal(serverSide(srv.port, sock.localPort), '01', 'still open');
     assert.equal(await slowCloses(srv), before, 'not closed as a slow consumer');
