@@ -54,7 +54,7 @@ static const struct opt opts[] = {
     {"--max-http-body", "PARLEY_MAX_HTTP_BODY", OPT_INT, OFF(max_http_body), 0, 1024, 16 << 20, "65536", "HTTP request body bytes (larger: 413)"},
     {"--max-upload", "PARLEY_MAX_UPLOAD", OPT_INT, OFF(max_upload), 0, 1, 1LL << 30, "10485760", "attachment upload bytes, streamed to <data>/attachments (larger: 413)"},
     {"--max-pending-uploads", "PARLEY_MAX_PENDING_UPLOADS", OPT_INT, OFF(max_pending_uploads), 0, 0, 1LL << 40, "104857600", "bytes of one user's uploads not yet attached to a message, each counted at least 4096 (more: 413; 0: no cap)"},
-    {"--heartbeat-ms", "PARLEY_HEARTBEAT_MS", OPT_INT, OFF(heartbeat_ms), 0, 100, 3600000, "25000", "WebSocket ping interval; silent for two intervals: closed"},
+    {"--heartbeat-ms", "PARLEY_HEARTBEAT_MS", OPT_INT, OFF(heartbeat_ms), 0, 100, 3600000, "25000", "WebSocket ping interval; silent for two intervals: closed (not read and none of its output taken: 1008)"},
     {"--auth-timeout-ms", "PARLEY_AUTH_TIMEOUT_MS", OPT_INT, OFF(auth_timeout_ms), 0, 100, 600000, "10000", "time allowed for a first-frame auth"},
     {"--header-timeout-ms", "PARLEY_HEADER_TIMEOUT_MS", OPT_INT, OFF(header_timeout_ms), 0, 100, 600000, "10000", "time allowed for a request's headers, and idle keep-alive"},
     {"--max-conns", "PARLEY_MAX_CONNS", OPT_INT, OFF(max_conns), 0, 1, 10000000, "100000", "open connections per process"},

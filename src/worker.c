@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -91,6 +93,33 @@ static void touch(struct conn *c)
 {
     if (c->state == CONN_HTTP)
         c->deadline_ms = now_ms(c->w) + c->w->cfg->header_timeout_ms;
+}
+
+/* The peer took some of our output: the clock by which a connection we
+ * stopped reading is judged (sweep_conn). */
+static void took(struct conn *c)
+{
+    c->progress_ms = now_ms(c->w);
+}
+
+/* We stopped reading c (backpressure, a hold): from now on its silence is
+ * not held against it, whether it reads our output is (sweep_conn). */
+static void note_paused(struct conn *c)
+{
+    if (c->paused_ms || (c->state != CONN_WS && c->state != CONN_WS_AUTH))
+        return;
+    c->paused_ms = c->progress_ms = now_ms(c->w);
+    c->progress_pending = SIZE_MAX; /* the first sample counts as progress */
+}
+
+/* We read c again: its silence counts from now, not from bytes that waited
+ * in the kernel because we did not read them. */
+static void note_reading(struct conn *c)
+{
+    if (!c->paused_ms)
+        return;
+    c->paused_ms = 0;
+    c->last_seen_ms = now_ms(c->w);
 }
 
 /* ---- the inbox ---- */
@@ -330,6 +359,7 @@ static void on_write(uv_write_t *req, int status)
         conn_abort(c);
         return;
     }
+    took(c);
     touch(c);
     flush(c);
     after_flush(c);
@@ -371,8 +401,10 @@ static void submit_write(struct conn *c)
 static void consume(struct conn *c, size_t n)
 {
     c->out_bytes -= n;
-    if (n)
+    if (n) {
+        took(c);
         touch(c);
+    }
     while (n && c->out_head && !c->out_head->file) {
         struct outq_item *it = c->out_head;
         size_t left = it->frame->len - it->off;
@@ -455,8 +487,10 @@ static int send_file(struct conn *c)
         conn_abort(c);
         return -1;
     }
-    if (sent)
+    if (sent) {
+        took(c);
         touch(c);
+    }
     if (f->left == 0) {
         c->out_head = it->next;
         if (!c->out_head)
@@ -524,6 +558,25 @@ static void mark_dirty(struct conn *c)
     c->w->dirty = c;
 }
 
+/* Closes a slow consumer: a WebSocket gets 1008 `slow consumer` after
+ * whatever frame the kernel has begun (the rest of its queue is dropped: it
+ * reconnects and syncs), and the TCP connection is closed once that is
+ * written, or CLOSE_GRACE_MS later at the latest (a peer that does not read
+ * never drains it); HTTP has no close code: the connection is closed now. */
+static void close_slow(struct conn *c, const char *why)
+{
+    log_info("conn %llu: %zu bytes waiting, %s: closing (slow consumer)", (unsigned long long)c->id, c->out_bytes,
+             why);
+    if (c->state == CONN_HTTP) {
+        conn_abort(c); /* the queue goes with the handle */
+        return;
+    }
+    drop_queue(c, 1);
+    c->w->counters.slow_closes++;
+    conn_close_ws(c, 1008, "slow consumer");
+    flush(c);
+}
+
 /* The check handle: runs once per loop iteration, after its events. */
 static void on_flush_check(uv_check_t *h)
 {
@@ -541,16 +594,7 @@ static void on_flush_check(uv_check_t *h)
             /* A slow consumer: it reconnects and syncs, nobody else waits.
              * In every state: an HTTP client that pipelines and never reads,
              * an unauthenticated socket that pings and never reads. */
-            log_info("conn %llu: %zu bytes the kernel will not take, closing (slow consumer)",
-                     (unsigned long long)c->id, c->out_bytes);
-            if (c->state == CONN_HTTP) {
-                conn_abort(c); /* no close code in HTTP; the queue goes with the handle */
-                continue;
-            }
-            drop_queue(c, 1);
-            c->w->counters.slow_closes++;
-            conn_close_ws(c, 1008, "slow consumer");
-            flush(c);
+            close_slow(c, "bytes the kernel will not take");
             continue;
         }
         after_flush(c);
@@ -840,8 +884,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     consume_input(c, (uint8_t *)b->base, (size_t)nread);
     /* Pipelined HTTP: wait for the answer before reading more. Backpressure
      * or a hold: wait until the queue drains (after_flush) or the hold ends. */
-    if (input_paused(c))
+    if (c->state != CONN_CLOSED && input_paused(c)) {
         uv_read_stop((uv_stream_t *)&c->tcp);
+        note_paused(c);
+    }
 }
 
 static void http_fail(struct conn *c, int status, const char *code, const char *msg)
@@ -1079,10 +1125,14 @@ static void pump_input(struct conn *c)
     }
     if (c->state != CONN_HTTP && c->state != CONN_WS && c->state != CONN_WS_AUTH)
         return; /* closing: finish_close reads for the peer's EOF */
-    if (input_paused(c) || c->w->draining)
+    if (input_paused(c) || c->w->draining) {
         uv_read_stop((uv_stream_t *)&c->tcp);
-    else
+        if (input_paused(c))
+            note_paused(c);
+    } else {
         uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+        note_reading(c);
+    }
 }
 
 /* Flushed (or a write finished): below the low-water mark, the drain waiter
@@ -1297,6 +1347,31 @@ static void close_handles(struct worker *w)
         uv_close((uv_handle_t *)&w->flush_check, NULL);
 }
 
+/* Our bytes the peer has not taken yet, beyond our own queue: what the
+ * kernel holds unacknowledged (SIOCOUTQ) and what libuv has still to hand
+ * it of the write in flight. */
+static size_t peer_pending(struct conn *c)
+{
+    size_t n = uv_stream_get_write_queue_size((const uv_stream_t *)&c->tcp);
+    int fd, q = 0;
+    if (uv_fileno((const uv_handle_t *)&c->tcp, &fd) == 0 && ioctl(fd, SIOCOUTQ, &q) == 0 && q > 0)
+        n += (size_t)q;
+    return n;
+}
+
+/* Whether a paused connection's peer took any of our output since the last
+ * sweep: the kernel's and libuv's part shrank (a write that finished counts
+ * through took()). A sample per sweep, only for paused connections. */
+static int peer_progressed(struct conn *c, int64_t now)
+{
+    size_t p = peer_pending(c);
+    int moved = p < c->progress_pending;
+    c->progress_pending = p;
+    if (moved)
+        c->progress_ms = now;
+    return moved;
+}
+
 static void sweep_conn(struct worker *w, struct conn *c, int64_t now, int64_t wall)
 {
     const struct config *cfg = w->cfg;
@@ -1314,9 +1389,22 @@ static void sweep_conn(struct worker *w, struct conn *c, int64_t now, int64_t wa
     case CONN_WS:
         if (c->token_exp_ms && wall >= c->token_exp_ms) { /* exp is wall-clock time */
             conn_close_ws(c, 4001, "token expired");
+            break;
+        }
+        if (c->paused_ms) {
+            /* We do not read it (backpressure, or a sync waiting for it to
+             * read): its pings and pongs wait unread, so its silence proves
+             * nothing. Whether it takes our output does: none of it for two
+             * intervals, and it is a slow consumer. */
+            if (conn_congested(c) && !peer_progressed(c, now) && now - c->progress_ms > 2 * cfg->heartbeat_ms) {
+                close_slow(c, "none taken for two heartbeat intervals");
+                break;
+            }
         } else if (now - c->last_seen_ms > 2 * cfg->heartbeat_ms) {
             conn_abort(c); /* silent for two intervals */
-        } else if (now - c->last_ping_ms >= cfg->heartbeat_ms) {
+            break;
+        }
+        if (now - c->last_ping_ms >= cfg->heartbeat_ms) {
             c->last_ping_ms = now;
             conn_send(c, w->ping);
         }

@@ -123,8 +123,11 @@ struct conn {
     int64_t user_id;               /* 0 until authenticated */
     int64_t token_exp_ms;          /* authorization ends here (4001 after) */
     int64_t deadline_ms;           /* header or auth timeout; 0 none */
-    int64_t last_seen_ms;          /* last bytes from the peer */
+    int64_t last_seen_ms;          /* last bytes from the peer (read while we were reading) */
     int64_t last_ping_ms;
+    int64_t paused_ms;             /* when we stopped reading it (throttled, held); 0 while reading */
+    int64_t progress_ms;           /* while paused: when the peer last took some of our output */
+    size_t progress_pending;       /* while paused: our bytes the peer had not taken at the last sweep */
 };
 
 /* What the layer above does with a connection's input. ctx is the context
@@ -168,7 +171,11 @@ void worker_set_gate(struct worker *w, const struct conn_gate *g);
  * not taken) is at or below PARLEY_OUTQ_LOW: above it the worker stops
  * reading from the socket, and parses again once the peer has read enough.
  * Above PARLEY_MAX_OUTQ after a flush, the connection is closed (WebSocket:
- * 1008 `slow consumer`; HTTP: TCP close), in every state. */
+ * 1008 `slow consumer`; HTTP: TCP close), in every state.
+ * A WebSocket we stopped reading is not judged by its silence (its pings wait
+ * unread): instead, if it takes none of our output for two heartbeat
+ * intervals, it is closed 1008 `slow consumer` too. Its silence clock starts
+ * again when reading resumes. */
 
 /* Holds c's input: no further request or frame is parsed (reading stops)
  * until conn_unhold. For an answer produced in parts (a long sync), so the
