@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { BEGIN, END, section, splice } from './report.mjs';
+import { BEGIN, END, merge, section, splice } from './report.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const stored = path.join(here, 'results/2026-12-02-quick-all-servers.json');
@@ -66,6 +66,21 @@ test('the section of a new results file: the run command, the sweep, the fit and
   assert.match(s, /\| parleyd \| fit \| 10\.7 MiB \+ N x 512 B \|  \| 59\.6 \| 499 \|/);
   assert.match(s, /\| uws-ref \| 19,000 \| 40 \| 1 \|/);
   assert.ok(!s.includes('!['), 'no plot links without plots');
+});
+
+test('several files: a later file replaces the same scenario and server, each file keeps its command', () => {
+  const old = JSON.parse(readFileSync(stored, 'utf8'));
+  const j = merge([{ name: 'bench/results/old.json', j: old }, { name: 'bench/results/new.json', j: madeUp() }]);
+  assert.equal(j.runs.filter((r) => r.scenario === 'load/conns' && r.server === 'parleyd').length, 1);
+  assert.equal(j.runs.find((r) => r.scenario === 'load/conns' && r.server === 'parleyd').result.steps.length, 3);
+  assert.ok(j.runs.some((r) => r.scenario === 'load/conns' && r.server === 'node-ref'), 'node-ref kept from the old file');
+  assert.equal(j.medians['load/fanout delivered frames/s'].parleyd, 1000000);
+  assert.equal(j.medians['load/fanout delivered frames/s']['node-ref'], old.medians['load/fanout delivered frames/s']['node-ref']);
+  const s = section(j, null, [], '/r/docs/bench', '/r/docs');
+  assert.match(s, /- `bench\/results\/old\.json`: run 2026-12-02T15:50:42\.652Z, \*\*quick mode\*\*/);
+  assert.match(s, /# bench\/results\/old\.json: the runner's arguments are not in that file/);
+  assert.match(s, /\nbench\/run\.sh --base HEAD~1 --only load\/fanout,load\/conns --out bench\/results\/new\.json\n/);
+  assert.match(s, /\nnode bench\/report\.mjs bench\/results\/old\.json bench\/results\/new\.json\n/);
 });
 
 test('the command line: the doc rewritten in place, plots rendered when gnuplot is there', () => {

@@ -642,7 +642,8 @@ static void check_nofile(uint64_t conns, uint64_t need)
                 "(as root: ulimit -Hn %llu; or LimitNOFILE= in systemd, nofile in limits.conf)",
                 (unsigned long long)conns, (unsigned long long)need, (unsigned long long)rl.rlim_max,
                 (unsigned long long)need);
-        rl.rlim_cur = need;
+        /* the whole hard limit: a server we start inherits it, and needs as many as we do */
+        rl.rlim_cur = rl.rlim_max != RLIM_INFINITY ? rl.rlim_max : need;
         if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
             die("cannot raise the file-descriptor limit to %llu: %s (ulimit -n)", (unsigned long long)need, strerror(errno));
     }
