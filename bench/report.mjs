@@ -326,9 +326,13 @@ export function section(j, file, plots, plotDir, docDir) {
 // Replaces the generated section of doc (a string), or puts it in.
 export function splice(doc, body) {
   const gen = `${BEGIN}\n${body}\n${END}`;
-  const a = doc.indexOf(BEGIN), b = doc.indexOf(END);
+  // a marker counts only as a line of its own (the text may quote them, as this file's help does)
+  const line = (m) => { const r = new RegExp(`^${m.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'gm'); return [...doc.matchAll(r)].map((x) => x.index); };
+  const as = line(BEGIN), bs = line(END);
+  if (as.length > 1 || bs.length > 1) throw new Error(`the markers ${BEGIN} / ${END} are in the document more than once`);
+  const [a, b] = [as[0] ?? -1, bs[0] ?? -1];
   if (a >= 0 && b > a) return doc.slice(0, a) + gen + doc.slice(b + END.length);
-  if (a >= 0 || b >= 0) throw new Error(`only one of the markers ${BEGIN} / ${END} is in the document`);
+  if (a >= 0 || b >= 0) throw new Error(`only one of the markers ${BEGIN} / ${END} is in the document, or they are in the wrong order`);
   const m = doc.search(/^## Results/m);
   return m >= 0 ? `${doc.slice(0, m)}${gen}\n\n${doc.slice(m)}` : `${doc.replace(/\n*$/, '\n\n')}${gen}\n`;
 }

@@ -43,6 +43,12 @@ test('splice keeps everything outside the markers and is idempotent', () => {
   assert.equal(splice(twice, 'GENERATED ONE'), once);
   assert.equal(splice('no results heading\n', 'G'), `no results heading\n\n${BEGIN}\nG\n${END}\n`);
   assert.throws(() => splice(`x\n${BEGIN}\ny\n`, 'G'), /only one of the markers/);
+  assert.throws(() => splice(`${END}\nx\n${BEGIN}\n`, 'G'), /wrong order/);
+  assert.throws(() => splice(`${BEGIN}\n${END}\n${BEGIN}\n${END}\n`, 'G'), /more than once/);
+  // quoted in prose, the markers are not markers
+  const prose = `the lines \`${BEGIN}\` and \`${END}\` bound it\n\n`;
+  assert.equal(splice(prose + once, 'GENERATED TWO'), prose + twice);
+  assert.equal(splice(prose, 'G'), `${prose}${BEGIN}\nG\n${END}\n`);
 });
 
 test('the section of a stored results file: commands, medians, latency, group size, conns', () => {
