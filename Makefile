@@ -6,7 +6,7 @@ ASAN    := build/asan
 PORT    ?= 8080
 NODE_TEST := node --test --test-reporter=spec
 
-.PHONY: all run test setup setup-test build asan build-matrix unit unit-asan e2e e2e-asan e2e-pg e2e-v2 sdk browser test-asan fuzz fuzz-smoke bench bench-cluster bench-search clean cluster cluster-down test-cluster
+.PHONY: all run test setup setup-test build asan build-matrix unit unit-asan e2e e2e-asan e2e-pg e2e-v2 sdk browser test-asan fuzz fuzz-smoke bench bench-report bench-test bench-cluster bench-search clean cluster cluster-down test-cluster
 
 all: build
 
@@ -148,11 +148,24 @@ fuzz-smoke: setup-test
 # parleyd against the baselines (../shared/baselines), ratios in one run: docs/BENCHMARKS.md.
 # BASE=<git ref>: that commit's parleyd too (built in build/base-<sha>), as parleyd-base;
 # QUICK=1: small sizes, one round (with BASE: parleyd against parleyd-base only);
-# BENCH_ARGS: more arguments for bench/run.sh.
+# BENCH_ARGS: more arguments for bench/run.sh. The results go to BENCH_OUT (default
+# bench/results/<date>-<time>-<commit>[-quick].json, and .md); bench/report.mjs then renders the
+# plots (gnuplot, docs/bench/*.svg) and rewrites the generated section of docs/BENCHMARKS.md.
 bench: setup-test build
-	@bench/run.sh $(if $(BASE),--base $(BASE)) $(if $(QUICK),--quick --reps 1) $(BENCH_ARGS)
+	@out=$(or $(BENCH_OUT),bench/results/$$(date -u +%Y-%m-%d-%H%M)-$$(git rev-parse --short HEAD 2>/dev/null || echo tree)$(if $(QUICK),-quick).json); \
+	  st=0; bench/run.sh $(if $(BASE),--base $(BASE)) $(if $(QUICK),--quick --reps 1) --out $$out $(BENCH_ARGS) || st=$$?; \
+	  if [ -f $$out ]; then node bench/report.mjs $$out || st=1; fi; exit $$st
 	@$(if $(filter 0,$(SEARCH)),true,node bench/search.mjs $(if $(QUICK),--quick) $(SEARCH_ARGS))
 	@$(if $(filter 0,$(CLUSTER)),true,bench/cluster.sh $(if $(QUICK),--quick) $(CLUSTER_ARGS))
+
+# The plots and the generated section of docs/BENCHMARKS.md again, from one results file
+# (RESULTS=bench/results/....json; default: the newest there).
+bench-report: setup-test
+	@node bench/report.mjs $(or $(RESULTS),$$(ls -t bench/results/*.json | head -1))
+
+# The tests of bench/report.mjs (on stored results files; no server runs).
+bench-test:
+	@node --test bench/report.test.mjs
 
 # Search latency over 1,000,000 stored messages alone (bench/search.mjs, docs/BENCHMARKS.md);
 # make bench runs it after the suite (SEARCH=0: not).

@@ -11,8 +11,9 @@
 //
 // Scenarios. --suite load (the default): the C load generator, bench/load/parley-load ($PARLEY_LOAD,
 // else build/release/bench/load/parley-load): load/writes, load/writes-group, load/fanout,
-// load/fanout-react and load/fanout-edit (protocol version 2: update frames; parleyd only),
-// load/pairs, load/conns. --suite node: the Node.js generator bench/parley-bench.mjs, as before:
+// load/fanout-m10 and load/fanout-m100 (the same fan-out into groups of 10 and 100: the group-size
+// sweep), load/fanout-react and load/fanout-edit (protocol version 2: update frames; parleyd only),
+// load/pairs, load/conns (5,000, 10,000 and 19,000 idle connections in steps). --suite node: the Node.js generator bench/parley-bench.mjs, as before:
 // send-throughput/group, send-throughput/direct, fanout, idle-memory. --only picks from both.
 // --quick: smaller sizes and 3 s measurements (with --base and no --servers: parleyd and
 // parleyd-base only, the quick regression check).
@@ -133,13 +134,21 @@ const ALL_SCENARIOS = [
   { id: 'load/writes', tool: 'load', suite: 'load', args: ['writes', '--senders', '50', '--window', '32', ...timing] },
   { id: 'load/writes-group', tool: 'load', suite: 'load', args: ['writes', '--group', '--senders', '50', '--window', '32', ...timing] },
   { id: 'load/fanout', tool: 'load', suite: 'load', args: ['fanout', '--groups', '1', '--members', T('1000', '200'), '--publishers', '4', '--window', '8', ...timing] },
+  // The group-size sweep (with load/fanout: deliveries/s and CPU per delivery against the group
+  // size, plotted by bench/report.mjs): the same publishers and window into smaller groups.
+  { id: 'load/fanout-m10', tool: 'load', suite: 'load', args: ['fanout', '--groups', '1', '--members', '10', '--publishers', '4', '--window', '8', ...timing] },
+  { id: 'load/fanout-m100', tool: 'load', suite: 'load', args: ['fanout', '--groups', '1', '--members', '100', '--publishers', '4', '--window', '8', ...timing] },
   // Protocol version 2: the same group, the same publishers and window, but each publisher
   // changes a message of its own instead of sending new ones, and every member connection gets
   // an update frame (the whole message) per change. parleyd only: the baselines speak version 1.
   { id: 'load/fanout-react', tool: 'load', suite: 'load', v2: true, args: ['fanout', '--op', 'react', '--groups', '1', '--members', T('1000', '200'), '--publishers', '4', '--window', '8', ...timing] },
   { id: 'load/fanout-edit', tool: 'load', suite: 'load', v2: true, args: ['fanout', '--op', 'edit', '--groups', '1', '--members', T('1000', '200'), '--publishers', '4', '--window', '8', ...timing] },
   { id: 'load/pairs', tool: 'load', suite: 'load', args: ['pairs', '--users', T('400', '100'), '--rate', T('4000', '2000'), ...timing] },
-  { id: 'load/conns', tool: 'load', suite: 'load', args: ['conns', '--conns', T('10000', '2000'), '--users', '100'] },
+  // Idle connections in steps (RSS after each; one setup): 5,000, 10,000, 19,000 fit under the
+  // hard descriptor limit of 20,000 for the generator and the server each. Run in the first round
+  // only: memory does not depend on the machine's load (0.525-0.528 KiB per connection in 8 runs
+  // on 2026-12-03), and a round of it takes about a minute per server.
+  { id: 'load/conns', tool: 'load', suite: 'load', once: true, args: ['conns', '--steps', T('5000,10000,19000', '1000,2000,4000'), '--users', '100', '--settle', '3'] },
   { id: 'send-throughput/group', tool: 'node', suite: 'node', args: ['send-throughput', '--mode', 'group', '--senders', '50', '--window', '32', '--messages', Q ? '4000' : '20000'] },
   { id: 'send-throughput/direct', tool: 'node', suite: 'node', args: ['send-throughput', '--mode', 'direct', '--senders', '50', '--window', '32', '--messages', Q ? '4000' : '20000'] },
   { id: 'fanout', tool: 'node', suite: 'node', args: ['fanout', '--members', '100', '--senders', '4', '--window', '8', '--messages', Q ? '300' : '3000'] },
@@ -220,6 +229,7 @@ const runs = [];
 console.error(`compare: ${reps} round(s) x ${scenarios.length} scenario(s); servers: ${servers.map((s) => s.name).join(', ')}`);
 for (let r = 0; r < reps; r++) {
   for (const sc of scenarios) {
+    if (sc.once && r > 0) continue;
     const svs = servers.filter((s) => (!s.only || s.only.test(sc.id)) && (!sc.v2 || V2_SERVERS.includes(s.name)));
     const rot = svs.map((_, i) => svs[(i + r) % svs.length]);
     for (const sv of rot) {
@@ -309,9 +319,11 @@ const METRICS = {
   'load/conns': [
     ['KiB per connection', (r) => r.kib_per_conn, 'lower'],
     ['RSS with all sockets, KiB', (r) => r.rss_after_kib, 'lower'],
+    ['bytes per connection (fit)', (r) => r.fit?.bytes_per_conn, 'lower'],
   ],
 };
-const metricsOf = (id) => METRICS[id] || METRICS[id.split('/')[0]];
+// load/fanout-m10 and -m100 (the group-size sweep) report what load/fanout does
+const metricsOf = (id) => METRICS[id] || METRICS[id.replace(/-m\d+$/, '')] || METRICS[id.split('/')[0]];
 const fmt = (x) => (x === null || x === undefined ? '-' : Math.abs(x) >= 100 ? String(Math.round(x)) : String(Math.round(x * 100) / 100));
 const ratio = (a, b) => (a === null || b === null || !b ? '-' : `${(a / b).toFixed(2)}x`);
 
@@ -353,7 +365,8 @@ for (const sc of scenarios) {
   for (const n of names) {
     const cells = runs.filter((x) => x.scenario === sc.id && x.server === n);
     if (!cells.length) continue;
-    const vals = cells.map((x) => (x.result ? fmt(get(x.result)) : 'FAILED') + (x.code !== 0 ? '*' : ''));
+    // a scenario run once (load/conns) has no cell in the later rounds: '-'
+    const vals = Array.from({ length: reps }, (_, i) => cells.find((x) => x.round === i + 1)).map((x) => (!x ? '-' : (x.result ? fmt(get(x.result)) : 'FAILED') + (x.code !== 0 ? '*' : '')));
     const other = cells.map((x) => (x.result?.cpu?.other_cpu_s != null && x.result.cpu.wall_s ? (x.result.cpu.other_cpu_s / x.result.cpu.wall_s).toFixed(2) : '-'));
     lines.push(`| ${sc.id} | ${n} | ${vals.join(' | ')} | ${other.join(' / ')} |`);
   }
@@ -406,7 +419,8 @@ console.log(lines.join('\n'));
 
 const out = opt.out || path.join(os.tmpdir(), `parley-bench-${started.toISOString().replace(/[:.]/g, '-')}.json`);
 mkdirSync(path.dirname(path.resolve(out)), { recursive: true });
-writeFileSync(out, JSON.stringify({ started: started.toISOString(), reps, quick: Q, suite: opt.suite, parleyd: { path: PARLEYD_SRC, sha256_16: parleydSha, checkout: gitRev }, base: PARLEYD_BASE ? { path: BASE_SRC, label: opt['base-label'] || null, sha256_16: baseSha } : null, servers: servers.map(({ name, bin, env }) => ({ name, bin: name === 'parleyd' ? PARLEYD_SRC : name === 'parleyd-base' ? BASE_SRC : bin, env })), medians, regressions, runs }, null, 1));
+const betters = Object.fromEntries(scenarios.flatMap((sc) => metricsOf(sc.id).map(([m, , b]) => [`${sc.id} ${m}`, b])));
+writeFileSync(out, JSON.stringify({ started: started.toISOString(), finished: new Date().toISOString(), args: process.argv.slice(2), reps, quick: Q, suite: opt.suite, better: betters, parleyd: { path: PARLEYD_SRC, sha256_16: parleydSha, checkout: gitRev }, base: PARLEYD_BASE ? { path: BASE_SRC, label: opt['base-label'] || null, sha256_16: baseSha } : null, servers: servers.map(({ name, bin, env }) => ({ name, bin: name === 'parleyd' ? PARLEYD_SRC : name === 'parleyd-base' ? BASE_SRC : bin, env })), medians, regressions, runs }, null, 1));
 if (opt.out) writeFileSync(out.replace(/\.json$/, '') + '.md', lines.join('\n') + '\n');
 console.error(`compare: raw results in ${out}${opt.out ? ` (the table also in ${out.replace(/\.json$/, '')}.md)` : ''}`);
 process.exit(bad.some((b) => !b.result || b.result.problems?.some((p) => /crash|died|run_failed|server_bad_exit/.test(p.kind))) ? 1 : 0);

@@ -54,12 +54,12 @@ if [ -n "$base" ]; then
   label="$base = $(git rev-parse --short=10 "$base^{commit}")"
   set -- --base-bin "$bin" --base-label "$label" "$@"
 fi
-# load/conns opens 10,000 sockets (idle-memory 2,000): the generator and the server each need
+# load/conns opens 19,000 sockets (idle-memory 2,000): the generator and the server each need
 # that many descriptors. Take the hard limit; parley-load says so clearly if it is too low.
-if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 16384 ]; then
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 19200 ]; then
   ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-  if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 10240 ]; then
-    echo "bench/run.sh: ulimit -n is $(ulimit -n) (hard $(ulimit -Hn)): load/conns needs 10,100; it will fail, the rest runs" >&2
+  if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 19100 ]; then
+    echo "bench/run.sh: ulimit -n is $(ulimit -n) (hard $(ulimit -Hn)): load/conns needs 19,100; it will fail, the rest runs" >&2
   fi
 fi
 # parleyd drains for 15 s on SIGTERM by default (PARLEY_DRAIN_*): not between benchmark runs

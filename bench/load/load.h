@@ -56,6 +56,7 @@ int word_of(uint32_t w, char *out);
 double proc_cpu_s(pid_t pid);        /* utime + stime, all threads */
 double proc_tree_cpu_s(pid_t pid);   /* the same + reaped children + live descendants */
 long proc_rss_kib(pid_t pid);        /* VmRSS */
+long proc_rss_anon_kib(pid_t pid);   /* RssAnon: VmRSS without mapped files (the database) */
 long proc_fd_count(pid_t pid);
 long proc_nofile_limit(pid_t pid);   /* soft "Max open files", -1 unlimited/unknown */
 double machine_busy_s(void);         /* busy CPU seconds of the whole machine (/proc/stat) */

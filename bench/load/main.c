@@ -30,6 +30,8 @@ static void usage(FILE *f)
         "Scenarios (each prints one JSON line on stdout, a progress line on stderr):\n"
         "  conns   N idle authenticated connections over U users: server RSS per connection\n"
         "          --conns N (1000) --users U (100) --settle S (2)\n"
+        "          --steps N1,N2,...: open them in steps up to the last (which is --conns), RSS after\n"
+        "          each step; the JSON has each step and a least-squares fit RSS = base + per_conn * N\n"
         "  fanout  R groups of M members, all connected; P publishers per group send with a window\n"
         "          of unacked sends each, or at a total rate: deliveries/s, send-to-deliver latency\n"
         "          --groups R (1) --members M (100) --publishers P (4) --window W (8) | --rate MSG/S\n"
@@ -90,6 +92,8 @@ static struct {
     uint32_t conns, users, groups, members, publishers, window, senders, max_inflight, body_bytes, words;
     int group, quiet, window_set, rate_set;
     enum pub_op op;
+    uint32_t steps[16]; /* conns: connection counts, increasing; the last is .conns */
+    int nsteps;
 } o = {
     .threads = 1, .src_addrs = 8, .open_conc = 64, .setup_conc = 4,
     .warmup = 2, .duration = 10, .drain = 10, .settle = 2, .max_seconds = 600,
@@ -155,12 +159,30 @@ static double darg(const char *name, const char *v, double min, double max)
     return x;
 }
 
+/* --steps 5000,10000,19000: increasing connection counts */
+static void parse_steps(const char *v)
+{
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", v);
+    o.nsteps = 0;
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (o.nsteps == 16)
+            die("--steps: at most 16");
+        uint32_t n = u32arg("steps", t, 1, 1000000);
+        if (o.nsteps && n <= o.steps[o.nsteps - 1])
+            die("--steps must increase, got '%s'", v);
+        o.steps[o.nsteps++] = n;
+    }
+    if (!o.nsteps)
+        die("--steps: expected N1,N2,..., got '%s'", v);
+}
+
 static void parse_args(int argc, char **argv)
 {
     enum { O_SERVER = 256, O_URL, O_PID, O_NAME, O_ENV, O_THREADS, O_SRC, O_OPENC, O_SETUPC, O_WARMUP,
            O_DURATION, O_DRAIN, O_SETTLE, O_MAXS, O_RATE, O_MESSAGES, O_CONNS, O_USERS, O_GROUPS, O_MEMBERS,
            O_PUBS, O_WINDOW, O_SENDERS, O_MAXINF, O_BODY, O_GROUP, O_QUIET, O_HELP, O_CPUPID, O_CPUTREE,
-           O_OP, O_WORDS };
+           O_OP, O_WORDS, O_STEPS };
     static const struct option lo[] = {
         {"server", 1, 0, O_SERVER}, {"url", 1, 0, O_URL}, {"server-pid", 1, 0, O_PID}, {"name", 1, 0, O_NAME},
         {"env", 1, 0, O_ENV}, {"threads", 1, 0, O_THREADS}, {"src-addrs", 1, 0, O_SRC},
@@ -172,7 +194,7 @@ static void parse_args(int argc, char **argv)
         {"senders", 1, 0, O_SENDERS}, {"max-inflight", 1, 0, O_MAXINF}, {"body-bytes", 1, 0, O_BODY},
         {"group", 0, 0, O_GROUP}, {"quiet", 0, 0, O_QUIET}, {"help", 0, 0, O_HELP},
         {"cpu-pid", 1, 0, O_CPUPID}, {"cpu-tree", 1, 0, O_CPUTREE}, {"op", 1, 0, O_OP},
-        {"words", 1, 0, O_WORDS}, {0, 0, 0, 0}};
+        {"words", 1, 0, O_WORDS}, {"steps", 1, 0, O_STEPS}, {0, 0, 0, 0}};
     int users_set = 0, ch;
     o.env = xcalloc((size_t)argc, sizeof *o.env);
     while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
@@ -224,6 +246,7 @@ static void parse_args(int argc, char **argv)
                 die("--op must be send, react or edit, got '%s'", optarg);
             break;
         case O_WORDS: o.words = u32arg("words", optarg, 1, 1000000); break;
+        case O_STEPS: parse_steps(optarg); break;
         case O_QUIET: o.quiet = 1; break;
         case O_HELP: case 'h': usage(stdout); exit(0);
         default: usage(stderr); exit(2);
@@ -263,6 +286,12 @@ static void parse_args(int argc, char **argv)
         die("--server and --url exclude each other");
     if (o.op != OP_SEND && !strcmp(o.scenario, "conns"))
         die("--op: conns sends nothing");
+    if (o.nsteps && strcmp(o.scenario, "conns"))
+        die("--steps: conns only");
+    if (o.nsteps)
+        o.conns = o.steps[o.nsteps - 1];
+    else
+        o.steps[o.nsteps++] = o.conns;
     if (o.threads == 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         o.threads = n > 0 ? (uint32_t)n : 1;
@@ -613,7 +642,8 @@ static void check_nofile(uint64_t conns, uint64_t need)
                 "(as root: ulimit -Hn %llu; or LimitNOFILE= in systemd, nofile in limits.conf)",
                 (unsigned long long)conns, (unsigned long long)need, (unsigned long long)rl.rlim_max,
                 (unsigned long long)need);
-        rl.rlim_cur = need;
+        /* the whole hard limit: a server we start inherits it, and needs as many as we do */
+        rl.rlim_cur = rl.rlim_max != RLIM_INFINITY ? rl.rlim_max : need;
         if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
             die("cannot raise the file-descriptor limit to %llu: %s (ulimit -n)", (unsigned long long)need, strerror(errno));
     }
@@ -823,37 +853,95 @@ int main(int argc, char **argv)
             count_problems(w, &ws);
         engine_free(w);
         sleep_ms((int)(o.settle * 1000));
-        long rss0 = proc_rss_kib(T.pid), fd0 = proc_fd_count(T.pid);
-        e = engine_new(&ec, nclients);
-        for (uint32_t i = 0; i < nclients; i++)
-            engine_client(e, i, i % nusers, -1, 0);
-        double open_s = open_all(e, nclients);
-        sleep_ms((int)(o.settle * 1000));
-        long rss1 = proc_rss_kib(T.pid), fd1 = proc_fd_count(T.pid);
-        struct snap s1;
-        take(e, &s1);
-        engine_set_phase(e, PH_PING);
-        uint32_t want = engine_ping_sample(e);
+        long rss0 = proc_rss_kib(T.pid), fd0 = proc_fd_count(T.pid), anon0 = proc_rss_anon_kib(T.pid);
+        /* one engine per step, each opening the step's new connections; all stay open */
+        struct engine *eng[16];
+        json_t *steps = json_array();
+        long rss1 = rss0, fd1 = fd0;
+        double open_s = 0, sx = 0, sy = 0, sxx = 0, sxy = 0;
+        uint64_t opened = 0;
+        int nfit = 0;
+        for (int k = 0; k < o.nsteps; k++) {
+            uint32_t from = k ? o.steps[k - 1] : 0, n = o.steps[k] - from;
+            eng[k] = engine_new(&ec, n);
+            for (uint32_t i = 0; i < n; i++)
+                engine_client(eng[k], i, (from + i) % nusers, -1, 0);
+            open_s += open_all(eng[k], n);
+            sleep_ms((int)(o.settle * 1000));
+            rss1 = proc_rss_kib(T.pid);
+            fd1 = proc_fd_count(T.pid);
+            long anon1 = proc_rss_anon_kib(T.pid);
+            struct snap sk;
+            take(eng[k], &sk);
+            opened += G(sk, opened);
+            json_array_append_new(steps, json_pack("{s:I,s:I,s:I,s:I,s:I,s:o?}", "conns", (json_int_t)o.steps[k],
+                "conns_open", (json_int_t)opened, "rss_kib", (json_int_t)rss1, "rss_anon_kib", (json_int_t)anon1,
+                "server_fds", (json_int_t)fd1,
+                "kib_per_conn", rss0 > 0 && rss1 > 0 ? json_real(r3((double)(rss1 - rss0) / o.steps[k])) : NULL));
+            if (rss1 > 0) { /* the fit: x = connections, y = RSS in KiB, with the point (0, rss0) */
+                sx += o.steps[k], sy += (double)rss1, sxx += (double)o.steps[k] * o.steps[k];
+                sxy += (double)o.steps[k] * (double)rss1, nfit++;
+            }
+            if (opened < o.steps[k] || time_up() || !server_alive(&T)) { /* no further step */
+                o.nsteps = k + 1;
+                break;
+            }
+        }
+        if (rss0 > 0)
+            sy += (double)rss0, nfit++;
+        for (int k = 0; k < o.nsteps; k++)
+            engine_set_phase(eng[k], PH_PING);
+        uint32_t want = 0;
+        for (int k = 0; k < o.nsteps; k++)
+            want += engine_ping_sample(eng[k]);
         uint64_t until = now_ns() + 10000000000ull;
-        struct snap s2;
+        uint64_t pongs = 0;
         do {
             sleep_ms(20);
-            take(e, &s2);
-        } while (G(s2, pongs) < want && now_ns() < until && !time_up());
-        if (G(s1, opened) < nclients)
-            problem("not_all_connections_opened", json_pack("{s:I,s:I}", "asked", (json_int_t)nclients, "opened", (json_int_t)G(s1, opened)));
-        if (fd0 >= 0 && fd1 >= 0 && fd1 - fd0 < (long)nclients - 16)
-            problem("server_holds_fewer_fds", json_pack("{s:i,s:i,s:I}", "before", (int)fd0, "after", (int)fd1, "conns", (json_int_t)nclients));
-        if (G(s2, pongs) < want)
-            problem("pings_unanswered", json_pack("{s:I,s:I}", "pinged", (json_int_t)want, "answered", (json_int_t)G(s2, pongs)));
-        engine_join(e);
-        take(e, &end);
-        json_object_update_new(res, json_pack("{s:I,s:I,s:f,s:I,s:I,s:o?,s:[i,i],s:{s:I,s:I},s:I}",
-            "conns", (json_int_t)nclients, "conns_open", (json_int_t)G(s1, opened), "seconds_to_open", r2(open_s),
+            pongs = 0;
+            for (int k = 0; k < o.nsteps; k++) {
+                struct snap sk;
+                take(eng[k], &sk);
+                pongs += G(sk, pongs);
+            }
+        } while (pongs < want && now_ns() < until && !time_up());
+        if (opened < nclients)
+            problem("not_all_connections_opened", json_pack("{s:I,s:I}", "asked", (json_int_t)nclients, "opened", (json_int_t)opened));
+        if (fd0 >= 0 && fd1 >= 0 && fd1 - fd0 < (long)opened - 16)
+            problem("server_holds_fewer_fds", json_pack("{s:i,s:i,s:I}", "before", (int)fd0, "after", (int)fd1, "conns", (json_int_t)opened));
+        if (pongs < want)
+            problem("pings_unanswered", json_pack("{s:I,s:I}", "pinged", (json_int_t)want, "answered", (json_int_t)pongs));
+        /* the totals of every step's engine; the last one stays e (its error samples) */
+        uint64_t idle_frames = 0;
+        memset(&end, 0, sizeof end);
+        for (int k = 0; k < o.nsteps; k++) {
+            struct snap sk;
+            take(eng[k], &sk);
+            idle_frames += G(sk, frames_other);
+            engine_join(eng[k]);
+            take(eng[k], &sk);
+            _Atomic uint64_t *dst = (_Atomic uint64_t *)&end.c, *src = (_Atomic uint64_t *)&sk.c;
+            for (size_t f = 0; f < sizeof end.c / sizeof(uint64_t); f++)
+                atomic_store_explicit(&dst[f], atomic_load_explicit(&dst[f], memory_order_relaxed) +
+                                      atomic_load_explicit(&src[f], memory_order_relaxed), memory_order_relaxed);
+            if (k < o.nsteps - 1)
+                engine_free(eng[k]);
+        }
+        e = eng[o.nsteps - 1];
+        json_t *fit = json_null();
+        double den = nfit * sxx - sx * sx;
+        if (nfit >= 2 && den > 0) {
+            double slope = (nfit * sxy - sx * sy) / den, base = (sy - slope * sx) / nfit;
+            fit = json_pack("{s:f,s:f,s:s}", "base_kib", r2(base), "bytes_per_conn", r2(slope * 1024),
+                            "points", "RSS before the connections (N = 0) and after each step");
+        }
+        json_object_update_new(res, json_pack("{s:I,s:I,s:f,s:I,s:I,s:o?,s:[i,i],s:{s:I,s:I},s:I,s:o,s:o}",
+            "conns", (json_int_t)nclients, "conns_open", (json_int_t)opened, "seconds_to_open", r2(open_s),
             "rss_before_kib", (json_int_t)rss0, "rss_after_kib", (json_int_t)rss1,
-            "kib_per_conn", rss0 > 0 && rss1 > 0 ? json_real(r2((double)(rss1 - rss0) / nclients)) : NULL,
-            "server_fds", (int)fd0, (int)fd1, "ping", "sent", (json_int_t)want, "answered", (json_int_t)G(s2, pongs),
-            "frames_while_idle", (json_int_t)G(s1, frames_other)));
+            "kib_per_conn", rss0 > 0 && rss1 > 0 && opened ? json_real(r2((double)(rss1 - rss0) / (double)opened)) : NULL,
+            "server_fds", (int)fd0, (int)fd1, "ping", "sent", (json_int_t)want, "answered", (json_int_t)pongs,
+            "frames_while_idle", (json_int_t)idle_frames, "steps", steps, "fit", fit));
+        json_object_set_new(res, "rss_anon_before_kib", json_integer(anon0));
     } else {
         e = engine_new(&ec, nclients);
         if (is_fanout) {

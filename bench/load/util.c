@@ -404,6 +404,7 @@ static long status_field(pid_t pid, const char *key)
 }
 
 long proc_rss_kib(pid_t pid) { return status_field(pid, "VmRSS:"); }
+long proc_rss_anon_kib(pid_t pid) { return status_field(pid, "RssAnon:"); }
 
 long proc_fd_count(pid_t pid)
 {
