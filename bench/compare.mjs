@@ -13,7 +13,8 @@
 // else build/release/bench/load/parley-load): load/writes, load/writes-group, load/fanout,
 // load/fanout-m10 and load/fanout-m100 (the same fan-out into groups of 10 and 100: the group-size
 // sweep), load/fanout-react and load/fanout-edit (protocol version 2: update frames; parleyd only),
-// load/pairs, load/conns (5,000, 10,000 and 19,000 idle connections in steps). --suite node: the Node.js generator bench/parley-bench.mjs, as before:
+// load/pairs, load/latency-group and load/latency-pairs (issue 9's latency targets: a steady 20
+// messages/s into 1,000 members; 2,000 users in pairs at 10,000/s), load/conns (5,000, 10,000 and 19,000 idle connections in steps). --suite node: the Node.js generator bench/parley-bench.mjs, as before:
 // send-throughput/group, send-throughput/direct, fanout, idle-memory. --only picks from both.
 // --quick: smaller sizes and 3 s measurements (with --base and no --servers: parleyd and
 // parleyd-base only, the quick regression check).
@@ -148,6 +149,11 @@ const ALL_SCENARIOS = [
   // hard descriptor limit of 20,000 for the generator and the server each. Run in the first round
   // only: memory does not depend on the machine's load (0.525-0.528 KiB per connection in 8 runs
   // on 2026-12-03), and a round of it takes about a minute per server.
+  // Issue 9's latency targets: p99 send-to-deliver at a steady rate, against uws-ref with its
+  // database on (the durable comparison): 20 messages/s into a 1,000-member group, and 2,000 users
+  // in direct pairs at 10,000 messages/s.
+  { id: 'load/latency-group', tool: 'load', suite: 'load', args: ['fanout', '--groups', '1', '--members', T('1000', '200'), '--publishers', '1', '--rate', '20', ...timing] },
+  { id: 'load/latency-pairs', tool: 'load', suite: 'load', args: ['pairs', '--users', T('2000', '400'), '--rate', T('10000', '2000'), ...timing] },
   { id: 'load/conns', tool: 'load', suite: 'load', once: true, args: ['conns', '--steps', T('5000,10000,19000', '1000,2000,4000'), '--users', '100', '--settle', '3'] },
   { id: 'send-throughput/group', tool: 'node', suite: 'node', args: ['send-throughput', '--mode', 'group', '--senders', '50', '--window', '32', '--messages', Q ? '4000' : '20000'] },
   { id: 'send-throughput/direct', tool: 'node', suite: 'node', args: ['send-throughput', '--mode', 'direct', '--senders', '50', '--window', '32', '--messages', Q ? '4000' : '20000'] },
@@ -294,6 +300,18 @@ const METRICS = {
     ['e2e p99 ms', (r) => r.latency_ms?.p99, 'lower'],
     ['e2e p99.9 ms', (r) => r.latency_ms?.p999, 'lower'],
     ['server CPU us/delivery', (r) => r.server_cpu_us_per_delivery, 'lower'],
+  ],
+  'load/latency-group': [
+    ['e2e p50 ms', (r) => r.latency_ms?.p50, 'lower'],
+    ['e2e p99 ms', (r) => r.latency_ms?.p99, 'lower'],
+    ['e2e p99.9 ms', (r) => r.latency_ms?.p999, 'lower'],
+    ['server CPU us/delivery', (r) => r.server_cpu_us_per_delivery, 'lower'],
+  ],
+  'load/latency-pairs': [
+    ['e2e p50 ms', (r) => r.latency_ms?.p50, 'lower'],
+    ['e2e p99 ms', (r) => r.latency_ms?.p99, 'lower'],
+    ['e2e p99.9 ms', (r) => r.latency_ms?.p999, 'lower'],
+    ['server CPU us/msg', (r) => r.server_cpu_us_per_ack, 'lower'],
   ],
   // update frames: e2e latency only for edits (their body carries the send time)
   'load/fanout-react': [
