@@ -78,6 +78,55 @@ static void item_put(struct worker *w, struct outq_item *it)
     w->nfree_items++;
 }
 
+/* Chunks. A frame of at most CHUNK_COPY_MAX bytes is copied into the chunk at
+ * the tail of the recipient's queue instead of being referenced: a fan-out
+ * delivery is then a memcpy of a hundred-odd bytes, with no queue node and no
+ * atomic reference count (one frame's counter, touched by every recipient on
+ * every worker, bounced its cache line between the cores), and the flush of
+ * all the frames a connection got in one loop iteration is one buffer and one
+ * send (docs/BENCHMARKS.md, "Fan-out: one buffer per recipient"). A chunk is a
+ * struct frame of CHUNK_SIZE bytes whose len grows as frames are appended; it
+ * is the queue's own (never shared), and it goes back to a per-worker free
+ * list once written, so an idle connection holds none. */
+#define CHUNK_SIZE 8192
+#define CHUNK_CAP ((uint32_t)(CHUNK_SIZE - offsetof(struct frame, data)))
+#define CHUNK_COPY_MAX 1024
+#define CHUNK_FREE_MAX 512 /* spare chunks kept per worker (4 MiB at most) */
+
+static struct frame *chunk_get(struct worker *w)
+{
+    struct frame *f = w->free_chunks;
+    if (f) {
+        memcpy(&w->free_chunks, f->data, sizeof w->free_chunks);
+        w->nfree_chunks--;
+    } else {
+        f = xmalloc(CHUNK_SIZE);
+        atomic_init(&f->refs, 1);
+    }
+    f->len = 0;
+    return f;
+}
+
+static void chunk_put(struct worker *w, struct frame *f)
+{
+    if (w->nfree_chunks >= CHUNK_FREE_MAX) {
+        free(f);
+        return;
+    }
+    memcpy(f->data, &w->free_chunks, sizeof w->free_chunks); /* the free list's link */
+    w->free_chunks = f;
+    w->nfree_chunks++;
+}
+
+/* An item's frame once the kernel took it (or it is dropped). */
+static void frame_release(struct worker *w, struct frame *f, int chunk)
+{
+    if (chunk)
+        chunk_put(w, f);
+    else
+        frame_unref(f);
+}
+
 /* The backpressure low-water mark: never above the cap. */
 static size_t low_water(const struct worker *w)
 {
@@ -305,8 +354,10 @@ struct write_req {
     struct conn *c;
     size_t bytes;
     unsigned n;
+    uint64_t chunks; /* bit i: frames[i] is a chunk (frame_release) */
     struct frame *frames[WRITE_BATCH];
 };
+_Static_assert(WRITE_BATCH <= 64, "write_req.chunks has a bit per frame");
 
 static void flush(struct conn *c);
 static void after_flush(struct conn *c);
@@ -320,7 +371,7 @@ static void on_write(uv_write_t *req, int status)
     struct write_req *wr = (struct write_req *)req;
     struct conn *c = wr->c;
     for (unsigned i = 0; i < wr->n; i++)
-        frame_unref(wr->frames[i]);
+        frame_release(c->w, wr->frames[i], (int)(wr->chunks >> i & 1));
     c->out_bytes -= wr->bytes;
     c->writing = 0;
     free(wr);
@@ -344,11 +395,14 @@ static void submit_write(struct conn *c)
     wr->c = c;
     wr->n = 0;
     wr->bytes = 0;
+    wr->chunks = 0;
     while (c->out_head && !c->out_head->file && wr->n < WRITE_BATCH) {
         struct outq_item *it = c->out_head;
         c->out_head = it->next;
         bufs[wr->n] = uv_buf_init((char *)it->frame->data + it->off, it->frame->len - it->off);
         wr->bytes += it->frame->len - it->off;
+        if (it->chunk)
+            wr->chunks |= (uint64_t)1 << wr->n;
         wr->frames[wr->n++] = it->frame;
         item_put(c->w, it);
     }
@@ -361,7 +415,7 @@ static void submit_write(struct conn *c)
         c->writing = 0;
         c->out_bytes -= wr->bytes;
         for (unsigned i = 0; i < wr->n; i++)
-            frame_unref(wr->frames[i]);
+            frame_release(c->w, wr->frames[i], (int)(wr->chunks >> i & 1));
         free(wr);
         conn_abort(c);
     }
@@ -382,7 +436,7 @@ static void consume(struct conn *c, size_t n)
         }
         n -= left;
         c->out_head = it->next;
-        frame_unref(it->frame);
+        frame_release(c->w, it->frame, it->chunk);
         item_put(c->w, it);
     }
     if (!c->out_head)
@@ -483,6 +537,23 @@ static int send_file(struct conn *c)
     return 0;
 }
 
+/* uv_try_write, but one buffer (the common case: a chunk) goes with send,
+ * which skips the file layer writev takes (fdget_pos, vfs_writev, the iovec
+ * walk). Nothing of libuv's is pending here (flush checks c->writing). */
+static int try_write(struct conn *c, uv_buf_t *bufs, unsigned n)
+{
+    int fd;
+    if (n != 1 || uv_fileno((uv_handle_t *)&c->tcp, &fd) < 0)
+        return uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
+    ssize_t w;
+    do
+        w = send(fd, bufs[0].base, bufs[0].len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    while (w < 0 && errno == EINTR);
+    if (w >= 0)
+        return (int)w;
+    return errno == EAGAIN || errno == EWOULDBLOCK ? UV_EAGAIN : -errno;
+}
+
 static void flush(struct conn *c)
 {
     if (c->writing || c->state == CONN_CLOSED)
@@ -500,7 +571,7 @@ static void flush(struct conn *c)
             bufs[n] = uv_buf_init((char *)it->frame->data + it->off, it->frame->len - it->off);
             want += bufs[n++].len;
         }
-        int w = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
+        int w = try_write(c, bufs, n);
         if (w < 0 && w != UV_EAGAIN) {
             conn_abort(c);
             return;
@@ -582,26 +653,45 @@ static void drop_queue(struct conn *c, int keep_started)
             it->file = NULL;
         } else {
             c->out_bytes -= it->frame->len - it->off;
-            frame_unref(it->frame);
+            frame_release(c->w, it->frame, it->chunk);
         }
         item_put(c->w, it);
         it = next;
     }
 }
 
-static void enqueue(struct conn *c, struct frame *f, int cont)
+/* A new item at the tail of the queue. */
+static struct outq_item *push_item(struct conn *c, struct frame *f, int cont, int chunk)
 {
     struct outq_item *it = item_get(c->w);
     it->next = NULL;
-    it->frame = frame_ref(f);
+    it->frame = f;
     it->file = NULL;
     it->off = 0;
     it->cont = (uint8_t)cont;
+    it->chunk = (uint8_t)chunk;
     if (c->out_tail)
         c->out_tail->next = it;
     else
         c->out_head = it;
     c->out_tail = it;
+    return it;
+}
+
+/* cont: f is the rest of the previously queued frame (conn_send2). Copied
+ * into the tail chunk it follows it directly; an item of its own is marked,
+ * so drop_queue keeps it with a started head. */
+static void enqueue(struct conn *c, struct frame *f, int cont)
+{
+    if (f->len <= CHUNK_COPY_MAX) {
+        struct outq_item *t = c->out_tail;
+        if (!t || !t->chunk || CHUNK_CAP - t->frame->len < f->len)
+            t = push_item(c, chunk_get(c->w), cont, 1);
+        memcpy(t->frame->data + t->frame->len, f->data, f->len);
+        t->frame->len += f->len;
+    } else {
+        push_item(c, frame_ref(f), cont, 0);
+    }
     c->out_bytes += f->len;
     if (!cont && c->state != CONN_HTTP)
         c->w->counters.frames_out++;
@@ -626,6 +716,7 @@ void conn_send_file(struct conn *c, int fd, int64_t off, int64_t len)
     it->file = f;
     it->off = 0;
     it->cont = 0;
+    it->chunk = 0;
     if (c->out_tail)
         c->out_tail->next = it;
     else
@@ -1490,6 +1581,11 @@ void worker_free(struct worker *w)
         struct outq_item *it = w->free_items;
         w->free_items = it->next;
         free(it);
+    }
+    while (w->free_chunks) {
+        struct frame *f = w->free_chunks;
+        memcpy(&w->free_chunks, f->data, sizeof w->free_chunks);
+        free(f);
     }
     uv_mutex_destroy(&w->inbox_mu);
     frame_unref(w->ping);

@@ -82,12 +82,17 @@ enum conn_state {
 
 struct outq_file;
 
+/* An out-queue item is a shared frame (one reference), a chunk (small frames
+ * copied one after the other into a buffer of this connection's own, so a
+ * delivery costs a memcpy, not a node and an atomic reference: worker.c,
+ * enqueue), or a file. */
 struct outq_item {
     struct outq_item *next;
-    struct frame *frame; /* one reference; NULL for a file item */
+    struct frame *frame; /* one reference, or the chunk's buffer; NULL for a file item */
     struct outq_file *file; /* a file item (conn_send_file): owned; NULL for a frame */
     uint32_t off;        /* bytes of it the kernel already took */
     uint8_t cont;        /* the rest of the previous item's frame (conn_send2) */
+    uint8_t chunk;       /* frame is a chunk: owned by this item, more may be appended */
 };
 
 struct conn {
@@ -255,6 +260,8 @@ struct worker {
     struct conn *dirty;            /* connections with frames queued this iteration */
     struct outq_item *free_items;  /* spare out-queue nodes (worker.c: item_get/item_put) */
     size_t nfree_items;
+    struct frame *free_chunks;     /* spare chunk buffers (worker.c: chunk_get/chunk_put) */
+    size_t nfree_chunks;
     uv_thread_t thread;
     uv_mutex_t inbox_mu;           /* guards inbox_head/tail only */
     struct event *inbox_head, *inbox_tail;
