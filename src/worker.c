@@ -84,45 +84,60 @@ static void item_put(struct worker *w, struct outq_item *it)
  * atomic reference count (one frame's counter, touched by every recipient on
  * every worker, bounced its cache line between the cores), and the flush of
  * all the frames a connection got in one loop iteration is one buffer and one
- * send (docs/BENCHMARKS.md, "Fan-out: one buffer per recipient"). A chunk is a
- * struct frame of CHUNK_SIZE bytes whose len grows as frames are appended; it
- * is the queue's own (never shared), and it goes back to a per-worker free
- * list once written, so an idle connection holds none. */
-#define CHUNK_SIZE 8192
-#define CHUNK_CAP ((uint32_t)(CHUNK_SIZE - offsetof(struct frame, data)))
+ * send (docs/BENCHMARKS.md, "Fan-out: one buffer per recipient").
+ * A chunk is a struct frame whose len grows as frames are appended; it is the
+ * queue's own (never shared). It comes in three sizes (classes): a connection
+ * starts with the class its last flush needed (c->chunk_cls), and a tail
+ * chunk nothing of which was sent yet moves into the next class when full,
+ * so a ping to 10,000 idle connections takes 512 bytes each, not 8 KiB.
+ * Written chunks go back to a per-worker free list of their class, so an idle
+ * connection holds none. */
 #define CHUNK_COPY_MAX 1024
-#define CHUNK_FREE_MAX 512 /* spare chunks kept per worker (4 MiB at most) */
+static const uint32_t chunk_size[WORKER_CHUNK_CLASSES] = {512, 2048, 8192};
+/* spare chunks kept per worker and class: 1 MiB, 2 MiB, 4 MiB at most */
+static const size_t chunk_free_max[WORKER_CHUNK_CLASSES] = {2048, 1024, 512};
+#define CHUNK_CAP(k) ((uint32_t)(chunk_size[k] - offsetof(struct frame, data)))
 
-static struct frame *chunk_get(struct worker *w)
+static struct frame *chunk_get(struct worker *w, int k)
 {
-    struct frame *f = w->free_chunks;
+    struct frame *f = w->free_chunks[k];
     if (f) {
-        memcpy(&w->free_chunks, f->data, sizeof w->free_chunks);
-        w->nfree_chunks--;
+        memcpy(&w->free_chunks[k], f->data, sizeof f); /* the free list's link */
+        w->nfree_chunks[k]--;
     } else {
-        f = xmalloc(CHUNK_SIZE);
+        f = xmalloc(chunk_size[k]);
         atomic_init(&f->refs, 1);
     }
     f->len = 0;
     return f;
 }
 
-static void chunk_put(struct worker *w, struct frame *f)
+static void chunk_put(struct worker *w, struct frame *f, int k)
 {
-    if (w->nfree_chunks >= CHUNK_FREE_MAX) {
+    if (w->nfree_chunks[k] >= chunk_free_max[k]) {
         free(f);
         return;
     }
-    memcpy(f->data, &w->free_chunks, sizeof w->free_chunks); /* the free list's link */
-    w->free_chunks = f;
-    w->nfree_chunks++;
+    memcpy(f->data, &w->free_chunks[k], sizeof f);
+    w->free_chunks[k] = f;
+    w->nfree_chunks[k]++;
 }
 
-/* An item's frame once the kernel took it (or it is dropped). */
+/* The smallest class that holds n bytes (the largest if none does). */
+static int chunk_class(size_t n)
+{
+    int k = 0;
+    while (k < WORKER_CHUNK_CLASSES - 1 && CHUNK_CAP(k) < n)
+        k++;
+    return k;
+}
+
+/* An item's frame once the kernel took it (or it is dropped); chunk as in
+ * struct outq_item. */
 static void frame_release(struct worker *w, struct frame *f, int chunk)
 {
     if (chunk)
-        chunk_put(w, f);
+        chunk_put(w, f, chunk - 1);
     else
         frame_unref(f);
 }
@@ -354,10 +369,9 @@ struct write_req {
     struct conn *c;
     size_t bytes;
     unsigned n;
-    uint64_t chunks; /* bit i: frames[i] is a chunk (frame_release) */
     struct frame *frames[WRITE_BATCH];
+    uint8_t chunk[WRITE_BATCH]; /* of frames[i], as in struct outq_item */
 };
-_Static_assert(WRITE_BATCH <= 64, "write_req.chunks has a bit per frame");
 
 static void flush(struct conn *c);
 static void after_flush(struct conn *c);
@@ -371,7 +385,7 @@ static void on_write(uv_write_t *req, int status)
     struct write_req *wr = (struct write_req *)req;
     struct conn *c = wr->c;
     for (unsigned i = 0; i < wr->n; i++)
-        frame_release(c->w, wr->frames[i], (int)(wr->chunks >> i & 1));
+        frame_release(c->w, wr->frames[i], wr->chunk[i]);
     c->out_bytes -= wr->bytes;
     c->writing = 0;
     free(wr);
@@ -395,14 +409,12 @@ static void submit_write(struct conn *c)
     wr->c = c;
     wr->n = 0;
     wr->bytes = 0;
-    wr->chunks = 0;
     while (c->out_head && !c->out_head->file && wr->n < WRITE_BATCH) {
         struct outq_item *it = c->out_head;
         c->out_head = it->next;
         bufs[wr->n] = uv_buf_init((char *)it->frame->data + it->off, it->frame->len - it->off);
         wr->bytes += it->frame->len - it->off;
-        if (it->chunk)
-            wr->chunks |= (uint64_t)1 << wr->n;
+        wr->chunk[wr->n] = it->chunk;
         wr->frames[wr->n++] = it->frame;
         item_put(c->w, it);
     }
@@ -415,7 +427,7 @@ static void submit_write(struct conn *c)
         c->writing = 0;
         c->out_bytes -= wr->bytes;
         for (unsigned i = 0; i < wr->n; i++)
-            frame_release(c->w, wr->frames[i], (int)(wr->chunks >> i & 1));
+            frame_release(c->w, wr->frames[i], wr->chunk[i]);
         free(wr);
         conn_abort(c);
     }
@@ -567,6 +579,8 @@ static void flush(struct conn *c)
         uv_buf_t bufs[WRITE_BATCH];
         unsigned n = 0;
         size_t want = 0;
+        if (c->out_head->chunk && c->out_head->off == 0) /* what to start with next time */
+            c->chunk_cls = (uint8_t)chunk_class(c->out_head->frame->len);
         for (struct outq_item *it = c->out_head; it && !it->file && n < WRITE_BATCH; it = it->next) {
             bufs[n] = uv_buf_init((char *)it->frame->data + it->off, it->frame->len - it->off);
             want += bufs[n++].len;
@@ -685,8 +699,23 @@ static void enqueue(struct conn *c, struct frame *f, int cont)
 {
     if (f->len <= CHUNK_COPY_MAX) {
         struct outq_item *t = c->out_tail;
-        if (!t || !t->chunk || CHUNK_CAP - t->frame->len < f->len)
-            t = push_item(c, chunk_get(c->w), cont, 1);
+        if (t && t->chunk && CHUNK_CAP(t->chunk - 1) - t->frame->len < f->len) {
+            int k = chunk_class((size_t)t->frame->len + f->len);
+            if (t->off == 0 && k > t->chunk - 1) { /* move it into a larger chunk */
+                struct frame *g = chunk_get(c->w, k);
+                memcpy(g->data, t->frame->data, t->frame->len);
+                g->len = t->frame->len;
+                chunk_put(c->w, t->frame, t->chunk - 1);
+                t->frame = g;
+                t->chunk = (uint8_t)(k + 1);
+            }
+        }
+        if (!t || !t->chunk || CHUNK_CAP(t->chunk - 1) - t->frame->len < f->len) {
+            int k = chunk_class(f->len);
+            if (c->chunk_cls > k)
+                k = c->chunk_cls;
+            t = push_item(c, chunk_get(c->w, k), cont, k + 1);
+        }
         memcpy(t->frame->data + t->frame->len, f->data, f->len);
         t->frame->len += f->len;
     } else {
@@ -1582,11 +1611,12 @@ void worker_free(struct worker *w)
         w->free_items = it->next;
         free(it);
     }
-    while (w->free_chunks) {
-        struct frame *f = w->free_chunks;
-        memcpy(&w->free_chunks, f->data, sizeof w->free_chunks);
-        free(f);
-    }
+    for (int k = 0; k < WORKER_CHUNK_CLASSES; k++)
+        while (w->free_chunks[k]) {
+            struct frame *f = w->free_chunks[k];
+            memcpy(&w->free_chunks[k], f->data, sizeof f);
+            free(f);
+        }
     uv_mutex_destroy(&w->inbox_mu);
     frame_unref(w->ping);
     free(w);
