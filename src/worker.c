@@ -80,6 +80,70 @@ static void item_put(struct worker *w, struct outq_item *it)
     w->nfree_items++;
 }
 
+/* Chunks. A frame of at most CHUNK_COPY_MAX bytes is copied into the chunk at
+ * the tail of the recipient's queue instead of being referenced: a fan-out
+ * delivery is then a memcpy of a hundred-odd bytes, with no queue node and no
+ * atomic reference count (one frame's counter, touched by every recipient on
+ * every worker, bounced its cache line between the cores), and the flush of
+ * all the frames a connection got in one loop iteration is one buffer and one
+ * send (docs/BENCHMARKS.md, "Fan-out: one buffer per recipient").
+ * A chunk is a struct frame whose len grows as frames are appended; it is the
+ * queue's own (never shared). It comes in three sizes (classes): a connection
+ * starts with the class its last flush needed (c->chunk_cls), and a tail
+ * chunk nothing of which was sent yet moves into the next class when full,
+ * so a ping to 10,000 idle connections takes 512 bytes each, not 8 KiB.
+ * Written chunks go back to a per-worker free list of their class, so an idle
+ * connection holds none. */
+#define CHUNK_COPY_MAX 1024
+static const uint32_t chunk_size[WORKER_CHUNK_CLASSES] = {512, 2048, 8192};
+/* spare chunks kept per worker and class: 1 MiB, 2 MiB, 4 MiB at most */
+static const size_t chunk_free_max[WORKER_CHUNK_CLASSES] = {2048, 1024, 512};
+#define CHUNK_CAP(k) ((uint32_t)(chunk_size[k] - offsetof(struct frame, data)))
+
+static struct frame *chunk_get(struct worker *w, int k)
+{
+    struct frame *f = w->free_chunks[k];
+    if (f) {
+        memcpy(&w->free_chunks[k], f->data, sizeof f); /* the free list's link */
+        w->nfree_chunks[k]--;
+    } else {
+        f = xmalloc(chunk_size[k]);
+        atomic_init(&f->refs, 1);
+    }
+    f->len = 0;
+    return f;
+}
+
+static void chunk_put(struct worker *w, struct frame *f, int k)
+{
+    if (w->nfree_chunks[k] >= chunk_free_max[k]) {
+        free(f);
+        return;
+    }
+    memcpy(f->data, &w->free_chunks[k], sizeof f);
+    w->free_chunks[k] = f;
+    w->nfree_chunks[k]++;
+}
+
+/* The smallest class that holds n bytes (the largest if none does). */
+static int chunk_class(size_t n)
+{
+    int k = 0;
+    while (k < WORKER_CHUNK_CLASSES - 1 && CHUNK_CAP(k) < n)
+        k++;
+    return k;
+}
+
+/* An item's frame once the kernel took it (or it is dropped); chunk as in
+ * struct outq_item. */
+static void frame_release(struct worker *w, struct frame *f, int chunk)
+{
+    if (chunk)
+        chunk_put(w, f, chunk - 1);
+    else
+        frame_unref(f);
+}
+
 /* The backpressure low-water mark: never above the cap. */
 static size_t low_water(const struct worker *w)
 {
@@ -335,6 +399,7 @@ struct write_req {
     size_t bytes;
     unsigned n;
     struct frame *frames[WRITE_BATCH];
+    uint8_t chunk[WRITE_BATCH]; /* of frames[i], as in struct outq_item */
 };
 
 static void flush(struct conn *c);
@@ -349,7 +414,7 @@ static void on_write(uv_write_t *req, int status)
     struct write_req *wr = (struct write_req *)req;
     struct conn *c = wr->c;
     for (unsigned i = 0; i < wr->n; i++)
-        frame_unref(wr->frames[i]);
+        frame_release(c->w, wr->frames[i], wr->chunk[i]);
     c->out_bytes -= wr->bytes;
     c->writing = 0;
     free(wr);
@@ -379,6 +444,7 @@ static void submit_write(struct conn *c)
         c->out_head = it->next;
         bufs[wr->n] = uv_buf_init((char *)it->frame->data + it->off, it->frame->len - it->off);
         wr->bytes += it->frame->len - it->off;
+        wr->chunk[wr->n] = it->chunk;
         wr->frames[wr->n++] = it->frame;
         item_put(c->w, it);
     }
@@ -391,7 +457,7 @@ static void submit_write(struct conn *c)
         c->writing = 0;
         c->out_bytes -= wr->bytes;
         for (unsigned i = 0; i < wr->n; i++)
-            frame_unref(wr->frames[i]);
+            frame_release(c->w, wr->frames[i], wr->chunk[i]);
         free(wr);
         conn_abort(c);
     }
@@ -414,7 +480,7 @@ static void consume(struct conn *c, size_t n)
         }
         n -= left;
         c->out_head = it->next;
-        frame_unref(it->frame);
+        frame_release(c->w, it->frame, it->chunk);
         item_put(c->w, it);
     }
     if (!c->out_head)
@@ -517,6 +583,23 @@ static int send_file(struct conn *c)
     return 0;
 }
 
+/* uv_try_write, but one buffer (the common case: a chunk) goes with send,
+ * which skips the file layer writev takes (fdget_pos, vfs_writev, the iovec
+ * walk). Nothing of libuv's is pending here (flush checks c->writing). */
+static int try_write(struct conn *c, uv_buf_t *bufs, unsigned n)
+{
+    int fd;
+    if (n != 1 || uv_fileno((uv_handle_t *)&c->tcp, &fd) < 0)
+        return uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
+    ssize_t w;
+    do
+        w = send(fd, bufs[0].base, bufs[0].len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    while (w < 0 && errno == EINTR);
+    if (w >= 0)
+        return (int)w;
+    return errno == EAGAIN || errno == EWOULDBLOCK ? UV_EAGAIN : -errno;
+}
+
 static void flush(struct conn *c)
 {
     if (c->writing || c->state == CONN_CLOSED)
@@ -530,11 +613,13 @@ static void flush(struct conn *c)
         uv_buf_t bufs[WRITE_BATCH];
         unsigned n = 0;
         size_t want = 0;
+        if (c->out_head->chunk && c->out_head->off == 0) /* what to start with next time */
+            c->chunk_cls = (uint8_t)chunk_class(c->out_head->frame->len);
         for (struct outq_item *it = c->out_head; it && !it->file && n < WRITE_BATCH; it = it->next) {
             bufs[n] = uv_buf_init((char *)it->frame->data + it->off, it->frame->len - it->off);
             want += bufs[n++].len;
         }
-        int w = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
+        int w = try_write(c, bufs, n);
         if (w < 0 && w != UV_EAGAIN) {
             conn_abort(c);
             return;
@@ -626,26 +711,60 @@ static void drop_queue(struct conn *c, int keep_started)
             it->file = NULL;
         } else {
             c->out_bytes -= it->frame->len - it->off;
-            frame_unref(it->frame);
+            frame_release(c->w, it->frame, it->chunk);
         }
         item_put(c->w, it);
         it = next;
     }
 }
 
-static void enqueue(struct conn *c, struct frame *f, int cont)
+/* A new item at the tail of the queue. */
+static struct outq_item *push_item(struct conn *c, struct frame *f, int cont, int chunk)
 {
     struct outq_item *it = item_get(c->w);
     it->next = NULL;
-    it->frame = frame_ref(f);
+    it->frame = f;
     it->file = NULL;
     it->off = 0;
     it->cont = (uint8_t)cont;
+    it->chunk = (uint8_t)chunk;
     if (c->out_tail)
         c->out_tail->next = it;
     else
         c->out_head = it;
     c->out_tail = it;
+    return it;
+}
+
+/* cont: f is the rest of the previously queued frame (conn_send2). Copied
+ * into the tail chunk it follows it directly; an item of its own is marked,
+ * so drop_queue keeps it with a started head. */
+static void enqueue(struct conn *c, struct frame *f, int cont)
+{
+    if (f->len <= CHUNK_COPY_MAX) {
+        struct outq_item *t = c->out_tail;
+        if (t && t->chunk && CHUNK_CAP(t->chunk - 1) - t->frame->len < f->len) {
+            int k = chunk_class((size_t)t->frame->len + f->len);
+            if (t->off == 0 && k > t->chunk - 1) { /* move it into a larger chunk */
+                struct frame *g = chunk_get(c->w, k);
+                memcpy(g->data, t->frame->data, t->frame->len);
+                g->len = t->frame->len;
+                chunk_put(c->w, t->frame, t->chunk - 1);
+                t->frame = g;
+                t->chunk = (uint8_t)(k + 1);
+            }
+        }
+        if (!t || !t->chunk || CHUNK_CAP(t->chunk - 1) - t->frame->len < f->len) {
+            int k = chunk_class(f->len);
+            if (c->chunk_cls > k)
+                k = c->chunk_cls;
+            t = push_item(c, chunk_get(c->w, k), cont, k + 1);
+        }
+        memcpy(t->frame->data + t->frame->len, f->data, f->len);
+        t->frame->len += f->len;
+    } else {
+        push_item(c, frame_ref(f), cont, 0);
+    }
     c->out_bytes += f->len;
     if (!cont && c->state != CONN_HTTP)
         c->w->counters.frames_out++;
@@ -670,6 +789,7 @@ void conn_send_file(struct conn *c, int fd, int64_t off, int64_t len)
     it->file = f;
     it->off = 0;
     it->cont = 0;
+    it->chunk = 0;
     if (c->out_tail)
         c->out_tail->next = it;
     else
@@ -1579,6 +1699,12 @@ void worker_free(struct worker *w)
         w->free_items = it->next;
         free(it);
     }
+    for (int k = 0; k < WORKER_CHUNK_CLASSES; k++)
+        while (w->free_chunks[k]) {
+            struct frame *f = w->free_chunks[k];
+            memcpy(&w->free_chunks[k], f->data, sizeof f);
+            free(f);
+        }
     uv_mutex_destroy(&w->inbox_mu);
     frame_unref(w->ping);
     free(w);

@@ -82,12 +82,20 @@ enum conn_state {
 
 struct outq_file;
 
+#define WORKER_CHUNK_CLASSES 3 /* chunk sizes: 512 B, 2 KiB, 8 KiB (worker.c) */
+
+/* An out-queue item is a shared frame (one reference), a chunk (small frames
+ * copied one after the other into a buffer of this connection's own, so a
+ * delivery costs a memcpy, not a node and an atomic reference: worker.c,
+ * enqueue), or a file. */
 struct outq_item {
     struct outq_item *next;
-    struct frame *frame; /* one reference; NULL for a file item */
+    struct frame *frame; /* one reference, or the chunk's buffer; NULL for a file item */
     struct outq_file *file; /* a file item (conn_send_file): owned; NULL for a frame */
     uint32_t off;        /* bytes of it the kernel already took */
     uint8_t cont;        /* the rest of the previous item's frame (conn_send2) */
+    uint8_t chunk;       /* 0: a shared frame; else frame is a chunk of class chunk - 1,
+                            owned by this item, and more may be appended */
 };
 
 struct conn {
@@ -110,6 +118,7 @@ struct conn {
     uint8_t held;                  /* the layer above holds the input (conn_hold): nothing is parsed */
     uint8_t throttled;             /* input not read: the out-queue is above PARLEY_OUTQ_LOW */
     uint8_t gated;                 /* counted by the gate's open: its close runs at the end */
+    uint8_t chunk_cls;             /* the chunk class its last flush needed (worker.c, enqueue) */
     int pending;                   /* jobs in flight holding this pointer */
     uint64_t src;                  /* the peer's address as a key: IPv4 address, or IPv6 /64 */
     void (*drain_fn)(struct conn *c, void *arg); /* conn_on_drain: once, then NULL */
@@ -262,6 +271,8 @@ struct worker {
     struct conn *dirty;            /* connections with frames queued this iteration */
     struct outq_item *free_items;  /* spare out-queue nodes (worker.c: item_get/item_put) */
     size_t nfree_items;
+    struct frame *free_chunks[WORKER_CHUNK_CLASSES]; /* spare chunks per class (worker.c: chunk_get/chunk_put) */
+    size_t nfree_chunks[WORKER_CHUNK_CLASSES];
     uv_thread_t thread;
     uv_mutex_t inbox_mu;           /* guards inbox_head/tail only */
     struct event *inbox_head, *inbox_tail;

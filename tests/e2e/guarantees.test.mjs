@@ -67,6 +67,33 @@ test('1,000 messages from 5 concurrent senders: every member connection gets seq
   } finally { await closeAll(conns.length ? conns : sConns); }
 });
 
+// The worker copies frames up to 1 KiB into a per-connection chunk of 8 KiB and queues bigger
+// ones by reference (worker.c, enqueue): bodies of every size, sent without waiting, cross both
+// kinds and the chunk boundaries, and must still arrive whole, once and in order.
+test('120 messages of 1 byte to 4 KiB, sent at once: each member connection gets every body whole and in order', async () => {
+  const sizes = [1, 300, 900, 1000, 1100, 2500, 4000, 4096, 60, 8];
+  const body = (k) => `${k}:`.padEnd(sizes[k % sizes.length], String.fromCharCode(97 + (k % 26)));
+  const [a, b] = await signupMany(srv, 2, 'sz');
+  const g = await createGroup(srv, a, [b.user.id]);
+  const ca = await openSocket(srv, a.token);
+  const cb = await openSocket(srv, b.token);
+  const cb2 = await openSocket(srv, b.token, { via: 'query' });
+  try {
+    const N = 120;
+    const receiving = [ca, cb, cb2].map(async (c) => {
+      const got = [];
+      while (got.length < N) got.push(await c.next((f) => f.op === 'msg' && f.conv === g.id, 30000));
+      return got;
+    });
+    const acks = await sendMany(ca, g.id, N, { prefix: uniq('sz'), timeoutMs: 30000, body });
+    assert.deepEqual(acks.map((x) => x.seq), range(1, N));
+    for (const [ci, msgs] of (await Promise.all(receiving)).entries()) {
+      assert.deepEqual(msgs.map((m) => m.seq), range(1, N), `connection ${ci}: in seq order`);
+      msgs.forEach((m, k) => assert.equal(m.body, body(k), `connection ${ci}: body ${k} whole`));
+    }
+  } finally { await closeAll(ca, cb, cb2); }
+});
+
 test('a member offline while 200 messages were sent gets all 200 in order after reconnect + sync', async () => {
   const [a, b] = await signupMany(srv, 2, 'off');
   const g = await createGroup(srv, a, [b.user.id]);
