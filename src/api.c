@@ -34,6 +34,7 @@
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <strings.h>
 
 #define LIMIT_DEFAULT 50
@@ -1011,6 +1012,12 @@ static void process_metrics(struct buf *b)
         closedir(d);
     family(b, "process_open_fds", "gauge", "Open file descriptors.");
     out(b, "process_open_fds %ld\n", fds > 0 ? fds - 1 : 0); /* less the one reading the directory */
+    /* alert on open / max: past the limit new connections are reset unanswered */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+        family(b, "process_max_fds", "gauge", "The descriptor limit (ulimit -n).");
+        out(b, "process_max_fds %llu\n", (unsigned long long)rl.rlim_cur);
+    }
 }
 
 static void metrics_render(struct conn *c, const struct metrics_snapshot *m)

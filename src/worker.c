@@ -16,6 +16,7 @@
 #include <string.h>
 #include <linux/sockios.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -1347,10 +1348,16 @@ void worker_set_gate(struct worker *w, const struct conn_gate *g)
     w->gate = *g;
 }
 
+#define FD_WARN_MARGIN 16 /* descriptors left below the limit when the warning starts */
+
 static void on_connection(uv_stream_t *server, int status)
 {
     struct worker *w = server->data;
-    if (status < 0 || w->stopping)
+    if (status < 0) {
+        log_warn("worker %d: cannot accept a connection: %s", w->index, uv_strerror(status));
+        return;
+    }
+    if (w->stopping)
         return;
     const struct config *cfg = w->cfg;
     struct conn *c = xcalloc(1, sizeof *c);
@@ -1360,6 +1367,18 @@ static void on_connection(uv_stream_t *server, int status)
     if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
         uv_close((uv_handle_t *)&c->tcp, free_unlisted);
         return;
+    }
+    /* Past the descriptor limit libuv resets new connections itself (its
+     * EMFILE trick) and tells nobody: warn while the limit is close. The
+     * kernel hands out the lowest free number, so a number this high means
+     * nearly all below it are taken. */
+    int fd;
+    if (w->fd_warn_at > 0 && uv_fileno((const uv_handle_t *)&c->tcp, &fd) == 0 && fd >= w->fd_warn_at &&
+        now_ms(w) - w->counters.fd_logged_ms >= 1000) {
+        w->counters.fd_logged_ms = now_ms(w);
+        log_warn("worker %d: descriptor limit close: descriptor %d of %d (ulimit -n): connections past it are"
+                 " reset",
+                 w->index, fd, w->fd_warn_at + FD_WARN_MARGIN);
     }
     c->admin = w->has_mlistener && server == (uv_stream_t *)&w->mlistener;
     c->id = ((uint64_t)w->index << 48) | ++w->next_conn_id;
@@ -1610,6 +1629,10 @@ struct worker *worker_new(const struct config *cfg, int index, int nworkers, cha
     struct worker *w = xcalloc(1, sizeof *w);
     w->cfg = cfg;
     w->index = index;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur > 2 * FD_WARN_MARGIN &&
+        rl.rlim_cur < INT32_MAX)
+        w->fd_warn_at = (int)rl.rlim_cur - FD_WARN_MARGIN;
     w->nworkers = nworkers;
     uv_loop_init(&w->loop);
     uv_mutex_init(&w->inbox_mu);

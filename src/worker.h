@@ -242,6 +242,7 @@ void conn_upgrade(struct conn *c, int64_t auth_deadline_ms);
 struct worker_counters {
     uint64_t frames_in, frames_out;   /* WebSocket data frames received, queued */
     uint64_t slow_closes;             /* 1008 slow consumer */
+    int64_t fd_logged_ms;             /* when "descriptor limit close" was last logged (once a second) */
     uint64_t http[WORKER_ROUTES][WORKER_STATUSES]; /* answers by route and status (http_status_index) */
 };
 /* The index of a status in the counters (the last one: any other). */
@@ -255,6 +256,7 @@ void worker_count_http(struct conn *c, int status);
 struct worker {
     int index;
     int nworkers;
+    int fd_warn_at;                /* a connection's descriptor at or above this: warn (0: no limit known) */
     const struct config *cfg;      /* read-only */
     const struct conn_handler *handler;
     void *ctx;                     /* the layer above's per-worker state */

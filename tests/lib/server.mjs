@@ -33,8 +33,9 @@ export function binary() {
 // The factor for every bounded wait of the suite (1 unless PARLEY_TEST_TIME_SCALE).
 export const TIME_SCALE = Math.max(1, Number(process.env.PARLEY_TEST_TIME_SCALE) || 1);
 
-function command(args) {
-  const wrap = (process.env.PARLEYD_WRAPPER || '').split(' ').filter(Boolean);
+// pre: a command of the test's own that runs parleyd (prlimit, say), before $PARLEYD_WRAPPER.
+function command(args, pre = []) {
+  const wrap = [...pre, ...(process.env.PARLEYD_WRAPPER || '').split(' ').filter(Boolean)];
   return wrap.length ? [wrap[0], [...wrap.slice(1), binary(), ...args]] : [binary(), args];
 }
 
@@ -79,7 +80,7 @@ function waitForListening(child, out, deadlineMs) {
   });
 }
 
-// start({env, dataDir, port}) -> {url, wsUrl, port, metricsPort, dataDir, child, stop(signal), kill9(), restart()}
+// start({env, dataDir, port, wrap}) -> {url, wsUrl, port, metricsPort, dataDir, child, stop(signal), kill9(), restart()}
 // port: 0 (default) lets the kernel choose. PARLEY_METRICS_LISTEN may end in :0 as
 // well; metricsPort is the port the metrics listener got (null without one).
 export async function start(opts = {}) {
@@ -98,7 +99,7 @@ export async function start(opts = {}) {
   };
   // The line that tells the port is logged at info; debug shows it too.
   if (env.PARLEY_LOG_LEVEL !== 'debug') env.PARLEY_LOG_LEVEL = 'info';
-  const [cmd, argv] = command(opts.args || []);
+  const [cmd, argv] = command(opts.args || [], opts.wrap || []);
   const child = spawn(cmd, argv, { env, stdio: ['ignore', 'inherit', 'pipe'] });
   const out = { text: '', onData: null, watchers: new Set() };
   child.stderr.on('data', (d) => {
