@@ -19,10 +19,9 @@ export function rssOf(pid) {
   return Number(m[1]) * 1024;
 }
 
-// Bytes the kernel holds for the server that the server has not read yet, on the server's end
-// of the TCP connection whose client port is clientPort (from /proc/net/tcp{,6}). null when
-// there is no such socket.
-export function serverUnread(serverPort, clientPort) {
+// The fields of the server's end of the TCP connection whose client port is clientPort (a
+// row of /proc/net/tcp{,6}: [3] the state, [4] tx_queue:rx_queue), or null when there is none.
+export function serverSocketRow(serverPort, clientPort) {
   for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
     let text;
     try { text = readFileSync(file, 'utf8'); } catch { continue; }
@@ -31,10 +30,17 @@ export function serverUnread(serverPort, clientPort) {
       if (f.length < 5) continue;
       const lport = parseInt(f[1].split(':')[1], 16);
       const rport = parseInt(f[2].split(':')[1], 16);
-      if (lport === serverPort && rport === clientPort) return parseInt(f[4].split(':')[1], 16);
+      if (lport === serverPort && rport === clientPort) return f;
     }
   }
   return null;
+}
+
+// Bytes the kernel holds for the server that the server has not read yet on that connection;
+// null when there is no such socket.
+export function serverUnread(serverPort, clientPort) {
+  const f = serverSocketRow(serverPort, clientPort);
+  return f ? parseInt(f[4].split(':')[1], 16) : null;
 }
 
 // Resolves once the server has stopped reading from the connection: bytes wait unread on its

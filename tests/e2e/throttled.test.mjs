@@ -12,11 +12,10 @@
 // that two intervals have passed.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
 import {
   startServer, http, signup, signupMany, createGroup, openSocket, closeAll, sleep,
 } from './helpers.mjs';
-import { rawWebSocket, serverStoppedReading, writeRepeated, wsFrame, drain } from './abuse.mjs';
+import { rawWebSocket, serverSocketRow, serverStoppedReading, writeRepeated, wsFrame, drain } from './abuse.mjs';
 import { TIME_SCALE } from '../lib/server.mjs';
 
 const HEARTBEAT = 1000;
@@ -42,18 +41,7 @@ async function slowCloses(s) {
 
 // The state of the server's end of the connection from clientPort (01: established), or null
 // once it is gone.
-function serverSide(serverPort, clientPort) {
-  for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
-    let text;
-    try { text = readFileSync(file, 'utf8'); } catch { continue; }
-    for (const line of text.split('\n').slice(1)) {
-      const f = line.trim().split(/\s+/);
-      if (f.length < 5) continue;
-      if (parseInt(f[1].split(':')[1], 16) === serverPort && parseInt(f[2].split(':')[1], 16) === clientPort) return f[3];
-    }
-  }
-  return null;
-}
+const serverSide = (serverPort, clientPort) => serverSocketRow(serverPort, clientPort)?.[3] ?? null;
 
 // Resolves once the server's end is no longer established (closed by the server: the client
 // never closes here). Rejects after timeoutMs: the server kept it open.
