@@ -57,7 +57,27 @@ struct bus_msg {
     uint64_t t0_ns;          /* BUS_MSG on its own node: when the send arrived (uv_hrtime); 0 elsewhere
                                 (not carried between nodes: clocks differ) */
     uint64_t except_conn;    /* a connection of the origin node that must not get it; 0 none */
+    /* BUS_MSG on its own node: a run of one conversation's messages stored
+     * by one batch (seqs seq, seq+1, ...), their frames back to back in
+     * `frame`: a worker hands the one buffer to every member connection (one
+     * queue node and one send each) instead of every message to each. 0: one
+     * message. Owned. Between nodes each goes on its own (bus_redis.c). */
+    uint32_t nparts;
+    struct bus_part *parts;
 };
+
+/* One message of a run: where its frame ends in the run's frame, and t0_ns
+ * as for a single message. */
+struct bus_part {
+    uint32_t end;
+    uint64_t t0_ns;
+};
+
+/* The messages m carries: its run's length, else 1. */
+static inline uint32_t bus_msg_count(const struct bus_msg *m)
+{
+    return m->nparts ? m->nparts : 1;
+}
 
 /* A zeroed publication with one reference. */
 struct bus_msg *bus_msg_new(enum bus_kind kind, int64_t conv);

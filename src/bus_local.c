@@ -44,6 +44,7 @@ void bus_msg_unref(struct bus_msg *m)
     frame_unref(m->aux);
     idlist_unref(m->users);
     free(m->pos);
+    free(m->parts);
     free(m);
 }
 

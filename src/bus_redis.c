@@ -72,8 +72,10 @@ static uint32_t get32(const uint8_t *p)
 
 size_t bus_redis_envelope_size(const struct bus_msg *m)
 {
-    return HDR + (m->frame ? m->frame->len : 0) + (m->aux ? m->aux->len : 0) +
-           (m->users ? (size_t)m->users->n * 8 : 0) + m->npos * 16;
+    /* a run: one envelope per message, each with the whole head */
+    return (HDR + (m->aux ? m->aux->len : 0) + (m->users ? (size_t)m->users->n * 8 : 0) + m->npos * 16) *
+               bus_msg_count(m) +
+           (m->frame ? m->frame->len : 0);
 }
 
 void bus_redis_encode(const struct bus_msg *m, struct buf *out)
@@ -721,7 +723,33 @@ static void on_ping(redisAsyncContext *ac, void *r, void *priv)
         rconn_answered(ac->data);
 }
 
+static void send_one(struct bus_redis *br, const struct bus_msg *m);
+
+/* A run (bus.h) goes as its messages, each in an envelope of its own: other
+ * nodes, and older ones, read one message per envelope. */
 static void send_publication(struct bus_redis *br, const struct bus_msg *m)
+{
+    if (!m->nparts || !m->frame) {
+        send_one(br, m);
+        return;
+    }
+    struct bus_msg one = *m;
+    one.nparts = 0;
+    one.parts = NULL;
+    uint32_t start = 0;
+    for (uint32_t i = 0; i < m->nparts; i++) {
+        uint32_t len = m->parts[i].end - start;
+        one.frame = frame_new(len);
+        memcpy(one.frame->data, m->frame->data + start, len);
+        one.seq = m->seq + (int64_t)i;
+        one.t0_ns = m->parts[i].t0_ns;
+        send_one(br, &one);
+        frame_unref(one.frame);
+        start = m->parts[i].end;
+    }
+}
+
+static void send_one(struct bus_redis *br, const struct bus_msg *m)
 {
     /* conversation-scoped kinds on the conversation's channel; the others on
      * the broadcast channel of the conversation's (presence: the user's)

@@ -277,22 +277,44 @@ static void observe_s2d(struct chat_worker *cw, uint64_t t0_ns)
     cw->counters.s2d_sum += secs;
 }
 
-static void deliver_msg(struct chat_worker *cw, const struct bus_msg *m)
+/* A run (bus.h) is delivered from its part `from` on: the whole of it (one
+ * buffer for every recipient), or, when this worker has delivered its first
+ * messages already (a repair overtook it), a copy of the rest. */
+static void deliver_msg(struct chat_worker *cw, const struct bus_msg *m, uint32_t from)
 {
     struct hub *h = &cw->hub;
+    struct frame *f = m->frame, *rest = NULL;
+    uint32_t nmsgs = bus_msg_count(m) - from;
+    if (from) {
+        uint32_t off = m->parts[from - 1].end;
+        rest = frame_new(f->len - off);
+        memcpy(rest->data, f->data + off, f->len - off);
+        f = rest;
+    }
     size_t sent = 0;
     if (m->users) {
         for (uint32_t i = 0; i < m->users->n; i++)
-            sent += hub_send_user(h, m->users->ids[i], m->frame, except_of(cw, m));
+            sent += hub_send_user_frames(h, m->users->ids[i], f, nmsgs, except_of(cw, m));
     } else {
         size_t n;
         const int64_t *users = hub_conv_users(h, m->conv, &n);
         for (size_t i = 0; i < n; i++)
-            sent += hub_send_user(h, users[i], m->frame, except_of(cw, m));
+            sent += hub_send_user_frames(h, users[i], f, nmsgs, except_of(cw, m));
     }
-    cw->counters.deliveries += sent;
-    if (sent && m->t0_ns)
-        observe_s2d(cw, m->t0_ns); /* once per message and worker that had recipients */
+    frame_unref(rest);
+    cw->counters.deliveries += sent * nmsgs;
+    /* once per message and worker that had recipients */
+    for (uint32_t i = from; sent && i < bus_msg_count(m); i++) {
+        uint64_t t0 = m->nparts ? m->parts[i].t0_ns : m->t0_ns;
+        if (t0)
+            observe_s2d(cw, t0);
+    }
+}
+
+/* The last seq (mod) m carries. */
+static int64_t last_seq(const struct bus_msg *m)
+{
+    return m->seq + (int64_t)bus_msg_count(m) - 1;
 }
 
 static void arm_repair(struct chat_worker *cw)
@@ -312,8 +334,13 @@ static void hold(struct order_stream *s, const struct bus_msg *m)
     size_t i = s->nheld;
     while (i > 0 && s->held[i - 1]->seq > m->seq)
         i--;
-    if (i > 0 && s->held[i - 1]->seq == m->seq)
-        return; /* held already */
+    if (i > 0 && s->held[i - 1]->seq == m->seq) { /* held already: keep the longer run */
+        if (last_seq(m) > last_seq(s->held[i - 1])) {
+            bus_msg_unref(s->held[i - 1]);
+            s->held[i - 1] = bus_msg_ref((struct bus_msg *)m);
+        }
+        return;
+    }
     if (s->nheld == s->capheld) {
         s->capheld = s->capheld ? s->capheld * 2 : 8;
         s->held = xrealloc(s->held, s->capheld * sizeof *s->held);
@@ -335,24 +362,26 @@ static void deliver_in_order(struct chat_worker *cw, const struct bus_msg *m, in
 {
     struct conv_order *o = idmap_get(&cw->order, m->conv);
     if (!o) { /* no local member known yet (a push on its way): as it comes */
-        deliver_msg(cw, m);
+        deliver_msg(cw, m, 0);
         return;
     }
     struct order_stream *s = m->kind == BUS_UPDATE ? &o->mods : &o->msgs;
-    if (s->delivered >= 0 && m->seq <= s->delivered)
+    if (s->delivered >= 0 && last_seq(m) <= s->delivered)
         return; /* delivered already */
     if (s->delivered >= 0 && m->seq > s->delivered + 1 && !settled) {
         hold(s, m);
         arm_repair(cw);
         return;
     }
-    deliver_msg(cw, m);
-    s->delivered = m->seq;
+    /* a run whose first messages were delivered already: the rest */
+    deliver_msg(cw, m, s->delivered >= m->seq ? (uint32_t)(s->delivered + 1 - m->seq) : 0);
+    s->delivered = last_seq(m);
     size_t k = 0;
     while (k < s->nheld && s->held[k]->seq <= s->delivered + 1) {
-        if (s->held[k]->seq == s->delivered + 1) {
-            deliver_msg(cw, s->held[k]);
-            s->delivered = s->held[k]->seq;
+        const struct bus_msg *h = s->held[k];
+        if (last_seq(h) > s->delivered) {
+            deliver_msg(cw, h, (uint32_t)(s->delivered + 1 - h->seq));
+            s->delivered = last_seq(h);
         }
         bus_msg_unref(s->held[k++]);
     }

@@ -171,7 +171,7 @@ const int64_t *hub_conv_users(struct hub *h, int64_t conv, size_t *n)
     return c ? c->users : NULL;
 }
 
-size_t hub_send_user(struct hub *h, int64_t user, struct frame *f, uint64_t except)
+size_t hub_send_user_frames(struct hub *h, int64_t user, struct frame *f, uint32_t nframes, uint64_t except)
 {
     struct hub_user *u = idmap_get(&h->users, user);
     size_t n = 0;
@@ -179,7 +179,7 @@ size_t hub_send_user(struct hub *h, int64_t user, struct frame *f, uint64_t exce
         /* conn_send may close c (slow consumer), which unlinks it: step first */
         struct conn *next = c->unext;
         if (c->id != except && c->state == CONN_WS) {
-            conn_send(c, f);
+            conn_send_frames(c, f, nframes);
             n++;
         }
         c = next;

@@ -57,8 +57,13 @@ void hub_leave(struct hub *h, int64_t user, int64_t conv);
 /* The local users of conv (NULL, 0 if none). Valid until the hub changes. */
 const int64_t *hub_conv_users(struct hub *h, int64_t conv, size_t *n);
 
-/* Queues f on every authenticated connection of user, except the one with
- * id except (0: none). Returns how many got it. */
-size_t hub_send_user(struct hub *h, int64_t user, struct frame *f, uint64_t except);
+/* Queues f, which holds nframes whole WebSocket frames, on every
+ * authenticated connection of user, except the one with id except (0:
+ * none). Returns how many connections got it. */
+size_t hub_send_user_frames(struct hub *h, int64_t user, struct frame *f, uint32_t nframes, uint64_t except);
+static inline size_t hub_send_user(struct hub *h, int64_t user, struct frame *f, uint64_t except)
+{
+    return hub_send_user_frames(h, user, f, 1, except);
+}
 
 #endif

@@ -105,6 +105,7 @@ static void send_ack(struct conn *c, const char *id, int64_t conv, int64_t seq, 
     p = frame_json_str_put(p + sizeof head - 1, id, id_len);
     memcpy(p, tail, (size_t)tn);
     conn_send(c, f);
+    conn_urgent(c);
     frame_unref(f);
 }
 

@@ -668,6 +668,16 @@ static void on_flush_check(uv_check_t *h)
 {
     struct worker *w = h->data;
     const struct config *cfg = w->cfg;
+    /* The urgent ones first; they stay on the dirty list, whose pass below
+     * finds them written (or writes what the kernel did not take yet) and
+     * runs the checks. No connection is freed before this handle runs. */
+    for (size_t i = 0; i < w->nurgent; i++) {
+        struct conn *c = w->urgent[i];
+        c->urgent = 0;
+        if (c->state != CONN_CLOSED)
+            flush(c);
+    }
+    w->nurgent = 0;
     while (w->dirty) {
         struct conn *c = w->dirty;
         w->dirty = c->dirty_next;
@@ -806,6 +816,28 @@ void conn_send(struct conn *c, struct frame *f)
     enqueue(c, f, 0);
 }
 
+void conn_send_frames(struct conn *c, struct frame *f, uint32_t nframes)
+{
+    if (c->state == CONN_CLOSED || c->state == CONN_CLOSING)
+        return;
+    enqueue(c, f, 0);
+    if (c->state != CONN_HTTP && nframes > 1)
+        c->w->counters.frames_out += nframes - 1;
+}
+
+void conn_urgent(struct conn *c)
+{
+    struct worker *w = c->w;
+    if (c->urgent || !c->dirty || c->state == CONN_CLOSED)
+        return; /* listed already, or nothing queued */
+    if (w->nurgent == w->capurgent) {
+        w->capurgent = w->capurgent ? w->capurgent * 2 : 64;
+        w->urgent = xrealloc(w->urgent, w->capurgent * sizeof *w->urgent);
+    }
+    w->urgent[w->nurgent++] = c;
+    c->urgent = 1;
+}
+
 void conn_send2(struct conn *c, struct frame *head, struct frame *body)
 {
     if (c->state == CONN_CLOSED || c->state == CONN_CLOSING)
@@ -852,6 +884,11 @@ static void conn_free(struct conn *c)
                 *pp = c->dirty_next;
                 break;
             }
+    for (size_t i = 0; c->urgent && i < w->nurgent; i++) /* as unexpected */
+        if (w->urgent[i] == c) {
+            w->urgent[i] = w->urgent[--w->nurgent];
+            c->urgent = 0;
+        }
     if (c->prev)
         c->prev->next = c->next;
     else if (w->conns == c)
@@ -1730,5 +1767,6 @@ void worker_free(struct worker *w)
         }
     uv_mutex_destroy(&w->inbox_mu);
     frame_unref(w->ping);
+    free(w->urgent);
     free(w);
 }

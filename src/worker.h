@@ -114,6 +114,7 @@ struct conn {
     uint8_t close_after_write;     /* HTTP Connection: close */
     uint8_t shut;                  /* FIN sent: lingering for the peer's */
     uint8_t dirty;                 /* on the worker's dirty list: flush this iteration */
+    uint8_t urgent;                /* also on the worker's urgent list: flushed before the others */
     uint8_t admin;                 /* accepted on the metrics listener */
     uint8_t held;                  /* the layer above holds the input (conn_hold): nothing is parsed */
     uint8_t throttled;             /* input not read: the out-queue is above PARLEY_OUTQ_LOW */
@@ -203,10 +204,18 @@ int conn_congested(const struct conn *c);
  * iteration with everything else queued to c, in one writev. If what the
  * kernel will not take passes max_outq, the connection is closed with 1008. */
 void conn_send(struct conn *c, struct frame *f);
+/* conn_send of f holding nframes whole WebSocket frames back to back (a run
+ * of messages: bus.h), counted as nframes. */
+void conn_send_frames(struct conn *c, struct frame *f, uint32_t nframes);
 /* Queues head then body as ONE WebSocket frame split in two buffers (the
  * per-recipient head of a push, and a body shared by every recipient): they
  * are written together and never separated by another frame. */
 void conn_send2(struct conn *c, struct frame *head, struct frame *body);
+/* Has c written before every other connection at the end of this iteration
+ * (an ack: the client's next send waits for it, and a client reads the
+ * sockets that became readable first, first; with c last among a thousand
+ * members of a fan-out, it would see its ack a whole fan-out later). */
+void conn_urgent(struct conn *c);
 /* Queues len bytes of the open file fd from offset off, sent with
  * sendfile(2) after everything queued before it, as the socket takes them
  * (zero-copy: the bytes never pass through our memory). Takes fd: it is
@@ -271,6 +280,8 @@ struct worker {
     int sweep_deferred;
     uv_check_t flush_check;        /* end of each loop iteration: write what was queued */
     struct conn *dirty;            /* connections with frames queued this iteration */
+    struct conn **urgent;          /* of those, the ones to write first (conn_urgent); owned, grown */
+    size_t nurgent, capurgent;
     struct outq_item *free_items;  /* spare out-queue nodes (worker.c: item_get/item_put) */
     size_t nfree_items;
     struct frame *free_chunks[WORKER_CHUNK_CLASSES]; /* spare chunks per class (worker.c: chunk_get/chunk_put) */

@@ -52,6 +52,8 @@ static struct job *next_job(struct job *j)
 struct published {
     struct job *job;
     struct idlist *members;   /* one reference */
+    struct frame *frame;      /* its msg frame, while the batch is published */
+    int done;                 /* published in a run already */
 };
 
 struct batch {
@@ -158,6 +160,70 @@ struct frame *writer_msg_frame(const struct job *j)
     return f;
 }
 
+/* A run ends at this many bytes of frames (or at a gap): a buffer shared by
+ * every member connection, held by each until its socket took it. */
+#define RUN_MAX_BYTES (64 * 1024)
+
+/* Publishes the batch's messages as runs (bus.h): a conversation's messages
+ * with consecutive seqs and the same members (one store_send_batch call),
+ * in seq order, as one publication whose frame holds theirs back to back.
+ * A worker then queues one buffer per member connection, where it queued
+ * and copied every message (a batch of 24 messages into one group was 24
+ * lookups, copies and queue steps per member: docs/BENCHMARKS.md). */
+static void publish_runs(struct batch *b, writer_publish_fn publish, void *ctx)
+{
+    for (size_t i = 0; i < b->npub; i++) {
+        b->pub[i].frame = writer_msg_frame(b->pub[i].job);
+        b->pub[i].done = 0;
+    }
+    size_t *run = xmalloc(b->npub * sizeof *run);
+    for (size_t i = 0; i < b->npub; i++) {
+        if (b->pub[i].done)
+            continue;
+        const struct job_send *first = &b->pub[i].job->u.send;
+        size_t n = 0, bytes = 0;
+        int64_t next = first->seq;
+        for (size_t k = i; k < b->npub; k++) {
+            const struct published *p = &b->pub[k];
+            if (p->done || p->job->u.send.conv != first->conv)
+                continue;
+            if (p->members != b->pub[i].members || p->job->u.send.seq != next ||
+                (n && bytes + p->frame->len > RUN_MAX_BYTES))
+                break;
+            run[n++] = k;
+            bytes += p->frame->len;
+            next++;
+        }
+        struct bus_msg *m = bus_msg_new(BUS_MSG, first->conv);
+        m->users = idlist_ref(b->pub[i].members);
+        m->seq = first->seq;
+        if (n == 1) {
+            m->frame = b->pub[i].frame;
+            m->t0_ns = first->arrived_ns;
+        } else {
+            m->frame = frame_new(bytes);
+            m->nparts = (uint32_t)n;
+            m->parts = xmalloc(n * sizeof *m->parts);
+            size_t off = 0;
+            for (size_t r = 0; r < n; r++) {
+                struct published *p = &b->pub[run[r]];
+                memcpy(m->frame->data + off, p->frame->data, p->frame->len);
+                off += p->frame->len;
+                m->parts[r] = (struct bus_part){.end = (uint32_t)off, .t0_ns = p->job->u.send.arrived_ns};
+                frame_unref(p->frame);
+            }
+            m->t0_ns = first->arrived_ns;
+        }
+        for (size_t r = 0; r < n; r++) {
+            b->pub[run[r]].done = 1;
+            b->pub[run[r]].frame = NULL;
+        }
+        publish(ctx, m);
+        bus_msg_unref(m);
+    }
+    free(run);
+}
+
 int writer_run_batch(struct store *st, struct job *batch, writer_exec_fn exec, writer_publish_fn publish,
                      writer_deliver_fn deliver, void *ctx)
 {
@@ -194,19 +260,10 @@ int writer_run_batch(struct store *st, struct job *batch, writer_exec_fn exec, w
     }
     /* messages first, in seq order, so a sender's own msg frame comes
      * before its ack in every inbox */
-    for (size_t i = 0; i < b.npub; i++) {
-        if (!failed && publish) {
-            const struct job_send *s = &b.pub[i].job->u.send;
-            struct bus_msg *m = bus_msg_new(BUS_MSG, s->conv);
-            m->frame = writer_msg_frame(b.pub[i].job);
-            m->users = idlist_ref(b.pub[i].members);
-            m->seq = s->seq;
-            m->t0_ns = s->arrived_ns;
-            publish(ctx, m);
-            bus_msg_unref(m);
-        }
+    if (!failed && publish)
+        publish_runs(&b, publish, ctx);
+    for (size_t i = 0; i < b.npub; i++)
         idlist_unref(b.pub[i].members);
-    }
     /* then what the other jobs made to publish (changes), in batch order */
     for (j = batch; j; j = next_job(j)) {
         if (!j->publish)
@@ -246,7 +303,7 @@ static void deliver_to_postbox(void *ctx, struct job *j)
 static void publish_to_bus(void *ctx, struct bus_msg *m)
 {
     struct thread_ctx *t = ctx;
-    t->stored += m->kind == BUS_MSG;
+    t->stored += m->kind == BUS_MSG ? bus_msg_count(m) : 0;
     bus_publish(t->wr->bus, m, &t->pb);
 }
 

@@ -28,6 +28,8 @@ struct fixture {
     json_t *fanned[64];     /* decoded msg frames */
     size_t fan_members[64]; /* member count of each */
     int nfanned;
+    int run_len[64];        /* messages in each publication (bus.h: runs) */
+    int nruns;
 };
 
 static int64_t make_user(struct store *st, const char *name)
@@ -79,21 +81,34 @@ static void deliver(void *ctx, struct job *j)
     f->delivered[f->ndelivered++] = j;
 }
 
+/* A publication: one message, or a run of them whose frames lie back to
+ * back, each ending where its part says, with seqs m->seq, m->seq + 1, ... */
 static void fanout(void *ctx, struct bus_msg *m)
 {
     struct fixture *f = ctx;
     struct frame *fr = m->frame;
     struct idlist *members = m->users;
     assert_int_equal(m->kind, BUS_MSG);
-    /* a server frame: FIN|TEXT, then a 7-bit, 16-bit or 64-bit length */
-    assert_int_equal(fr->data[0], 0x81);
-    size_t hl = (fr->data[1] & 0x7f) < 126 ? 2 : (fr->data[1] & 0x7f) == 126 ? 4 : 10;
-    json_error_t e;
-    json_t *o = json_loadb((const char *)fr->data + hl, fr->len - hl, JSON_ALLOW_NUL, &e);
-    assert_non_null(o);
-    assert_int_equal(json_integer_value(json_object_get(o, "conv")), m->conv);
-    f->fan_members[f->nfanned] = members->n;
-    f->fanned[f->nfanned++] = o;
+    uint32_t start = 0;
+    for (uint32_t i = 0; i < bus_msg_count(m); i++) {
+        uint32_t end = m->nparts ? m->parts[i].end : fr->len;
+        const uint8_t *p = fr->data + start;
+        /* a server frame: FIN|TEXT, then a 7-bit, 16-bit or 64-bit length */
+        assert_int_equal(p[0], 0x81);
+        size_t hl = (p[1] & 0x7f) < 126 ? 2 : (p[1] & 0x7f) == 126 ? 4 : 10;
+        size_t plen = (p[1] & 0x7f) < 126 ? (size_t)(p[1] & 0x7f) : (size_t)p[2] << 8 | p[3];
+        assert_int_equal(hl + plen, end - start); /* the header's length is the part's */
+        json_error_t e;
+        json_t *o = json_loadb((const char *)p + hl, end - start - hl, JSON_ALLOW_NUL, &e);
+        assert_non_null(o);
+        assert_int_equal(json_integer_value(json_object_get(o, "conv")), m->conv);
+        assert_int_equal(json_integer_value(json_object_get(o, "seq")), m->seq + (int64_t)i);
+        f->fan_members[f->nfanned] = members->n;
+        f->fanned[f->nfanned++] = o;
+        start = end;
+    }
+    assert_int_equal(start, fr->len);
+    f->run_len[f->nruns++] = (int)bus_msg_count(m);
 }
 
 static struct job *send_job(int64_t user, int64_t conv, const char *id, const char *body)
@@ -162,10 +177,19 @@ static void test_dense_seqs_in_submission_order(void **state)
     assert_int_equal(last, 3);
     assert_int_equal(store_conv_last_seq(f->st, f->direct, &last), STORE_OK);
     assert_int_equal(last, 2);
-    /* one frame per message, in batch order, carrying the assigned seq */
+    /* one frame per message carrying the assigned seq, published as one run
+     * per conversation (in the order of their first messages), each in seq
+     * order: the group's 1, 2, 3, then the direct conversation's 1, 2 */
+    assert_int_equal(f->nruns, 2);
+    assert_int_equal(f->run_len[0], 3);
+    assert_int_equal(f->run_len[1], 2);
     assert_int_equal(f->nfanned, 5);
+    int64_t fan_seq[] = {1, 2, 3, 1, 2}, fan_conv[] = {f->group, f->group, f->group, f->direct, f->direct};
+    const char *fan_id[] = {"a1", "b1", "a3", "a2", "c1"};
     for (int i = 0; i < 5; i++) {
-        assert_int_equal(json_integer_value(json_object_get(f->fanned[i], "seq")), want_seq[i]);
+        assert_int_equal(json_integer_value(json_object_get(f->fanned[i], "seq")), fan_seq[i]);
+        assert_int_equal(json_integer_value(json_object_get(f->fanned[i], "conv")), fan_conv[i]);
+        assert_string_equal(json_string_value(json_object_get(f->fanned[i], "id")), fan_id[i]);
         assert_string_equal(json_string_value(json_object_get(f->fanned[i], "op")), "msg");
         assert_int_equal(f->fan_members[i], 2);
     }
@@ -277,6 +301,54 @@ static void test_member_added_mid_batch(void **state)
     assert_int_equal(f->nfanned, 2);
     assert_int_equal(f->fan_members[0], 3);
     assert_int_equal(f->fan_members[1], 3);
+    assert_int_equal(f->nruns, 1); /* both after the change: one run */
+}
+
+/* A run holds messages that went to the same members: a member added
+ * between two sends of a batch starts a new one, with the new members. */
+static void test_run_ends_at_membership_change(void **state)
+{
+    struct fixture *f = *state;
+    struct job *b[4];
+    b[0] = send_job(f->u1, f->group, "a1", "before");
+    b[1] = send_job(f->u2, f->group, "b1", "before too");
+    b[2] = job_new(JOB_MEMBER, NULL, NULL, NULL, NULL);
+    b[2]->u.member.op = MEMBER_ADD;
+    b[2]->u.member.conv = f->group;
+    b[2]->u.member.actor = f->u1;
+    b[2]->u.member.target = f->u3;
+    b[3] = send_job(f->u1, f->group, "a2", "after");
+    run(f, b, 4);
+    assert_int_equal(b[3]->u.send.seq, 3);
+    assert_int_equal(f->nruns, 2);
+    assert_int_equal(f->run_len[0], 2);
+    assert_int_equal(f->run_len[1], 1);
+    assert_int_equal(f->fan_members[0], 2);
+    assert_int_equal(f->fan_members[1], 2);
+    assert_int_equal(f->fan_members[2], 3);
+}
+
+/* A run's buffer is bounded (RUN_MAX_BYTES, 64 KiB): 20 frames of about
+ * 4 KiB make two runs, in seq order, every message once. */
+static void test_run_bounded_in_bytes(void **state)
+{
+    struct fixture *f = *state;
+    enum { N = 20 };
+    static char body[4001];
+    memset(body, 'y', sizeof body - 1);
+    struct job *b[N];
+    for (int i = 0; i < N; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "big%d", i);
+        b[i] = send_job(f->u1, f->group, id, body);
+    }
+    run(f, b, N);
+    assert_int_equal(f->nruns, 2);
+    assert_true(f->run_len[0] >= 14 && f->run_len[0] <= 16); /* 64 KiB / ~4.1 KiB */
+    assert_int_equal(f->run_len[0] + f->run_len[1], N);
+    assert_int_equal(f->nfanned, N);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(json_integer_value(json_object_get(f->fanned[i], "seq")), i + 1);
 }
 
 static void test_large_batch(void **state)
@@ -293,6 +365,9 @@ static void test_large_batch(void **state)
     run(f, b, N);
     for (int i = 0; i < N; i++)
         assert_int_equal(b[i]->u.send.seq, i + 1);
+    /* fanned[] holds 64: all of them as one run */
+    assert_int_equal(f->nruns, 1);
+    assert_int_equal(f->nfanned, N);
     json_t *page;
     int more;
     assert_int_equal(store_msg_page(f->st, f->group, 0, 0, 200, &page, &more), STORE_OK);
@@ -357,6 +432,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sender_read_position_moves, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failing_job_rolls_back_only_itself, setup, teardown),
         cmocka_unit_test_setup_teardown(test_member_added_mid_batch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_run_ends_at_membership_change, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_run_bounded_in_bytes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_large_batch, setup, teardown),
         cmocka_unit_test(test_msg_frame_matches_rows),
     };
