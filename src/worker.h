@@ -167,6 +167,8 @@ struct conn {
  * it. A field added here, or a libuv that grows uv_tcp_t, moves the figure:
  * re-measure it and update the model there before raising this bound. */
 _Static_assert(sizeof(struct conn) <= 424, "struct conn grew: idle connections cost more RSS (docs/BENCHMARKS.md)");
+/* and its bitfields hold every value put in them */
+_Static_assert(CONN_CLOSED < (1 << 3) && WORKER_CHUNK_CLASSES <= (1 << 2), "struct conn's state or chunk_cls is too narrow");
 
 /* What the layer above does with a connection's input. ctx is the context
  * given to worker_new (the core's per-worker state). */
