@@ -820,8 +820,7 @@ static void session_read(struct read *r)
         return;
     }
     c->state = CONN_WS;
-    c->deadline_ms = 0;
-    c->last_ping_ms = worker_now(cw->w);
+    c->last_ping_ms = worker_now(cw->w); /* in place of the auth deadline (worker.h) */
     c->in_session = 1;
     if (hub_add(&cw->hub, c))
         hub_set_convs(&cw->hub, c->user_id, r->ids2, r->n2);

@@ -161,19 +161,23 @@ static void touch(struct conn *c)
 }
 
 /* The peer took some of our output: the clock by which a connection we
- * stopped reading is judged (sweep_conn). */
+ * stopped reading is judged (sweep_conn). Noted only while paused: while we
+ * read it, its silence is the clock (last_seen_ms, which shares the field's
+ * storage). */
 static void took(struct conn *c)
 {
-    c->progress_ms = now_ms(c->w);
+    if (c->paused)
+        c->progress_ms = now_ms(c->w);
 }
 
 /* We stopped reading c (backpressure, a hold): from now on its silence is
  * not held against it, whether it reads our output is (sweep_conn). */
 static void note_paused(struct conn *c)
 {
-    if (c->paused_ms || (c->state != CONN_WS && c->state != CONN_WS_AUTH))
+    if (c->paused || (c->state != CONN_WS && c->state != CONN_WS_AUTH))
         return;
-    c->paused_ms = c->progress_ms = now_ms(c->w);
+    c->paused = 1;
+    c->progress_ms = now_ms(c->w);
     c->progress_pending = SIZE_MAX; /* the first sample counts as progress */
 }
 
@@ -181,9 +185,9 @@ static void note_paused(struct conn *c)
  * in the kernel because we did not read them. */
 static void note_reading(struct conn *c)
 {
-    if (!c->paused_ms)
+    if (!c->paused)
         return;
-    c->paused_ms = 0;
+    c->paused = 0;
     c->last_seen_ms = now_ms(c->w);
 }
 
@@ -875,6 +879,9 @@ static void fire_drain(struct conn *c)
     fn(c, c->drain_arg);
 }
 
+static void drop_input(struct conn *c);
+static void frag_free(struct ws_frag *fr);
+
 static void conn_free(struct conn *c)
 {
     struct worker *w = c->w;
@@ -896,8 +903,8 @@ static void conn_free(struct conn *c)
     if (c->next)
         c->next->prev = c->prev;
     w->nconns--;
-    buf_dispose(&c->in);
-    buf_dispose(&c->frag);
+    drop_input(c);
+    frag_free(c->frag);
     http_req_free(c->http);
     free(c);
 }
@@ -1009,23 +1016,52 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
     b->len = sizeof c->w->rbuf;
 }
 
+/* The connection's remainder (c->in): bytes read but not parsed yet (a
+ * frame or a request cut by the read), its own until parsed. Allocated with
+ * the first such bytes and freed once all are parsed, so a connection at
+ * rest holds neither the bytes nor their struct buf. */
+static void keep_input(struct conn *c, const uint8_t *p, size_t n)
+{
+    if (!c->in) {
+        c->in = xmalloc(sizeof *c->in);
+        buf_init(c->in);
+    }
+    buf_append(c->in, p, n);
+}
+
+static void drop_input(struct conn *c)
+{
+    if (!c->in)
+        return;
+    buf_dispose(c->in);
+    free(c->in);
+    c->in = NULL;
+}
+
+/* used bytes of the remainder were parsed: drops them, and the remainder
+ * with them once it is empty. */
+static void consumed_input(struct conn *c, size_t used)
+{
+    buf_consume(c->in, used);
+    if (!c->in->len)
+        drop_input(c); /* at rest, own nothing */
+}
+
 /* Parses what is buffered: the shared read buffer when nothing was left
  * over, else the connection's remainder with the new bytes appended. */
 static void consume_input(struct conn *c, uint8_t *data, size_t len)
 {
-    if (c->in.len) {
-        buf_append(&c->in, data, len);
-        size_t used = process(c, (uint8_t *)c->in.data, c->in.len);
+    if (c->in) {
+        buf_append(c->in, data, len);
+        size_t used = process(c, (uint8_t *)c->in->data, c->in->len);
         if (c->state == CONN_CLOSED)
             return;
-        buf_consume(&c->in, used);
-        if (!c->in.len)
-            buf_dispose(&c->in); /* at rest, own nothing */
+        consumed_input(c, used);
     } else {
         size_t used = process(c, data, len);
         if (c->state == CONN_CLOSED || used >= len)
             return;
-        buf_append(&c->in, data + used, len - used);
+        keep_input(c, data + used, len - used);
     }
 }
 
@@ -1079,6 +1115,14 @@ static void ws_message(struct conn *c, int opcode, const uint8_t *p, size_t n)
     c->w->handler->on_message(c->w->ctx, c, (const char *)p, n);
 }
 
+static void frag_free(struct ws_frag *fr)
+{
+    if (!fr)
+        return;
+    buf_dispose(&fr->msg);
+    free(fr);
+}
+
 static void ws_frame(struct conn *c, const struct ws_frame *f)
 {
     const struct config *cfg = c->w->cfg;
@@ -1087,7 +1131,7 @@ static void ws_frame(struct conn *c, const struct ws_frame *f)
     switch (f->opcode) {
     case WS_OP_TEXT:
     case WS_OP_BINARY:
-        if (c->frag_opcode) {
+        if (c->frag) {
             conn_close_ws(c, 1002, "expected a continuation frame");
             return;
         }
@@ -1095,24 +1139,28 @@ static void ws_frame(struct conn *c, const struct ws_frame *f)
             ws_message(c, f->opcode, f->payload, f->len);
             return;
         }
-        c->frag_opcode = f->opcode;
-        buf_append(&c->frag, f->payload, f->len);
+        c->frag = xmalloc(sizeof *c->frag); /* freed by the last fragment, or conn_free */
+        c->frag->opcode = f->opcode;
+        buf_init(&c->frag->msg);
+        buf_append(&c->frag->msg, f->payload, f->len);
         return;
     case WS_OP_CONT:
-        if (!c->frag_opcode) {
+        if (!c->frag) {
             conn_close_ws(c, 1002, "unexpected continuation frame");
             return;
         }
-        if (c->frag.len + f->len > (size_t)cfg->max_frame) {
+        if (c->frag->msg.len + f->len > (size_t)cfg->max_frame) {
             conn_close_ws(c, 1009, "message too big");
             return;
         }
-        buf_append(&c->frag, f->payload, f->len);
+        buf_append(&c->frag->msg, f->payload, f->len);
         if (f->fin) {
-            int op = c->frag_opcode;
-            c->frag_opcode = 0;
-            ws_message(c, op, (const uint8_t *)c->frag.data, c->frag.len);
-            buf_dispose(&c->frag);
+            /* off the connection before the message is handled: from here
+             * on c holds no fragment, whatever the handler does with c */
+            struct ws_frag *done = c->frag;
+            c->frag = NULL;
+            ws_message(c, done->opcode, (const uint8_t *)done->msg.data, done->msg.len);
+            frag_free(done);
         }
         return;
     case WS_OP_PING: {
@@ -1272,14 +1320,12 @@ static void pump_input(struct conn *c)
     c->throttled = c->out_bytes > low_water(c->w);
     /* draining: a WebSocket frame still unread stays unread (the client
      * resends it); a pipelined HTTP request is answered (503 if it writes) */
-    int parse = c->in.len && !(c->w->draining && c->state != CONN_HTTP);
+    int parse = c->in && !(c->w->draining && c->state != CONN_HTTP);
     if (parse && !input_paused(c)) {
-        size_t used = process(c, (uint8_t *)c->in.data, c->in.len);
+        size_t used = process(c, (uint8_t *)c->in->data, c->in->len);
         if (c->state == CONN_CLOSED)
             return;
-        buf_consume(&c->in, used);
-        if (!c->in.len)
-            buf_dispose(&c->in);
+        consumed_input(c, used);
     }
     if (c->state != CONN_HTTP && c->state != CONN_WS && c->state != CONN_WS_AUTH)
         return; /* closing: finish_close reads for the peer's EOF */
@@ -1567,7 +1613,7 @@ static void sweep_conn(struct worker *w, struct conn *c, int64_t now, int64_t wa
             conn_close_ws(c, 4001, "token expired");
             break;
         }
-        if (c->paused_ms) {
+        if (c->paused) {
             /* We do not read it (backpressure, or a sync waiting for it to
              * read): its pings and pongs wait unread, so its silence proves
              * nothing. Whether it takes our output does: none of it for two

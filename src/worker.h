@@ -98,6 +98,19 @@ struct outq_item {
                             owned by this item, and more may be appended */
 };
 
+/* A fragmented WebSocket message being reassembled (worker.c, ws_frame):
+ * rare, so a connection holds one only from its first fragment to its last
+ * (freed there, or when the connection is freed). */
+struct ws_frag {
+    int opcode;     /* of the first fragment: WS_OP_TEXT or WS_OP_BINARY */
+    struct buf msg; /* the payload so far, at most PARLEY_MAX_FRAME bytes */
+};
+
+/* An idle server holds little but one of these per connection, so it is kept
+ * small (the assertion after it): flags are single bits, and what only some
+ * connections need for a while (a read remainder, a fragmented message) is
+ * behind a pointer that is NULL at rest. Only the worker's thread touches a
+ * connection, so the bitfields need no atomics; no flag's address is taken. */
 struct conn {
     uv_tcp_t tcp;                  /* first: tcp.data == this */
     struct worker *w;
@@ -105,40 +118,58 @@ struct conn {
     struct conn *uprev, *unext;    /* the hub's list of this user's connections (hub.c) */
     struct conn *dirty_next;       /* the worker's list of connections to flush */
     uint64_t id;                   /* unique in the process: worker index << 48 | counter */
-    uint8_t state;                 /* enum conn_state */
-    uint8_t busy;                  /* an HTTP request is being answered: reading paused */
-    uint8_t writing;               /* a uv_write is in flight */
-    uint8_t handle_closed;         /* the uv_close callback ran */
-    uint8_t in_session;            /* the layer above registered it: on_session_end runs at close */
-    uint8_t processing;            /* inside process(): no nested passes */
-    uint8_t close_after_write;     /* HTTP Connection: close */
-    uint8_t shut;                  /* FIN sent: lingering for the peer's */
-    uint8_t dirty;                 /* on the worker's dirty list: flush this iteration */
-    uint8_t urgent;                /* also on the worker's urgent list: flushed before the others */
-    uint8_t admin;                 /* accepted on the metrics listener */
-    uint8_t held;                  /* the layer above holds the input (conn_hold): nothing is parsed */
-    uint8_t throttled;             /* input not read: the out-queue is above PARLEY_OUTQ_LOW */
-    uint8_t gated;                 /* counted by the gate's open: its close runs at the end */
-    uint8_t chunk_cls;             /* the chunk class its last flush needed (worker.c, enqueue) */
+    unsigned state : 3;            /* enum conn_state */
+    unsigned busy : 1;             /* an HTTP request is being answered: reading paused */
+    unsigned writing : 1;          /* a uv_write is in flight */
+    unsigned handle_closed : 1;    /* the uv_close callback ran */
+    unsigned in_session : 1;       /* the layer above registered it: on_session_end runs at close */
+    unsigned processing : 1;       /* inside process(): no nested passes */
+    unsigned close_after_write : 1; /* HTTP Connection: close */
+    unsigned shut : 1;             /* FIN sent: lingering for the peer's */
+    unsigned dirty : 1;            /* on the worker's dirty list: flush this iteration */
+    unsigned urgent : 1;           /* also on the worker's urgent list: flushed before the others */
+    unsigned admin : 1;            /* accepted on the metrics listener */
+    unsigned held : 1;             /* the layer above holds the input (conn_hold): nothing is parsed */
+    unsigned throttled : 1;        /* input not read: the out-queue is above PARLEY_OUTQ_LOW */
+    unsigned gated : 1;            /* counted by the gate's open: its close runs at the end */
+    unsigned paused : 1;           /* a WebSocket we stopped reading (throttled, held): judged by
+                                      progress_ms, not by its silence (worker.c, sweep_conn) */
+    unsigned chunk_cls : 2;        /* the chunk class its last flush needed (worker.c, enqueue) */
     int pending;                   /* jobs in flight holding this pointer */
     uint64_t src;                  /* the peer's address as a key: IPv4 address, or IPv6 /64 */
     void (*drain_fn)(struct conn *c, void *arg); /* conn_on_drain: once, then NULL */
     void *drain_arg;
-    struct buf in;                 /* unparsed remainder only; empty at rest */
-    struct buf frag;               /* fragmented WS message being reassembled */
-    int frag_opcode;
+    struct buf *in;                /* unparsed remainder only; NULL at rest (worker.c, keep_input) */
+    struct ws_frag *frag;          /* fragmented WS message being reassembled; else NULL */
     struct http_req *http;         /* HTTP parser state; NULL once upgraded */
     struct outq_item *out_head, *out_tail;
     size_t out_bytes;              /* bytes the kernel has not taken yet (queued + in flight) */
     int64_t user_id;               /* 0 until authenticated */
     int64_t token_exp_ms;          /* authorization ends here (4001 after) */
-    int64_t deadline_ms;           /* header or auth timeout; 0 none */
-    int64_t last_seen_ms;          /* last bytes from the peer (read while we were reading) */
-    int64_t last_ping_ms;
-    int64_t paused_ms;             /* when we stopped reading it (throttled, held); 0 while reading */
-    int64_t progress_ms;           /* while paused: when the peer last took some of our output */
-    size_t progress_pending;       /* while paused: our bytes the peer had not taken at the last sweep */
+    /* Two pairs of clocks that are never needed at the same time share
+     * storage (the size assertion); which one is live follows from the
+     * state or the paused bit, as each says. */
+    union {
+        int64_t deadline_ms;       /* CONN_HTTP, CONN_WS_AUTH, CONN_CLOSING: header, auth or
+                                      close timeout */
+        int64_t last_ping_ms;      /* CONN_WS: when we last pinged it */
+    };
+    union {
+        int64_t last_seen_ms;      /* !paused: last bytes from the peer */
+        int64_t progress_ms;       /* paused: when the peer last took some of our output */
+    };
+    size_t progress_pending;       /* paused: our bytes the peer had not taken at the last sweep */
 };
+
+/* The idle-connection memory target (issue 9, docs/BENCHMARKS.md "Idle
+ * connections"): at most 0.5 KiB of RSS per idle connection, of which this
+ * struct is most. 424 bytes is a 432-byte malloc chunk on 64-bit glibc, and
+ * libuv's uv_tcp_t (248 bytes with Debian's libuv 1.x) is more than half of
+ * it. A field added here, or a libuv that grows uv_tcp_t, moves the figure:
+ * re-measure it and update the model there before raising this bound. */
+_Static_assert(sizeof(struct conn) <= 424, "struct conn grew: idle connections cost more RSS (docs/BENCHMARKS.md)");
+/* and its bitfields hold every value put in them */
+_Static_assert(CONN_CLOSED < (1 << 3) && WORKER_CHUNK_CLASSES <= (1 << 2), "struct conn's state or chunk_cls is too narrow");
 
 /* What the layer above does with a connection's input. ctx is the context
  * given to worker_new (the core's per-worker state). */
