@@ -1594,6 +1594,38 @@ static int peer_progressed(struct conn *c, int64_t now)
     return moved;
 }
 
+/* The sweep pings every connection of an interval in one pass: queued,
+ * each ping took a chunk and a queue node until the end of the iteration,
+ * thousands at once, and the heap kept the high-water mark (about 330 bytes
+ * per idle connection after the first round: docs/BENCHMARKS.md). To a
+ * connection with nothing queued it goes straight to the socket instead. */
+static void send_ping(struct conn *c)
+{
+    struct frame *p = c->w->ping;
+    int fd;
+    if (c->out_head || c->writing || uv_fileno((uv_handle_t *)&c->tcp, &fd) < 0) {
+        conn_send(c, p);
+        return;
+    }
+    ssize_t n;
+    do
+        n = send(fd, p->data, p->len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+        conn_abort(c);
+        return;
+    }
+    if (n == (ssize_t)p->len) {
+        c->w->counters.frames_out++;
+        return;
+    }
+    /* the kernel took none or part of it: queued as usual, the part it took
+     * consumed as a flush would (the queue was empty: it is the head) */
+    conn_send(c, p);
+    if (n > 0)
+        consume(c, (size_t)n);
+}
+
 static void sweep_conn(struct worker *w, struct conn *c, int64_t now, int64_t wall)
 {
     const struct config *cfg = w->cfg;
@@ -1628,7 +1660,7 @@ static void sweep_conn(struct worker *w, struct conn *c, int64_t now, int64_t wa
         }
         if (now - c->last_ping_ms >= cfg->heartbeat_ms) {
             c->last_ping_ms = now;
-            conn_send(c, w->ping);
+            send_ping(c);
         }
         break;
     case CONN_CLOSING:
