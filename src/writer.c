@@ -21,6 +21,7 @@ struct writer {
     uv_cond_t cond;
     struct job *head, *tail;
     size_t count;
+    uint64_t head_since;      /* uv_hrtime when the oldest waiting job came (about: see writer_main) */
     int stopping;
     int started;
     atomic_int db_ok;         /* see writer_db_ok */
@@ -357,8 +358,12 @@ static void writer_main(void *arg)
         }
         if (!wr->head)
             break; /* stopping and drained */
-        /* Let the batch fill: up to batch_max jobs or batch_interval_ms. */
-        uint64_t deadline = uv_hrtime() + (uint64_t)wr->cfg.batch_interval_ms * 1000000ULL;
+        /* Let the batch fill: up to batch_max jobs, or until the oldest job
+         * has waited batch_interval_ms. Counted from its arrival, not from
+         * now: jobs that came during the previous commit have waited part
+         * of it already (with 4 x 8 sends in flight into one group, they
+         * waited a whole commit and then the whole interval again). */
+        uint64_t deadline = wr->head_since + (uint64_t)wr->cfg.batch_interval_ms * 1000000ULL;
         while (wr->count < (size_t)wr->cfg.batch_max && !wr->stopping) {
             uint64_t now = uv_hrtime();
             if (now >= deadline || uv_cond_timedwait(&wr->cond, &wr->mu, deadline - now) != 0)
@@ -373,6 +378,8 @@ static void writer_main(void *arg)
         wr->head = next_job(last);
         if (!wr->head)
             wr->tail = NULL;
+        else
+            wr->head_since = uv_hrtime(); /* more than a batch waited: the rest from now */
         last->ev.next = NULL;
         wr->count -= n;
         uv_mutex_unlock(&wr->mu);
@@ -437,7 +444,8 @@ void writer_submit(struct writer *wr, struct job *j)
     else
         wr->head = j;
     wr->tail = j;
-    wr->count++;
+    if (wr->count++ == 0)
+        wr->head_since = uv_hrtime();
     /* wake the writer when the first job arrives, and when a batch is full */
     if (wr->count == 1 || wr->count >= (size_t)wr->cfg.batch_max)
         uv_cond_signal(&wr->cond);

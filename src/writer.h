@@ -1,13 +1,15 @@
 /* writer: the one thread that writes to the database (the message queue).
  *
  * Workers hand it typed jobs (job.h) through writer_submit(). It collects
- * them for at most batch_interval_ms or until batch_max are waiting, and
+ * them until the oldest has waited batch_interval_ms or batch_max are
+ * waiting, and
  * runs the whole batch in ONE transaction, in submission order: each run of
  * consecutive sends is one store_send_batch call (dense seqs, idempotent on
  * (sender, client id)); every other job runs through the exec function the
  * core gave it, inside a savepoint, so a failing job undoes only itself.
  * After COMMIT, and only then, each new message is encoded once as a `msg`
- * frame and published on the bus, and then every job goes back to its
+ * frame and published on the bus (a conversation's messages of the batch as
+ * one run: bus.h), and then every job goes back to its
  * origin worker: in each worker's inbox the messages come before the acks.
  *
  * Ownership: the writer owns its store connection (given to writer_new) and
