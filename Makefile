@@ -171,9 +171,10 @@ bench: setup-test build
 bench-report: setup-test
 	@node bench/report.mjs $(or $(RESULTS),$$(ls -t bench/results/*.json | head -1))
 
-# The tests of bench/report.mjs (on stored results files; no server runs).
+# The tests of bench/report.mjs (on stored results files; no server runs) and of the setup
+# cache of parley-load (bench/cache.test.mjs: tiny runs against build/release/parleyd, ~15 s).
 bench-test:
-	@node --test bench/report.test.mjs
+	@node --test bench/report.test.mjs bench/cache.test.mjs
 
 # Search latency over 1,000,000 stored messages alone (bench/search.mjs, docs/BENCHMARKS.md);
 # not part of the standard make bench (make bench SEARCH=1 adds it).
