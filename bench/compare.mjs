@@ -7,7 +7,7 @@
 //                          [--servers parleyd,parleyd-base,parleyd-batch1,node-ref,uws-ref,uws-nostore|all]
 //                          [--base-bin PATH --base-label NAME] [--out results.json]
 //                          [--warmup 1] [--duration 3] [--setup-cache bench/.cache | --setup-cache none]
-//                          [--quiet-cores 0.3] [--quiet-max-wait 5] [--max-other-cores 0.25] [--retries 0]
+//                          [--quiet-cores 0.3] [--quiet-max-wait 2] [--max-other-cores 0.25] [--retries 0]
 //                          [--regress-threshold 0.1]
 //
 // The default (make bench): the load suite, 2 rounds, 1 s warm-up and 3 s measured per cell,
@@ -86,7 +86,7 @@ const { values: opt } = parseArgs({
     'regress-threshold': { type: 'string', default: '0.1' },
     out: { type: 'string' },
     'quiet-cores': { type: 'string', default: '0.3' },
-    'quiet-max-wait': { type: 'string', default: '5' },
+    'quiet-max-wait': { type: 'string', default: '2' },
     'max-other-cores': { type: 'string', default: '0.25' },
     retries: { type: 'string', default: '0' },
     help: { type: 'boolean', short: 'h', default: false },

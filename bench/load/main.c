@@ -433,11 +433,17 @@ static void run_pool(struct setup *s, void *(*fn)(void *), uint32_t jobs, const 
     uint64_t t0 = now_ns();
     for (uint32_t i = 0; i < n; i++)
         pthread_create(&th[i], NULL, fn, s);
-    if (!o.quiet && isatty(2)) {
+    if (!o.quiet) {
+        /* on a terminal a live line; in a log (make bench) a line every 15 s */
+        int tty = isatty(2);
+        uint64_t last = now_ns();
         while (atomic_load(&s->next) < jobs && !atomic_load(&s->failed) && !interrupted) {
             uint32_t done = atomic_load(&s->next);
-            fprintf(stderr, "\r[%s] setup: %s %u/%u (%.0fs)\033[K", o.name, what, done < n ? 0 : done - n, jobs,
-                    (double)(now_ns() - t0) / 1e9);
+            if (tty || now_ns() - last > 15000000000ull) {
+                fprintf(stderr, tty ? "\r[%s] setup: %s %u/%u (%.0fs)\033[K" : "[%s] setup: %s %u/%u (%.0fs)\n", o.name, what,
+                        done < n ? 0 : done - n, jobs, (double)(now_ns() - t0) / 1e9);
+                last = now_ns();
+            }
             struct timespec ts = {0, 200000000};
             nanosleep(&ts, NULL);
         }
