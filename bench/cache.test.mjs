@@ -30,7 +30,7 @@ function run(extra = []) {
     });
   });
 }
-const entry = path.join(dir, 'parleyd/fanout-g1-m4');
+const entry = path.join(dir, 'parleyd/fanout-g1-m4.p6');
 const pool = path.join(dir, 'parleyd/users');
 
 test('setup cache: miss, hit, fallbacks', { skip: !have && 'make build first' }, async (t) => {
@@ -51,6 +51,12 @@ test('setup cache: miss, hit, fallbacks', { skip: !have && 'make build first' },
     assert.equal(j.setup_cache.hit, true);
     assert.ok(j.deliveries > 0);
     assert.deepEqual(j.problems, []);
+  });
+  await t.test('a smaller --setup-pool uses the larger cached pool (its entries)', async () => {
+    const { code, j } = await run(['--setup-pool', '4']);
+    assert.equal(code, 0, JSON.stringify(j.problems));
+    assert.equal(j.setup_cache.state, 'hit');
+    assert.equal(j.setup_cache.key, 'parleyd/fanout-g1-m4.p6');
   });
   await t.test('a change op on a hit posts its own messages', async () => {
     const { code, j } = await run(['--op', 'react']);

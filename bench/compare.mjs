@@ -20,7 +20,7 @@
 // users any cell of the suite needs (2,000; --quick: 400), LABEL the server's name, except
 // variants that share their base's data: parleyd-batch1 and parleyd-notrim -> parleyd,
 // uws-nostore -> uws-ref. The first run signs up a pool of N users per server label once
-// (DIR/LABEL/users/) and stores every cell's setup (DIR/LABEL/SHAPE/: a copy of the stopped
+// (DIR/LABEL/users/) and stores every cell's setup (DIR/LABEL/SHAPE.pN/: a copy of the stopped
 // server's data directory plus the ids and tokens); later cells and runs copy it into their fresh
 // temporary directory and skip the HTTP setup. The key is the label and the setup's shape only
 // (not the binary): a server that refuses a cached directory falls back to a fresh setup.

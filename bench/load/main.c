@@ -69,9 +69,9 @@ static void usage(FILE *f)
         "          conversation ids):\n"
         "            DIR/LABEL/users/   the user pool: --setup-pool users (at least the run's), signed up\n"
         "                               once and extended when a run needs more\n"
-        "            DIR/LABEL/SHAPE/   the pool's data plus the run's conversations; SHAPE is what the\n"
-        "                               setup depends on: fanout-gR-mM, pairs-uN, writes-sS[-group], (conns\n"
-        "                               has no conversations: it uses the pool)\n"
+        "            DIR/LABEL/SHAPE.pN/  the pool's data plus the run's conversations; SHAPE is what\n"
+        "                               the setup depends on: fanout-gR-mM, pairs-uN, writes-sS[-group]\n"
+        "                               (conns has no conversations: it uses the pool), N the pool's size\n"
         "          LABEL is --cache-as, else --name. A hit copies the entry's data into the run's fresh\n"
         "          temporary directory before the server starts and skips the HTTP setup (a change op's\n"
         "          own message is still posted: one request per publisher). A miss sets up over HTTP, stops\n"
@@ -870,13 +870,22 @@ static void cached_setup(struct setup *S, uint32_t nusers, const char *bin, int 
         shape[0] = 0; /* conns: the pool is all */
     snprintf(C.pool_key, sizeof C.pool_key, "%s/users", label);
     snprintf(C.pool_dir, sizeof C.pool_dir, "%s/%s", o.setup_cache, C.pool_key);
+    struct cache_entry ce;
+    char why[500];
+    /* with the pool's size (the cached pool's, if it is larger than asked: its database holds
+     * them all), so that every entry's database holds the same users as its pool-mates' */
+    uint32_t pool_n = S->nusers;
+    if (cache_read(C.pool_dir, C.pool_key, &ce, why, sizeof why, access_ttl_s()) == 0) {
+        pool_n = ce.nusers > pool_n ? ce.nusers : pool_n;
+        cache_entry_free(&ce);
+    }
+    if (shape[0])
+        snprintf(shape + strlen(shape), sizeof shape - strlen(shape), ".p%u", pool_n);
     if (shape[0]) {
         snprintf(C.shape_key, sizeof C.shape_key, "%s/%s", label, shape);
         snprintf(C.shape_dir, sizeof C.shape_dir, "%s/%s", o.setup_cache, C.shape_key);
     }
     server_prepare(&T);
-    struct cache_entry ce;
-    char why[500];
     /* 1. the run's own entry */
     if (shape[0]) {
         int have = cache_read(C.shape_dir, C.shape_key, &ce, why, sizeof why, access_ttl_s()) == 0;
@@ -937,7 +946,7 @@ static void cached_setup(struct setup *S, uint32_t nusers, const char *bin, int 
         struct cache_entry pe = {.tokens_issued = issued, .ttl_s = access_ttl_s(), .nusers = S->nusers, .users = S->users};
         C.stored_pool = snapshot(C.pool_dir, C.pool_key, &pe, bin);
     }
-    C.pool_users = S->nusers;
+    C.pool_users = pool_n > S->nusers ? pool_n : S->nusers;
     if (C.pool_from >= S->nusers)
         C.state = shape[0] ? "pool" : "hit";
     if (!shape[0])
