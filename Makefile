@@ -146,34 +146,43 @@ fuzz-smoke: setup-test
 	@scripts/fuzz 10
 
 # parleyd against the baselines (../shared/baselines), ratios in one run: docs/BENCHMARKS.md.
+# The standard suite: parleyd, parleyd-batch1, node-ref, uws-ref, uws-nostore (fan-out cells),
+# 2 rounds, under 15 minutes on 2 cores with a cold setup cache (bench/.cache/; rm -rf it to
+# start cold). It prints its total wall time at the end.
 # BASE=<git ref>: that commit's parleyd too (built in build/base-<sha>), as parleyd-base;
 # QUICK=1: small sizes, one round (with BASE: parleyd against parleyd-base only);
+# SEARCH=1: bench/search.mjs (1,000,000 messages) afterwards, CLUSTER=1: bench/cluster.sh
+# afterwards (or make bench-search / bench-cluster alone);
 # BENCH_ARGS: more arguments for bench/run.sh. The results go to BENCH_OUT (default
 # bench/results/<date>-<time>-<commit>[-quick].json, and .md); bench/report.mjs then renders the
 # plots (gnuplot, docs/bench/*.svg) and rewrites the generated section of docs/BENCHMARKS.md.
 bench: setup-test build
-	@out=$(or $(BENCH_OUT),bench/results/$$(date -u +%Y-%m-%d-%H%M)-$$(git rev-parse --short HEAD 2>/dev/null || echo tree)$(if $(QUICK),-quick).json); \
+	@t0=$$(date +%s); out=$(or $(BENCH_OUT),bench/results/$$(date -u +%Y-%m-%d-%H%M)-$$(git rev-parse --short HEAD 2>/dev/null || echo tree)$(if $(QUICK),-quick).json); \
 	  st=0; bench/run.sh $(if $(BASE),--base $(BASE)) $(if $(QUICK),--quick --reps 1) --out $$out $(BENCH_ARGS) || st=$$?; \
-	  if [ -f $$out ]; then node bench/report.mjs $$out || st=1; fi; exit $$st
-	@$(if $(filter 0,$(SEARCH)),true,node bench/search.mjs $(if $(QUICK),--quick) $(SEARCH_ARGS))
-	@$(if $(filter 0,$(CLUSTER)),true,bench/cluster.sh $(if $(QUICK),--quick) $(CLUSTER_ARGS))
+	  if [ -f $$out ]; then node bench/report.mjs $$out || st=1; fi; \
+	  if [ "$(SEARCH)" = 1 ]; then node bench/search.mjs $(if $(QUICK),--quick) $(SEARCH_ARGS) || st=1; fi; \
+	  if [ "$(CLUSTER)" = 1 ]; then bench/cluster.sh $(if $(QUICK),--quick) $(CLUSTER_ARGS) || st=1; fi; \
+	  t=$$(( $$(date +%s) - t0 )); \
+	  echo "make bench: $$( [ $$st = 0 ] && echo done || echo 'FAILED (see above)') in $$((t / 60)) min $$((t % 60)) s wall$(if $(filter 1,$(SEARCH)), with search)$(if $(filter 1,$(CLUSTER)), with cluster); results $$out; load average $$(cut -d' ' -f1-3 /proc/loadavg)"; \
+	  exit $$st
 
 # The plots and the generated section of docs/BENCHMARKS.md again, from one results file
 # (RESULTS=bench/results/....json; default: the newest there).
 bench-report: setup-test
 	@node bench/report.mjs $(or $(RESULTS),$$(ls -t bench/results/*.json | head -1))
 
-# The tests of bench/report.mjs (on stored results files; no server runs).
+# The tests of bench/report.mjs (on stored results files; no server runs) and of the setup
+# cache of parley-load (bench/cache.test.mjs: tiny runs against build/release/parleyd, ~15 s).
 bench-test:
-	@node --test bench/report.test.mjs
+	@node --test bench/report.test.mjs bench/cache.test.mjs
 
 # Search latency over 1,000,000 stored messages alone (bench/search.mjs, docs/BENCHMARKS.md);
-# make bench runs it after the suite (SEARCH=0: not).
+# not part of the standard make bench (make bench SEARCH=1 adds it).
 bench-search: setup-test build
 	@node bench/search.mjs $(if $(QUICK),--quick) $(SEARCH_ARGS)
 
 # The cluster's cost figures alone (bench/cluster.sh, docs/BENCHMARKS.md "Cluster: cost figures
-# and capacity model"); make bench runs them after the suite (CLUSTER=0: not).
+# and capacity model"); not part of the standard make bench (make bench CLUSTER=1 adds them).
 bench-cluster: setup-test build
 	@bench/cluster.sh $(if $(QUICK),--quick) $(CLUSTER_ARGS)
 

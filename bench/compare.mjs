@@ -3,11 +3,30 @@
 // on one machine, and prints a Markdown table of medians and ratios (parleyd / every other server).
 // bench/run.sh is the usual way in (make bench); it passes its arguments here.
 //
-//   node bench/compare.mjs [--reps 3] [--quick] [--suite load|node|all] [--only load/fanout,...]
+//   node bench/compare.mjs [--reps 2] [--quick] [--suite load|node|all] [--only load/fanout,...]
 //                          [--servers parleyd,parleyd-base,parleyd-batch1,node-ref,uws-ref,uws-nostore|all]
 //                          [--base-bin PATH --base-label NAME] [--out results.json]
-//                          [--quiet-cores 0.3] [--quiet-max-wait 120] [--max-other-cores 0.25] [--retries 2]
+//                          [--warmup 1] [--duration 3] [--setup-cache bench/.cache | --setup-cache none]
+//                          [--quiet-cores 0.3] [--quiet-max-wait 2] [--max-other-cores 0.25] [--retries 0]
 //                          [--regress-threshold 0.1]
+//
+// The default (make bench): the load suite, 2 rounds, 1 s warm-up and 3 s measured per cell,
+// parleyd, parleyd-batch1 (load/writes), node-ref, uws-ref and uws-nostore (the fan-out cells),
+// in about 12-15 minutes on a 2-core machine with a cold setup cache, less when it is warm.
+// The total wall time is printed at the end.
+//
+// Setup cache (--setup-cache DIR, default bench/.cache/, git-ignored; 'none' turns it off): each
+// load cell runs parley-load with --setup-cache DIR --setup-pool N --cache-as LABEL, N the most
+// users any cell of the suite needs (2,000; --quick: 400), LABEL the server's name, except
+// variants that share their base's data: parleyd-batch1 and parleyd-notrim -> parleyd,
+// uws-nostore -> uws-ref. The first run signs up a pool of N users per server label once
+// (DIR/LABEL/users/) and stores every cell's setup (DIR/LABEL/SHAPE.pN/: a copy of the stopped
+// server's data directory plus the ids and tokens); later cells and runs copy it into their fresh
+// temporary directory and skip the HTTP setup. The key is the label and the setup's shape only
+// (not the binary): a server that refuses a cached directory falls back to a fresh setup.
+// Entries expire a day before their access tokens (30 days). Clear it: rm -rf bench/.cache.
+// Each cell's JSON says setup_cache.state (hit, pool, miss) and setup_s. Every cell still gets a
+// fresh server process and its own copy of the data.
 //
 // Scenarios. --suite load (the default): the C load generator, bench/load/parley-load ($PARLEY_LOAD,
 // else build/release/bench/load/parley-load): load/writes, load/writes-group, load/fanout,
@@ -54,7 +73,10 @@ const LOAD_SRC = path.resolve(process.env.PARLEY_LOAD || path.join(root, 'build/
 
 const { values: opt } = parseArgs({
   options: {
-    reps: { type: 'string', default: '3' },
+    reps: { type: 'string', default: '2' },
+    warmup: { type: 'string' },
+    duration: { type: 'string' },
+    'setup-cache': { type: 'string', default: path.join(path.dirname(fileURLToPath(import.meta.url)), '.cache') },
     quick: { type: 'boolean', default: false },
     suite: { type: 'string', default: 'load' },
     only: { type: 'string' },
@@ -64,9 +86,9 @@ const { values: opt } = parseArgs({
     'regress-threshold': { type: 'string', default: '0.1' },
     out: { type: 'string' },
     'quiet-cores': { type: 'string', default: '0.3' },
-    'quiet-max-wait': { type: 'string', default: '120' },
+    'quiet-max-wait': { type: 'string', default: '2' },
     'max-other-cores': { type: 'string', default: '0.25' },
-    retries: { type: 'string', default: '2' },
+    retries: { type: 'string', default: '0' },
     help: { type: 'boolean', short: 'h', default: false },
   },
 });
@@ -112,14 +134,15 @@ const UWS_REF = path.resolve(process.env.UWS_REF || path.join(root, '../shared/b
 const ALL_SERVERS = [
   { name: 'parleyd', bin: PARLEYD, env: [] },
   ...(PARLEYD_BASE ? [{ name: 'parleyd-base', bin: PARLEYD_BASE, env: [] }] : []),
-  { name: 'parleyd-batch1', bin: PARLEYD, env: ['PARLEY_BATCH_MAX=1'], only: /^(send-throughput|load\/writes$)/ },
+  { name: 'parleyd-batch1', bin: PARLEYD, env: ['PARLEY_BATCH_MAX=1'], only: /^(send-throughput|load\/writes$)/, cacheAs: 'parleyd' },
   { name: 'node-ref', bin: NODE_REF, env: [] },
   { name: 'uws-ref', bin: UWS_REF, env: [] },
-  // uws-ref without its database on the send path (not durable): the pub/sub ceiling, opt-in.
-  { name: 'uws-nostore', bin: UWS_REF, env: ['PARLEY_NO_STORE=1'], optIn: true },
+  // uws-ref without its database on the send path (not durable): the pub/sub ceiling, issue 9's
+  // fan-out target; run for the fan-out cells (the group-size sweep) only.
+  { name: 'uws-nostore', bin: UWS_REF, env: ['PARLEY_NO_STORE=1'], only: /^load\/fanout(-m\d+)?$/, cacheAs: 'uws-ref' },
   // Diagnostic, only with --servers all (or named): parleyd with glibc's heap trimming
   // effectively off, to show what the writer thread's madvise churn costs (docs/BENCHMARKS.md).
-  { name: 'parleyd-notrim', bin: PARLEYD, env: ['GLIBC_TUNABLES=glibc.malloc.trim_threshold=67108864'], only: /^(send-throughput|fanout)/, optIn: true },
+  { name: 'parleyd-notrim', bin: PARLEYD, env: ['GLIBC_TUNABLES=glibc.malloc.trim_threshold=67108864'], only: /^(send-throughput|fanout)/, optIn: true, cacheAs: 'parleyd' },
 ];
 
 const Q = opt.quick;
@@ -130,7 +153,7 @@ const V2_SERVERS = ['parleyd', 'parleyd-notrim'];
 // tool 'load': bench/load/parley-load (C), measured over a fixed time after a warm-up;
 // tool 'node': bench/parley-bench.mjs, measured over a fixed number of messages.
 const T = (full, quick) => (Q ? quick : full);
-const timing = ['--warmup', T('2', '1'), '--duration', T('10', '3')];
+const timing = ['--warmup', opt.warmup || T('1', '1'), '--duration', opt.duration || T('3', '2')];
 const ALL_SCENARIOS = [
   { id: 'load/writes', tool: 'load', suite: 'load', args: ['writes', '--senders', '50', '--window', '32', ...timing] },
   { id: 'load/writes-group', tool: 'load', suite: 'load', args: ['writes', '--group', '--senders', '50', '--window', '32', ...timing] },
@@ -181,6 +204,18 @@ if (scenarios.some((s) => s.tool === 'load') && !existsSync(LOAD || '')) {
   process.exit(2);
 }
 const reps = Math.max(1, Number(opt.reps) || 1);
+const CACHE = opt['setup-cache'] === 'none' ? null : path.resolve(opt['setup-cache']);
+// The user pool: the most users any load cell of the suite needs (the same for every subset of it,
+// so that every cached database holds the same users).
+const argOf = (args, k) => { const i = args.indexOf(k); return i >= 0 ? Number(args[i + 1]) : null; };
+const usersOf = (sc) => {
+  const [kind, ...a] = sc.args;
+  if (kind === 'fanout') return (argOf(a, '--groups') || 1) * (argOf(a, '--members') || 100);
+  if (kind === 'pairs') return argOf(a, '--users') || 1000;
+  if (kind === 'writes') return argOf(a, '--senders') || 50;
+  return Math.min(argOf(a, '--users') || 100, 100);
+};
+const POOL = Math.max(...ALL_SCENARIOS.filter((x) => x.tool === 'load').map(usersOf));
 const quietCores = Number(opt['quiet-cores']);
 const quietMaxWait = Number(opt['quiet-max-wait']) * 1000;
 const maxOther = Number(opt['max-other-cores']);
@@ -193,10 +228,10 @@ function busyJiffies() {
   const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
   return { busy: f[0] + f[1] + f[2] + f[5] + f[6] + (f[7] || 0), total: f.reduce((a, b) => a + b, 0) };
 }
-// Cores kept busy by everything on the machine over the next second.
+// Cores kept busy by everything on the machine over the next half second.
 async function busyCores() {
   const a = busyJiffies();
-  await sleep(1000);
+  await sleep(500);
   const b = busyJiffies();
   return ((b.busy - a.busy) / Math.max(1, b.total - a.total)) * os.cpus().length;
 }
@@ -210,8 +245,9 @@ async function waitQuiet() {
 function runCell(sc, sv) {
   return new Promise((resolve) => {
     const common = ['--server', sv.bin, '--name', sv.name, ...sv.env.flatMap((e) => ['--env', e])];
+    const cache = CACHE ? ['--setup-cache', CACHE, '--setup-pool', String(POOL), ...(sv.cacheAs ? ['--cache-as', sv.cacheAs] : [])] : [];
     const [cmd, args] = sc.tool === 'load'
-      ? [LOAD, [...sc.args, ...common]]
+      ? [LOAD, [...sc.args, ...common, ...cache]]
       : [process.execPath, [bench, ...sc.args, '--json', ...common]];
     const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '', err = '';
@@ -243,7 +279,11 @@ for (let r = 0; r < reps; r++) {
       for (let attempt = 0; attempt <= retries; attempt++) {
         const quiet = await waitQuiet();
         console.error(`compare: round ${r + 1}/${reps} ${sc.id} ${sv.name}${attempt ? ` attempt ${attempt + 1}` : ''} (machine busy ${quiet.busy_cores_before} cores, waited ${quiet.waited_s}s)`);
+        const t0 = Date.now();
         const c = { quiet, attempts: attempt + 1, ...(await runCell(sc, sv)) };
+        c.cell_s = Math.round((Date.now() - t0) / 100) / 10;
+        const sc_ = c.result?.setup_cache;
+        console.error(`compare: ${sc.id} ${sv.name}: ${c.cell_s}s (setup ${c.result?.setup_s ?? '-'}s${sc_ && sc_.state !== 'off' ? `, cache ${sc_.state}` : ''}; ${Math.round((Date.now() - started) / 1000)}s since the start)`);
         const o = otherCores(c.result);
         if (!best || (o !== null && (otherCores(best.result) ?? Infinity) > o)) best = c;
         if (o === null || o <= maxOther || !c.result) break;
@@ -438,7 +478,14 @@ console.log(lines.join('\n'));
 const out = opt.out || path.join(os.tmpdir(), `parley-bench-${started.toISOString().replace(/[:.]/g, '-')}.json`);
 mkdirSync(path.dirname(path.resolve(out)), { recursive: true });
 const betters = Object.fromEntries(scenarios.flatMap((sc) => metricsOf(sc.id).map(([m, , b]) => [`${sc.id} ${m}`, b])));
-writeFileSync(out, JSON.stringify({ started: started.toISOString(), finished: new Date().toISOString(), args: process.argv.slice(2), reps, quick: Q, suite: opt.suite, better: betters, parleyd: { path: PARLEYD_SRC, sha256_16: parleydSha, checkout: gitRev }, base: PARLEYD_BASE ? { path: BASE_SRC, label: opt['base-label'] || null, sha256_16: baseSha } : null, servers: servers.map(({ name, bin, env }) => ({ name, bin: name === 'parleyd' ? PARLEYD_SRC : name === 'parleyd-base' ? BASE_SRC : bin, env })), medians, regressions, runs }, null, 1));
+writeFileSync(out, JSON.stringify({ started: started.toISOString(), finished: new Date().toISOString(), wall_s: Math.round((Date.now() - started) / 1000), setup_cache: CACHE ? { dir: CACHE, pool_users: POOL } : null, args: process.argv.slice(2), reps, quick: Q, suite: opt.suite, better: betters, parleyd: { path: PARLEYD_SRC, sha256_16: parleydSha, checkout: gitRev }, base: PARLEYD_BASE ? { path: BASE_SRC, label: opt['base-label'] || null, sha256_16: baseSha } : null, servers: servers.map(({ name, bin, env }) => ({ name, bin: name === 'parleyd' ? PARLEYD_SRC : name === 'parleyd-base' ? BASE_SRC : bin, env })), medians, regressions, runs }, null, 1));
 if (opt.out) writeFileSync(out.replace(/\.json$/, '') + '.md', lines.join('\n') + '\n');
 console.error(`compare: raw results in ${out}${opt.out ? ` (the table also in ${out.replace(/\.json$/, '')}.md)` : ''}`);
+{
+  const wall = (Date.now() - started) / 1000;
+  const loadCells = runs.filter((x) => x.result?.setup_cache);
+  const hits = loadCells.filter((x) => x.result.setup_cache.state === 'hit').length;
+  const setupS = runs.reduce((a, x) => a + (x.result?.setup_s || 0), 0);
+  console.error(`compare: done: ${runs.length} cells (${reps} round(s), ${bad.length} with problems) in ${Math.floor(wall / 60)} min ${Math.round(wall % 60)} s wall; setup ${Math.round(setupS)} s of it${CACHE ? `, from the setup cache in ${hits} of ${loadCells.length} load cells (${CACHE})` : ', setup cache off'}; load average now ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+}
 process.exit(bad.some((b) => !b.result || b.result.problems?.some((p) => /crash|died|run_failed|server_bad_exit/.test(p.kind))) ? 1 : 0);

@@ -139,7 +139,7 @@ export function merge(files) {
     for (const [k, med] of Object.entries(j.medians || {})) out.medians[k] = { ...out.medians[k], ...med };
     Object.assign(out.better, j.better || {});
     for (const s of j.servers || []) if (!out.servers.some((x) => x.name === s.name)) out.servers.push(s);
-    out.sources.push({ file: name, started: j.started, finished: j.finished, reps: j.reps, quick: j.quick, args: j.args, parleyd: j.parleyd, base: j.base, scenarios: scenarioIds(j) });
+    out.sources.push({ file: name, started: j.started, finished: j.finished, wall_s: j.wall_s, reps: j.reps, quick: j.quick, args: j.args, parleyd: j.parleyd, base: j.base, scenarios: scenarioIds(j) });
   }
   return out;
 }
@@ -250,10 +250,10 @@ export function section(j, file, plots, plotDir, docDir) {
   L.push('');
   L.push('Written by `bench/report.mjs` from the results files below; `make bench` rewrites everything between the markers, the sections after it are written by hand.');
   const machine = j.runs.find((r) => r.result?.machine)?.result.machine;
-  const srcs = j.sources || [{ file, started: j.started, finished: j.finished, reps: j.reps, quick: j.quick, args: j.args, parleyd: j.parleyd, base: j.base, scenarios: scenarioIds(j) }];
+  const srcs = j.sources || [{ file, started: j.started, finished: j.finished, wall_s: j.wall_s, reps: j.reps, quick: j.quick, args: j.args, parleyd: j.parleyd, base: j.base, scenarios: scenarioIds(j) }];
   L.push(`${machine ? `${machine.cpus} CPUs, Linux ${machine.kernel}; ` : ''}client and servers on the same machine; medians over rounds.`);
   for (const x of srcs)
-    L.push(`- \`${x.file}\`: run ${x.started}${x.finished ? ` to ${x.finished}` : ''}${x.quick ? ', **quick mode** (smaller sizes, 3 s cells)' : ''}, ${x.reps} round(s); ${srcs.length > 1 ? `${x.scenarios.join(', ')}; ` : ''}parleyd: checkout ${x.parleyd?.checkout ?? '?'} (binary sha256 ${x.parleyd?.sha256_16 ?? '?'})${x.base ? `; parleyd-base: ${x.base.label || x.base.path}` : ''}.`);
+    L.push(`- \`${x.file}\`: run ${x.started}${x.finished ? ` to ${x.finished}` : ''}${x.wall_s ? ` (${Math.floor(x.wall_s / 60)} min ${x.wall_s % 60} s wall)` : ''}${x.quick ? ', **quick mode** (smaller sizes, 2 s cells)' : ''}, ${x.reps} round(s); ${srcs.length > 1 ? `${x.scenarios.join(', ')}; ` : ''}parleyd: checkout ${x.parleyd?.checkout ?? '?'} (binary sha256 ${x.parleyd?.sha256_16 ?? '?'})${x.base ? `; parleyd-base: ${x.base.label || x.base.path}` : ''}.`);
   L.push('');
   L.push('The commands:');
   L.push('```sh');

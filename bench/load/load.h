@@ -4,6 +4,8 @@
  *   engine.c  the WebSocket clients: epoll, one thread per --threads, own RFC 6455 framing
  *   setup.c   blocking HTTP/1.1 for setup (signup, conversations), starting/stopping the server
  *   util.c    clocks, latency histogram, a flat JSON field scanner, /proc readings
+ *   cache.c   the setup cache (--setup-cache): entries of a server's data directory and the
+ *             users and conversations made in it; copying and removing directory trees
  */
 #ifndef PARLEY_LOAD_H
 #define PARLEY_LOAD_H
@@ -75,9 +77,20 @@ struct target {
     char log_path[300];
 };
 
-/* Starts `bin` on a free 127.0.0.1 port with a fresh data directory; env: extra KEY=VALUE. */
+/* The access-token lifetime every started server gets (PARLEY_ACCESS_TTL_S): 30 days, parleyd's
+ * maximum, so that tokens kept in the setup cache stay valid. */
+#define LOAD_ACCESS_TTL_S "2592000"
+
+/* A fresh temporary directory for a server: t->dir, with an empty data/ and the log path. */
+void server_prepare(struct target *t);
+/* Starts `bin` on a free 127.0.0.1 port on t->dir/data (as it is); env: extra KEY=VALUE.
+ * 0 once it listens; -1 (err filled, the process gone) if it exited or did not listen in time. */
+int server_spawn(struct target *t, const char *bin, char **env, int nenv, int start_timeout_s, char *err, size_t errlen);
+/* server_prepare + server_spawn; dies (with the server's output) if it does not start. */
 void server_start(struct target *t, const char *bin, char **env, int nenv, int start_timeout_s);
-/* SIGTERM, waits (SIGKILL after 15 s); returns the wait status, fills *secs; removes the data. */
+/* SIGTERM, waits (SIGKILL after 15 s); returns the wait status, fills *secs; keeps the data. */
+int server_halt(struct target *t, double *secs, int *killed);
+/* server_halt, then removes t->dir (unless PARLEY_LOAD_KEEP_DATA is set). */
 int server_stop(struct target *t, double *secs, int *killed);
 int server_alive(struct target *t);
 /* last `max` bytes of the server's output (spawned servers), malloc'd */
@@ -91,6 +104,30 @@ int http_call(struct http_conn *c, const char *method, const char *path, const c
               const char *body, struct http_resp *resp, char *err, size_t errlen);
 void http_close(struct http_conn *c);
 extern _Atomic uint64_t http_retries_503, http_retries_429;
+
+/* ------------------------------------------------------------------ cache.c */
+
+/* One entry of the setup cache: DIR/<label>/<shape>/ holds data/ (a copy of the server's data
+ * directory, taken after a clean stop) and setup.json (what a run needs from the setup). */
+struct cache_entry {
+    int64_t tokens_issued;  /* unix seconds: the oldest access token in it was issued then */
+    int64_t ttl_s;          /* their lifetime */
+    uint32_t nusers, nconvs;
+    struct user *users;     /* malloc'd, tokens too */
+    int64_t *convs;
+};
+/* Reads DIR/setup.json: 0, or -1 with why filled (missing, malformed, other key, or expired:
+ * older than the shorter of its tokens' lifetime and ttl_s, less a margin). */
+int cache_read(const char *dir, const char *key, struct cache_entry *ce, char *why, size_t whylen, int64_t ttl_s);
+/* Stores data_dir (a stopped server's) and the entry as DIR (replacing an older one) through a
+ * temporary sibling and a rename; 0, or -1 with err filled (the cache is then left as it was). */
+int cache_write(const char *dir, const char *key, const char *data_dir, const struct cache_entry *ce, char *err, size_t errlen);
+void cache_entry_free(struct cache_entry *ce);
+/* Copies the tree under src into dst (created as needed): directories and regular files. */
+int copy_tree(const char *src, const char *dst, char *err, size_t errlen);
+void remove_tree(const char *dir);
+/* mkdir -p */
+int make_dirs(const char *path);
 
 /* ------------------------------------------------------------------ engine.c */
 

@@ -6,6 +6,7 @@
  * and count; loopback only. See usage() for the scenarios and options. */
 #include "load.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
@@ -17,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -59,6 +61,30 @@ static void usage(FILE *f)
         "                         and its backends). JSON: cpu_pids, all_cpu_us_per_delivery/_per_ack\n"
         "  --name LABEL           the server's name in the JSON\n"
         "\n"
+        "Setup cache (a server this run starts only; docs/BENCHMARKS.md):\n"
+        "  --setup-cache DIR      keep the setup's result in DIR and reuse it. Every signup costs the\n"
+        "          server a password hash (parleyd: argon2id, ~90 ms), which dominates a run's wall time and\n"
+        "          is not what it measures. Two kinds of entry, each a copy of the server's data directory\n"
+        "          taken after a clean stop (SIGTERM, exit 0) and a setup.json (user ids, access tokens,\n"
+        "          conversation ids):\n"
+        "            DIR/LABEL/users/   the user pool: --setup-pool users (at least the run's), signed up\n"
+        "                               once and extended when a run needs more\n"
+        "            DIR/LABEL/SHAPE.pN/  the pool's data plus the run's conversations; SHAPE is what\n"
+        "                               the setup depends on: fanout-gR-mM, pairs-uN, writes-sS[-group]\n"
+        "                               (conns has no conversations: it uses the pool), N the pool's size\n"
+        "          LABEL is --cache-as, else --name. A hit copies the entry's data into the run's fresh\n"
+        "          temporary directory before the server starts and skips the HTTP setup (a change op's\n"
+        "          own message is still posted: one request per publisher). A miss sets up over HTTP, stops\n"
+        "          the server, stores the entry and starts the server again on the same directory. The key\n"
+        "          is LABEL and SHAPE only: not the binary, not --env (a server that refuses a cached\n"
+        "          directory, or whose tokens fail GET /api/me, falls back to a fresh setup). Every started\n"
+        "          server gets PARLEY_ACCESS_TTL_S=" LOAD_ACCESS_TTL_S " (30 days); an entry a day short of that\n"
+        "          age is a miss. Clear the cache with rm -rf DIR. JSON: setup_cache, setup_s\n"
+        "  --setup-pool N         users in the pool (default: the run's); a runner passes its largest\n"
+        "          run's count so that every entry's database holds the same users\n"
+        "  --cache-as LABEL       the cache's label when --name is a variant of a server whose setup\n"
+        "          data it can share (uws-nostore: uws-ref)\n"
+        "\n"
         "Load and bounds:\n"
         "  --threads N            client threads, each with its own epoll (1; 0 = one per online CPU)\n"
         "  --src-addrs N          spread connections over 127.0.0.2 .. 127.0.0.(N+1) (8)\n"
@@ -80,7 +106,8 @@ static void usage(FILE *f)
 /* ------------------------------------------------------------------ options */
 
 static struct {
-    const char *scenario, *server, *url, *name;
+    const char *scenario, *server, *url, *name, *setup_cache, *cache_as;
+    uint32_t setup_pool;
     char **env;
     int nenv;
     pid_t server_pid;
@@ -182,7 +209,7 @@ static void parse_args(int argc, char **argv)
     enum { O_SERVER = 256, O_URL, O_PID, O_NAME, O_ENV, O_THREADS, O_SRC, O_OPENC, O_SETUPC, O_WARMUP,
            O_DURATION, O_DRAIN, O_SETTLE, O_MAXS, O_RATE, O_MESSAGES, O_CONNS, O_USERS, O_GROUPS, O_MEMBERS,
            O_PUBS, O_WINDOW, O_SENDERS, O_MAXINF, O_BODY, O_GROUP, O_QUIET, O_HELP, O_CPUPID, O_CPUTREE,
-           O_OP, O_WORDS, O_STEPS };
+           O_OP, O_WORDS, O_STEPS, O_CACHE, O_POOL, O_CACHEAS };
     static const struct option lo[] = {
         {"server", 1, 0, O_SERVER}, {"url", 1, 0, O_URL}, {"server-pid", 1, 0, O_PID}, {"name", 1, 0, O_NAME},
         {"env", 1, 0, O_ENV}, {"threads", 1, 0, O_THREADS}, {"src-addrs", 1, 0, O_SRC},
@@ -194,7 +221,8 @@ static void parse_args(int argc, char **argv)
         {"senders", 1, 0, O_SENDERS}, {"max-inflight", 1, 0, O_MAXINF}, {"body-bytes", 1, 0, O_BODY},
         {"group", 0, 0, O_GROUP}, {"quiet", 0, 0, O_QUIET}, {"help", 0, 0, O_HELP},
         {"cpu-pid", 1, 0, O_CPUPID}, {"cpu-tree", 1, 0, O_CPUTREE}, {"op", 1, 0, O_OP},
-        {"words", 1, 0, O_WORDS}, {"steps", 1, 0, O_STEPS}, {0, 0, 0, 0}};
+        {"words", 1, 0, O_WORDS}, {"steps", 1, 0, O_STEPS}, {"setup-cache", 1, 0, O_CACHE},
+        {"setup-pool", 1, 0, O_POOL}, {"cache-as", 1, 0, O_CACHEAS}, {0, 0, 0, 0}};
     int users_set = 0, ch;
     o.env = xcalloc((size_t)argc, sizeof *o.env);
     while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
@@ -247,6 +275,9 @@ static void parse_args(int argc, char **argv)
             break;
         case O_WORDS: o.words = u32arg("words", optarg, 1, 1000000); break;
         case O_STEPS: parse_steps(optarg); break;
+        case O_CACHE: o.setup_cache = optarg; break;
+        case O_POOL: o.setup_pool = u32arg("setup-pool", optarg, 1, 1000000); break;
+        case O_CACHEAS: o.cache_as = optarg; break;
         case O_QUIET: o.quiet = 1; break;
         case O_HELP: case 'h': usage(stdout); exit(0);
         default: usage(stderr); exit(2);
@@ -288,6 +319,8 @@ static void parse_args(int argc, char **argv)
         die("--op: conns sends nothing");
     if (o.nsteps && strcmp(o.scenario, "conns"))
         die("--steps: conns only");
+    if (o.setup_cache && o.url)
+        die("--setup-cache needs a server this run starts (not --url)");
     if (o.nsteps)
         o.conns = o.steps[o.nsteps - 1];
     else
@@ -302,7 +335,8 @@ static void parse_args(int argc, char **argv)
 
 struct setup {
     struct user *users;
-    uint32_t nusers;
+    uint32_t nusers;      /* users signed up: from .. nusers-1 (the rest came from the cache) */
+    uint32_t from;
     struct conv *convs;
     uint32_t nconvs;
     /* conversation jobs: creator user and JSON body */
@@ -333,7 +367,7 @@ static void *signup_worker(void *arg)
     struct http_conn hc = {.fd = -1, .t = &T};
     char body[200], err[300];
     for (;;) {
-        uint32_t i = atomic_fetch_add(&s->next, 1);
+        uint32_t i = s->from + atomic_fetch_add(&s->next, 1);
         if (i >= s->nusers || atomic_load(&s->failed) || interrupted)
             break;
         snprintf(body, sizeof body, "{\"username\":\"l%s_%u\",\"password\":\"bench-password-1\"}", run_tag, i);
@@ -399,11 +433,17 @@ static void run_pool(struct setup *s, void *(*fn)(void *), uint32_t jobs, const 
     uint64_t t0 = now_ns();
     for (uint32_t i = 0; i < n; i++)
         pthread_create(&th[i], NULL, fn, s);
-    if (!o.quiet && isatty(2)) {
+    if (!o.quiet) {
+        /* on a terminal a live line; in a log (make bench) a line every 15 s */
+        int tty = isatty(2);
+        uint64_t last = now_ns();
         while (atomic_load(&s->next) < jobs && !atomic_load(&s->failed) && !interrupted) {
             uint32_t done = atomic_load(&s->next);
-            fprintf(stderr, "\r[%s] setup: %s %u/%u (%.0fs)\033[K", o.name, what, done < n ? 0 : done - n, jobs,
-                    (double)(now_ns() - t0) / 1e9);
+            if (tty || now_ns() - last > 15000000000ull) {
+                fprintf(stderr, tty ? "\r[%s] setup: %s %u/%u (%.0fs)\033[K" : "[%s] setup: %s %u/%u (%.0fs)\n", o.name, what,
+                        done < n ? 0 : done - n, jobs, (double)(now_ns() - t0) / 1e9);
+                last = now_ns();
+            }
             struct timespec ts = {0, 200000000};
             nanosleep(&ts, NULL);
         }
@@ -681,6 +721,263 @@ static void add_client(struct engine *e, struct setup *s, uint32_t i, uint32_t u
         engine_pub_target(e, i, post_target(s, user, (uint32_t)conv));
 }
 
+/* ------------------------------------------------------------------ setup, with the cache */
+
+/* The conversations of the run over HTTP (S->users filled) */
+static void make_convs(struct setup *S, int is_pairs, int is_fanout, int is_writes)
+{
+    S->creator = xcalloc(S->nconvs, sizeof *S->creator);
+    S->body = xcalloc(S->nconvs, sizeof *S->body);
+    for (uint32_t i = 0; i < S->nconvs; i++) {
+        if (is_pairs) {
+            S->creator[i] = 2 * i;
+            char b[96];
+            snprintf(b, sizeof b, "{\"kind\":\"direct\",\"user_id\":%lld}", (long long)S->users[2 * i + 1].id);
+            S->body[i] = xstrdup(b);
+        } else {
+            uint32_t first = is_fanout ? i * o.members : is_writes && !o.group ? i : 0;
+            uint32_t count = is_fanout ? o.members : is_writes && !o.group ? 1 : o.senders;
+            size_t cap = 64 + (size_t)count * 22;
+            char *b = xcalloc(1, cap);
+            size_t n = (size_t)snprintf(b, cap, "{\"kind\":\"group\",\"title\":\"load %u\",\"members\":[", i);
+            for (uint32_t m = 1; m < count; m++)
+                n += (size_t)snprintf(b + n, cap - n, "%s%lld", m > 1 ? "," : "", (long long)S->users[first + m].id);
+            snprintf(b + n, cap - n, "]}");
+            S->creator[i] = first;
+            S->body[i] = b;
+        }
+    }
+    run_pool(S, conv_worker, S->nconvs, "conversations");
+}
+
+/* What the JSON says about the cache (setup_cache) */
+static struct {
+    const char *state;     /* off; hit: no HTTP setup; pool: the users from the pool, the
+                            * conversations made; miss: users signed up (all, or the pool's new) */
+    char shape_key[200], pool_key[200], shape_dir[4096], pool_dir[4096];
+    char miss[300], fallback[600];
+    uint32_t pool_from, pool_users;
+    double copy_s, snapshot_s;
+    int stored_pool, stored_shape;
+} C = {.state = "off"};
+
+/* GET /api/me with user u's token answers 200: the server took the cached database and secret */
+static int token_ok(const struct user *u, char *why, size_t whylen)
+{
+    struct http_conn hc = {.fd = -1, .t = &T};
+    struct http_resp r;
+    char err[300];
+    int ok = http_call(&hc, "GET", "/api/me", u->token, NULL, &r, err, sizeof err) == 0 && r.status == 200;
+    if (!ok)
+        snprintf(why, whylen, "GET /api/me with a cached token: %s", r.status ? "not 200" : err);
+    if (r.status)
+        free(r.body);
+    http_close(&hc);
+    return ok;
+}
+
+/* The server on a copy of entry dir's data; 0 when it runs and the first and last of the `need`
+ * users' tokens are good, else -1 with why (the server then stopped, the data directory empty). */
+static int start_on_entry(const char *dir, const struct cache_entry *ce, uint32_t need, const char *bin, char *why, size_t whylen)
+{
+    char src[4200], data[300], err[300];
+    snprintf(src, sizeof src, "%s/data", dir);
+    snprintf(data, sizeof data, "%s/data", T.dir);
+    uint64_t t0 = now_ns();
+    int rc = copy_tree(src, data, err, sizeof err);
+    C.copy_s += (double)(now_ns() - t0) / 1e9;
+    if (rc < 0)
+        snprintf(why, whylen, "copy: %s", err);
+    else if (server_spawn(&T, bin, o.env, o.nenv, 60, err, sizeof err) < 0) {
+        char *tail = server_log_tail(&T, 300);
+        for (char *p = tail; *p; p++)
+            if (*p == '\n')
+                *p = ' ';
+        snprintf(why, whylen, "%s: %s", err, tail);
+        free(tail);
+        rc = -1;
+    } else if (!token_ok(&ce->users[0], why, whylen) || !token_ok(&ce->users[need - 1], why, whylen)) {
+        rc = -1;
+    }
+    if (rc < 0) {
+        double secs;
+        int killed;
+        server_halt(&T, &secs, &killed);
+        remove_tree(data);
+        mkdir(data, 0700);
+    }
+    return rc;
+}
+
+/* Stops the server cleanly, stores its data directory as an entry, starts it again on it. */
+static int snapshot(const char *dir, const char *key, const struct cache_entry *ce, const char *bin)
+{
+    uint64_t t0 = now_ns();
+    double secs;
+    int killed, stored = 0;
+    int st = server_halt(&T, &secs, &killed);
+    char data[300], err[300];
+    snprintf(data, sizeof data, "%s/data", T.dir);
+    if (killed || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        fprintf(stderr, "[%s] setup cache: not stored, the server did not exit 0 on SIGTERM (wait status %d)\n", o.name, st);
+    else if (cache_write(dir, key, data, ce, err, sizeof err) < 0)
+        fprintf(stderr, "[%s] setup cache: not stored: %s\n", o.name, err);
+    else
+        stored = 1;
+    if (server_spawn(&T, bin, o.env, o.nenv, 300, err, sizeof err) < 0) {
+        char *tail = server_log_tail(&T, 2000);
+        fprintf(stderr, "%s\n", tail);
+        free(tail);
+        die("starting the server again after storing the setup: %s; its output is above", err);
+    }
+    C.snapshot_s += (double)(now_ns() - t0) / 1e9;
+    return stored;
+}
+
+/* The servers' access-token lifetime: ours, or the one given with --env */
+static int64_t access_ttl_s(void)
+{
+    const char *v = LOAD_ACCESS_TTL_S;
+    for (int i = 0; i < o.nenv; i++)
+        if (!strncmp(o.env[i], "PARLEY_ACCESS_TTL_S=", 20))
+            v = o.env[i] + 20;
+    return atoll(v) > 0 ? atoll(v) : 900;
+}
+
+/* A label as one path component */
+static void label_of(char *out, size_t n)
+{
+    const char *l = o.cache_as ? o.cache_as : o.name;
+    size_t i = 0;
+    for (; l[i] && i + 1 < n; i++)
+        out[i] = (isalnum((unsigned char)l[i]) || strchr("-_.", l[i])) && !(i == 0 && l[i] == '.') ? l[i] : '_';
+    out[i] = 0;
+}
+
+/* The setup through the cache (a server not yet started): see usage(). S->nusers is the pool's
+ * size, nusers the run's. */
+static void cached_setup(struct setup *S, uint32_t nusers, const char *bin, int is_pairs, int is_fanout, int is_writes)
+{
+    char label[100], shape[96];
+    label_of(label, sizeof label);
+    if (is_fanout)
+        snprintf(shape, sizeof shape, "fanout-g%u-m%u", o.groups, o.members);
+    else if (is_pairs)
+        snprintf(shape, sizeof shape, "pairs-u%u", o.users);
+    else if (is_writes)
+        snprintf(shape, sizeof shape, "writes-s%u%s", o.senders, o.group ? "-group" : "");
+    else
+        shape[0] = 0; /* conns: the pool is all */
+    snprintf(C.pool_key, sizeof C.pool_key, "%s/users", label);
+    snprintf(C.pool_dir, sizeof C.pool_dir, "%s/%s", o.setup_cache, C.pool_key);
+    struct cache_entry ce;
+    char why[500];
+    /* with the pool's size (the cached pool's, if it is larger than asked: its database holds
+     * them all), so that every entry's database holds the same users as its pool-mates' */
+    uint32_t pool_n = S->nusers;
+    if (cache_read(C.pool_dir, C.pool_key, &ce, why, sizeof why, access_ttl_s()) == 0) {
+        pool_n = ce.nusers > pool_n ? ce.nusers : pool_n;
+        cache_entry_free(&ce);
+    }
+    if (shape[0])
+        snprintf(shape + strlen(shape), sizeof shape - strlen(shape), ".p%u", pool_n);
+    if (shape[0]) {
+        snprintf(C.shape_key, sizeof C.shape_key, "%s/%s", label, shape);
+        snprintf(C.shape_dir, sizeof C.shape_dir, "%s/%s", o.setup_cache, C.shape_key);
+    }
+    server_prepare(&T);
+    /* 1. the run's own entry */
+    if (shape[0]) {
+        int have = cache_read(C.shape_dir, C.shape_key, &ce, why, sizeof why, access_ttl_s()) == 0;
+        if (have && (ce.nusers < nusers || ce.nconvs != S->nconvs)) {
+            snprintf(why, sizeof why, "entry with %u users and %u conversations, the run needs %u and %u", ce.nusers,
+                     ce.nconvs, nusers, S->nconvs);
+            cache_entry_free(&ce);
+            have = 0;
+        }
+        if (have) {
+            if (start_on_entry(C.shape_dir, &ce, nusers, bin, why, sizeof why) == 0) {
+                for (uint32_t i = 0; i < nusers; i++)
+                    S->users[i] = (struct user){ce.users[i].id, xstrdup(ce.users[i].token)};
+                for (uint32_t i = 0; i < S->nconvs; i++)
+                    S->convs[i].id = ce.convs[i];
+                cache_entry_free(&ce);
+                C.state = "hit";
+                return;
+            }
+            snprintf(C.fallback, sizeof C.fallback, "%s: %.300s", C.shape_key, why);
+            fprintf(stderr, "[%s] setup cache: %s unusable (%s): setting up without it\n", o.name, C.shape_key, why);
+            cache_entry_free(&ce);
+        } else {
+            snprintf(C.miss, sizeof C.miss, "%.100s: %.180s", C.shape_key, why);
+        }
+    }
+    /* 2. the user pool (its users are the first of the run's) */
+    C.state = "miss";
+    int64_t issued = (int64_t)time(NULL);
+    int running = 0;
+    if (cache_read(C.pool_dir, C.pool_key, &ce, why, sizeof why, access_ttl_s()) == 0) {
+        uint32_t need = ce.nusers < nusers ? ce.nusers : nusers;
+        if (start_on_entry(C.pool_dir, &ce, need, bin, why, sizeof why) == 0) {
+            C.pool_from = ce.nusers < S->nusers ? ce.nusers : S->nusers;
+            for (uint32_t i = 0; i < C.pool_from; i++)
+                S->users[i] = (struct user){ce.users[i].id, xstrdup(ce.users[i].token)};
+            issued = ce.tokens_issued;
+            running = 1;
+        } else {
+            size_t n = strlen(C.fallback);
+            snprintf(C.fallback + n, sizeof C.fallback - n, "%s%s: %.200s", n ? "; " : "", C.pool_key, why);
+            fprintf(stderr, "[%s] setup cache: %s unusable (%s): setting up without it\n", o.name, C.pool_key, why);
+        }
+        cache_entry_free(&ce);
+    }
+    if (!running) {
+        char err[300];
+        if (server_spawn(&T, bin, o.env, o.nenv, 300, err, sizeof err) < 0) {
+            char *tail = server_log_tail(&T, 2000);
+            fprintf(stderr, "%s\n", tail);
+            free(tail);
+            die("%s; its output is above", err);
+        }
+    }
+    if (C.pool_from < S->nusers) {
+        S->from = C.pool_from;
+        run_pool(S, signup_worker, S->nusers - S->from, "signups");
+        struct cache_entry pe = {.tokens_issued = issued, .ttl_s = access_ttl_s(), .nusers = S->nusers, .users = S->users};
+        C.stored_pool = snapshot(C.pool_dir, C.pool_key, &pe, bin);
+    }
+    C.pool_users = pool_n > S->nusers ? pool_n : S->nusers;
+    if (C.pool_from >= S->nusers)
+        C.state = shape[0] ? "pool" : "hit";
+    if (!shape[0])
+        return;
+    make_convs(S, is_pairs, is_fanout, is_writes);
+    int64_t *convs = xcalloc(S->nconvs, sizeof *convs);
+    for (uint32_t i = 0; i < S->nconvs; i++)
+        convs[i] = S->convs[i].id;
+    struct cache_entry se = {.tokens_issued = issued, .ttl_s = access_ttl_s(), .nusers = nusers, .users = S->users,
+                             .nconvs = S->nconvs, .convs = convs};
+    C.stored_shape = snapshot(C.shape_dir, C.shape_key, &se, bin);
+    free(convs);
+}
+
+static json_t *cache_json(void)
+{
+    if (!strcmp(C.state, "off"))
+        return json_pack("{s:s}", "state", "off");
+    json_t *j = json_pack("{s:s,s:b,s:s,s:s,s:I,s:I,s:f,s:f,s:b,s:b}", "state", C.state, "hit", !strcmp(C.state, "hit"),
+                          "dir", o.setup_cache, "pool_key", C.pool_key, "pool_users", (json_int_t)C.pool_users,
+                          "pool_users_cached", (json_int_t)C.pool_from, "copy_s", r2(C.copy_s), "store_s", r2(C.snapshot_s),
+                          "stored_pool", C.stored_pool, "stored_entry", C.stored_shape);
+    if (C.shape_key[0])
+        json_object_set_new(j, "key", json_string(C.shape_key));
+    if (C.miss[0])
+        json_object_set_new(j, "miss", json_string(C.miss));
+    if (C.fallback[0])
+        json_object_set_new(j, "fallback", json_string(C.fallback));
+    return j;
+}
+
 /* ------------------------------------------------------------------ main */
 
 int main(int argc, char **argv)
@@ -743,11 +1040,11 @@ int main(int argc, char **argv)
     } else {
         bin = o.server ? o.server : getenv("PARLEYD") ? getenv("PARLEYD") : "build/release/parleyd";
         atexit(cleanup);
-        server_start(&T, bin, o.env, o.nenv, 300);
+        if (!o.setup_cache) /* else cached_setup starts it, on the cached data if there is any */
+            server_start(&T, bin, o.env, o.nenv, 300);
     }
     if (!o.name)
         o.name = bin ? (strrchr(bin, '/') ? strrchr(bin, '/') + 1 : bin) : "server";
-    long rss_start = T.pid ? proc_rss_kib(T.pid) : -1;
 
     json_t *params = json_pack("{s:I,s:I,s:I,s:f,s:f,s:I,s:s,s:I}", "threads", (json_int_t)o.threads, "src_addrs",
                                (json_int_t)o.src_addrs, "body_bytes", (json_int_t)o.body_bytes, "warmup_s", o.warmup,
@@ -775,42 +1072,36 @@ int main(int argc, char **argv)
     }
     if (!o.quiet) {
         char *p = json_dumps(params, JSON_COMPACT);
-        fprintf(stderr, "[%s] %s %s on %s:%d\n", o.name, o.scenario, p, T.host, T.port);
+        if (o.setup_cache)
+            fprintf(stderr, "[%s] %s %s (setup cache %s)\n", o.name, o.scenario, p, o.setup_cache);
+        else
+            fprintf(stderr, "[%s] %s %s on %s:%d\n", o.name, o.scenario, p, T.host, T.port);
         free(p);
     }
 
-    /* setup: users, then conversations */
+    /* the server's RSS before the setup (with the cache: after it, the server having just started) */
+    long rss_start = T.pid ? proc_rss_kib(T.pid) : -1;
+
+    /* setup: users, then conversations (with --setup-cache: from the cache where it can) */
     uint64_t setup_t0 = now_ns();
-    struct setup S = {.nusers = nusers, .nconvs = nconvs};
+    uint32_t pool = o.setup_cache && o.setup_pool > nusers ? o.setup_pool : nusers;
+    struct setup S = {.nusers = pool, .nconvs = nconvs};
     pthread_mutex_init(&S.mu, NULL);
-    S.users = xcalloc(nusers, sizeof *S.users);
+    S.users = xcalloc(pool, sizeof *S.users);
     S.convs = xcalloc(nconvs ? nconvs : 1, sizeof *S.convs);
-    run_pool(&S, signup_worker, nusers, "signups");
-    if (nconvs) {
-        S.creator = xcalloc(nconvs, sizeof *S.creator);
-        S.body = xcalloc(nconvs, sizeof *S.body);
-        for (uint32_t i = 0; i < nconvs; i++) {
-            if (is_pairs) {
-                S.creator[i] = 2 * i;
-                char b[96];
-                snprintf(b, sizeof b, "{\"kind\":\"direct\",\"user_id\":%lld}", (long long)S.users[2 * i + 1].id);
-                S.body[i] = xstrdup(b);
-            } else {
-                uint32_t first = is_fanout ? i * o.members : is_writes && !o.group ? i : 0;
-                uint32_t count = is_fanout ? o.members : is_writes && !o.group ? 1 : o.senders;
-                size_t cap = 64 + (size_t)count * 22;
-                char *b = xcalloc(1, cap);
-                size_t n = (size_t)snprintf(b, cap, "{\"kind\":\"group\",\"title\":\"load %u\",\"members\":[", i);
-                for (uint32_t m = 1; m < count; m++)
-                    n += (size_t)snprintf(b + n, cap - n, "%s%lld", m > 1 ? "," : "", (long long)S.users[first + m].id);
-                snprintf(b + n, cap - n, "]}");
-                S.creator[i] = first;
-                S.body[i] = b;
-            }
-        }
-        run_pool(&S, conv_worker, nconvs, "conversations");
+    if (o.setup_cache) {
+        cached_setup(&S, nusers, bin, is_pairs, is_fanout, is_writes);
+        if (!o.quiet)
+            fprintf(stderr, "[%s] setup cache: %s (%s) in %.1fs, server on %s:%d\n", o.name, C.state,
+                    C.shape_key[0] ? C.shape_key : C.pool_key, (double)(now_ns() - setup_t0) / 1e9, T.host, T.port);
+    } else {
+        run_pool(&S, signup_worker, nusers, "signups");
+        if (nconvs)
+            make_convs(&S, is_pairs, is_fanout, is_writes);
     }
     double setup_s = (double)(now_ns() - setup_t0) / 1e9;
+    if (o.setup_cache)
+        rss_start = T.pid ? proc_rss_kib(T.pid) : -1;
 
     struct engine_cfg ec = {
         .t = &T, .nthreads = o.threads, .nsrc = o.src_addrs, .open_conc = o.open_conc,
@@ -835,6 +1126,7 @@ int main(int argc, char **argv)
     json_object_set_new(res, "pid", T.pid ? json_integer(T.pid) : json_null());
     json_object_set_new(res, "rss_at_start_kib", rss_start >= 0 ? json_integer(rss_start) : json_null());
     json_object_set_new(res, "setup_s", json_real(r2(setup_s)));
+    json_object_set_new(res, "setup_cache", cache_json());
     struct engine *e = NULL;
     struct snap end;
 
@@ -1144,9 +1436,9 @@ int main(int argc, char **argv)
     free(line);
     json_decref(res);
     engine_free(e);
-    for (uint32_t i = 0; i < nusers; i++)
+    for (uint32_t i = 0; i < pool; i++)
         free(S.users[i].token);
-    for (uint32_t i = 0; i < nconvs; i++)
+    for (uint32_t i = 0; S.body && i < nconvs; i++) /* no bodies when the cache had the conversations */
         free(S.body[i]);
     free(S.body);
     free(S.creator);

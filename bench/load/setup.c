@@ -5,7 +5,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
@@ -57,12 +56,9 @@ static int try_connect(const struct target *t)
     return fd;
 }
 
-void server_start(struct target *t, const char *bin, char **env, int nenv, int start_timeout_s)
+void server_prepare(struct target *t)
 {
-    if (access(bin, X_OK) != 0)
-        die("server binary %s: %s (make build builds build/release/parleyd)", bin, strerror(errno));
     snprintf(t->host, sizeof t->host, "127.0.0.1");
-    t->port = free_port();
     snprintf(t->dir, sizeof t->dir, "%s/parley-load-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     if (!mkdtemp(t->dir))
         die("mkdtemp %s: %s", t->dir, strerror(errno));
@@ -71,6 +67,17 @@ void server_start(struct target *t, const char *bin, char **env, int nenv, int s
     if (mkdir(data, 0700) < 0)
         die("mkdir %s: %s", data, strerror(errno));
     snprintf(t->log_path, sizeof t->log_path, "%s/server.log", t->dir);
+}
+
+int server_spawn(struct target *t, const char *bin, char **env, int nenv, int start_timeout_s, char *err, size_t errlen)
+{
+    if (access(bin, X_OK) != 0)
+        die("server binary %s: %s (make build builds build/release/parleyd)", bin, strerror(errno));
+    t->port = free_port();
+    t->exited = 0;
+    t->status = 0;
+    char data[300];
+    snprintf(data, sizeof data, "%s/data", t->dir);
     char listen[96];
     snprintf(listen, sizeof listen, "127.0.0.1:%d", t->port);
     fflush(NULL);
@@ -83,6 +90,9 @@ void server_start(struct target *t, const char *bin, char **env, int nenv, int s
         setenv("PARLEY_LISTEN", listen, 1);
         setenv("PARLEY_DATA", data, 1);
         setenv("PARLEY_JWT_SECRET", "bench-secret-0123456789abcdef0123456789abcdef", 1);
+        /* the longest access-token lifetime parleyd allows (30 days; the baselines honour the
+         * same variable): tokens kept in the setup cache (cache.c) stay valid that long */
+        setenv("PARLEY_ACCESS_TTL_S", LOAD_ACCESS_TTL_S, 1);
         setenv("PARLEY_SEND_RATE", "0", 1);
         setenv("PARLEY_SEND_BURST", "0", 1);
         /* every generated client comes from one address and floods on purpose:
@@ -94,16 +104,16 @@ void server_start(struct target *t, const char *bin, char **env, int nenv, int s
         setenv("PARLEY_READ_RATE", "0", 1);
         setenv("PARLEY_TYPING_MS", "0", 1);
         setenv("PARLEY_WRITER_QUEUE", "100000000", 1);
-        /* the graceful drain (15 s by default) would outlast the 15 s allowed for the exit */
-        setenv("PARLEY_DRAIN_DELAY_S", "0", 1);
-        setenv("PARLEY_DRAIN_SECONDS", "0", 1);
-        /* parleyd drains for 15 s on SIGTERM by default: a benchmark's server stops at once */
+        /* parleyd drains for 15 s on SIGTERM by default, which would outlast the 15 s allowed
+         * for the exit: a benchmark's server stops at once */
         setenv("PARLEY_DRAIN_DELAY_S", "0", 1);
         setenv("PARLEY_DRAIN_SECONDS", "0", 1);
         setenv("PARLEY_LOG_LEVEL", "warn", 1);
         for (int i = 0; i < nenv; i++)
             putenv(env[i]);
-        int lf = open(t->log_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        /* appended: a server started again on the same directory (the setup cache) keeps the
+         * earlier output in the log */
+        int lf = open(t->log_path, O_WRONLY | O_CREAT | O_APPEND, 0600);
         int nul = open("/dev/null", O_RDONLY);
         if (lf >= 0) {
             dup2(lf, 1);
@@ -120,19 +130,34 @@ void server_start(struct target *t, const char *bin, char **env, int nenv, int s
     uint64_t until = now_ns() + (uint64_t)start_timeout_s * 1000000000u;
     for (;;) {
         if (!server_alive(t)) {
-            char *tail = server_log_tail(t, 2000);
-            fprintf(stderr, "%s\n", tail);
-            free(tail);
-            die("the server exited during its start (wait status %d); its output is above", t->status);
+            snprintf(err, errlen, "the server exited during its start (wait status %d)", t->status);
+            return -1;
         }
         int fd = try_connect(t);
         if (fd >= 0) {
             close(fd);
-            return;
+            return 0;
         }
-        if (now_ns() > until)
-            die("the server did not listen on %s within %d s", listen, start_timeout_s);
+        if (now_ns() > until) {
+            kill(t->pid, SIGKILL);
+            while (server_alive(t))
+                sleep_s(0.01);
+            snprintf(err, errlen, "the server did not listen on %s within %d s", listen, start_timeout_s);
+            return -1;
+        }
         sleep_s(0.05);
+    }
+}
+
+void server_start(struct target *t, const char *bin, char **env, int nenv, int start_timeout_s)
+{
+    char err[200];
+    server_prepare(t);
+    if (server_spawn(t, bin, env, nenv, start_timeout_s, err, sizeof err) < 0) {
+        char *tail = server_log_tail(t, 2000);
+        fprintf(stderr, "%s\n", tail);
+        free(tail);
+        die("%s; its output is above", err);
     }
 }
 
@@ -155,14 +180,7 @@ int server_alive(struct target *t)
     return kill(t->pid, 0) == 0 || errno == EPERM;
 }
 
-static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    remove(path);
-    return 0;
-}
-
-int server_stop(struct target *t, double *secs, int *killed)
+int server_halt(struct target *t, double *secs, int *killed)
 {
     uint64_t t0 = now_ns();
     *killed = 0;
@@ -178,11 +196,17 @@ int server_stop(struct target *t, double *secs, int *killed)
         }
     }
     *secs = (double)(now_ns() - t0) / 1e9;
+    return t->status;
+}
+
+int server_stop(struct target *t, double *secs, int *killed)
+{
+    int st = server_halt(t, secs, killed);
     if (t->spawned && t->dir[0] && !getenv("PARLEY_LOAD_KEEP_DATA")) {
-        nftw(t->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+        remove_tree(t->dir);
         t->dir[0] = 0;
     }
-    return t->status;
+    return st;
 }
 
 char *server_log_tail(struct target *t, size_t max)
