@@ -70,36 +70,43 @@ static uint32_t get32(const uint8_t *p)
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
+/* One envelope's bytes: m's head, aux, users and positions with a frame of
+ * flen bytes. */
+static size_t envelope_size(const struct bus_msg *m, uint32_t flen)
+{
+    return HDR + flen + (m->aux ? m->aux->len : 0) + (m->users ? (size_t)m->users->n * 8 : 0) + m->npos * 16;
+}
+
 size_t bus_redis_envelope_size(const struct bus_msg *m)
 {
     /* a run: one envelope per message, each with the whole head */
-    return (HDR + (m->aux ? m->aux->len : 0) + (m->users ? (size_t)m->users->n * 8 : 0) + m->npos * 16) *
-               bus_msg_count(m) +
-           (m->frame ? m->frame->len : 0);
+    return envelope_size(m, 0) * bus_msg_count(m) + (m->frame ? m->frame->len : 0);
 }
 
-void bus_redis_encode(const struct bus_msg *m, struct buf *out)
+/* The envelope of m with frame[0..flen) as its frame (NULL: none) and seq
+ * as its seq: a single message, or one message of a run read in place. */
+static void encode(const struct bus_msg *m, const uint8_t *frame, uint32_t flen, int64_t seq, struct buf *out)
 {
-    size_t size = bus_redis_envelope_size(m);
+    size_t size = envelope_size(m, flen);
     buf_reserve(out, size);
     uint8_t *p = (uint8_t *)out->data + out->len;
     p[0] = BUS_REDIS_ENVELOPE_VERSION;
     p[1] = (uint8_t)m->kind;
-    p[2] = (uint8_t)((m->frame ? F_FRAME : 0) | (m->aux ? F_AUX : 0) | (m->users ? F_USERS : 0));
+    p[2] = (uint8_t)((frame ? F_FRAME : 0) | (m->aux ? F_AUX : 0) | (m->users ? F_USERS : 0));
     p[3] = 0;
     put64(p + 4, m->origin);
     put64(p + 12, m->except_conn);
     put64(p + 20, (uint64_t)m->conv);
     put64(p + 28, (uint64_t)m->user);
-    put64(p + 36, (uint64_t)m->seq);
-    put32(p + 44, m->frame ? m->frame->len : 0);
+    put64(p + 36, (uint64_t)seq);
+    put32(p + 44, flen);
     put32(p + 48, m->aux ? m->aux->len : 0);
     put32(p + 52, m->users ? m->users->n : 0);
     put32(p + 56, (uint32_t)m->npos);
     uint8_t *q = p + HDR;
-    if (m->frame) {
-        memcpy(q, m->frame->data, m->frame->len);
-        q += m->frame->len;
+    if (frame) {
+        memcpy(q, frame, flen);
+        q += flen;
     }
     if (m->aux) {
         memcpy(q, m->aux->data, m->aux->len);
@@ -112,6 +119,11 @@ void bus_redis_encode(const struct bus_msg *m, struct buf *out)
         put64(q + 8, (uint64_t)m->pos[i].last_read_seq);
     }
     out->len += size;
+}
+
+void bus_redis_encode(const struct bus_msg *m, struct buf *out)
+{
+    encode(m, m->frame ? m->frame->data : NULL, m->frame ? m->frame->len : 0, m->seq, out);
 }
 
 /* A complete, unmasked, final WebSocket frame of exactly len bytes: what
@@ -723,40 +735,15 @@ static void on_ping(redisAsyncContext *ac, void *r, void *priv)
         rconn_answered(ac->data);
 }
 
-static void send_one(struct bus_redis *br, const struct bus_msg *m);
-
-/* A run (bus.h) goes as its messages, each in an envelope of its own: other
- * nodes, and older ones, read one message per envelope. */
-static void send_publication(struct bus_redis *br, const struct bus_msg *m)
-{
-    if (!m->nparts || !m->frame) {
-        send_one(br, m);
-        return;
-    }
-    struct bus_msg one = *m;
-    one.nparts = 0;
-    one.parts = NULL;
-    uint32_t start = 0;
-    for (uint32_t i = 0; i < m->nparts; i++) {
-        uint32_t len = m->parts[i].end - start;
-        one.frame = frame_new(len);
-        memcpy(one.frame->data, m->frame->data + start, len);
-        one.seq = m->seq + (int64_t)i;
-        one.t0_ns = m->parts[i].t0_ns;
-        send_one(br, &one);
-        frame_unref(one.frame);
-        start = m->parts[i].end;
-    }
-}
-
-static void send_one(struct bus_redis *br, const struct bus_msg *m)
+static void send_one(struct bus_redis *br, const struct bus_msg *m, const uint8_t *frame, uint32_t flen,
+                     int64_t seq)
 {
     /* conversation-scoped kinds on the conversation's channel; the others on
      * the broadcast channel of the conversation's (presence: the user's)
      * shard, which every node subscribes to on every shard */
     int64_t key = m->kind == BUS_PRESENCE ? m->user : m->conv;
     struct shard *sh = &br->shards[bus_redis_shard_of(key, br->nshards)];
-    if (!m->frame || sh->pub.state != RC_UP || sh->backlog > BACKLOG_MAX) {
+    if (!frame || sh->pub.state != RC_UP || sh->backlog > BACKLOG_MAX) {
         drop_publication(sh);
         return;
     }
@@ -769,13 +756,13 @@ static void send_one(struct bus_redis *br, const struct bus_msg *m)
         clen = sh->bcast_len;
     }
     struct buf *b = &br->cmd;
-    size_t size = bus_redis_envelope_size(m);
+    size_t size = envelope_size(m, flen);
     resp_begin(b, 3);
     resp_arg(b, "PUBLISH", 7);
     resp_arg(b, chan, clen);
     char t[32];
     buf_append(b, t, (size_t)snprintf(t, sizeof t, "$%zu\r\n", size));
-    bus_redis_encode(m, b);
+    encode(m, frame, flen, seq, b);
     buf_append(b, "\r\n", 2);
     size_t total = b->len;
     if (redisAsyncFormattedCommand(sh->pub.ac, on_published, (void *)(uintptr_t)total, b->data, b->len) !=
@@ -786,6 +773,22 @@ static void send_one(struct bus_redis *br, const struct bus_msg *m)
         sh->backlog += total;
     }
     cmd_done(br);
+}
+
+/* A run (bus.h) goes as its messages, each in an envelope of its own (its
+ * slice of the run's frame, encoded in place): other nodes, and older ones,
+ * read one message per envelope. */
+static void send_publication(struct bus_redis *br, const struct bus_msg *m)
+{
+    if (!m->nparts || !m->frame) {
+        send_one(br, m, m->frame ? m->frame->data : NULL, m->frame ? m->frame->len : 0, m->seq);
+        return;
+    }
+    uint32_t start = 0;
+    for (uint32_t i = 0; i < m->nparts; i++) {
+        send_one(br, m, m->frame->data + start, m->parts[i].end - start, m->seq + (int64_t)i);
+        start = m->parts[i].end;
+    }
 }
 
 /* ---- subscriptions ---- */

@@ -813,20 +813,18 @@ void conn_send_file(struct conn *c, int fd, int64_t off, int64_t len)
     mark_dirty(c);
 }
 
-void conn_send(struct conn *c, struct frame *f)
-{
-    if (c->state == CONN_CLOSED || c->state == CONN_CLOSING)
-        return;
-    enqueue(c, f, 0);
-}
-
 void conn_send_frames(struct conn *c, struct frame *f, uint32_t nframes)
 {
     if (c->state == CONN_CLOSED || c->state == CONN_CLOSING)
         return;
-    enqueue(c, f, 0);
+    enqueue(c, f, 0); /* counts one frame */
     if (c->state != CONN_HTTP && nframes > 1)
         c->w->counters.frames_out += nframes - 1;
+}
+
+void conn_send(struct conn *c, struct frame *f)
+{
+    conn_send_frames(c, f, 1);
 }
 
 void conn_urgent(struct conn *c)
@@ -1602,20 +1600,17 @@ static int peer_progressed(struct conn *c, int64_t now)
 static void send_ping(struct conn *c)
 {
     struct frame *p = c->w->ping;
-    int fd;
-    if (c->out_head || c->writing || uv_fileno((uv_handle_t *)&c->tcp, &fd) < 0) {
+    if (c->out_head || c->writing) {
         conn_send(c, p);
         return;
     }
-    ssize_t n;
-    do
-        n = send(fd, p->data, p->len, MSG_DONTWAIT | MSG_NOSIGNAL);
-    while (n < 0 && errno == EINTR);
-    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+    uv_buf_t b = uv_buf_init((char *)p->data, p->len);
+    int n = try_write(c, &b, 1);
+    if (n < 0 && n != UV_EAGAIN) {
         conn_abort(c);
         return;
     }
-    if (n == (ssize_t)p->len) {
+    if (n == (int)p->len) {
         c->w->counters.frames_out++;
         return;
     }

@@ -122,6 +122,17 @@ static struct job *send_job(int64_t user, int64_t conv, const char *id, const ch
     return j;
 }
 
+/* actor adds target to conv */
+static struct job *member_add_job(int64_t conv, int64_t actor, int64_t target)
+{
+    struct job *j = job_new(JOB_MEMBER, NULL, NULL, NULL, NULL);
+    j->u.member.op = MEMBER_ADD;
+    j->u.member.conv = conv;
+    j->u.member.actor = actor;
+    j->u.member.target = target;
+    return j;
+}
+
 /* The core's executor, but a signup named "ghost" writes and then fails:
  * its savepoint must undo only itself. */
 static int test_exec(struct store *st, struct job *j)
@@ -285,11 +296,7 @@ static void test_member_added_mid_batch(void **state)
     struct fixture *f = *state;
     struct job *b[4];
     b[0] = send_job(f->u3, f->group, "c1", "too early");
-    b[1] = job_new(JOB_MEMBER, NULL, NULL, NULL, NULL);
-    b[1]->u.member.op = MEMBER_ADD;
-    b[1]->u.member.conv = f->group;
-    b[1]->u.member.actor = f->u1;
-    b[1]->u.member.target = f->u3;
+    b[1] = member_add_job(f->group, f->u1, f->u3);
     b[2] = send_job(f->u3, f->group, "c2", "hello all");
     b[3] = send_job(f->u1, f->group, "a1", "welcome");
     run(f, b, 4);
@@ -312,11 +319,7 @@ static void test_run_ends_at_membership_change(void **state)
     struct job *b[4];
     b[0] = send_job(f->u1, f->group, "a1", "before");
     b[1] = send_job(f->u2, f->group, "b1", "before too");
-    b[2] = job_new(JOB_MEMBER, NULL, NULL, NULL, NULL);
-    b[2]->u.member.op = MEMBER_ADD;
-    b[2]->u.member.conv = f->group;
-    b[2]->u.member.actor = f->u1;
-    b[2]->u.member.target = f->u3;
+    b[2] = member_add_job(f->group, f->u1, f->u3);
     b[3] = send_job(f->u1, f->group, "a2", "after");
     run(f, b, 4);
     assert_int_equal(b[3]->u.send.seq, 3);
