@@ -139,7 +139,7 @@ const ALL_SERVERS = [
   { name: 'uws-ref', bin: UWS_REF, env: [] },
   // uws-ref without its database on the send path (not durable): the pub/sub ceiling, issue 9's
   // fan-out target; run for the fan-out cells (the group-size sweep) only.
-  { name: 'uws-nostore', bin: UWS_REF, env: ['PARLEY_NO_STORE=1'], only: /^load\/fanout(-m\d+)?$/, cacheAs: 'uws-ref' },
+  { name: 'uws-nostore', bin: UWS_REF, env: ['PARLEY_NO_STORE=1'], only: /^load\/fanout(-m\d+|-1x1000|-100x10)?$/, cacheAs: 'uws-ref' },
   // Diagnostic, only with --servers all (or named): parleyd with glibc's heap trimming
   // effectively off, to show what the writer thread's madvise churn costs (docs/BENCHMARKS.md).
   { name: 'parleyd-notrim', bin: PARLEYD, env: ['GLIBC_TUNABLES=glibc.malloc.trim_threshold=67108864'], only: /^(send-throughput|fanout)/, optIn: true, cacheAs: 'parleyd' },
@@ -161,6 +161,10 @@ const ALL_SCENARIOS = [
   // The group-size sweep (with load/fanout: deliveries/s and CPU per delivery against the group
   // size, plotted by bench/report.mjs): the same publishers and window into smaller groups.
   { id: 'load/fanout-m10', tool: 'load', suite: 'load', args: ['fanout', '--groups', '1', '--members', '10', '--publishers', '4', '--window', '8', ...timing] },
+  // Issue 9's fan-out targets as the issue states them: one publisher per group with at most 8
+  // unacknowledged sends, into 1 group of 1,000 members and into 100 groups of 10.
+  { id: 'load/fanout-1x1000', tool: 'load', suite: 'load', args: ['fanout', '--groups', '1', '--members', T('1000', '200'), '--publishers', '1', '--window', '8', ...timing] },
+  { id: 'load/fanout-100x10', tool: 'load', suite: 'load', args: ['fanout', '--groups', T('100', '20'), '--members', '10', '--publishers', '1', '--window', '8', ...timing] },
   { id: 'load/fanout-m100', tool: 'load', suite: 'load', args: ['fanout', '--groups', '1', '--members', '100', '--publishers', '4', '--window', '8', ...timing] },
   // Protocol version 2: the same group, the same publishers and window, but each publisher
   // changes a message of its own instead of sending new ones, and every member connection gets
@@ -380,8 +384,9 @@ const METRICS = {
     ['bytes per connection (fit)', (r) => r.fit?.bytes_per_conn, 'lower'],
   ],
 };
-// load/fanout-m10 and -m100 (the group-size sweep) report what load/fanout does
-const metricsOf = (id) => METRICS[id] || METRICS[id.replace(/-m\d+$/, '')] || METRICS[id.split('/')[0]];
+// load/fanout-m10 and -m100 (the group-size sweep) and the target cells -1x1000 and -100x10
+// report what load/fanout does
+const metricsOf = (id) => METRICS[id] || METRICS[id.replace(/-(m\d+|1x1000|100x10)$/, '')] || METRICS[id.split('/')[0]];
 const fmt = (x) => (x === null || x === undefined ? '-' : Math.abs(x) >= 100 ? String(Math.round(x)) : String(Math.round(x * 100) / 100));
 const ratio = (a, b) => (a === null || b === null || !b ? '-' : `${(a / b).toFixed(2)}x`);
 

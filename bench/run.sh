@@ -49,6 +49,15 @@ if [ ! -d bench/node_modules/ws ]; then
   echo "bench/run.sh: npm ci in bench/ (ws)" >&2
   (cd bench && npm ci --no-audit --no-fund --silent)
 fi
+# The baselines install their dependencies on first start (uws-ref builds better-sqlite3 from
+# source, about 2 minutes): longer than a generator waits for a server to listen. Install first.
+for ref in "${NODE_REF:-../shared/baselines/node-ref/parleyd-node}" "${UWS_REF:-../shared/baselines/uws-ref/parleyd-uws}"; do
+  dir=$(dirname -- "$ref")
+  if [ -f "$dir/package-lock.json" ] && [ -w "$dir" ] && [ ! -d "$dir/node_modules" ]; then
+    echo "bench/run.sh: npm ci in $dir (first use of the baseline)" >&2
+    (cd "$dir" && npm ci --no-audit --no-fund --silent) >&2 || echo "bench/run.sh: npm ci in $dir failed: its cells will fail" >&2
+  fi
+done
 if [ -n "$base" ]; then
   bin=$(bench/base-build.sh "$base")
   label="$base = $(git rev-parse --short=10 "$base^{commit}")"
