@@ -142,6 +142,9 @@ const ALL_SERVERS = [
   { name: 'uws-nostore', bin: UWS_REF, env: ['PARLEY_NO_STORE=1'], only: /^load\/fanout(-m\d+|-1x1000|-100x10)?$/, cacheAs: 'uws-ref' },
   // Diagnostic, only with --servers all (or named): parleyd with glibc's heap trimming
   // effectively off, to show what the writer thread's madvise churn costs (docs/BENCHMARKS.md).
+  // Diagnostic, opt-in: parleyd waiting out the whole batch interval (the writer's early commit
+  // off), to show what PARLEY_BATCH_GAP_US buys (docs/BENCHMARKS.md).
+  { name: 'parleyd-nogap', bin: PARLEYD, env: ['PARLEY_BATCH_GAP_US=0'], only: /^load\//, optIn: true, cacheAs: 'parleyd' },
   { name: 'parleyd-notrim', bin: PARLEYD, env: ['GLIBC_TUNABLES=glibc.malloc.trim_threshold=67108864'], only: /^(send-throughput|fanout)/, optIn: true, cacheAs: 'parleyd' },
 ];
 

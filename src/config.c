@@ -47,6 +47,7 @@ static const struct opt opts[] = {
     {"--refresh-ttl-s", "PARLEY_REFRESH_TTL_S", OPT_INT, OFF(refresh_ttl_s), 0, 60, 86400 * 3650, "2592000", "refresh token lifetime, seconds"},
     {"--batch-max", "PARLEY_BATCH_MAX", OPT_INT, OFF(batch_max), 0, 1, 100000, "512", "most writes per database transaction"},
     {"--batch-interval-ms", "PARLEY_BATCH_INTERVAL_MS", OPT_INT, OFF(batch_interval_ms), 0, 0, 1000, "2", "longest wait to fill a batch, ms"},
+    {"--batch-gap-us", "PARLEY_BATCH_GAP_US", OPT_INT, OFF(batch_gap_us), 0, 0, 1000000, "250", "commit a batch early once no write came for this long, us (0: wait the whole interval)"},
     {"--send-rate", "PARLEY_SEND_RATE", OPT_INT, OFF(send_rate), 0, 0, 1000000, "50", "messages per second per user (0: no limit)"},
     {"--send-burst", "PARLEY_SEND_BURST", OPT_INT, OFF(send_burst), 0, 0, 1000000, "500", "token bucket size per user (0: no limit)"},
     {"--max-body", "PARLEY_MAX_BODY", OPT_INT, OFF(max_body), 0, 1, 1 << 20, "4096", "message body bytes after JSON decoding"},

@@ -23,6 +23,7 @@ struct config {
     int64_t refresh_ttl_s;
     int64_t batch_max;
     int64_t batch_interval_ms;
+    int64_t batch_gap_us;
     int64_t send_rate;       /* messages per second per user; 0 = no limit */
     int64_t send_burst;      /* bucket size; 0 = no limit */
     int64_t max_body;        /* message body bytes after JSON decoding */

@@ -255,6 +255,7 @@ int main(int argc, char **argv)
         chat.bus = bus_local_new(workers, nw, chat_deliver);
     }
     struct writer_config wcfg = {.batch_max = cfg.batch_max, .batch_interval_ms = cfg.batch_interval_ms,
+                                 .batch_gap_us = cfg.batch_gap_us,
                                  .max_queue = cfg.writer_queue, .prune_interval_ms = PRUNE_INTERVAL_MS};
     chat.writer = writer_new(wst, wcfg, chat_tx_run, chat.bus, workers, nw);
 

@@ -22,6 +22,8 @@
 #include <unistd.h>
 
 #define WRITE_BATCH 64            /* frames per writev */
+#define FLUSH_SLICE 128           /* connections written per loop iteration; the rest wait for the
+                                     next (on_flush_check) */
 #define CLOSE_GRACE_MS 5000       /* a closing connection that cannot flush */
 #define STOP_GRACE_MS 3000        /* shutdown: time to flush before abort */
 #define LINGER_MS 2000            /* after our FIN: time for the peer's */
@@ -393,9 +395,10 @@ static void on_wake(uv_async_t *a)
 
 /* ---- writing ----
  * Frames are corked: conn_send only queues and marks the connection dirty;
- * once per loop iteration (the check handle, after all events of the
+ * at the end of a loop iteration (the check handle, after all events of the
  * iteration) each dirty connection's whole queue goes to the kernel in one
- * writev. A batch of 100 messages to a member is one syscall, not 100.
+ * writev, FLUSH_SLICE connections per iteration, oldest first. A batch of
+ * 100 messages to a member is one syscall, not 100.
  * What the kernel refuses waits in a uv_write until the socket is writable. */
 
 struct write_req {
@@ -641,11 +644,27 @@ static void flush(struct conn *c)
 
 static void mark_dirty(struct conn *c)
 {
+    struct worker *w = c->w;
     if (c->dirty)
         return;
     c->dirty = 1;
-    c->dirty_next = c->w->dirty;
-    c->w->dirty = c;
+    c->dirty_next = NULL;
+    if (w->dirty_tail)
+        w->dirty_tail->dirty_next = c;
+    else
+        w->dirty = c;
+    w->dirty_tail = c;
+}
+
+static struct conn *pop_dirty(struct worker *w)
+{
+    struct conn *c = w->dirty;
+    w->dirty = c->dirty_next;
+    if (!w->dirty)
+        w->dirty_tail = NULL;
+    c->dirty = 0;
+    c->dirty_next = NULL;
+    return c;
 }
 
 /* Closes a slow consumer: a WebSocket gets 1008 `slow consumer` after
@@ -667,14 +686,27 @@ static void close_slow(struct conn *c, const char *why)
     flush(c);
 }
 
-/* The check handle: runs once per loop iteration, after its events. */
+static void on_flush_more(uv_idle_t *h)
+{
+    (void)h; /* its being active is the point: the loop's next poll does not block */
+}
+
+/* The check handle: runs once per loop iteration, after its events.
+ *
+ * It writes at most FLUSH_SLICE connections of the dirty list, oldest
+ * first, and leaves the rest for the next iteration, whose poll does not
+ * block (flush_more). Between slices the loop reads: a publisher's next
+ * sends and the writer's acks and batches come in while a fan-out to a
+ * large group is still being written, and a member not yet written gets the
+ * new batch in the same writev as the old one: fewer sends per delivery,
+ * and the commit cycle runs alongside the writing instead of after it. */
 static void on_flush_check(uv_check_t *h)
 {
     struct worker *w = h->data;
     const struct config *cfg = w->cfg;
     /* The urgent ones first; they stay on the dirty list, whose pass below
      * finds them written (or writes what the kernel did not take yet) and
-     * runs the checks. No connection is freed before this handle runs. */
+     * runs the checks. */
     for (size_t i = 0; i < w->nurgent; i++) {
         struct conn *c = w->urgent[i];
         c->urgent = 0;
@@ -682,11 +714,12 @@ static void on_flush_check(uv_check_t *h)
             flush(c);
     }
     w->nurgent = 0;
-    while (w->dirty) {
-        struct conn *c = w->dirty;
-        w->dirty = c->dirty_next;
-        c->dirty = 0;
-        c->dirty_next = NULL;
+    for (unsigned n = 0; w->dirty && n < FLUSH_SLICE; n++) {
+        struct conn *c = pop_dirty(w);
+        if (c->freed) {
+            free(c); /* conn_free released everything else */
+            continue;
+        }
         if (c->state == CONN_CLOSED)
             continue;
         flush(c);
@@ -699,6 +732,10 @@ static void on_flush_check(uv_check_t *h)
         }
         after_flush(c);
     }
+    if (w->dirty)
+        uv_idle_start(&w->flush_more, on_flush_more);
+    else
+        uv_idle_stop(&w->flush_more);
 }
 
 static void drop_queue(struct conn *c, int keep_started)
@@ -883,12 +920,6 @@ static void frag_free(struct ws_frag *fr);
 static void conn_free(struct conn *c)
 {
     struct worker *w = c->w;
-    if (c->dirty) /* not expected: the check runs before close callbacks */
-        for (struct conn **pp = &w->dirty; *pp; pp = &(*pp)->dirty_next)
-            if (*pp == c) {
-                *pp = c->dirty_next;
-                break;
-            }
     for (size_t i = 0; c->urgent && i < w->nurgent; i++) /* as unexpected */
         if (w->urgent[i] == c) {
             w->urgent[i] = w->urgent[--w->nurgent];
@@ -903,7 +934,13 @@ static void conn_free(struct conn *c)
     w->nconns--;
     drop_input(c);
     frag_free(c->frag);
+    c->frag = NULL;
     http_req_free(c->http);
+    c->http = NULL;
+    if (c->dirty) { /* the dirty list still points here: its pass frees it */
+        c->freed = 1;
+        return;
+    }
     free(c);
 }
 
@@ -1565,6 +1602,8 @@ static void close_handles(struct worker *w)
         uv_close((uv_handle_t *)&w->sweep, NULL);
     if (!uv_is_closing((uv_handle_t *)&w->flush_check))
         uv_close((uv_handle_t *)&w->flush_check, NULL);
+    if (!uv_is_closing((uv_handle_t *)&w->flush_more))
+        uv_close((uv_handle_t *)&w->flush_more, NULL);
 }
 
 /* Our bytes the peer has not taken yet, beyond our own queue: what the
@@ -1754,6 +1793,9 @@ struct worker *worker_new(const struct config *cfg, int index, int nworkers, cha
     w->flush_check.data = w;
     uv_check_start(&w->flush_check, on_flush_check);
     uv_unref((uv_handle_t *)&w->flush_check); /* never keeps the loop alive by itself */
+    uv_idle_init(&w->loop, &w->flush_more);
+    w->flush_more.data = w;
+    uv_unref((uv_handle_t *)&w->flush_more); /* nor this one; active, it still keeps polls short */
     w->ping = frame_ws(WS_OP_PING, NULL, 0);
     if (open_listener(w, err, errlen) < 0) {
         worker_free(w);
@@ -1826,6 +1868,11 @@ void worker_free(struct worker *w)
         struct event *next = ev->next;
         ev->drop(ev);
         ev = next;
+    }
+    while (w->dirty) { /* connections closed before their turn came */
+        struct conn *c = pop_dirty(w);
+        if (c->freed)
+            free(c);
     }
     while (w->free_items) {
         struct outq_item *it = w->free_items;

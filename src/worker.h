@@ -126,7 +126,9 @@ struct conn {
     unsigned processing : 1;       /* inside process(): no nested passes */
     unsigned close_after_write : 1; /* HTTP Connection: close */
     unsigned shut : 1;             /* FIN sent: lingering for the peer's */
-    unsigned dirty : 1;            /* on the worker's dirty list: flush this iteration */
+    unsigned dirty : 1;            /* on the worker's dirty list: to be flushed */
+    unsigned freed : 1;            /* closed and released while on the dirty list: the flush
+                                      pass frees the memory when it reaches it (conn_free) */
     unsigned urgent : 1;           /* also on the worker's urgent list: flushed before the others */
     unsigned admin : 1;            /* accepted on the metrics listener */
     unsigned held : 1;             /* the layer above holds the input (conn_hold): nothing is parsed */
@@ -310,7 +312,8 @@ struct worker {
     int64_t last_sweep_ms;         /* when the sweep last ran (a late one defers its verdicts once) */
     int sweep_deferred;
     uv_check_t flush_check;        /* end of each loop iteration: write what was queued */
-    struct conn *dirty;            /* connections with frames queued this iteration */
+    uv_idle_t flush_more;          /* active while the dirty list is left over: poll without blocking */
+    struct conn *dirty, *dirty_tail; /* connections with frames queued, oldest first */
     struct conn **urgent;          /* of those, the ones to write first (conn_urgent); owned, grown */
     size_t nurgent, capurgent;
     struct outq_item *free_items;  /* spare out-queue nodes (worker.c: item_get/item_put) */

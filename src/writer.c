@@ -22,6 +22,7 @@ struct writer {
     struct job *head, *tail;
     size_t count;
     uint64_t head_since;      /* uv_hrtime when the oldest waiting job came (about: see writer_main) */
+    uint64_t last_arrival;    /* uv_hrtime when the newest waiting job came */
     int stopping;
     int started;
     atomic_int db_ok;         /* see writer_db_ok */
@@ -363,11 +364,23 @@ static void writer_main(void *arg)
          * now: jobs that came during the previous commit have waited part
          * of it already (with 4 x 8 sends in flight into one group, they
          * waited a whole commit and then the whole interval again). */
+        /* And no longer than batch_gap_us after the newest job: when nothing
+         * more comes, the senders are waiting for their acks (a window of
+         * sends is full), and waiting out the interval only idles the whole
+         * cycle (one publisher with 8 in flight: 2 ms of every cycle). */
         uint64_t deadline = wr->head_since + (uint64_t)wr->cfg.batch_interval_ms * 1000000ULL;
+        uint64_t gap = (uint64_t)wr->cfg.batch_gap_us * 1000ULL;
         while (wr->count < (size_t)wr->cfg.batch_max && !wr->stopping) {
-            uint64_t now = uv_hrtime();
-            if (now >= deadline || uv_cond_timedwait(&wr->cond, &wr->mu, deadline - now) != 0)
+            uint64_t now = uv_hrtime(), until = deadline;
+            if (now >= deadline)
                 break;
+            if (gap) {
+                if (now >= wr->last_arrival + gap)
+                    break;
+                if (wr->last_arrival + gap < until)
+                    until = wr->last_arrival + gap;
+            }
+            uv_cond_timedwait(&wr->cond, &wr->mu, until - now); /* the conditions above decide */
         }
         struct job *batch = wr->head, *last = wr->head;
         size_t n = 1;
@@ -444,8 +457,9 @@ void writer_submit(struct writer *wr, struct job *j)
     else
         wr->head = j;
     wr->tail = j;
+    wr->last_arrival = uv_hrtime();
     if (wr->count++ == 0)
-        wr->head_since = uv_hrtime();
+        wr->head_since = wr->last_arrival;
     /* wake the writer when the first job arrives, and when a batch is full */
     if (wr->count == 1 || wr->count >= (size_t)wr->cfg.batch_max)
         uv_cond_signal(&wr->cond);

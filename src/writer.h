@@ -1,8 +1,8 @@
 /* writer: the one thread that writes to the database (the message queue).
  *
  * Workers hand it typed jobs (job.h) through writer_submit(). It collects
- * them until the oldest has waited batch_interval_ms or batch_max are
- * waiting, and
+ * them until the oldest has waited batch_interval_ms, or none came for
+ * batch_gap_us (the senders wait for acks), or batch_max are waiting, and
  * runs the whole batch in ONE transaction, in submission order: each run of
  * consecutive sends is one store_send_batch call (dense seqs, idempotent on
  * (sender, client id)); every other job runs through the exec function the
@@ -32,6 +32,7 @@ typedef int (*writer_exec_fn)(struct store *st, struct job *j);
 struct writer_config {
     int64_t batch_max;
     int64_t batch_interval_ms;
+    int64_t batch_gap_us;     /* no new job for this long: the senders wait on us, commit (0: off) */
     int64_t max_queue;        /* jobs waiting, at most (0: no bound); more come back JOB_BUSY */
     int64_t prune_interval_ms; /* housekeeping (dead refresh tokens, stale uploads) this often, and at start; 0: never */
 };
