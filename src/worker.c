@@ -22,7 +22,7 @@
 #include <unistd.h>
 
 #define WRITE_BATCH 64            /* frames per writev */
-#define FLUSH_SLICE 128           /* connections written per loop iteration; the rest wait for the
+#define FLUSH_SLICE 64            /* connections written per loop iteration; the rest wait for the
                                      next (on_flush_check) */
 #define CLOSE_GRACE_MS 5000       /* a closing connection that cannot flush */
 #define STOP_GRACE_MS 3000        /* shutdown: time to flush before abort */
