@@ -363,8 +363,8 @@ static void writer_main(void *arg)
          * has waited batch_interval_ms. Counted from its arrival, not from
          * now: jobs that came during the previous commit have waited part
          * of it already (with 4 x 8 sends in flight into one group, they
-         * waited a whole commit and then the whole interval again). */
-        /* And no longer than batch_gap_us after the newest job: when nothing
+         * waited a whole commit and then the whole interval again).
+         * And no longer than batch_gap_us after the newest job: when nothing
          * more comes, the senders are waiting for their acks (a window of
          * sends is full), and waiting out the interval only idles the whole
          * cycle (one publisher with 8 in flight: 2 ms of every cycle). */
