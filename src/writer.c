@@ -165,6 +165,35 @@ struct frame *writer_msg_frame(const struct job *j)
 /* A run ends at this many bytes of frames (or at a gap): a buffer shared by
  * every member connection, held by each until its socket took it. */
 #define RUN_MAX_BYTES (64 * 1024)
+#define NO_NEXT SIZE_MAX
+
+struct conv_pos {
+    int64_t conv;
+    size_t i; /* index in the batch's pub[] */
+};
+
+static int conv_pos_cmp(const void *a, const void *b)
+{
+    const struct conv_pos *x = a, *y = b;
+    if (x->conv != y->conv)
+        return x->conv < y->conv ? -1 : 1;
+    return x->i < y->i ? -1 : x->i > y->i;
+}
+
+/* next[i]: the index of the batch's next message in pub[i]'s conversation,
+ * or NO_NEXT. Sorted once (n log n), so finding the runs does not scan the
+ * rest of the batch for every run (quadratic with many conversations and a
+ * large PARLEY_BATCH_MAX). */
+static void link_conversations(const struct batch *b, size_t *next)
+{
+    struct conv_pos *pos = xmalloc(b->npub * sizeof *pos);
+    for (size_t i = 0; i < b->npub; i++)
+        pos[i] = (struct conv_pos){.conv = b->pub[i].job->u.send.conv, .i = i};
+    qsort(pos, b->npub, sizeof *pos, conv_pos_cmp);
+    for (size_t r = 0; r < b->npub; r++)
+        next[pos[r].i] = r + 1 < b->npub && pos[r + 1].conv == pos[r].conv ? pos[r + 1].i : NO_NEXT;
+    free(pos);
+}
 
 /* Publishes the batch's messages as runs (bus.h): a conversation's messages
  * with consecutive seqs and the same members (one store_send_batch call),
@@ -178,17 +207,18 @@ static void publish_runs(struct batch *b, writer_publish_fn publish, void *ctx)
         b->pub[i].frame = writer_msg_frame(b->pub[i].job);
         b->pub[i].done = 0;
     }
-    size_t *run = xmalloc(b->npub * sizeof *run);
+    size_t *run = xmalloc(2 * b->npub * sizeof *run), *next_in_conv = run + b->npub;
+    link_conversations(b, next_in_conv);
     for (size_t i = 0; i < b->npub; i++) {
         if (b->pub[i].done)
             continue;
         const struct job_send *first = &b->pub[i].job->u.send;
         size_t n = 0, bytes = 0;
         int64_t next = first->seq;
-        for (size_t k = i; k < b->npub; k++) {
+        /* the conversation's later messages: those not done yet, as earlier
+         * runs of it ended where this one starts */
+        for (size_t k = i; k != NO_NEXT; k = next_in_conv[k]) {
             const struct published *p = &b->pub[k];
-            if (p->done || p->job->u.send.conv != first->conv)
-                continue;
             if (p->members != b->pub[i].members || p->job->u.send.seq != next ||
                 (n && bytes + p->frame->len > RUN_MAX_BYTES))
                 break;
