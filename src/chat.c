@@ -16,6 +16,7 @@
 #define PRESENCE_TTL_MS (3 * PRESENCE_BEAT_MS) /* another node's users stay online this long unheard */
 #define REPAIR_WAIT_MS 200 /* how long a gap waits for the missing messages before reading them */
 #define HOLD_MAX 1024      /* messages held behind a gap, per conversation and worker */
+#define PUSH_WAIT_MS 2000  /* how long messages to a local member wait for the push naming the conversation */
 
 /* One ordered stream of a conversation on a worker: the number delivered up
  * to (-1: not known yet, the next one is taken as it comes) and the
@@ -31,6 +32,8 @@ struct order_stream {
 struct conv_order {
     struct order_stream msgs, mods;
     int check;           /* newly watched: read back once what a late subscription missed */
+    int release;         /* a baseline came while messages were held for it: release_held */
+    int64_t awaiting_ms; /* not 0: no local member joined yet, everything held since then (await_push) */
 };
 
 static void stream_dispose(struct order_stream *s)
@@ -47,19 +50,36 @@ static void order_free(struct conv_order *o)
     free(o);
 }
 
+static struct conv_order *order_new(struct chat_worker *cw, int64_t conv)
+{
+    struct conv_order *o = xcalloc(1, sizeof *o);
+    o->msgs.delivered = -1;
+    o->mods.delivered = -1;
+    idmap_put(&cw->order, conv, o);
+    return o;
+}
+
+static void forget_awaiting(struct chat_worker *cw, struct conv_order *o)
+{
+    if (o->awaiting_ms) {
+        o->awaiting_ms = 0;
+        cw->awaiting--;
+    }
+}
+
 static void on_watch(void *ctx, int64_t conv, int on)
 {
     struct chat_worker *cw = ctx;
     if (on) {
-        struct conv_order *o = xcalloc(1, sizeof *o);
-        o->msgs.delivered = -1;
-        o->mods.delivered = -1;
-        idmap_put(&cw->order, conv, o);
+        if (!idmap_get(&cw->order, conv)) /* else: held for this join (await_push) */
+            order_new(cw, conv);
         bus_watch(cw->chat->bus, cw->w->index, conv);
     } else {
         struct conv_order *o = idmap_del(&cw->order, conv);
-        if (o)
+        if (o) {
+            forget_awaiting(cw, o);
             order_free(o);
+        }
         bus_unwatch(cw->chat->bus, cw->w->index, conv);
     }
 }
@@ -71,9 +91,15 @@ static void arm_repair(struct chat_worker *cw);
 static void order_baseline(struct chat_worker *cw, int64_t conv, int64_t last_seq, int64_t last_mod)
 {
     struct conv_order *o = idmap_get(&cw->order, conv);
-    if (o && o->mods.delivered < 0 && last_mod >= 0)
+    if (!o)
+        return;
+    if (o->awaiting_ms) { /* what was held goes once the caller has sent what comes first (release_held) */
+        forget_awaiting(cw, o);
+        o->release = 1;
+    }
+    if (o->mods.delivered < 0 && last_mod >= 0)
         o->mods.delivered = last_mod;
-    if (o && o->msgs.delivered < 0) {
+    if (o->msgs.delivered < 0) {
         o->msgs.delivered = last_seq;
         /* On a network bus the subscription to conv's channel is being made
          * now: what was published before it took effect is read back soon. */
@@ -85,11 +111,16 @@ static void order_baseline(struct chat_worker *cw, int64_t conv, int64_t last_se
 }
 
 static void check_now(struct chat_worker *cw, int all);
+static void release_held(struct chat_worker *cw, int64_t conv);
+
+static void expire_awaiting(struct chat_worker *cw);
 
 static void on_repair_timer(uv_timer_t *t)
 {
     struct chat_worker *cw = t->data;
     cw->repair_armed = 0;
+    if (cw->awaiting)
+        expire_awaiting(cw);
     check_now(cw, 0);
 }
 
@@ -225,6 +256,7 @@ static void deliver_push(struct chat_worker *cw, const struct bus_msg *m)
                 conn_send2(c, head, m->frame);
         frame_unref(head);
     }
+    release_held(cw, m->conv); /* after the push: the client knows the conversation */
     for (uint32_t i = 0; m->users && i < m->users->n; i++) {
         hub_leave(h, m->users->ids[i], m->conv);
         hub_send_user(h, m->users->ids[i], m->aux, 0);
@@ -350,6 +382,93 @@ static void hold(struct order_stream *s, const struct bus_msg *m)
     s->nheld++;
 }
 
+static void drain_held(struct chat_worker *cw, struct order_stream *s);
+
+/* Whether m is for a user with a connection on this worker. */
+static int local_recipient(struct chat_worker *cw, const struct bus_msg *m)
+{
+    for (uint32_t i = 0; m->users && i < m->users->n; i++)
+        if (hub_user(&cw->hub, m->users->ids[i]))
+            return 1;
+    return 0;
+}
+
+/* A message for a local user in a conversation this worker has no member
+ * of: the user was just added, and the push that says so (from another
+ * node, on another channel) has not come yet. Taken as it comes, the
+ * message would be the first the client hears of the conversation, and the
+ * client would take what came before it (which this node, not subscribed
+ * yet, never saw) for history. So everything waits for the push, whose
+ * last_seq says where the member's stream starts (order_baseline), at most
+ * PUSH_WAIT_MS (expire_awaiting). */
+static struct conv_order *await_push(struct chat_worker *cw, int64_t conv)
+{
+    struct conv_order *o = order_new(cw, conv);
+    int64_t now = worker_now(cw->w);
+    o->awaiting_ms = now > 0 ? now : 1;
+    cw->awaiting++;
+    arm_repair(cw);
+    return o;
+}
+
+/* After order_baseline, once the frames that must come first (the push, a
+ * hello) are queued: what was held waiting for the baseline, from it on. */
+static void release_held(struct chat_worker *cw, int64_t conv)
+{
+    struct conv_order *o = idmap_get(&cw->order, conv);
+    if (!o || !o->release)
+        return;
+    o->release = 0;
+    struct order_stream *streams[2] = {&o->msgs, &o->mods};
+    for (int i = 0; i < 2; i++) {
+        struct order_stream *s = streams[i];
+        if (!s->nheld)
+            continue;
+        if (s->delivered < 0) /* no baseline for this stream: from the first held */
+            s->delivered = s->held[0]->seq - 1;
+        drain_held(cw, s);
+        if (s->nheld)
+            arm_repair(cw); /* a gap: read back */
+    }
+}
+
+static void refresh_memberships(struct chat_worker *cw);
+
+/* Messages that waited PUSH_WAIT_MS for a push that did not come (lost with
+ * a dropped publication; a session that started as the push went by; the
+ * user left meanwhile): delivered as they came, and the database asked who
+ * of this worker's users is in what (membership_read joins them, or forgets
+ * the conversation again). */
+static void expire_awaiting(struct chat_worker *cw)
+{
+    int64_t now = worker_now(cw->w);
+    int64_t *due = xmalloc(cw->awaiting * sizeof *due);
+    size_t n = 0, left = 0;
+    IDMAP_FOREACH(&cw->order, it) {
+        struct conv_order *o = it->val;
+        if (!o->awaiting_ms)
+            continue;
+        if (now - o->awaiting_ms >= PUSH_WAIT_MS && n < cw->awaiting)
+            due[n++] = it->key;
+        else
+            left++;
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct conv_order *o = idmap_get(&cw->order, due[i]);
+        forget_awaiting(cw, o);
+        o->release = 1;
+        release_held(cw, due[i]);
+    }
+    if (n) {
+        log_warn("worker %d: %zu conversation(s) had messages for a local member but no push in %d ms; "
+                 "delivered as they came, memberships read again", cw->w->index, n, PUSH_WAIT_MS);
+        refresh_memberships(cw);
+    }
+    free(due);
+    if (left)
+        arm_repair(cw);
+}
+
 /* Each conversation's messages (by seq) and changes (by mod) reach this
  * worker's connections once and in order, whatever order the bus (several
  * nodes publishing, a repair reading back) brings them in: a duplicate is
@@ -361,11 +480,16 @@ static void hold(struct order_stream *s, const struct bus_msg *m)
 static void deliver_in_order(struct chat_worker *cw, const struct bus_msg *m, int settled)
 {
     struct conv_order *o = idmap_get(&cw->order, m->conv);
-    if (!o) { /* no local member known yet (a push on its way): as it comes */
-        deliver_msg(cw, m, 0);
-        return;
+    if (!o) {
+        if (!local_recipient(cw, m))
+            return;
+        o = await_push(cw, m->conv);
     }
     struct order_stream *s = m->kind == BUS_UPDATE ? &o->mods : &o->msgs;
+    if (o->awaiting_ms) {
+        hold(s, m);
+        return;
+    }
     if (s->delivered >= 0 && last_seq(m) <= s->delivered)
         return; /* delivered already */
     if (s->delivered >= 0 && m->seq > s->delivered + 1 && !settled) {
@@ -376,6 +500,13 @@ static void deliver_in_order(struct chat_worker *cw, const struct bus_msg *m, in
     /* a run whose first messages were delivered already: the rest */
     deliver_msg(cw, m, s->delivered >= m->seq ? (uint32_t)(s->delivered + 1 - m->seq) : 0);
     s->delivered = last_seq(m);
+    drain_held(cw, s);
+}
+
+/* Delivers what s holds that follows what was delivered, up to the next gap,
+ * and drops what was delivered already. */
+static void drain_held(struct chat_worker *cw, struct order_stream *s)
+{
     size_t k = 0;
     while (k < s->nheld && s->held[k]->seq <= s->delivered + 1) {
         const struct bus_msg *h = s->held[k];
@@ -463,6 +594,28 @@ static void check_now(struct chat_worker *cw, int all)
     chat_read_submit(cw, r);
 }
 
+/* Forgets the conversations whose messages waited for a push that did not
+ * come and that have no local member (the database did not say otherwise). */
+static void forget_orphans(struct chat_worker *cw)
+{
+    size_t n = 0, cap = 0;
+    int64_t *gone = NULL;
+    IDMAP_FOREACH(&cw->order, s) {
+        struct conv_order *o = s->val;
+        size_t members;
+        if (o->awaiting_ms || (hub_conv_users(&cw->hub, s->key, &members), members))
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 8;
+            gone = xrealloc(gone, cap * sizeof *gone);
+        }
+        gone[n++] = s->key;
+    }
+    for (size_t i = 0; i < n; i++)
+        order_free(idmap_del(&cw->order, gone[i]));
+    free(gone);
+}
+
 /* After a bus outage: a conversation push may have been lost, so a local
  * user may be in a conversation this worker does not know of. The database
  * says; such a conversation is joined with nothing delivered yet, and the
@@ -483,10 +636,12 @@ static void membership_read(struct read *r)
             continue;
         hub_join(&cw->hub, user, conv);
         order_baseline(cw, conv, 0, 0);
+        release_held(cw, conv);
         joined++;
     }
     if (joined)
-        log_info("worker %d: %d conversation memberships learned after a bus outage", cw->w->index, joined);
+        log_info("worker %d: %d conversation memberships learned from the database", cw->w->index, joined);
+    forget_orphans(cw);
 }
 
 static void refresh_memberships(struct chat_worker *cw)
@@ -832,6 +987,8 @@ static void session_read(struct read *r)
                        (int64_t)json_integer_value(json_object_get(sum, "last_mod")));
     int count = presence_up(cw->chat->presence, c->user_id);
     send_hello(cw, c, r->result);
+    json_array_foreach(r->extra, i, sum) /* after the hello */
+        release_held(cw, (int64_t)json_integer_value(json_object_get(sum, "conv")));
     for (i = 0; i < r->n; i++)
         if (presence_online(cw->chat->presence, r->ids[i]))
             send_json(c, json_pack("{s:s,s:I,s:b}", "op", "presence", "user", (json_int_t)r->ids[i], "online", 1));

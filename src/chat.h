@@ -72,6 +72,7 @@ struct chat_worker {
     uv_timer_t check_timer;     /* the periodic check (check_ms) */
     uv_timer_t beat_timer;      /* cluster, worker 0: this node's presence heartbeat */
     int repair_armed, repair_inflight;
+    size_t awaiting;            /* conversations whose messages wait for a push (chat.c await_push) */
     struct chat_counters counters;
 };
 

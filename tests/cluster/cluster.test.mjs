@@ -4,10 +4,13 @@
 // connect through HAProxy and directly to chosen nodes. The tests run in order; each fault
 // test puts the cluster back as it found it.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
 import { after, before, test } from 'node:test';
 import WS from 'ws';
 import {
-  cluster, collect, dense, env, frontUrl, nodeUrl, psql, readyz, sleep, uname, user, waitFor,
+  DIR, cluster, collect, dense, env, frontUrl, nodeUrl, psql, readyz, sleep, uname, user, waitFor,
 } from './helpers.mjs';
 
 let E;
@@ -43,6 +46,29 @@ function assertComplete(col, conv, acked, who) {
   const want = [...acked].sort((a, b) => a - b);
   assert.ok(dense(want, want.length), `${who}: acked seqs are dense (${want.length})`);
   assert.deepEqual(got.slice(0, want.length), want, `${who}: every acked message once, in order`);
+}
+
+// What a member lacks of the acked messages, and where its client stands: for a timeout's message.
+function missing(col, conv, acked, cl) {
+  const got = new Set(col.seqs(conv));
+  const lack = [...acked].filter((x) => !got.has(x)).sort((a, b) => a - b);
+  return `missing ${lack.length} (${lack.slice(0, 20).join(',')}), has ${got.size}, ` +
+    `max acked ${Math.max(0, ...acked)}, cursor ${cl.cursor(conv)}, state ${cl.state}, ` +
+    `first seqs ${col.seqs(conv).slice(0, 5).join(',')}; events ${JSON.stringify((cl.seen || []).slice(0, 20))}`;
+}
+
+// Keeps a client's gap and error events (cl.seen), for missing()'s report.
+function watchGaps(cl) {
+  cl.seen = [];
+  const t0 = Date.now();
+  cl.on('gap', (g) => cl.seen.push({ t: Date.now() - t0, gap: g }));
+  cl.on('error', (e) => cl.seen.push({ t: Date.now() - t0, error: String(e && e.message) }));
+  cl.on('conversation', (c) => cl.seen.push({ t: Date.now() - t0, conversation: c.id, last_seq: c.last_seq }));
+  cl.on('connected', () => cl.seen.push({ t: Date.now() - t0, connected: 1 }));
+  cl.on('disconnected', () => cl.seen.push({ t: Date.now() - t0, disconnected: 1 }));
+  cl.on('synced', (x) => cl.seen.push({ t: Date.now() - t0, synced: x.conversations.map((c) => [c.conv, c.last_seq]) }));
+  cl.on('message', (m) => { if (m.seq < 8) cl.seen.push({ t: Date.now() - t0, msg: m.seq }); });
+  return cl;
 }
 
 test('users on different nodes exchange direct and group messages live, and typing crosses nodes', async () => {
@@ -172,7 +198,8 @@ test('kill -9 a node while its clients send through HAProxy: they reconnect, res
     const total = acked.size;
     assert.ok(total > 20, `messages were acked (${total})`);
     for (let k = 0; k < senders.length; k++) {
-      await waitFor(() => cols[k].seqs(g.id).length >= total, 20000, `member ${k} has all ${total}`);
+      await waitFor(() => cols[k].seqs(g.id).length >= total, 20000, `member ${k} has all ${total}`)
+        .catch((e) => { throw new Error(`${e.message}: ${missing(cols[k], g.id, acked, senders[k])}`); });
       assertComplete(cols[k], g.id, acked, `member ${k}`);
     }
   } finally {
@@ -206,7 +233,8 @@ test('Redis killed for 2 s while messages flow: delivery resumes, gaps are repai
   const total = acked.size;
   assert.ok(total > 30, `messages were acked during the outage too (${total})`);
   for (let k = 0; k < 3; k++) {
-    await waitFor(() => cols[k].seqs(g.id).length >= total, 30000, `member ${k} has all ${total}`);
+    await waitFor(() => cols[k].seqs(g.id).length >= total, 30000, `member ${k} has all ${total}`)
+      .catch((e) => { throw new Error(`${e.message}: ${missing(cols[k], g.id, acked, [a, b, c][k])}`); });
     assertComplete(cols[k], g.id, acked, `member ${k}`);
   }
 });
@@ -341,6 +369,57 @@ test('two Redis servers: conversations on both shards, delivery across nodes on 
   }
 });
 
+// Every Redis server of the cluster paused for ms (CLIENT PAUSE ALL): publications wait in
+// Redis, while each node still delivers what it commits to its own clients at once.
+function pauseRedis(ms) {
+  for (const p of [E.redis_port_1, E.redis_port_2].filter(Boolean)) {
+    const r = spawnSync('redis-cli', ['-p', String(p), 'CLIENT', 'PAUSE', String(ms), 'ALL'], { encoding: 'utf8' });
+    assert.equal(r.stdout.trim(), 'OK', `CLIENT PAUSE on ${p}: ${r.stdout}${r.stderr}`);
+  }
+}
+
+// The race behind a lost first message: the group's push comes from node 1 through Redis;
+// a message sent on node 3 reaches node 3's clients at once. The member on node 3 must
+// still hear of the conversation first, and then get every message from seq 1.
+test('a new group\'s push slower than a message committed on the member\'s own node: the member gets the push first, then every message from the first, in order', async () => {
+  const a = await on(1, 'w'), b = await on(3, 'w'), c = await on(3, 'w');
+  const seen = [];
+  b.on('conversation', (x) => seen.push(`conversation ${x.last_seq}`));
+  b.on('message', (m) => seen.push(`msg ${m.seq}`));
+  pauseRedis(1500);
+  const g = await a.createGroup('slow push', [b.user.id, c.user.id]);
+  assert.equal((await a.send(g.id, 'one, from node 1')).seq, 1);
+  assert.equal((await c.send(g.id, 'two, from node 3')).seq, 2);
+  await waitFor(() => seen.includes('msg 2') && seen.some((x) => x.startsWith('conversation')), 15000, 'the push and message 2 at b');
+  await sleep(300);
+  assert.deepEqual(seen, ['conversation 0', 'msg 1', 'msg 2']);
+});
+
+test('a push that never comes in time (Redis paused longer than the wait): the messages are delivered anyway, and the node logs it', async () => {
+  const a = await on(1, 'v'), b = await on(3, 'v'), c = await on(3, 'v');
+  const cb = collect(b);
+  let pushed = false;
+  b.on('conversation', () => { pushed = true; });
+  const log = path.join(DIR, 'node-3.log');
+  const before = fs.readFileSync(log, 'utf8').split('no push in').length;
+  const learned = fs.readFileSync(log, 'utf8').split('memberships learned from the database').length;
+  pauseRedis(6000);
+  const g = await a.createGroup('no push', [b.user.id, c.user.id]);
+  await c.send(g.id, 'from node 3, while Redis is paused');
+  // released by the wait running out (2 s), not by the push: Redis is still paused
+  await waitFor(() => cb.seqs(g.id).length === 1, 5000, 'the message at b without its push');
+  assert.equal(pushed, false, 'the push had not come');
+  const text = fs.readFileSync(log, 'utf8');
+  assert.ok(text.split('no push in').length > before, 'node 3 logged the wait that ran out');
+  // and asked the database instead: b is in the group
+  await waitFor(() => fs.readFileSync(log, 'utf8').split('memberships learned from the database').length > learned,
+    5000, 'node 3 learned the membership from the database');
+  // Redis back: the push arrives late and changes nothing delivered
+  await waitFor(() => pushed, 15000, 'the late push at b');
+  await sleep(500);
+  assert.deepEqual(cb.seqs(g.id), [1]);
+});
+
 // Every node's /metrics, scraped while the cluster changes: each counter only goes up for the
 // life of a node's process (a restarted node starts again from zero).
 function metricsWatch(nodes) {
@@ -381,7 +460,7 @@ function metricsWatch(nodes) {
 
 test('rolling restart of every node, then a fourth node added through HAProxy and one removed, under load: nothing lost, doubled or out of order', async () => {
   const senders = [];
-  for (let i = 0; i < 6; i++) senders.push(await front('roll'));
+  for (let i = 0; i < 6; i++) senders.push(watchGaps(await front('roll')));
   const g = await senders[0].createGroup('rolling', senders.slice(1).map((x) => x.user.id));
   await waitFor(async () => (await senders[5].conversations()).some((x) => x.id === g.id), 10000, 'group everywhere');
   const cols = senders.map((x) => collect(x));
@@ -435,7 +514,8 @@ test('rolling restart of every node, then a fourth node added through HAProxy an
     const total = acked.size;
     assert.ok(total > 50, `messages acked through it all (${total})`);
     for (let k = 0; k < senders.length; k++) {
-      await waitFor(() => cols[k].seqs(g.id).length >= total, 20000, `member ${k} has all ${total}`);
+      await waitFor(() => cols[k].seqs(g.id).length >= total, 20000, `member ${k} has all ${total}`)
+        .catch((e) => { throw new Error(`${e.message}: ${missing(cols[k], g.id, acked, senders[k])}`); });
       assertComplete(cols[k], g.id, acked, `member ${k}`);
     }
     // the drain window (1 s + 2 s in make test-cluster) plus the SDK's backoff (at most 1 s), with room
