@@ -636,6 +636,11 @@ static void membership_read(struct read *r)
             continue;
         hub_join(&cw->hub, user, conv);
         order_baseline(cw, conv, 0, 0);
+        struct conv_order *o = idmap_get(&cw->order, conv);
+        if (o && cw->chat->check_ms > 0) { /* watched from now: read back what the bus brought before */
+            o->check = 1;
+            arm_repair(cw);
+        }
         release_held(cw, conv);
         joined++;
     }

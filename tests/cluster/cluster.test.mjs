@@ -418,6 +418,11 @@ test('a push that never comes in time (Redis paused longer than the wait): the m
   await waitFor(() => pushed, 15000, 'the late push at b');
   await sleep(500);
   assert.deepEqual(cb.seqs(g.id), [1]);
+  // and the conversation works as any other: a message from node 1 arrives, once
+  await a.send(g.id, 'from node 1, after');
+  await waitFor(() => cb.seqs(g.id).length === 2, 10000, 'the next message at b');
+  await sleep(300);
+  assert.deepEqual(cb.seqs(g.id), [1, 2]);
 });
 
 // Every node's /metrics, scraped while the cluster changes: each counter only goes up for the
