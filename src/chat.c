@@ -32,7 +32,6 @@ struct order_stream {
 struct conv_order {
     struct order_stream msgs, mods;
     int check;           /* newly watched: read back once what a late subscription missed */
-    int release;         /* a baseline came while messages were held for it: release_held */
     int64_t awaiting_ms; /* not 0: no local member joined yet, everything held since then (await_push) */
 };
 
@@ -86,6 +85,16 @@ static void on_watch(void *ctx, int64_t conv, int on)
 
 static void arm_repair(struct chat_worker *cw);
 
+/* On a network bus the subscription to o's channel is being made now: what
+ * was published before it took effect is read back soon. */
+static void read_back_once(struct chat_worker *cw, struct conv_order *o)
+{
+    if (cw->chat->check_ms > 0) {
+        o->check = 1;
+        arm_repair(cw);
+    }
+}
+
 /* A conversation got a local member at a known point: what came before is
  * the member's sync's business. */
 static void order_baseline(struct chat_worker *cw, int64_t conv, int64_t last_seq, int64_t last_mod)
@@ -93,20 +102,12 @@ static void order_baseline(struct chat_worker *cw, int64_t conv, int64_t last_se
     struct conv_order *o = idmap_get(&cw->order, conv);
     if (!o)
         return;
-    if (o->awaiting_ms) { /* what was held goes once the caller has sent what comes first (release_held) */
-        forget_awaiting(cw, o);
-        o->release = 1;
-    }
+    forget_awaiting(cw, o); /* what was held goes once the caller sent what comes first: release_held */
     if (o->mods.delivered < 0 && last_mod >= 0)
         o->mods.delivered = last_mod;
     if (o->msgs.delivered < 0) {
         o->msgs.delivered = last_seq;
-        /* On a network bus the subscription to conv's channel is being made
-         * now: what was published before it took effect is read back soon. */
-        if (cw->chat->check_ms > 0) {
-            o->check = 1;
-            arm_repair(cw);
-        }
+        read_back_once(cw, o);
     }
 }
 
@@ -412,13 +413,13 @@ static struct conv_order *await_push(struct chat_worker *cw, int64_t conv)
 }
 
 /* After order_baseline, once the frames that must come first (the push, a
- * hello) are queued: what was held waiting for the baseline, from it on. */
+ * hello) are queued: what was held waiting for the baseline, from it on.
+ * (A stream held behind an ordinary gap has nothing to deliver here.) */
 static void release_held(struct chat_worker *cw, int64_t conv)
 {
     struct conv_order *o = idmap_get(&cw->order, conv);
-    if (!o || !o->release)
+    if (!o || o->awaiting_ms)
         return;
-    o->release = 0;
     struct order_stream *streams[2] = {&o->msgs, &o->mods};
     for (int i = 0; i < 2; i++) {
         struct order_stream *s = streams[i];
@@ -454,9 +455,7 @@ static void expire_awaiting(struct chat_worker *cw)
             left++;
     }
     for (size_t i = 0; i < n; i++) {
-        struct conv_order *o = idmap_get(&cw->order, due[i]);
-        forget_awaiting(cw, o);
-        o->release = 1;
+        forget_awaiting(cw, idmap_get(&cw->order, due[i]));
         release_held(cw, due[i]);
     }
     if (n) {
@@ -602,8 +601,10 @@ static void forget_orphans(struct chat_worker *cw)
     int64_t *gone = NULL;
     IDMAP_FOREACH(&cw->order, s) {
         struct conv_order *o = s->val;
-        size_t members;
-        if (o->awaiting_ms || (hub_conv_users(&cw->hub, s->key, &members), members))
+        size_t members = 0;
+        if (!o->awaiting_ms)
+            hub_conv_users(&cw->hub, s->key, &members);
+        if (o->awaiting_ms || members)
             continue;
         if (n == cap) {
             cap = cap ? cap * 2 : 8;
@@ -636,11 +637,8 @@ static void membership_read(struct read *r)
             continue;
         hub_join(&cw->hub, user, conv);
         order_baseline(cw, conv, 0, 0);
-        struct conv_order *o = idmap_get(&cw->order, conv);
-        if (o && cw->chat->check_ms > 0) { /* watched from now: read back what the bus brought before */
-            o->check = 1;
-            arm_repair(cw);
-        }
+        /* watched from now, even one delivered to before (expire_awaiting) */
+        read_back_once(cw, idmap_get(&cw->order, conv));
         release_held(cw, conv);
         joined++;
     }
